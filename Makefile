@@ -1,0 +1,38 @@
+# recac: build, test and package.
+#
+#   make build     build the recac binary (target/debug/recac)
+#   make test      build the control plane if not cached, then run every test
+#   make crds      regenerate crds/ from the Rust types
+#   make envtest   build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
+#   make lint      cargo fmt --check and clippy with warnings as errors
+
+CARGO ?= cargo
+K8S_VERSION ?= 1.37.2
+ETCD_VERSION ?= 3.6.16
+export K8S_VERSION ETCD_VERSION
+
+.PHONY: build release test crds envtest lint fmt
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release -p recac
+
+envtest:
+	@hack/envtest.sh
+
+test:
+	@assets="$$(hack/envtest.sh | tail -n 1)" && \
+	  echo "control plane binaries: $$assets" && \
+	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) test --workspace --no-fail-fast
+
+crds:
+	$(CARGO) run --quiet -p recac -- crd > crds/agenttask.yaml
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,87 @@
+//! What a task's Job and the agent inside it agree on: the environment the
+//! operator sets, the exit codes and the result the agent reports.
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable names the operator sets on every agent container.
+pub mod env {
+    /// The AgentTask's name.
+    pub const TASK: &str = "RECAC_TASK";
+    /// The attempt number, starting at 1.
+    pub const ATTEMPT: &str = "RECAC_ATTEMPT";
+    /// The repository to clone.
+    pub const REPO_URL: &str = "RECAC_REPO_URL";
+    /// The branch new work starts from; empty means the remote's default branch.
+    pub const BASE_BRANCH: &str = "RECAC_BASE_BRANCH";
+    /// The feature branch decided at dispatch.
+    pub const BRANCH: &str = "RECAC_BRANCH";
+    /// The ticket key, when the task has a ticket.
+    pub const TICKET: &str = "RECAC_TICKET";
+    /// What the agent must do.
+    pub const PROMPT: &str = "RECAC_PROMPT";
+    /// A file holding the prompt (used instead of `RECAC_PROMPT` when set).
+    pub const PROMPT_FILE: &str = "RECAC_PROMPT_FILE";
+    /// The LLM provider: `openai` or `anthropic`.
+    pub const PROVIDER: &str = "RECAC_PROVIDER";
+    /// The model name.
+    pub const MODEL: &str = "RECAC_MODEL";
+    /// Where the result JSON is written.
+    pub const RESULT_PATH: &str = "RECAC_RESULT_PATH";
+}
+
+/// Exit codes of `recac start`.
+pub mod exit_code {
+    /// The work is done and pushed.
+    pub const SUCCESS: i32 = 0;
+    /// A failure worth another attempt (network trouble, a flaky test run, a rate limit).
+    pub const RETRYABLE: i32 = 1;
+    /// The agent gave up: another attempt would fail the same way (bad repository, refused
+    /// credentials, the model declared the task impossible). The operator does not retry.
+    pub const GAVE_UP: i32 = 3;
+}
+
+/// Kubernetes keeps at most this many bytes of a container's termination message.
+pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
+
+/// How an agent run ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    /// Work committed and pushed (tests passed or none were found).
+    Succeeded,
+    /// Work pushed, but the tests failed.
+    TestsFailed,
+    /// The engine produced no change.
+    NoChanges,
+    /// A failure worth another attempt.
+    Failed,
+    /// A failure another attempt would repeat.
+    GaveUp,
+}
+
+/// Tokens the engine spent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// The JSON the agent writes to its termination message and logs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentResult {
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests_passed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_usage: Option<TokenUsage>,
+}

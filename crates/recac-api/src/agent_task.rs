@@ -1,0 +1,282 @@
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default for `spec.maxRetries`.
+pub const DEFAULT_MAX_RETRIES: i32 = 2;
+/// Default for `spec.timeoutSeconds`.
+pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
+
+/// One AI coding-agent run for one ticket or prompt: the operator turns it into a Job per
+/// attempt and records the outcome in status.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "recac.io",
+    version = "v1alpha1",
+    kind = "AgentTask",
+    namespaced,
+    shortname = "at",
+    category = "recac",
+    status = "AgentTaskStatus",
+    derive = "PartialEq",
+    doc = "One AI coding-agent run for one ticket or prompt. The operator runs it as a Job per attempt and reports in status.",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Where the task is in its life"}"#,
+    printcolumn = r#"{"name":"Ticket","type":"string","jsonPath":".spec.ticket.key","description":"The ticket the task works on"}"#,
+    printcolumn = r#"{"name":"Retries","type":"integer","jsonPath":".status.retries","description":"Failed attempts so far"}"#,
+    printcolumn = r#"{"name":"Branch","type":"string","jsonPath":".status.branch","description":"The feature branch"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = kube::core::Rule::new("has(self.prompt) || has(self.ticket)").message("spec.prompt or spec.ticket is required: a task needs something to work on"))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTaskSpec {
+    /// What the agent must do, in plain language. For tasks created from a Jira ticket this is the
+    /// ticket's summary and description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+
+    /// The ticket this task works on, when it came from a ticket system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketRef>,
+
+    /// The git repository the agent clones, and the branches it uses.
+    pub repository: Repository,
+
+    /// How to run the agent. Every field left out takes the operator's configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
+
+    /// How many times a failed attempt is retried with a new Job (0 to 10).
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub max_retries: i32,
+
+    /// Wall-clock limit of one attempt in seconds (60 to 86400); the Job's activeDeadlineSeconds.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub timeout_seconds: i64,
+
+    /// Seconds a finished Job is kept before Kubernetes deletes it. Unset takes the operator's
+    /// configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+
+    /// When true, no new attempt is dispatched and a running Job is suspended.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_max_retries() -> i32 {
+    DEFAULT_MAX_RETRIES
+}
+
+fn default_timeout_seconds() -> i64 {
+    DEFAULT_TIMEOUT_SECONDS
+}
+
+/// The ticket system a ticket lives in.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TicketSource {
+    /// Atlassian Jira (Cloud or Data Center).
+    Jira,
+}
+
+/// A reference to the ticket a task works on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketRef {
+    /// The ticket system.
+    pub source: TicketSource,
+
+    /// The ticket's key, such as PROJ-123. Cannot be changed after the task is created.
+    #[schemars(regex(pattern = r"^[A-Z][A-Z0-9_]+-[0-9]+$"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("ticket.key is immutable"))]
+    pub key: String,
+
+    /// A link to the ticket for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The git repository the agent works in.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Repository {
+    /// The clone URL: https://, ssh://, file:// or git@host:path. Cannot be changed after the
+    /// task is created. Credentials never go in the URL: give them through agent.secretRefs.
+    #[schemars(regex(
+        pattern = r"^(https://[^\s@/]+/\S+|ssh://\S+|file:///\S*|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+)$"
+    ))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("repository.url is immutable"))]
+    pub url: String,
+
+    /// The branch new work starts from. Unset means the remote's default branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
+
+    /// The feature branch to push to. Unset means recac/<ticket key or task name>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+}
+
+/// How the agent runs. Unset fields take the operator's configured defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// The container image that runs the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// The LLM provider: openai (any OpenAI-compatible API) or anthropic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+
+    /// The model name, as the provider spells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+
+    /// The container's command. Unset runs `recac start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+
+    /// Arguments to the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+
+    /// Extra environment variables with plain values. Never put credentials here: use secretRefs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVarPair>,
+
+    /// Names of Secrets in the task's namespace whose keys become the agent's environment
+    /// variables (for example OPENAI_API_KEY, RECAC_GIT_TOKEN).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_refs: Vec<String>,
+
+    /// CPU and memory for the agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// An environment variable with a plain, non-secret value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarPair {
+    /// The variable's name.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub name: String,
+    /// The variable's value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Where a task is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum TaskPhase {
+    /// Waiting to be dispatched, queued, or waiting for its Job's pod to start.
+    #[default]
+    Pending,
+    /// The agent's pod is running.
+    Running,
+    /// The agent finished its work.
+    Succeeded,
+    /// The last attempt failed and no retries are left, or the agent gave up.
+    Failed,
+}
+
+impl TaskPhase {
+    /// Succeeded and Failed are final.
+    pub fn is_finished(self) -> bool {
+        matches!(self, TaskPhase::Succeeded | TaskPhase::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskPhase::Pending => "Pending",
+            TaskPhase::Running => "Running",
+            TaskPhase::Succeeded => "Succeeded",
+            TaskPhase::Failed => "Failed",
+        }
+    }
+}
+
+/// What the operator observed of a task. Written only by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTaskStatus {
+    /// Where the task is in its life: Pending, Running, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<TaskPhase>,
+
+    /// The current attempt, starting at 1; each attempt is one Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+
+    /// Failed attempts so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i32>,
+
+    /// The Job of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+
+    /// The feature branch the agent pushes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+
+    /// The commit the agent pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+
+    /// The pull request the agent opened or reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request_url: Option<String>,
+
+    /// A human-readable account of the latest transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// When the first attempt was dispatched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When the task reached Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// When a failed attempt's retry may be dispatched (exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
+
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Standard conditions: Ready, Queued, Dispatched, Succeeded, Failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// What was reported back to the ticket system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackStatus>,
+}
+
+/// The record of the result reported to the ticket.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedbackStatus {
+    /// The attempt whose result was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_attempt: Option<i32>,
+
+    /// When it was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<Time>,
+
+    /// The id of the comment posted on the ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<String>,
+}

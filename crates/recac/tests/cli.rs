@@ -1,0 +1,44 @@
+//! The `recac` command line as users run it.
+
+use std::process::Command;
+
+fn recac(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_recac"))
+        .args(args)
+        .output()
+        .expect("recac runs")
+}
+
+#[test]
+fn crd_prints_the_committed_crds() {
+    let out = recac(&["crd"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../crds/agenttask.yaml"
+    ))
+    .expect("crds/agenttask.yaml");
+    assert_eq!(printed, committed, "run `make crds` and commit crds/");
+    assert!(printed.contains("kind: CustomResourceDefinition"));
+    assert!(printed.contains("name: agenttasks.recac.io"));
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = recac(&["version"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(
+        printed.trim(),
+        format!("recac {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn unknown_command_fails_with_usage() {
+    let out = recac(&["frobnicate"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unrecognized subcommand"), "{stderr}");
+}
