@@ -1,0 +1,359 @@
+//! An in-memory Jira server for tests and local runs.
+//!
+//! It speaks either Jira Cloud REST v3 or Jira Data Center REST v2
+//! ([`SimFlavor`]) for every endpoint the recac client uses, checks
+//! credentials and permissions, runs a configurable workflow, understands a
+//! JQL subset, enforces per-issue write limits, injects faults on demand and
+//! records every call.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use recac_jira_sim::{JiraSim, IssueSeed, Seed, SimFlavor};
+//! let sim = JiraSim::start(Seed { flavor: SimFlavor::Cloud, ..Seed::default() }).await?;
+//! sim.add_project("OPS", "Operations");
+//! let key = sim.add_issue(IssueSeed { project: "OPS".into(), summary: "Fix it".into(), ..Default::default() });
+//! println!("{} has {key}", sim.url());
+//! # Ok(()) }
+//! ```
+
+pub mod contract;
+mod fault;
+pub mod jql;
+mod model;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use fault::{Fault, FaultKind};
+pub use model::{
+    ALL_PERMISSIONS, Category, CommentRec, IssueSeed, IssueSnapshot, ProjectDef, Seed, SimFlavor,
+    StatusDef, TransitionDef, UserDef, Workflow, WriteLimits,
+};
+use model::{IssueRec, Project, State};
+use serde_json::Value;
+
+/// The default bot user's e-mail (Cloud basic auth user).
+pub const BOT_EMAIL: &str = "bot@example.com";
+/// The default bot user's Data Center user name.
+pub const BOT_NAME: &str = "recac-bot";
+/// The default bot user's account id.
+pub const BOT_ACCOUNT_ID: &str = "5b10ac8d82e05b22cc7d4ef5";
+/// The default bot user's API token / password.
+pub const BOT_TOKEN: &str = "sim-api-token";
+/// The default bot user's personal access token.
+pub const BOT_PAT: &str = "sim-personal-access-token";
+
+/// The default bot user, with every permission.
+pub fn bot_user() -> UserDef {
+    UserDef {
+        account_id: BOT_ACCOUNT_ID.into(),
+        name: BOT_NAME.into(),
+        display_name: "recac bot".into(),
+        email: BOT_EMAIL.into(),
+        token: Some(BOT_TOKEN.into()),
+        pat: Some(BOT_PAT.into()),
+        permissions: None,
+    }
+}
+
+/// One call the simulator received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallRecord {
+    pub method: String,
+    pub path: String,
+    /// The raw query string (`""` when none).
+    pub query: String,
+    /// The request body parsed as JSON (`None` when empty or not JSON).
+    pub body: Option<Value>,
+    /// The status answered; 0 when the connection was dropped.
+    pub status: u16,
+    /// The response body parsed as JSON, when it was JSON.
+    pub response: Option<Value>,
+    /// Account id of the authenticated caller.
+    pub user: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    pub faults: Mutex<Vec<Fault>>,
+    pub calls: Mutex<Vec<CallRecord>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock only happens in a test that already failed.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running simulator. Stops when dropped.
+pub struct JiraSim {
+    url: String,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for JiraSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JiraSim").field("url", &self.url).finish()
+    }
+}
+
+impl Drop for JiraSim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl JiraSim {
+    /// Starts on `127.0.0.1:0` with `seed`.
+    pub async fn start(seed: Seed) -> std::io::Result<JiraSim> {
+        JiraSim::bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?, seed).await
+    }
+
+    /// Starts a Cloud simulator with the default bot user and no projects.
+    pub async fn cloud() -> std::io::Result<JiraSim> {
+        JiraSim::start(Seed::default()).await
+    }
+
+    /// Starts a Data Center simulator with the default bot user and no projects.
+    pub async fn datacenter() -> std::io::Result<JiraSim> {
+        JiraSim::start(Seed {
+            flavor: SimFlavor::Datacenter,
+            ..Seed::default()
+        })
+        .await
+    }
+
+    /// Starts on `addr` (for the standalone command).
+    pub async fn bind(addr: SocketAddr, seed: Seed) -> std::io::Result<JiraSim> {
+        let users = if seed.users.is_empty() {
+            vec![bot_user()]
+        } else {
+            seed.users.clone()
+        };
+        let state = State {
+            flavor: seed.flavor,
+            workflow: seed.workflow.clone().unwrap_or_default(),
+            users,
+            projects: Vec::new(),
+            issues: Default::default(),
+            by_key: Default::default(),
+            next_issue_id: 10000,
+            next_comment_id: 10000,
+            write_limits: Some(WriteLimits::default()),
+            transition_latency: Duration::ZERO,
+            max_results: None,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            faults: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+        });
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(server::serve(listener, shared.clone()));
+        let sim = JiraSim {
+            url: format!("http://{addr}"),
+            addr,
+            shared,
+            task,
+        };
+        for p in &seed.projects {
+            sim.add_project(&p.key, p.name.as_deref().unwrap_or(&p.key));
+        }
+        for issue in &seed.issues {
+            if !sim.has_project(&issue.project) {
+                sim.add_project(&issue.project, &issue.project);
+            }
+            sim.add_issue(issue.clone());
+        }
+        Ok(sim)
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn has_project(&self, key: &str) -> bool {
+        lock(&self.shared.state)
+            .projects
+            .iter()
+            .any(|p| p.key == key)
+    }
+
+    /// Adds a project (no-op when it exists).
+    pub fn add_project(&self, key: &str, name: &str) {
+        let mut st = lock(&self.shared.state);
+        if st.projects.iter().any(|p| p.key == key) {
+            return;
+        }
+        let id = (10000 + st.projects.len()).to_string();
+        st.projects.push(Project {
+            id,
+            key: key.to_string(),
+            name: name.to_string(),
+            next_number: 1,
+        });
+    }
+
+    /// Adds a user.
+    pub fn add_user(&self, user: UserDef) {
+        lock(&self.shared.state).users.push(user);
+    }
+
+    /// Replaces the workflow. Issues in unknown statuses move to the first status.
+    pub fn set_workflow(&self, workflow: Workflow) {
+        let mut st = lock(&self.shared.state);
+        let first = workflow
+            .statuses
+            .first()
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
+        for issue in st.issues.values_mut() {
+            if !workflow.statuses.iter().any(|s| s.id == issue.status_id) {
+                issue.status_id = first.clone();
+            }
+        }
+        st.workflow = workflow;
+    }
+
+    /// Creates an issue; returns its key. The project is created if needed.
+    pub fn add_issue(&self, seed: IssueSeed) -> String {
+        if !self.has_project(&seed.project) {
+            self.add_project(&seed.project, &seed.project);
+        }
+        let mut st = lock(&self.shared.state);
+        let status_id = seed
+            .status
+            .as_deref()
+            .and_then(|s| st.workflow.status(s))
+            .or(st.workflow.statuses.first())
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
+        let assignee = seed.assignee.as_deref().and_then(|a| {
+            st.users
+                .iter()
+                .find(|u| u.account_id == a || u.name == a || u.email == a)
+                .map(|u| u.account_id.clone())
+        });
+        let created = seed
+            .created
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(jiff::Timestamp::now);
+        let Some(project) = st.projects.iter_mut().find(|p| p.key == seed.project) else {
+            return String::new();
+        };
+        let number = project.next_number;
+        project.next_number += 1;
+        let key = format!("{}-{number}", seed.project);
+        let id = st.next_issue_id;
+        st.next_issue_id += 1;
+        st.by_key.insert(key.clone(), id);
+        st.issues.insert(
+            id,
+            IssueRec {
+                id,
+                key: key.clone(),
+                number,
+                project: seed.project,
+                summary: seed.summary,
+                description: seed.description,
+                labels: seed.labels,
+                status_id,
+                assignee,
+                created,
+                updated: created,
+                comments: Vec::new(),
+                properties: Default::default(),
+                writes: Default::default(),
+                transition_in_flight: false,
+            },
+        );
+        key
+    }
+
+    /// Creates `n` issues in `project` with summaries `"{prefix} {i}"`; returns their keys.
+    pub fn add_issues(
+        &self,
+        project: &str,
+        prefix: &str,
+        labels: &[&str],
+        n: usize,
+    ) -> Vec<String> {
+        (1..=n)
+            .map(|i| {
+                self.add_issue(IssueSeed {
+                    project: project.into(),
+                    summary: format!("{prefix} {i}"),
+                    labels: labels.iter().map(|l| l.to_string()).collect(),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
+    /// A snapshot of an issue.
+    pub fn issue(&self, key: &str) -> Option<IssueSnapshot> {
+        let st = lock(&self.shared.state);
+        let issue = st.by_key.get(key).and_then(|id| st.issues.get(id))?;
+        let status = st
+            .workflow
+            .statuses
+            .iter()
+            .find(|s| s.id == issue.status_id)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        Some(IssueSnapshot {
+            key: issue.key.clone(),
+            summary: issue.summary.clone(),
+            status,
+            labels: issue.labels.clone(),
+            assignee: issue.assignee.clone(),
+            comments: issue.comments.clone(),
+            properties: issue.properties.clone(),
+        })
+    }
+
+    /// Adds a fault; faults are tried in the order added.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.shared.faults).push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
+    }
+
+    /// Every call received so far, in order.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        lock(&self.shared.calls).clone()
+    }
+
+    pub fn clear_calls(&self) {
+        lock(&self.shared.calls).clear();
+    }
+
+    /// How long a transition takes; a second transition on the same issue in
+    /// that time gets 409 Conflict.
+    pub fn set_transition_latency(&self, d: Duration) {
+        lock(&self.shared.state).transition_latency = d;
+    }
+
+    /// Per-issue write limits (`None` disables them).
+    pub fn set_write_limits(&self, limits: Option<WriteLimits>) {
+        lock(&self.shared.state).write_limits = limits;
+    }
+
+    /// Caps the page size the server grants (default: Cloud 100, or 5000 for
+    /// id-only searches; Data Center 1000).
+    pub fn set_max_results(&self, cap: Option<u32>) {
+        lock(&self.shared.state).max_results = cap;
+    }
+}

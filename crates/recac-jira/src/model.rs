@@ -1,0 +1,167 @@
+//! The parts of Jira's JSON the client reads. Every field is optional or
+//! defaulted so that a reply missing a field is not an error; `raw` keeps
+//! everything for callers that need more.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A user. Cloud identifies users by `accountId`, Data Center by `name`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct User {
+    pub account_id: Option<String>,
+    pub name: Option<String>,
+    pub key: Option<String>,
+    pub display_name: Option<String>,
+    pub email_address: Option<String>,
+    pub active: Option<bool>,
+}
+
+impl User {
+    /// The id this flavour uses: `accountId` (Cloud) or `name` (Data Center).
+    pub fn id(&self) -> Option<&str> {
+        self.account_id.as_deref().or(self.name.as_deref())
+    }
+
+    pub fn label(&self) -> String {
+        let name = self.display_name.as_deref().unwrap_or("?");
+        match self.id() {
+            Some(id) => format!("{name} ({id})"),
+            None => name.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct StatusCategory {
+    /// `new`, `indeterminate` or `done`.
+    pub key: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Status {
+    pub id: Option<String>,
+    pub name: String,
+    pub status_category: Option<StatusCategory>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ProjectRef {
+    pub id: Option<String>,
+    pub key: String,
+    pub name: Option<String>,
+}
+
+/// The commonly used fields of an issue, parsed from `fields`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct IssueFields {
+    pub summary: Option<String>,
+    /// ADF on Cloud, a string on Data Center.
+    pub description: Option<Value>,
+    pub status: Option<Status>,
+    pub labels: Vec<String>,
+    pub assignee: Option<User>,
+    pub project: Option<ProjectRef>,
+    pub created: Option<String>,
+    pub updated: Option<String>,
+}
+
+/// An issue: `id`, `key` and its fields (typed and raw).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Issue {
+    pub id: String,
+    pub key: String,
+    pub fields: IssueFields,
+    /// The whole `fields` object as returned.
+    pub raw_fields: Value,
+}
+
+impl Issue {
+    /// Parses one issue object; a wrong type in a known field is an error.
+    pub fn from_value(value: &Value) -> Result<Issue, String> {
+        let obj = value.as_object().ok_or("issue is not an object")?;
+        let id = match obj.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err("issue has no id".into()),
+        };
+        let key = obj
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let raw_fields = obj
+            .get("fields")
+            .cloned()
+            .unwrap_or(Value::Object(Default::default()));
+        let fields: IssueFields = if raw_fields.is_null() {
+            IssueFields::default()
+        } else {
+            serde_json::from_value(raw_fields.clone())
+                .map_err(|e| format!("issue {key}: fields: {e}"))?
+        };
+        Ok(Issue {
+            id,
+            key,
+            fields,
+            raw_fields,
+        })
+    }
+
+    pub fn summary(&self) -> &str {
+        self.fields.summary.as_deref().unwrap_or("")
+    }
+
+    pub fn status_name(&self) -> Option<&str> {
+        self.fields.status.as_ref().map(|s| s.name.as_str())
+    }
+}
+
+/// Where a transition leads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TransitionTarget {
+    pub id: Option<String>,
+    pub name: String,
+    pub status_category: Option<StatusCategory>,
+}
+
+/// A transition available on an issue now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Transition {
+    pub id: String,
+    pub name: String,
+    pub to: Option<TransitionTarget>,
+}
+
+impl Transition {
+    pub fn describe(&self) -> String {
+        match &self.to {
+            Some(to) => format!("{} {:?} → {:?}", self.id, self.name, to.name),
+            None => format!("{} {:?}", self.id, self.name),
+        }
+    }
+}
+
+/// A comment. `body` is ADF on Cloud and a string on Data Center.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Comment {
+    pub id: String,
+    pub body: Value,
+    pub author: Option<User>,
+    pub created: Option<String>,
+}
+
+impl Comment {
+    /// The body as plain text (ADF flattened).
+    pub fn text(&self) -> String {
+        crate::adf::plain_text(&self.body)
+    }
+}

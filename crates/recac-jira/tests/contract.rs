@@ -1,0 +1,222 @@
+//! Contract tests: every call the client makes on Cloud (v3) must be an
+//! operation of Atlassian's OpenAPI description; request bodies must validate
+//! against its request schemas and the simulator's replies against its
+//! response schemas.
+
+mod common;
+
+use std::path::Path;
+
+use recac_jira::Flavor;
+use recac_jira_sim::contract::{Contract, Direction};
+use recac_jira_sim::{CallRecord, IssueSeed, JiraSim};
+use serde_json::json;
+
+fn contract() -> Contract {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = Contract::locate(here).unwrap_or_else(|| {
+        panic!(
+            "contract {} not found above {} (set RECAC_JIRA_CONTRACT)",
+            recac_jira_sim::contract::CONTRACT_FILE,
+            here.display()
+        )
+    });
+    Contract::load(&path).unwrap()
+}
+
+/// Checks one logged call; returns the problems found.
+fn check_call(c: &Contract, call: &CallRecord) -> Vec<String> {
+    let what = format!("{} {}", call.method, call.path);
+    let Some(op) = c.operation(&call.method, &call.path) else {
+        return vec![format!("{what}: not an operation of the contract")];
+    };
+    let mut problems = Vec::new();
+    // Query parameters must be declared.
+    let declared: Vec<&str> = op
+        .op
+        .get("parameters")
+        .and_then(|p| p.as_array())
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for pair in call.query.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split('=').next().unwrap_or("");
+        if !declared.contains(&name) {
+            problems.push(format!(
+                "{what}: query parameter `{name}` not in {}",
+                op.template
+            ));
+        }
+    }
+    match (c.request_schema(op.op), &call.body) {
+        (Some(schema), Some(body)) => {
+            for e in c.validate(schema, body, Direction::Request) {
+                problems.push(format!("{what} request: {e}"));
+            }
+        }
+        (None, Some(_)) => problems.push(format!("{what}: sends a body, the contract has none")),
+        _ => {}
+    }
+    match c.response_schema(op.op, call.status) {
+        Err(e) => problems.push(format!("{what}: {e}")),
+        Ok(Some(schema)) => match &call.response {
+            Some(body) => {
+                for e in c.validate(schema, body, Direction::Response) {
+                    problems.push(format!("{what} response {}: {e}", call.status));
+                }
+            }
+            // `schema: {}` (anything) on a 201/204: an empty body is what Jira sends.
+            None if schema.as_object().is_some_and(|o| o.is_empty()) => {}
+            None => problems.push(format!("{what}: response {} has no JSON body", call.status)),
+        },
+        Ok(None) => {}
+    }
+    problems
+}
+
+async fn exercise_client(sim: &JiraSim) {
+    let c = common::client(sim, Flavor::Cloud);
+    let key = sim.add_issue(IssueSeed {
+        project: "OPS".into(),
+        summary: "Contract".into(),
+        description: Some("para one\n\npara two".into()),
+        labels: vec!["recac-agent".into()],
+        ..Default::default()
+    });
+    sim.add_issues("OPS", "more", &["recac-agent"], 150);
+    let me = c.myself().await.unwrap();
+    c.search_all(
+        "project = OPS AND labels = recac-agent ORDER BY created DESC",
+        &[
+            "summary",
+            "status",
+            "labels",
+            "assignee",
+            "updated",
+            "project",
+            "created",
+            "description",
+        ],
+    )
+    .await
+    .unwrap();
+    c.search_all("project = OPS", &["id"]).await.unwrap();
+    c.get_issue(&key, &[]).await.unwrap();
+    c.get_issue(&key, &["summary", "description", "project", "created"])
+        .await
+        .unwrap();
+    c.transitions(&key).await.unwrap();
+    c.transition(&key, "In Progress").await.unwrap();
+    c.add_comment(
+        &key,
+        "Started.\n\n```rust\nfn main() {}\n```\nline one\nline two",
+    )
+    .await
+    .unwrap();
+    c.comments(&key).await.unwrap();
+    c.find_comment(&key, "Started").await.unwrap();
+    c.assign(&key, Some(&me)).await.unwrap();
+    c.update_labels(&key, &["recac-claimed"], &["recac-agent"])
+        .await
+        .unwrap();
+    c.get_property(&key, "recac.claim").await.unwrap();
+    c.set_property(&key, "recac.claim", &json!({"owner": "recac", "at": 1}))
+        .await
+        .unwrap();
+    c.get_property(&key, "recac.claim").await.unwrap();
+    c.my_permissions("OPS", &["BROWSE_PROJECTS", "TRANSITION_ISSUES"])
+        .await
+        .unwrap();
+    // Error replies are checked too where the contract documents them.
+    let _ = c.get_issue("OPS-9999", &[]).await;
+    let _ = c.transition_by_id(&key, "11").await;
+}
+
+#[tokio::test]
+async fn client_calls_and_simulator_replies_match_the_contract() {
+    let contract = contract();
+    let sim = common::sim(Flavor::Cloud).await;
+    exercise_client(&sim).await;
+    let calls = sim.calls();
+    assert!(calls.len() >= 20, "{}", calls.len());
+    let mut problems = Vec::new();
+    let mut operations = std::collections::BTreeSet::new();
+    for call in &calls {
+        if let Some(op) = contract.operation(&call.method, &call.path) {
+            operations.insert(format!("{} {}", call.method, op.template));
+        }
+        problems.extend(check_call(&contract, call));
+    }
+    println!("operations checked: {operations:#?}");
+    assert!(
+        problems.is_empty(),
+        "contract violations:\n{}",
+        problems.join("\n")
+    );
+    assert!(operations.len() >= 11, "{operations:?}");
+}
+
+#[tokio::test]
+async fn the_check_catches_violations() {
+    let contract = contract();
+    let call = |method: &str,
+                path: &str,
+                body: Option<serde_json::Value>,
+                status: u16,
+                response: Option<serde_json::Value>| CallRecord {
+        method: method.into(),
+        path: path.into(),
+        query: String::new(),
+        body,
+        status,
+        response,
+        user: None,
+    };
+    // An endpoint or a method the contract does not have.
+    assert!(
+        !check_call(
+            &contract,
+            &call("POST", "/rest/api/3/myself", None, 200, None)
+        )
+        .is_empty()
+    );
+    assert!(
+        !check_call(
+            &contract,
+            &call("GET", "/rest/api/3/issue/X-1/claims", None, 200, None)
+        )
+        .is_empty()
+    );
+    // A v3 search reply with `total` (not in SearchAndReconcileResults).
+    let bad = call(
+        "POST",
+        "/rest/api/3/search/jql",
+        Some(json!({"jql": "x"})),
+        200,
+        Some(json!({"issues": [], "total": 0})),
+    );
+    assert!(
+        check_call(&contract, &bad)
+            .iter()
+            .any(|p| p.contains("total"))
+    );
+    // A request body with a property the schema forbids.
+    let bad = call(
+        "PUT",
+        "/rest/api/3/issue/X-1/assignee",
+        Some(json!({"accountId": "a", "bogus": 1})),
+        204,
+        None,
+    );
+    assert!(
+        check_call(&contract, &bad)
+            .iter()
+            .any(|p| p.contains("bogus"))
+    );
+    // An undocumented status.
+    let bad = call("GET", "/rest/api/3/myself", None, 418, None);
+    assert!(!check_call(&contract, &bad).is_empty());
+}
