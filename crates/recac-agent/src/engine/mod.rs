@@ -1,0 +1,277 @@
+//! The engines that do the work: the built-in LLM tool-use loop and an external agent CLI.
+
+pub mod llm;
+pub mod tools;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use recac_api::agent_contract::TokenUsage;
+
+use crate::process::{self, CommandSpec};
+use crate::redact::Redactor;
+use crate::settings::{ExternalSettings, Limits, vars};
+use llm::{LlmClient, Message};
+use tools::{ToolOutcome, Toolbox};
+
+/// How the work step ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineStatus {
+    /// The engine says the task is done.
+    Done,
+    /// The engine says the task cannot be done.
+    CannotDo,
+    /// A limit (iterations, tokens, wall clock) stopped it.
+    LimitReached(String),
+    /// It failed; `permanent` when another attempt would fail the same way.
+    Failed { permanent: bool, message: String },
+}
+
+/// The work step's report.
+#[derive(Clone, Debug)]
+pub struct EngineReport {
+    pub status: EngineStatus,
+    pub summary: String,
+    pub usage: TokenUsage,
+    pub iterations: u32,
+}
+
+const SYSTEM_PROMPT: &str = "You are recac, an autonomous software engineer working in a checkout of a git repository. \
+Use the tools to inspect the code, make the change the task asks for, and run the project's tests with run_command. \
+All paths are relative to the repository root. Do not commit, push or change branches: that is done for you afterwards. \
+Work in small steps. When the task is complete call finish with status `done` and a short summary of the change; \
+if the task cannot be done call finish with status `cannot_do` and explain why.";
+
+/// Runs the built-in engine: the model and the tools take turns until `finish` or a limit.
+pub async fn run_builtin(
+    client: &LlmClient,
+    toolbox: &Toolbox,
+    prompt: &str,
+    limits: &Limits,
+) -> EngineReport {
+    let deadline = Instant::now() + limits.max_duration;
+    let specs = tools::specs();
+    let mut usage = TokenUsage::default();
+    let mut messages = vec![Message::User(prompt.to_string())];
+    let mut iterations = 0;
+    let report = |status, summary: String, usage: &TokenUsage, iterations| EngineReport {
+        status,
+        summary,
+        usage: usage.clone(),
+        iterations,
+    };
+    while iterations < limits.max_iterations {
+        iterations += 1;
+        let Some(remaining) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return report(
+                EngineStatus::LimitReached("wall-clock limit".into()),
+                String::new(),
+                &usage,
+                iterations,
+            );
+        };
+        let reply = match tokio::time::timeout(
+            remaining,
+            client.complete(SYSTEM_PROMPT, &messages, &specs),
+        )
+        .await
+        {
+            Err(_) => {
+                return report(
+                    EngineStatus::LimitReached("wall-clock limit".into()),
+                    String::new(),
+                    &usage,
+                    iterations,
+                );
+            }
+            Ok(Err(err)) => {
+                let status = EngineStatus::Failed {
+                    permanent: err.is_permanent(),
+                    message: err.to_string(),
+                };
+                return report(status, String::new(), &usage, iterations);
+            }
+            Ok(Ok(reply)) => reply,
+        };
+        usage.input_tokens += reply.usage.input_tokens;
+        usage.output_tokens += reply.usage.output_tokens;
+        tracing::info!(
+            iteration = iterations,
+            tool_calls = reply.calls.len(),
+            input_tokens = usage.input_tokens,
+            output_tokens = usage.output_tokens,
+            "model turn"
+        );
+        let calls = reply.calls.clone();
+        messages.push(Message::Assistant {
+            text: reply.text.clone(),
+            calls: calls.clone(),
+        });
+        if calls.is_empty() {
+            messages.push(Message::User(
+                "Continue using the tools. Call finish when the task is complete (or cannot be done).".into(),
+            ));
+        } else {
+            let mut results = Vec::new();
+            for call in &calls {
+                tracing::info!(tool = %call.name, "tool call");
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let outcome = match tokio::time::timeout(
+                    remaining,
+                    toolbox.call(&call.name, &call.arguments),
+                )
+                .await
+                {
+                    Ok(o) => o,
+                    Err(_) => {
+                        return report(
+                            EngineStatus::LimitReached("wall-clock limit".into()),
+                            String::new(),
+                            &usage,
+                            iterations,
+                        );
+                    }
+                };
+                match outcome {
+                    ToolOutcome::Finish { done, summary } => {
+                        let status = if done {
+                            EngineStatus::Done
+                        } else {
+                            EngineStatus::CannotDo
+                        };
+                        return report(status, summary, &usage, iterations);
+                    }
+                    ToolOutcome::Output(text) => results.push((call.id.clone(), text)),
+                }
+            }
+            messages.push(Message::ToolResults(results));
+        }
+        if usage.input_tokens + usage.output_tokens > limits.max_tokens {
+            return report(
+                EngineStatus::LimitReached(format!("token budget of {} spent", limits.max_tokens)),
+                String::new(),
+                &usage,
+                iterations,
+            );
+        }
+    }
+    report(
+        EngineStatus::LimitReached(format!(
+            "{} iterations without finish",
+            limits.max_iterations
+        )),
+        String::new(),
+        &usage,
+        iterations,
+    )
+}
+
+/// Exit code by which an external agent says the task cannot be done.
+pub const EXTERNAL_CANNOT_DO: i32 = 3;
+
+/// Runs an external agent CLI in the workspace. The prompt is in a file outside the workspace
+/// whose path is in `RECAC_PROMPT_FILE`; the git token is removed from its environment (LLM keys
+/// are kept: the CLI needs them). Exit 0 means done, 3 means it cannot be done, anything else
+/// is a retryable failure. The last lines of its output become the summary.
+pub async fn run_external(
+    ext: &ExternalSettings,
+    workspace: &Path,
+    prompt: &str,
+    max_duration: Duration,
+    redactor: &Redactor,
+) -> EngineReport {
+    let fail = |permanent, message: String| EngineReport {
+        status: EngineStatus::Failed { permanent, message },
+        summary: String::new(),
+        usage: TokenUsage::default(),
+        iterations: 0,
+    };
+    let holder = match tempfile::Builder::new().prefix("recac-prompt-").tempdir() {
+        Ok(h) => h,
+        Err(e) => return fail(false, format!("cannot create the prompt file: {e}")),
+    };
+    let prompt_file = holder.path().join("prompt.md");
+    if let Err(e) = std::fs::write(&prompt_file, prompt) {
+        return fail(false, format!("cannot write the prompt file: {e}"));
+    }
+    let args: Vec<&str> = ext.args.iter().map(String::as_str).collect();
+    let mut spec = CommandSpec::new(ext.command.clone(), &args, workspace, max_duration);
+    spec.remove_env = vec![vars::GIT_TOKEN.into(), vars::GITHUB_TOKEN.into()];
+    spec.env = vec![
+        (
+            vars::PROMPT_FILE.into(),
+            prompt_file.to_string_lossy().into_owned(),
+        ),
+        (
+            vars::WORKSPACE.into(),
+            workspace.to_string_lossy().into_owned(),
+        ),
+    ];
+    tracing::info!(command = %ext.command, "running the external agent");
+    let out = match process::run(&spec).await {
+        Ok(out) => out,
+        Err(e) => {
+            return fail(
+                true,
+                format!("cannot start the agent command `{}`: {e}", ext.command),
+            );
+        }
+    };
+    let stdout = redactor.redact_bytes(&out.stdout);
+    let stderr = redactor.redact_bytes(&out.stderr);
+    for line in process::cap(&stdout, 16_384).lines() {
+        tracing::info!(target: "recac::agent_output", "{line}");
+    }
+    for line in process::cap(&stderr, 16_384).lines() {
+        tracing::info!(target: "recac::agent_output", stream = "stderr", "{line}");
+    }
+    let summary = last_lines(&stdout, 20, 1500);
+    let status = match (out.timed_out, out.exit_code) {
+        (true, _) => EngineStatus::LimitReached("wall-clock limit".into()),
+        (false, Some(0)) => EngineStatus::Done,
+        (false, Some(EXTERNAL_CANNOT_DO)) => EngineStatus::CannotDo,
+        (false, code) => EngineStatus::Failed {
+            permanent: false,
+            message: format!(
+                "the agent command exited with {}: {}",
+                code.map_or("a signal".to_string(), |c| c.to_string()),
+                last_lines(&stderr, 10, 800)
+            ),
+        },
+    };
+    EngineReport {
+        status,
+        summary,
+        usage: TokenUsage::default(),
+        iterations: 1,
+    }
+}
+
+/// The last `n` non-empty lines of `text`, at most `max` bytes (kept from the end).
+fn last_lines(text: &str, n: usize, max: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let joined = lines[lines.len().saturating_sub(n)..].join("\n");
+    if joined.len() <= max {
+        return joined;
+    }
+    let mut start = joined.len() - max;
+    while !joined.is_char_boundary(start) {
+        start += 1;
+    }
+    joined[start..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_lines_keeps_the_end() {
+        assert_eq!(last_lines("a\n\nb\nc\n", 2, 100), "b\nc");
+        assert_eq!(last_lines("abcdef", 5, 3), "def");
+        assert_eq!(last_lines("", 5, 3), "");
+    }
+}

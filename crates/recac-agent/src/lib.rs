@@ -1,0 +1,24 @@
+//! The recac agent: what `recac start` runs inside a task's Job (or on a developer's machine).
+//!
+//! The flow ([`run::run`]): clone the repository into a workspace, continue or create the
+//! branch, let an engine do the work (the built-in LLM tool-use loop or an external agent CLI),
+//! run the tests, commit, push, optionally open a pull request, and report an
+//! [`AgentResult`](recac_api::agent_contract::AgentResult).
+//!
+//! Pure decisions live apart from I/O: [`branch`], [`detect`], [`report`], [`redact`] and
+//! [`run::decide_publish`].
+
+pub mod branch;
+pub mod detect;
+pub mod engine;
+pub mod git;
+pub mod github;
+pub mod process;
+pub mod redact;
+pub mod report;
+pub mod run;
+pub mod settings;
+
+pub use redact::Redactor;
+pub use run::{RunOutput, run};
+pub use settings::Settings;

@@ -1,0 +1,514 @@
+//! The `recac start` flow: workspace, branch, work, tests, commit, push, pull request, report.
+
+use std::path::PathBuf;
+
+use recac_api::agent_contract::{AgentResult, Outcome, TokenUsage};
+
+use crate::branch::{self, BranchPlan};
+use crate::detect::{self, RepoFiles};
+use crate::engine::{self, EngineReport, EngineStatus, llm::LlmClient, tools::Toolbox};
+use crate::git::{Git, GitError, Identity};
+use crate::github::{self, GitHub, GitHubRepo, PullRequest};
+use crate::process::{self, CommandSpec};
+use crate::redact::Redactor;
+use crate::report::exit_code_for;
+use crate::settings::{EngineSettings, PullRequestMode, Settings, vars};
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    pub result: AgentResult,
+    pub exit_code: i32,
+    /// The checkout the work happened in.
+    pub workspace: Option<PathBuf>,
+}
+
+/// Why the flow stopped early.
+struct Stop {
+    outcome: Outcome,
+    message: String,
+}
+
+impl Stop {
+    fn gave_up(message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::GaveUp,
+            message: message.into(),
+        }
+    }
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Failed,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<GitError> for Stop {
+    fn from(e: GitError) -> Self {
+        let outcome = if e.kind.is_permanent() {
+            Outcome::GaveUp
+        } else {
+            Outcome::Failed
+        };
+        Stop {
+            outcome,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What to do with the branch after the work (pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Publish {
+    /// The branch holds nothing beyond the base: nothing to push.
+    NothingToPush,
+    /// The remote branch already has HEAD (e.g. pushed by an earlier attempt).
+    AlreadyPushed,
+    /// Push HEAD.
+    Push,
+}
+
+/// Decides whether to push: `ahead` is how many commits HEAD has beyond the base.
+pub fn decide_publish(ahead: u64, head: &str, remote_head: Option<&str>) -> Publish {
+    if ahead == 0 {
+        Publish::NothingToPush
+    } else if remote_head == Some(head) {
+        Publish::AlreadyPushed
+    } else {
+        Publish::Push
+    }
+}
+
+/// The commit message: the ticket first, then the summary.
+pub fn commit_message(
+    ticket: Option<&str>,
+    summary: &str,
+    task: Option<&str>,
+    attempt: u32,
+    wip: bool,
+) -> String {
+    let summary = summary.trim();
+    let first = summary.lines().next().unwrap_or("").trim();
+    let first = if first.is_empty() {
+        "changes by recac"
+    } else {
+        first
+    };
+    let mut title = String::new();
+    if wip {
+        title.push_str("WIP: ");
+    }
+    if let Some(t) = ticket {
+        title.push_str(t);
+        title.push_str(": ");
+    } else {
+        title.push_str("recac: ");
+    }
+    title.push_str(first);
+    let title: String = title.chars().take(100).collect();
+    let mut msg = format!("{title}\n");
+    if summary.lines().count() > 1 || summary.len() > first.len() {
+        msg.push_str(&format!("\n{summary}\n"));
+    }
+    msg.push('\n');
+    if let Some(t) = ticket {
+        msg.push_str(&format!("Ticket: {t}\n"));
+    }
+    if let Some(task) = task {
+        msg.push_str(&format!("Recac-Task: {task} (attempt {attempt})\n"));
+    }
+    msg
+}
+
+/// Runs the whole flow; never panics on bad input, always returns a result.
+pub async fn run(settings: &Settings, redactor: &Redactor) -> RunOutput {
+    let redactor = redactor.with_secrets(settings.secrets());
+    let mut state = State {
+        branch: None,
+        commit: None,
+        pull_request_url: None,
+        tests_passed: None,
+        usage: None,
+        workspace: None,
+    };
+    let (outcome, summary) = match flow(settings, &redactor, &mut state).await {
+        Ok((outcome, summary)) => (outcome, summary),
+        Err(stop) => (stop.outcome, stop.message),
+    };
+    let summary = redactor.redact(&summary);
+    let result = AgentResult {
+        outcome: outcome.clone(),
+        branch: state.branch,
+        commit: state.commit,
+        pull_request_url: state.pull_request_url,
+        tests_passed: state.tests_passed,
+        summary: (!summary.trim().is_empty()).then_some(summary),
+        token_usage: state.usage,
+    };
+    RunOutput {
+        exit_code: exit_code_for(&outcome),
+        result,
+        workspace: state.workspace,
+    }
+}
+
+struct State {
+    branch: Option<String>,
+    commit: Option<String>,
+    pull_request_url: Option<String>,
+    tests_passed: Option<bool>,
+    usage: Option<TokenUsage>,
+    workspace: Option<PathBuf>,
+}
+
+fn prepare_workspace(settings: &Settings) -> Result<PathBuf, Stop> {
+    match &settings.workspace {
+        Some(dir) => {
+            if dir.exists() {
+                let empty = std::fs::read_dir(dir)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if !empty {
+                    return Err(Stop::gave_up(format!(
+                        "{} ({}) must be an empty or absent directory",
+                        vars::WORKSPACE,
+                        dir.display()
+                    )));
+                }
+            }
+            Ok(dir.clone())
+        }
+        None => {
+            let holder = tempfile::Builder::new()
+                .prefix("recac-workspace-")
+                .tempdir()
+                .map_err(|e| Stop::failed(format!("cannot create a workspace: {e}")))?;
+            Ok(holder.keep().join("repo"))
+        }
+    }
+}
+
+async fn flow(
+    settings: &Settings,
+    redactor: &Redactor,
+    state: &mut State,
+) -> Result<(Outcome, String), Stop> {
+    // 1. Workspace.
+    let dir = prepare_workspace(settings)?;
+    state.workspace = Some(dir.clone());
+    let git = Git::new(
+        &dir,
+        settings.git_token.as_deref(),
+        &settings.git_username,
+        redactor.clone(),
+    )
+    .map_err(|e| Stop::failed(format!("cannot set up git credentials: {e}")))?;
+    tracing::info!(repo = %settings.repo_url, workspace = %dir.display(), "cloning");
+    git.clone_repo(&settings.repo_url).await?;
+
+    // 2. Branch.
+    let base = match &settings.base_branch {
+        Some(b) => b.clone(),
+        None => git.default_branch().await?.ok_or_else(|| {
+            Stop::gave_up("the remote has no default branch (is it empty?); set RECAC_BASE_BRANCH")
+        })?,
+    };
+    let wanted = settings.branch.clone().unwrap_or_else(|| {
+        branch::default_branch_name(settings.ticket.as_deref(), &settings.prompt)
+    });
+    let branch_name = branch::sanitize(&wanted);
+    if branch_name != wanted {
+        tracing::warn!(given = %wanted, used = %branch_name, "branch name sanitised");
+    }
+    if branch_name == base {
+        return Err(Stop::gave_up(format!(
+            "the branch `{branch_name}` is the base branch; refusing to work on it"
+        )));
+    }
+    state.branch = Some(branch_name.clone());
+    let exists = git.remote_branch_exists(&branch_name).await?;
+    let plan = branch::plan(&branch_name, &base, exists);
+    tracing::info!(?plan, "branch");
+    match &plan {
+        BranchPlan::Continue { branch } => {
+            git.fetch_branch(branch).await?;
+            git.checkout(branch, branch).await?;
+        }
+        BranchPlan::Create { branch, base } => git.checkout(branch, base).await?,
+    }
+    let base_commit = git
+        .rev_parse(&format!("refs/remotes/origin/{base}"))
+        .await?;
+    let start = git.rev_parse("HEAD").await?;
+    let remote_head = exists.then(|| start.clone());
+
+    // 3. Work.
+    let report: EngineReport = match &settings.engine {
+        EngineSettings::Builtin(llm) => {
+            let client = LlmClient::new(llm.clone(), redactor.clone())
+                .map_err(|e| Stop::gave_up(e.to_string()))?;
+            let toolbox = Toolbox::new(
+                &dir,
+                settings.limits.command_timeout,
+                settings.limits.output_limit,
+                redactor.clone(),
+            )
+            .map_err(|e| Stop::failed(format!("cannot open the workspace: {e}")))?;
+            engine::run_builtin(&client, &toolbox, &settings.prompt, &settings.limits).await
+        }
+        EngineSettings::External(ext) => {
+            engine::run_external(
+                ext,
+                &dir,
+                &settings.prompt,
+                settings.limits.max_duration,
+                redactor,
+            )
+            .await
+        }
+    };
+    if matches!(settings.engine, EngineSettings::Builtin(_)) {
+        state.usage = Some(report.usage.clone());
+    }
+    tracing::info!(status = ?report.status, iterations = report.iterations, "work step ended");
+    let wip = match &report.status {
+        EngineStatus::Done => false,
+        EngineStatus::LimitReached(_) => true,
+        EngineStatus::CannotDo => {
+            let why = if report.summary.is_empty() {
+                "the engine declared it cannot do the task".into()
+            } else {
+                report.summary.clone()
+            };
+            return Err(Stop::gave_up(why));
+        }
+        EngineStatus::Failed { permanent, message } => {
+            return Err(if *permanent {
+                Stop::gave_up(message.clone())
+            } else {
+                Stop::failed(message.clone())
+            });
+        }
+    };
+
+    // 4. Commit (before the tests, so their artifacts never land in the commit).
+    let who = Identity {
+        name: settings.author_name.clone(),
+        email: settings.author_email.clone(),
+    };
+    let message = commit_message(
+        settings.ticket.as_deref(),
+        &redactor.redact(&report.summary),
+        settings.task.as_deref(),
+        settings.attempt,
+        wip,
+    );
+    let committed = git.commit_all(&message, &who).await?;
+    let head = git.rev_parse("HEAD").await?;
+    let ahead = git.commits_between(&base_commit, &head).await?;
+    let publish = decide_publish(ahead, &head, remote_head.as_deref());
+    tracing::info!(committed, ahead, ?publish, "commit");
+    if publish != Publish::NothingToPush {
+        state.commit = Some(head.clone());
+    }
+    if let EngineStatus::LimitReached(reason) = &report.status {
+        if publish == Publish::Push {
+            git.push(&branch_name).await?;
+            return Err(Stop::failed(format!(
+                "stopped: {reason}; the work in progress is pushed to {branch_name}"
+            )));
+        }
+        return Err(Stop::failed(format!("stopped: {reason}")));
+    }
+    if publish == Publish::NothingToPush {
+        let summary = if report.summary.is_empty() {
+            "the engine produced no change".to_string()
+        } else {
+            report.summary.clone()
+        };
+        return Ok((Outcome::NoChanges, summary));
+    }
+
+    // 5. Tests.
+    state.tests_passed = run_tests(settings, &git, redactor).await;
+
+    // 6. Push.
+    if publish == Publish::Push {
+        tracing::info!(branch = %branch_name, "pushing");
+        git.push(&branch_name).await?;
+    }
+    let outcome = if state.tests_passed == Some(false) {
+        Outcome::TestsFailed
+    } else {
+        Outcome::Succeeded
+    };
+
+    // 7. Pull request.
+    if let Some(url) = pull_request(
+        settings,
+        &git,
+        redactor,
+        &branch_name,
+        &base,
+        &report.summary,
+        state.tests_passed,
+    )
+    .await?
+    {
+        state.pull_request_url = Some(url);
+    }
+    let summary = if report.summary.is_empty() {
+        "done".to_string()
+    } else {
+        report.summary
+    };
+    Ok((outcome, summary))
+}
+
+async fn run_tests(settings: &Settings, git: &Git, redactor: &Redactor) -> Option<bool> {
+    if settings.skip_tests {
+        tracing::info!("tests skipped (RECAC_TEST_COMMAND=none)");
+        return None;
+    }
+    let argv: Vec<String> = match &settings.test_command {
+        // Operator configuration, not ticket text: run it through sh.
+        Some(cmd) => vec!["sh".into(), "-c".into(), cmd.clone()],
+        None => match detect::detect(&RepoFiles::read(git.dir())) {
+            Some(argv) => argv,
+            None => {
+                tracing::info!("no test command configured or detected");
+                return None;
+            }
+        },
+    };
+    tracing::info!(command = %argv.join(" "), "running tests");
+    let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+    let spec = CommandSpec::new(argv[0].clone(), &args, git.dir(), settings.test_timeout);
+    match process::run(&spec).await {
+        Ok(out) => {
+            let passed = out.success();
+            let text = redactor.redact(&out.describe(8192));
+            for line in text.lines() {
+                tracing::info!(target: "recac::tests", "{line}");
+            }
+            tracing::info!(
+                passed,
+                seconds = out.duration.as_secs_f64(),
+                "tests finished"
+            );
+            Some(passed)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot run the test command");
+            Some(false)
+        }
+    }
+}
+
+async fn pull_request(
+    settings: &Settings,
+    git: &Git,
+    redactor: &Redactor,
+    branch: &str,
+    base: &str,
+    summary: &str,
+    tests_passed: Option<bool>,
+) -> Result<Option<String>, Stop> {
+    if settings.pull_request == PullRequestMode::Never {
+        return Ok(None);
+    }
+    let always = settings.pull_request == PullRequestMode::Always;
+    let repo = match &settings.github_repository {
+        Some(r) => GitHubRepo::parse(r),
+        None => github::repo_from_remote(&git.remote_url().await?, &settings.github_api_url),
+    };
+    let (Some(repo), Some(token)) = (repo, settings.git_token.as_deref()) else {
+        if always {
+            return Err(Stop::gave_up(format!(
+                "{}=true needs a GitHub remote (or {}) and {}",
+                vars::PULL_REQUEST,
+                vars::GITHUB_REPOSITORY,
+                vars::GIT_TOKEN
+            )));
+        }
+        return Ok(None);
+    };
+    let first = summary.lines().next().unwrap_or("").trim();
+    let title = match (&settings.ticket, first.is_empty()) {
+        (Some(t), false) => format!("{t}: {first}"),
+        (Some(t), true) => format!("{t}: changes by recac"),
+        (None, false) => first.to_string(),
+        (None, true) => format!("recac: {branch}"),
+    };
+    let title: String = redactor.redact(&title).chars().take(120).collect();
+    let tests = match tests_passed {
+        Some(true) => "passed",
+        Some(false) => "FAILED",
+        None => "not run (none found)",
+    };
+    let mut body = format!("{}\n\n---\nTests: {tests}\n", redactor.redact(summary));
+    if let Some(t) = &settings.ticket {
+        body.push_str(&format!("Ticket: {t}\n"));
+    }
+    body.push_str("Opened by recac.\n");
+    let gh = GitHub::new(&settings.github_api_url, token, redactor.clone())
+        .map_err(|e| Stop::failed(e.to_string()))?;
+    let pr = PullRequest {
+        head: branch,
+        base,
+        title: &title,
+        body: &body,
+    };
+    match gh.ensure(&repo, &pr).await {
+        Ok(url) => {
+            tracing::info!(%url, "pull request");
+            Ok(Some(url))
+        }
+        Err(e) if e.permanent => Err(Stop::gave_up(e.to_string())),
+        Err(e) => Err(Stop::failed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::GitErrorKind;
+
+    #[test]
+    fn publish_decisions() {
+        assert_eq!(decide_publish(0, "a", None), Publish::NothingToPush);
+        assert_eq!(decide_publish(0, "a", Some("a")), Publish::NothingToPush);
+        assert_eq!(decide_publish(2, "a", Some("a")), Publish::AlreadyPushed);
+        assert_eq!(decide_publish(2, "b", Some("a")), Publish::Push);
+        assert_eq!(decide_publish(1, "b", None), Publish::Push);
+    }
+
+    #[test]
+    fn commit_messages_name_the_ticket() {
+        let m = commit_message(Some("PROJ-1"), "Add flag\n\nDetails", Some("t1"), 2, false);
+        assert!(m.starts_with("PROJ-1: Add flag\n"));
+        assert!(m.contains("Details") && m.contains("Ticket: PROJ-1") && m.contains("attempt 2"));
+        assert!(
+            commit_message(None, "", None, 1, true).starts_with("WIP: recac: changes by recac\n")
+        );
+    }
+
+    #[test]
+    fn git_kind_maps_to_outcome() {
+        let s: Stop = GitError {
+            op: "push".into(),
+            kind: GitErrorKind::Declined,
+            message: String::new(),
+        }
+        .into();
+        assert_eq!(s.outcome, Outcome::GaveUp);
+        let s: Stop = GitError {
+            op: "push".into(),
+            kind: GitErrorKind::NonFastForward,
+            message: String::new(),
+        }
+        .into();
+        assert_eq!(s.outcome, Outcome::Failed);
+    }
+}

@@ -1,0 +1,738 @@
+//! The agent's settings, read from environment variables (typed, validated; every error names
+//! the variable at fault).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use recac_api::agent_contract::env as contract;
+
+/// Environment variable names beyond the contract's (which are re-exported here for one list).
+pub mod vars {
+    pub use recac_api::agent_contract::env::*;
+    pub const ENGINE: &str = "RECAC_ENGINE";
+    pub const OPENAI_API_KEY: &str = "OPENAI_API_KEY";
+    pub const OPENAI_BASE_URL: &str = "OPENAI_BASE_URL";
+    pub const ANTHROPIC_API_KEY: &str = "ANTHROPIC_API_KEY";
+    pub const ANTHROPIC_BASE_URL: &str = "ANTHROPIC_BASE_URL";
+    pub const MAX_ITERATIONS: &str = "RECAC_MAX_ITERATIONS";
+    pub const MAX_TOKENS: &str = "RECAC_MAX_TOKENS";
+    pub const MAX_DURATION_SECS: &str = "RECAC_MAX_DURATION_SECS";
+    pub const MAX_OUTPUT_TOKENS: &str = "RECAC_MAX_OUTPUT_TOKENS";
+    pub const COMMAND_TIMEOUT_SECS: &str = "RECAC_COMMAND_TIMEOUT_SECS";
+    pub const COMMAND_OUTPUT_LIMIT: &str = "RECAC_COMMAND_OUTPUT_LIMIT";
+    pub const LLM_MAX_RETRIES: &str = "RECAC_LLM_MAX_RETRIES";
+    pub const LLM_RETRY_BASE_MS: &str = "RECAC_LLM_RETRY_BASE_MS";
+    pub const AGENT_COMMAND: &str = "RECAC_AGENT_COMMAND";
+    pub const AGENT_ARGS: &str = "RECAC_AGENT_ARGS";
+    pub const GIT_TOKEN: &str = "RECAC_GIT_TOKEN";
+    pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+    pub const GIT_USERNAME: &str = "RECAC_GIT_USERNAME";
+    pub const GIT_AUTHOR_NAME: &str = "RECAC_GIT_AUTHOR_NAME";
+    pub const GIT_AUTHOR_EMAIL: &str = "RECAC_GIT_AUTHOR_EMAIL";
+    pub const TEST_COMMAND: &str = "RECAC_TEST_COMMAND";
+    pub const TEST_TIMEOUT_SECS: &str = "RECAC_TEST_TIMEOUT_SECS";
+    pub const WORKSPACE: &str = "RECAC_WORKSPACE";
+    pub const PULL_REQUEST: &str = "RECAC_PULL_REQUEST";
+    pub const GITHUB_API_URL: &str = "RECAC_GITHUB_API_URL";
+    pub const GITHUB_REPOSITORY: &str = "RECAC_GITHUB_REPOSITORY";
+}
+
+/// Variables whose values are credentials: removed from child processes the model controls
+/// and redacted from all output.
+pub const SECRET_VARS: &[&str] = &[
+    vars::GIT_TOKEN,
+    vars::GITHUB_TOKEN,
+    vars::OPENAI_API_KEY,
+    vars::ANTHROPIC_API_KEY,
+];
+
+/// Every variable `recac start` reads: (name, default, meaning). `recac start --help` prints it.
+pub const ENV_DOCS: &[(&str, &str, &str)] = &[
+    (
+        contract::TASK,
+        "-",
+        "The AgentTask's name (set by the operator; used in logs).",
+    ),
+    (
+        contract::ATTEMPT,
+        "1",
+        "The attempt number (set by the operator).",
+    ),
+    (
+        contract::REPO_URL,
+        "required",
+        "The repository to clone (https://, ssh or file:// URL, without credentials).",
+    ),
+    (
+        contract::BASE_BRANCH,
+        "remote's default branch",
+        "The branch new work starts from.",
+    ),
+    (
+        contract::BRANCH,
+        "recac/<ticket or prompt slug>",
+        "The feature branch; continued if it already exists on the remote.",
+    ),
+    (
+        contract::TICKET,
+        "-",
+        "The ticket key; named in the commit message and pull request.",
+    ),
+    (
+        contract::PROMPT,
+        "-",
+        "What the agent must do (this or RECAC_PROMPT_FILE is required).",
+    ),
+    (
+        contract::PROMPT_FILE,
+        "-",
+        "A file holding the prompt (wins over RECAC_PROMPT).",
+    ),
+    (
+        vars::ENGINE,
+        "builtin (external when RECAC_AGENT_COMMAND is set)",
+        "`builtin` (LLM tool-use loop) or `external` (an agent CLI).",
+    ),
+    (
+        contract::PROVIDER,
+        "openai (anthropic when only ANTHROPIC_API_KEY is set)",
+        "`openai` (any Chat Completions API) or `anthropic` (Messages API).",
+    ),
+    (
+        contract::MODEL,
+        "required for builtin",
+        "The model name, e.g. gpt-4.1 or claude-sonnet-4-5.",
+    ),
+    (
+        vars::OPENAI_API_KEY,
+        "-",
+        "API key for the openai provider (optional with a custom OPENAI_BASE_URL, e.g. Ollama).",
+    ),
+    (
+        vars::OPENAI_BASE_URL,
+        "https://api.openai.com/v1",
+        "Chat Completions base URL (OpenRouter, Ollama, vLLM ...).",
+    ),
+    (
+        vars::ANTHROPIC_API_KEY,
+        "-",
+        "API key for the anthropic provider.",
+    ),
+    (
+        vars::ANTHROPIC_BASE_URL,
+        "https://api.anthropic.com",
+        "Messages API base URL.",
+    ),
+    (
+        vars::MAX_ITERATIONS,
+        "50",
+        "Built-in engine: most model turns.",
+    ),
+    (
+        vars::MAX_TOKENS,
+        "2000000",
+        "Built-in engine: most tokens (input + output) spent in total.",
+    ),
+    (
+        vars::MAX_DURATION_SECS,
+        "3600",
+        "Wall-clock limit of the work step (both engines).",
+    ),
+    (
+        vars::MAX_OUTPUT_TOKENS,
+        "8192",
+        "Built-in engine: most tokens in one model reply.",
+    ),
+    (
+        vars::COMMAND_TIMEOUT_SECS,
+        "600",
+        "Built-in engine: timeout of one run_command.",
+    ),
+    (
+        vars::COMMAND_OUTPUT_LIMIT,
+        "16384",
+        "Bytes of command output shown to the model (head and tail kept).",
+    ),
+    (
+        vars::LLM_MAX_RETRIES,
+        "5",
+        "Retries of a model call on 429, 5xx, network errors or malformed replies.",
+    ),
+    (
+        vars::LLM_RETRY_BASE_MS,
+        "1000",
+        "First retry delay (doubles each time; Retry-After wins).",
+    ),
+    (
+        vars::AGENT_COMMAND,
+        "-",
+        "External engine: the agent CLI to run in the workspace.",
+    ),
+    (
+        vars::AGENT_ARGS,
+        "-",
+        "External engine: its arguments, a JSON array or whitespace-separated.",
+    ),
+    (
+        vars::GIT_TOKEN,
+        "-",
+        "Token for git over HTTPS (and the GitHub API); given to git via GIT_ASKPASS only.",
+    ),
+    (vars::GITHUB_TOKEN, "-", "Alias of RECAC_GIT_TOKEN."),
+    (
+        vars::GIT_USERNAME,
+        "x-access-token",
+        "User name sent with the git token.",
+    ),
+    (
+        vars::GIT_AUTHOR_NAME,
+        "recac",
+        "Commit author and committer name.",
+    ),
+    (
+        vars::GIT_AUTHOR_EMAIL,
+        "recac@users.noreply.github.com",
+        "Commit author and committer email.",
+    ),
+    (
+        vars::TEST_COMMAND,
+        "detected",
+        "Test command (run with sh -c in the workspace); detected from Makefile, Cargo.toml, package.json, pyproject.toml or go.mod when unset; `none` skips tests.",
+    ),
+    (
+        vars::TEST_TIMEOUT_SECS,
+        "1800",
+        "Timeout of the test command.",
+    ),
+    (
+        contract::RESULT_PATH,
+        "/dev/termination-log",
+        "Where the result JSON is written (kept under 4096 bytes).",
+    ),
+    (
+        vars::WORKSPACE,
+        "a new temporary directory",
+        "Directory to clone into (must be empty or absent).",
+    ),
+    (
+        vars::PULL_REQUEST,
+        "auto",
+        "`auto` (open one when the remote is on GitHub and a token is set), `true` or `false`.",
+    ),
+    (
+        vars::GITHUB_API_URL,
+        "https://api.github.com",
+        "GitHub REST API base (GitHub Enterprise: https://HOST/api/v3).",
+    ),
+    (
+        vars::GITHUB_REPOSITORY,
+        "from the remote URL",
+        "owner/name of the GitHub repository for pull requests.",
+    ),
+];
+
+/// A setting that is missing or invalid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("{var} is required: {hint}")]
+    Missing { var: String, hint: String },
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: String, reason: String },
+    #[error("cannot read the prompt file named by {var}: {reason}")]
+    PromptFile { var: String, reason: String },
+}
+
+/// The LLM API shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    /// OpenAI-compatible Chat Completions.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// How the built-in engine reaches its model.
+#[derive(Clone, Debug)]
+pub struct LlmSettings {
+    pub provider: Provider,
+    pub model: String,
+    pub api_key: Option<String>,
+    pub base_url: String,
+    pub max_output_tokens: u32,
+    pub max_retries: u32,
+    pub retry_base: Duration,
+}
+
+/// The agent CLI the external engine runs.
+#[derive(Clone, Debug)]
+pub struct ExternalSettings {
+    pub command: String,
+    pub args: Vec<String>,
+}
+
+/// Which engine does the work.
+#[derive(Clone, Debug)]
+pub enum EngineSettings {
+    Builtin(LlmSettings),
+    External(ExternalSettings),
+}
+
+/// Limits of the work step.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_iterations: u32,
+    pub max_tokens: u64,
+    pub max_duration: Duration,
+    pub command_timeout: Duration,
+    pub output_limit: usize,
+}
+
+/// Whether to open a pull request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullRequestMode {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Everything `recac start` needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub task: Option<String>,
+    pub attempt: u32,
+    pub repo_url: String,
+    pub base_branch: Option<String>,
+    pub branch: Option<String>,
+    pub ticket: Option<String>,
+    pub prompt: String,
+    pub engine: EngineSettings,
+    pub limits: Limits,
+    pub git_token: Option<String>,
+    pub git_username: String,
+    pub author_name: String,
+    pub author_email: String,
+    /// `None`: detect; `Some("")` never happens (`none` disables tests: see `skip_tests`).
+    pub test_command: Option<String>,
+    pub skip_tests: bool,
+    pub test_timeout: Duration,
+    pub result_path: PathBuf,
+    pub workspace: Option<PathBuf>,
+    pub pull_request: PullRequestMode,
+    pub github_api_url: String,
+    pub github_repository: Option<String>,
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (a variable name to its value). Empty values count
+    /// as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+
+        let repo_url = get(contract::REPO_URL).ok_or_else(|| SettingsError::Missing {
+            var: contract::REPO_URL.into(),
+            hint: "the repository to clone (or pass --repo)".into(),
+        })?;
+        if let Ok(parsed) = url::Url::parse(&repo_url)
+            && (!parsed.username().is_empty() || parsed.password().is_some())
+        {
+            return Err(SettingsError::Invalid {
+                var: contract::REPO_URL.into(),
+                reason: "it must not carry credentials; set RECAC_GIT_TOKEN instead".into(),
+            });
+        }
+
+        let prompt = match get(contract::PROMPT_FILE) {
+            Some(path) => {
+                std::fs::read_to_string(&path).map_err(|e| SettingsError::PromptFile {
+                    var: contract::PROMPT_FILE.into(),
+                    reason: e.to_string(),
+                })?
+            }
+            None => get(contract::PROMPT).unwrap_or_default(),
+        };
+        if prompt.trim().is_empty() {
+            return Err(SettingsError::Missing {
+                var: contract::PROMPT.into(),
+                hint: "what the agent must do (or RECAC_PROMPT_FILE, or --prompt)".into(),
+            });
+        }
+
+        let attempt = parse_num(&get, contract::ATTEMPT, 1u32)?;
+        let limits = Limits {
+            max_iterations: parse_num(&get, vars::MAX_ITERATIONS, 50u32)?,
+            max_tokens: parse_num(&get, vars::MAX_TOKENS, 2_000_000u64)?,
+            max_duration: Duration::from_secs(parse_num(&get, vars::MAX_DURATION_SECS, 3600u64)?),
+            command_timeout: Duration::from_secs(parse_num(
+                &get,
+                vars::COMMAND_TIMEOUT_SECS,
+                600u64,
+            )?),
+            output_limit: parse_num(&get, vars::COMMAND_OUTPUT_LIMIT, 16_384usize)?,
+        };
+        for (var, zero) in [
+            (vars::MAX_ITERATIONS, limits.max_iterations == 0),
+            (vars::MAX_DURATION_SECS, limits.max_duration.is_zero()),
+            (vars::COMMAND_TIMEOUT_SECS, limits.command_timeout.is_zero()),
+            (vars::COMMAND_OUTPUT_LIMIT, limits.output_limit < 256),
+        ] {
+            if zero {
+                return Err(SettingsError::Invalid {
+                    var: var.into(),
+                    reason: "too small".into(),
+                });
+            }
+        }
+
+        let agent_command = get(vars::AGENT_COMMAND);
+        let engine_name = get(vars::ENGINE).unwrap_or_else(|| {
+            if agent_command.is_some() {
+                "external"
+            } else {
+                "builtin"
+            }
+            .to_string()
+        });
+        let engine = match engine_name.to_ascii_lowercase().as_str() {
+            "builtin" | "built-in" | "llm" => EngineSettings::Builtin(llm_settings(&get)?),
+            "external" => {
+                let command = agent_command.ok_or_else(|| SettingsError::Missing {
+                    var: vars::AGENT_COMMAND.into(),
+                    hint: "the agent CLI the external engine runs".into(),
+                })?;
+                let args = match get(vars::AGENT_ARGS) {
+                    None => Vec::new(),
+                    Some(raw) => parse_args(&raw).map_err(|reason| SettingsError::Invalid {
+                        var: vars::AGENT_ARGS.into(),
+                        reason,
+                    })?,
+                };
+                EngineSettings::External(ExternalSettings { command, args })
+            }
+            other => {
+                return Err(SettingsError::Invalid {
+                    var: vars::ENGINE.into(),
+                    reason: format!("`{other}` is neither `builtin` nor `external`"),
+                });
+            }
+        };
+
+        let pull_request = match get(vars::PULL_REQUEST)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("auto") => PullRequestMode::Auto,
+            Some("true" | "yes" | "1" | "always") => PullRequestMode::Always,
+            Some("false" | "no" | "0" | "never") => PullRequestMode::Never,
+            Some(other) => {
+                return Err(SettingsError::Invalid {
+                    var: vars::PULL_REQUEST.into(),
+                    reason: format!("`{other}` is not one of auto, true, false"),
+                });
+            }
+        };
+        let github_api_url =
+            get(vars::GITHUB_API_URL).unwrap_or_else(|| "https://api.github.com".into());
+        check_url(vars::GITHUB_API_URL, &github_api_url)?;
+        let github_repository = get(vars::GITHUB_REPOSITORY);
+        if let Some(repo) = &github_repository
+            && repo.split('/').filter(|p| !p.is_empty()).count() != 2
+        {
+            return Err(SettingsError::Invalid {
+                var: vars::GITHUB_REPOSITORY.into(),
+                reason: "expected owner/name".into(),
+            });
+        }
+
+        let test_command = get(vars::TEST_COMMAND);
+        let skip_tests = test_command
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case("none"));
+
+        Ok(Settings {
+            task: get(contract::TASK),
+            attempt,
+            repo_url,
+            base_branch: get(contract::BASE_BRANCH),
+            branch: get(contract::BRANCH),
+            ticket: get(contract::TICKET),
+            prompt,
+            engine,
+            limits,
+            git_token: get(vars::GIT_TOKEN).or_else(|| get(vars::GITHUB_TOKEN)),
+            git_username: get(vars::GIT_USERNAME).unwrap_or_else(|| "x-access-token".into()),
+            author_name: get(vars::GIT_AUTHOR_NAME).unwrap_or_else(|| "recac".into()),
+            author_email: get(vars::GIT_AUTHOR_EMAIL)
+                .unwrap_or_else(|| "recac@users.noreply.github.com".into()),
+            test_command: if skip_tests { None } else { test_command },
+            skip_tests,
+            test_timeout: Duration::from_secs(parse_num(&get, vars::TEST_TIMEOUT_SECS, 1800u64)?),
+            result_path: get(contract::RESULT_PATH)
+                .unwrap_or_else(|| "/dev/termination-log".into())
+                .into(),
+            workspace: get(vars::WORKSPACE).map(PathBuf::from),
+            pull_request,
+            github_api_url,
+            github_repository,
+        })
+    }
+
+    /// The credential values these settings hold (for the redactor).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.git_token.iter().cloned().collect();
+        if let EngineSettings::Builtin(llm) = &self.engine {
+            out.extend(llm.api_key.iter().cloned());
+        }
+        out
+    }
+}
+
+/// Credential values found in the environment, for a redactor set up before settings are read.
+pub fn secrets_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    SECRET_VARS
+        .iter()
+        .filter_map(|v| lookup(v))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+fn llm_settings(get: &impl Fn(&str) -> Option<String>) -> Result<LlmSettings, SettingsError> {
+    let provider = match get(contract::PROVIDER)
+        .map(|p| p.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("openai" | "openai-compatible" | "openrouter" | "ollama" | "vllm") => Provider::OpenAi,
+        Some("anthropic") => Provider::Anthropic,
+        Some(other) => {
+            return Err(SettingsError::Invalid {
+                var: contract::PROVIDER.into(),
+                reason: format!("`{other}` is neither `openai` nor `anthropic`"),
+            });
+        }
+        None if get(vars::ANTHROPIC_API_KEY).is_some() && get(vars::OPENAI_API_KEY).is_none() => {
+            Provider::Anthropic
+        }
+        None => Provider::OpenAi,
+    };
+    let model = get(contract::MODEL).ok_or_else(|| SettingsError::Missing {
+        var: contract::MODEL.into(),
+        hint: "the model the built-in engine uses".into(),
+    })?;
+    let (key_var, url_var, default_url) = match provider {
+        Provider::OpenAi => (
+            vars::OPENAI_API_KEY,
+            vars::OPENAI_BASE_URL,
+            "https://api.openai.com/v1",
+        ),
+        Provider::Anthropic => (
+            vars::ANTHROPIC_API_KEY,
+            vars::ANTHROPIC_BASE_URL,
+            "https://api.anthropic.com",
+        ),
+    };
+    let base_url = get(url_var).unwrap_or_else(|| default_url.to_string());
+    check_url(url_var, &base_url)?;
+    let api_key = get(key_var);
+    let custom_openai =
+        provider == Provider::OpenAi && base_url.trim_end_matches('/') != default_url;
+    if api_key.is_none() && !custom_openai {
+        return Err(SettingsError::Missing {
+            var: key_var.into(),
+            hint: format!(
+                "the API key of the {} provider",
+                if provider == Provider::OpenAi {
+                    "openai"
+                } else {
+                    "anthropic"
+                }
+            ),
+        });
+    }
+    Ok(LlmSettings {
+        provider,
+        model,
+        api_key,
+        base_url: base_url.trim_end_matches('/').to_string(),
+        max_output_tokens: parse_num(get, vars::MAX_OUTPUT_TOKENS, 8192u32)?,
+        max_retries: parse_num(get, vars::LLM_MAX_RETRIES, 5u32)?,
+        retry_base: Duration::from_millis(parse_num(get, vars::LLM_RETRY_BASE_MS, 1000u64)?),
+    })
+}
+
+fn check_url(var: &str, value: &str) -> Result<(), SettingsError> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        _ => Err(SettingsError::Invalid {
+            var: var.into(),
+            reason: "expected an http(s) URL".into(),
+        }),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    default: T,
+) -> Result<T, SettingsError> {
+    match get(var) {
+        None => Ok(default),
+        Some(raw) => raw
+            .replace('_', "")
+            .parse()
+            .map_err(|_| SettingsError::Invalid {
+                var: var.into(),
+                reason: format!("`{raw}` is not a non-negative whole number"),
+            }),
+    }
+}
+
+/// Arguments given as a JSON array of strings or separated by whitespace.
+pub fn parse_args(raw: &str) -> Result<Vec<String>, String> {
+    let raw = raw.trim();
+    if raw.starts_with('[') {
+        serde_json::from_str::<Vec<String>>(raw)
+            .map_err(|e| format!("not a JSON array of strings: {e}"))
+    } else {
+        Ok(raw.split_whitespace().map(str::to_string).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("RECAC_REPO_URL", "https://github.com/o/r.git"),
+        ("RECAC_PROMPT", "do it"),
+        ("RECAC_MODEL", "m"),
+        ("OPENAI_API_KEY", "sk-test"),
+    ];
+
+    #[test]
+    fn defaults() {
+        let s = settings(BASE).unwrap();
+        assert_eq!(s.attempt, 1);
+        assert_eq!(s.limits.max_iterations, 50);
+        assert_eq!(s.result_path, PathBuf::from("/dev/termination-log"));
+        assert_eq!(s.pull_request, PullRequestMode::Auto);
+        let EngineSettings::Builtin(llm) = s.engine else {
+            panic!("builtin")
+        };
+        assert_eq!(llm.provider, Provider::OpenAi);
+        assert_eq!(llm.base_url, "https://api.openai.com/v1");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = settings(&[("RECAC_PROMPT", "x")]).unwrap_err();
+        assert!(err.to_string().contains("RECAC_REPO_URL"), "{err}");
+        let err = settings(&[("RECAC_REPO_URL", "file:///r")]).unwrap_err();
+        assert!(err.to_string().contains("RECAC_PROMPT"), "{err}");
+        let mut v = BASE.to_vec();
+        v.push(("RECAC_MAX_ITERATIONS", "lots"));
+        assert!(
+            settings(&v)
+                .unwrap_err()
+                .to_string()
+                .contains("RECAC_MAX_ITERATIONS")
+        );
+        let err = settings(&BASE[..3]).unwrap_err();
+        assert!(err.to_string().contains("OPENAI_API_KEY"), "{err}");
+        let mut v = BASE.to_vec();
+        v[0] = ("RECAC_REPO_URL", "https://u:p@github.com/o/r.git");
+        assert!(
+            settings(&v)
+                .unwrap_err()
+                .to_string()
+                .contains("RECAC_REPO_URL")
+        );
+        let mut v = BASE.to_vec();
+        v.push(("RECAC_PROVIDER", "gemini"));
+        assert!(
+            settings(&v)
+                .unwrap_err()
+                .to_string()
+                .contains("RECAC_PROVIDER")
+        );
+    }
+
+    #[test]
+    fn anthropic_and_external_and_aliases() {
+        let s = settings(&[
+            ("RECAC_REPO_URL", "file:///r"),
+            ("RECAC_PROMPT", "x"),
+            ("RECAC_MODEL", "claude"),
+            ("ANTHROPIC_API_KEY", "k-anthropic"),
+            ("GITHUB_TOKEN", "gh-token"),
+        ])
+        .unwrap();
+        let EngineSettings::Builtin(llm) = &s.engine else {
+            panic!()
+        };
+        assert_eq!(llm.provider, Provider::Anthropic);
+        assert_eq!(s.git_token.as_deref(), Some("gh-token"));
+        assert_eq!(
+            s.secrets(),
+            vec!["gh-token".to_string(), "k-anthropic".to_string()]
+        );
+
+        let s = settings(&[
+            ("RECAC_REPO_URL", "file:///r"),
+            ("RECAC_PROMPT", "x"),
+            ("RECAC_AGENT_COMMAND", "my-agent"),
+            ("RECAC_AGENT_ARGS", r#"["--yes", "a b"]"#),
+            ("RECAC_TEST_COMMAND", "none"),
+        ])
+        .unwrap();
+        let EngineSettings::External(ext) = &s.engine else {
+            panic!()
+        };
+        assert_eq!(ext.args, vec!["--yes", "a b"]);
+        assert!(s.skip_tests);
+    }
+
+    #[test]
+    fn ollama_needs_no_key() {
+        let s = settings(&[
+            ("RECAC_REPO_URL", "file:///r"),
+            ("RECAC_PROMPT", "x"),
+            ("RECAC_MODEL", "llama"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1/"),
+        ])
+        .unwrap();
+        let EngineSettings::Builtin(llm) = &s.engine else {
+            panic!()
+        };
+        assert_eq!(llm.base_url, "http://127.0.0.1:11434/v1");
+        assert!(llm.api_key.is_none());
+    }
+
+    #[test]
+    fn every_variable_is_documented() {
+        let names: Vec<&str> = ENV_DOCS.iter().map(|d| d.0).collect();
+        for v in SECRET_VARS {
+            assert!(names.contains(v));
+        }
+        assert!(names.contains(&vars::TEST_COMMAND));
+        assert!(names.contains(&vars::RESULT_PATH));
+    }
+}

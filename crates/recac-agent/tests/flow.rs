@@ -1,0 +1,551 @@
+//! End-to-end runs of the agent flow against real git (file:// and smart HTTP with basic auth),
+//! a scripted LLM (both API shapes) and a GitHub API simulator.
+
+mod support;
+
+use recac_api::agent_contract::{AgentResult, Outcome};
+use serde_json::json;
+use support::llm_sim::{LlmSim, Step, call, finish};
+use support::*;
+
+const KEY: &str = "sk-sim-key-0123456789abcdefXYZ";
+
+/// The scripted work: look around, fix value.txt, run the tests, finish.
+fn fixing_script(value: &'static str) -> Vec<Step> {
+    vec![
+        call("list_files", json!({})),
+        call("read_file", json!({"path": "value.txt"})),
+        call("write_file", json!({"path": "value.txt", "content": value})),
+        call("run_command", json!({"command": "make test"})),
+        finish("Set value to 2\n\nEdited value.txt and ran make test."),
+    ]
+}
+
+fn openai_vars<'a>(
+    sim: &'a LlmSim,
+    url: &'a str,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let base: &'static str = Box::leak(sim.openai_url().into_boxed_str());
+    let mut v = vec![
+        ("RECAC_REPO_URL", url),
+        ("RECAC_PROMPT", "Set the value in value.txt to 2."),
+        ("RECAC_TICKET", "PROJ-1"),
+        ("RECAC_TASK", "proj-1-task"),
+        ("RECAC_PROVIDER", "openai"),
+        ("RECAC_MODEL", "sim-model"),
+        ("OPENAI_API_KEY", KEY),
+        ("OPENAI_BASE_URL", base),
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn parsed(ran: &Ran) -> AgentResult {
+    assert!(ran.result_file.len() <= 4096);
+    serde_json::from_str(&ran.result_file).expect("result file is JSON")
+}
+
+#[tokio::test]
+async fn new_branch_is_created_tested_and_pushed() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let url = file_url(&bare);
+    let ran = run_with(root.path(), &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        result.outcome,
+        Outcome::Succeeded,
+        "{:?}\n{}",
+        result,
+        ran.logs
+    );
+    assert_eq!(ran.out.exit_code, 0);
+    assert_eq!(result.branch.as_deref(), Some("recac/proj-1"));
+    assert_eq!(result.tests_passed, Some(true));
+    let usage = result.token_usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (500, 50));
+    let head = remote_head(&bare, "recac/proj-1").expect("branch pushed");
+    assert_eq!(result.commit.as_deref(), Some(head.as_str()));
+    assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
+    let message = git(&bare, &["log", "-1", "--format=%an <%ae>%n%B", &head]);
+    assert!(
+        message.starts_with("recac <recac@users.noreply.github.com>\nPROJ-1: Set value to 2"),
+        "{message}"
+    );
+    // main is untouched
+    assert_eq!(show(&bare, "main", "value.txt"), "value = 1");
+    // The model saw the tool results, including the test run.
+    let requests = sim.requests();
+    assert_eq!(requests.len(), 5);
+    assert!(requests[4].contains("exit code 0"), "{}", requests[4]);
+    println!("new_branch: {:.2}s", ran.seconds);
+}
+
+#[tokio::test]
+async fn existing_branch_is_continued_with_anthropic() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let earlier = push_branch(root.path(), &bare, "feature/x", "progress.txt", "halfway\n");
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call("read_file", json!({"path": "progress.txt"})),
+            Step::Calls(vec![
+                (
+                    "write_file",
+                    json!({"path": "value.txt", "content": "value = 2\n"}),
+                ),
+                (
+                    "edit_file",
+                    json!({"path": "progress.txt", "old_text": "halfway", "new_text": "done"}),
+                ),
+            ]),
+            finish("Finished the work"),
+        ],
+    )
+    .await;
+    let url = file_url(&bare);
+    let ran = run_with(
+        root.path(),
+        &[
+            ("RECAC_REPO_URL", &url),
+            ("RECAC_PROMPT", "Finish it."),
+            ("RECAC_BRANCH", "feature/x"),
+            ("RECAC_PROVIDER", "anthropic"),
+            ("RECAC_MODEL", "claude-sim"),
+            ("ANTHROPIC_API_KEY", KEY),
+            ("ANTHROPIC_BASE_URL", &sim.anthropic_url()),
+        ],
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        result.outcome,
+        Outcome::Succeeded,
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let head = remote_head(&bare, "feature/x").unwrap();
+    assert_eq!(
+        git(&bare, &["rev-parse", &format!("{head}^")]),
+        earlier,
+        "continues the earlier attempt"
+    );
+    assert_eq!(show(&bare, &head, "progress.txt"), "done");
+    // The model read the earlier attempt's file.
+    assert!(sim.requests()[1].contains("halfway"));
+    assert_eq!(result.token_usage.unwrap().input_tokens, 600);
+}
+
+#[tokio::test]
+async fn failing_tests_are_reported_and_pushed() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let sim = LlmSim::start(KEY, fixing_script("value = 3\n")).await;
+    let url = file_url(&bare);
+    let ran = run_with(root.path(), &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!(result.outcome, Outcome::TestsFailed, "{}", ran.logs);
+    assert_eq!(result.tests_passed, Some(false));
+    assert_eq!(ran.out.exit_code, 1);
+    assert!(remote_head(&bare, "recac/proj-1").is_some());
+}
+
+#[tokio::test]
+async fn configured_test_command_wins() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let sim = LlmSim::start(KEY, fixing_script("value = 3\n")).await;
+    let url = file_url(&bare);
+    let ran = run_with(
+        root.path(),
+        &openai_vars(
+            &sim,
+            &url,
+            &[("RECAC_TEST_COMMAND", "grep -q 'value = 3' value.txt")],
+        ),
+    )
+    .await;
+    assert_eq!(parsed(&ran).outcome, Outcome::Succeeded, "{}", ran.logs);
+}
+
+#[tokio::test]
+async fn rejected_push_gives_up() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&hook).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let url = file_url(&bare);
+    let ran = run_with(root.path(), &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!(result.outcome, Outcome::GaveUp, "{}", ran.logs);
+    assert_eq!(ran.out.exit_code, 3);
+    assert!(result.summary.unwrap().contains("declined"));
+    assert!(remote_head(&bare, "recac/proj-1").is_none());
+}
+
+#[tokio::test]
+async fn no_changes_is_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call("list_files", json!({})),
+            finish("Nothing to do: already 2"),
+        ],
+    )
+    .await;
+    let url = file_url(&bare);
+    let ran = run_with(root.path(), &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!(result.outcome, Outcome::NoChanges);
+    assert_eq!(ran.out.exit_code, 3);
+    assert_eq!(result.summary.as_deref(), Some("Nothing to do: already 2"));
+    assert!(result.commit.is_none());
+    assert!(remote_head(&bare, "recac/proj-1").is_none());
+}
+
+#[tokio::test]
+async fn model_declaring_it_cannot_do_gives_up() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let sim = LlmSim::start(
+        KEY,
+        vec![call(
+            "finish",
+            json!({"status": "cannot_do", "summary": "needs a database"}),
+        )],
+    )
+    .await;
+    let url = file_url(&bare);
+    let ran = run_with(root.path(), &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!((result.outcome, ran.out.exit_code), (Outcome::GaveUp, 3));
+    assert_eq!(result.summary.as_deref(), Some("needs a database"));
+}
+
+#[tokio::test]
+async fn external_engine_gets_the_prompt_file() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    // The CLI copies the prompt into a file and fixes value.txt.
+    let args = json!(["-c", "cp \"$RECAC_PROMPT_FILE\" prompt-seen.txt && echo 'value = 2' > value.txt && echo 'external agent: fixed value'"]).to_string();
+    let ran = run_with(
+        root.path(),
+        &[
+            ("RECAC_REPO_URL", &url),
+            (
+                "RECAC_PROMPT",
+                "Ticket text with $(rm -rf /) and `backticks`; do it",
+            ),
+            ("RECAC_TICKET", "EXT-9"),
+            ("RECAC_AGENT_COMMAND", "sh"),
+            ("RECAC_AGENT_ARGS", &args),
+        ],
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        result.outcome,
+        Outcome::Succeeded,
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert_eq!(
+        result.summary.as_deref(),
+        Some("external agent: fixed value")
+    );
+    assert!(result.token_usage.is_none());
+    let head = remote_head(&bare, "recac/ext-9").unwrap();
+    assert_eq!(
+        show(&bare, &head, "prompt-seen.txt"),
+        "Ticket text with $(rm -rf /) and `backticks`; do it"
+    );
+    assert_eq!(result.tests_passed, Some(true));
+
+    // An external agent that exits 3 declares the task impossible.
+    let ran = run_with(
+        root.path(),
+        &[
+            ("RECAC_REPO_URL", &url),
+            ("RECAC_PROMPT", "x"),
+            ("RECAC_AGENT_COMMAND", "sh"),
+            ("RECAC_AGENT_ARGS", r#"["-c", "echo cannot; exit 3"]"#),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (parsed(&ran).outcome, ran.out.exit_code),
+        (Outcome::GaveUp, 3)
+    );
+}
+
+#[tokio::test]
+async fn pull_request_is_opened_once_across_attempts() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    let token = "ghp_SimulatedGitHubToken0123456789abcdef";
+    let github = support::github_sim::GitHubSim::start(token).await;
+    let extra = [
+        ("RECAC_GITHUB_API_URL", github.url.as_str()),
+        ("RECAC_GITHUB_REPOSITORY", "acme/widgets"),
+        ("RECAC_GIT_TOKEN", token),
+    ];
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let first = run_with(root.path(), &openai_vars(&sim, &url, &extra)).await;
+    let r1 = parsed(&first);
+    assert_eq!(r1.outcome, Outcome::Succeeded, "{}", first.logs);
+    assert_eq!(
+        r1.pull_request_url.as_deref(),
+        Some("https://github.example/acme/widgets/pull/1")
+    );
+
+    // A retried attempt: the model has nothing more to do; the branch is already pushed.
+    let sim2 = LlmSim::start(KEY, vec![finish("Already done")]).await;
+    let second = run_with(root.path(), &openai_vars(&sim2, &url, &extra)).await;
+    let r2 = parsed(&second);
+    assert_eq!(r2.outcome, Outcome::Succeeded, "{}", second.logs);
+    assert_eq!(r2.pull_request_url, r1.pull_request_url);
+    assert_eq!(r2.commit, r1.commit);
+    assert_eq!(github.creates(), 1);
+    let pr = &github.prs()[0];
+    assert_eq!(pr["head"]["ref"], "recac/proj-1");
+    assert_eq!(pr["base"]["ref"], "main");
+    assert!(
+        pr["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("PROJ-1: Set value to 2")
+    );
+    assert!(pr["body"].as_str().unwrap().contains("Tests: passed"));
+}
+
+#[tokio::test]
+async fn transient_llm_errors_are_retried() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let mut script = vec![
+        Step::Status(429, Some("0")),
+        Step::Status(500, None),
+        Step::Malformed,
+        Step::Status(503, Some("0.05")),
+    ];
+    script.extend(fixing_script("value = 2\n"));
+    let sim = LlmSim::start(KEY, script).await;
+    let url = file_url(&bare);
+    let ran = run_with(root.path(), &openai_vars(&sim, &url, &[])).await;
+    assert_eq!(parsed(&ran).outcome, Outcome::Succeeded, "{}", ran.logs);
+    assert_eq!(sim.requests().len(), 9);
+    assert!(ran.logs.contains("retrying"));
+
+    // Anthropic shape, retries exhausted: retryable failure.
+    let sim = LlmSim::start(KEY, vec![Step::Status(529, Some("0")); 10]).await;
+    let ran = run_with(
+        root.path(),
+        &[
+            ("RECAC_REPO_URL", &url),
+            ("RECAC_PROMPT", "x"),
+            ("RECAC_PROVIDER", "anthropic"),
+            ("RECAC_MODEL", "m"),
+            ("ANTHROPIC_API_KEY", KEY),
+            ("ANTHROPIC_BASE_URL", &sim.anthropic_url()),
+            ("RECAC_LLM_MAX_RETRIES", "2"),
+        ],
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!((result.outcome, ran.out.exit_code), (Outcome::Failed, 1));
+    assert!(result.summary.unwrap().contains("after 3 attempts"));
+    assert_eq!(sim.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn invalid_key_fails_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let sim = LlmSim::start("the-right-key-123", vec![]).await;
+    let url = file_url(&bare);
+    let ran = run_with(root.path(), &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3)
+    );
+    let summary = result.summary.unwrap();
+    assert!(
+        summary.contains("OPENAI_API_KEY") && summary.contains("401"),
+        "{summary}"
+    );
+    assert_eq!(sim.requests().len(), 1);
+    assert!(!ran.logs.contains(KEY) && !ran.result_file.contains(KEY));
+}
+
+#[tokio::test]
+async fn a_model_that_never_finishes_is_stopped() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    // Writes a file, then keeps listing files forever.
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call(
+                "write_file",
+                json!({"path": "notes.md", "content": "wip\n"}),
+            ),
+            Step::Text("thinking"),
+        ],
+    )
+    .await;
+    let url = file_url(&bare);
+    let ran = run_with(
+        root.path(),
+        &openai_vars(&sim, &url, &[("RECAC_MAX_ITERATIONS", "4")]),
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Failed, 1),
+        "{}",
+        ran.logs
+    );
+    assert!(result.summary.as_deref().unwrap().contains("4 iterations"));
+    assert_eq!(sim.requests().len(), 4);
+    // The work in progress is pushed for the next attempt to continue.
+    let head = remote_head(&bare, "recac/proj-1").unwrap();
+    assert_eq!(show(&bare, &head, "notes.md"), "wip");
+    assert!(git(&bare, &["log", "-1", "--format=%s", &head]).starts_with("WIP: PROJ-1"));
+
+    // Token budget.
+    let sim = LlmSim::start(KEY, vec![]).await;
+    let ran = run_with(
+        root.path(),
+        &openai_vars(&sim, &url, &[("RECAC_MAX_TOKENS", "250")]),
+    )
+    .await;
+    assert!(parsed(&ran).summary.unwrap().contains("token budget"));
+    assert_eq!(sim.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_bad_repository_gives_up() {
+    let root = tempfile::tempdir().unwrap();
+    let sim = LlmSim::start(KEY, vec![]).await;
+    let url = file_url(&root.path().join("missing.git"));
+    let ran = run_with(root.path(), &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!((result.outcome, ran.out.exit_code), (Outcome::GaveUp, 3));
+    assert!(result.summary.unwrap().contains("clone"));
+    assert!(sim.requests().is_empty());
+}
+
+#[tokio::test]
+async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
+    let root = tempfile::tempdir().unwrap();
+    let served = root.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let git_token = "tokPLANTEDgit0123456789";
+    let other_shape = "ghp_PlantedShapeToken000000000000000000000";
+    let bare = bare_repo(
+        &served,
+        "r.git",
+        &[(
+            "config.env",
+            &format!("PASSWORD={git_token}\nOTHER={other_shape}\n"),
+        )],
+    );
+    let server = support::git_http::GitHttp::start(served.clone(), git_token).await;
+    let github = support::github_sim::GitHubSim::start(git_token).await;
+    let url = format!("{}/r.git", server.url);
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call("read_file", json!({"path": "config.env"})),
+            call("run_command", json!({"command": "env; echo \"[$RECAC_GIT_TOKEN][$OPENAI_API_KEY]\"; git remote -v; cat .git/config"})),
+            call("write_file", json!({"path": "value.txt", "content": "value = 2\n"})),
+            // The model repeats a secret in its summary.
+            call("finish", json!({"status": "done", "summary": format!("Done. Found {git_token} and {KEY} in config")})),
+        ],
+    )
+    .await;
+    let ran = run_with(
+        root.path(),
+        &openai_vars(
+            &sim,
+            &url,
+            &[
+                ("RECAC_GIT_TOKEN", git_token),
+                ("RECAC_GITHUB_API_URL", &github.url),
+                ("RECAC_GITHUB_REPOSITORY", "acme/widgets"),
+            ],
+        ),
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        result.outcome,
+        Outcome::Succeeded,
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let head = remote_head(&bare, "recac/proj-1").expect("pushed over HTTP");
+    assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
+    // Git first asked anonymously (401), then authenticated through the askpass helper.
+    let log = server.log();
+    assert!(log.iter().any(|l| l.ends_with(" 401")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST /r.git/git-receive-pack") && l.ends_with(" 200")),
+        "{log:?}"
+    );
+
+    let workspace = ran.out.workspace.clone().unwrap();
+    let git_config = std::fs::read_to_string(workspace.join(".git/config")).unwrap();
+    let commit_message = git(&bare, &["log", "-1", "--format=%B", &head]);
+    let everywhere = [
+        ("logs", ran.logs.clone()),
+        ("result", ran.result_file.clone()),
+        ("llm requests", sim.requests().join("\n")),
+        ("git config", git_config),
+        ("commit message", commit_message),
+        ("pull request", github.bodies().join("\n")),
+        ("http requests", log.join("\n")),
+    ];
+    for secret in [git_token, KEY, other_shape] {
+        for (place, text) in &everywhere {
+            assert!(
+                !text.contains(secret),
+                "{secret} leaked into {place}:\n{text}"
+            );
+        }
+    }
+    assert!(ran.result_file.contains("[REDACTED]"));
+    assert_eq!(github.creates(), 1);
+
+    // A refused token gives up.
+    let sim = LlmSim::start(KEY, vec![]).await;
+    let ran = run_with(
+        root.path(),
+        &openai_vars(&sim, &url, &[("RECAC_GIT_TOKEN", "wrong-token-value")]),
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3),
+        "{result:?}"
+    );
+    assert!(result.summary.unwrap().contains("AuthRefused"));
+    assert!(!ran.logs.contains("wrong-token-value"));
+}

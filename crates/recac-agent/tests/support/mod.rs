@@ -1,0 +1,154 @@
+//! Test support: git fixtures and simulators (an LLM speaking both API shapes, the GitHub pull
+//! request API, and `git http-backend` behind basic auth). Only the tests use this.
+#![allow(dead_code)]
+
+pub mod git_http;
+pub mod github_sim;
+pub mod llm_sim;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use recac_agent::redact::{RedactingBuffer, Redactor};
+use recac_agent::settings::{Settings, secrets_from_lookup};
+use recac_agent::{RunOutput, run};
+
+/// Runs git synchronously for fixtures; panics on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "fixture")
+        .env("GIT_AUTHOR_EMAIL", "fixture@example.com")
+        .env("GIT_COMMITTER_NAME", "fixture")
+        .env("GIT_COMMITTER_EMAIL", "fixture@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare repository `<root>/<name>` whose `main` holds `value.txt` ("value = 1") and a
+/// Makefile whose `test` target passes when value.txt says "value = 2".
+pub fn bare_repo(root: &Path, name: &str, extra: &[(&str, &str)]) -> PathBuf {
+    let bare = root.join(name);
+    std::fs::create_dir_all(&bare).unwrap();
+    git(
+        &bare,
+        &["init", "--quiet", "--bare", "--initial-branch=main"],
+    );
+    let seed = root.join(format!("{name}-seed"));
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(seed.join("value.txt"), "value = 1\n").unwrap();
+    std::fs::write(
+        seed.join("Makefile"),
+        "test:\n\tgrep -q 'value = 2' value.txt\n",
+    )
+    .unwrap();
+    for (path, content) in extra {
+        std::fs::write(seed.join(path), content).unwrap();
+    }
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "--quiet", "-m", "initial"]);
+    git(&seed, &["push", "--quiet", bare.to_str().unwrap(), "main"]);
+    bare
+}
+
+/// Adds a commit on `branch` (created from main) of the bare repository.
+pub fn push_branch(root: &Path, bare: &Path, branch: &str, file: &str, content: &str) -> String {
+    let work = root.join(format!("branch-{}", branch.replace('/', "-")));
+    git(
+        root,
+        &[
+            "clone",
+            "--quiet",
+            bare.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    git(&work, &["checkout", "--quiet", "-b", branch]);
+    std::fs::write(work.join(file), content).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "earlier attempt"]);
+    git(&work, &["push", "--quiet", "origin", branch]);
+    git(&work, &["rev-parse", "HEAD"])
+}
+
+/// The commit `branch` points at in the bare repository, if it exists.
+pub fn remote_head(bare: &Path, branch: &str) -> Option<String> {
+    let out = Command::new("git")
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/heads/{branch}"),
+        ])
+        .current_dir(bare)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A file's content at `rev` of the bare repository.
+pub fn show(bare: &Path, rev: &str, path: &str) -> String {
+    git(bare, &["show", &format!("{rev}:{path}")])
+}
+
+pub fn file_url(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+/// A run's output and everything it logged (through the redactor, as `recac start` logs).
+pub struct Ran {
+    pub out: RunOutput,
+    pub logs: String,
+    pub result_file: String,
+    pub seconds: f64,
+}
+
+/// Runs the flow with these variables (and a result path and workspace under `root`).
+pub async fn run_with(root: &Path, vars: &[(&str, &str)]) -> Ran {
+    let mut map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let n = std::fs::read_dir(root).map(|d| d.count()).unwrap_or(0);
+    let result_path = root.join(format!("termination-log-{n}"));
+    map.entry("RECAC_RESULT_PATH".into())
+        .or_insert_with(|| result_path.display().to_string());
+    map.entry("RECAC_WORKSPACE".into())
+        .or_insert_with(|| root.join(format!("ws-{n}")).display().to_string());
+    map.entry("RECAC_LLM_RETRY_BASE_MS".into())
+        .or_insert_with(|| "10".into());
+    let lookup = |k: &str| map.get(k).cloned();
+    let redactor = Redactor::new(secrets_from_lookup(lookup));
+    let buffer = RedactingBuffer::new(redactor.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(buffer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let start = std::time::Instant::now();
+    let settings = Settings::from_lookup(lookup).expect("valid settings");
+    let out = run(&settings, &redactor).await;
+    recac_agent::report::write_result(&settings.result_path, &out.result).unwrap();
+    let result_json = recac_agent::report::termination_message(&out.result);
+    tracing::info!(result = %result_json, "result");
+    let seconds = start.elapsed().as_secs_f64();
+    let result_file = std::fs::read_to_string(&settings.result_path).unwrap();
+    Ran {
+        out,
+        logs: buffer.contents(),
+        result_file,
+        seconds,
+    }
+}
