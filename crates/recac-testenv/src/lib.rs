@@ -2,14 +2,19 @@
 //! on request, kube-controller-manager) started on loopback ports with generated
 //! certificates, and helpers to use it from tests.
 //!
+//! [`NodeAgent`] is a small local stand-in for a kubelet: it registers a Node,
+//! binds pods to it and runs their containers' commands as local processes.
+//!
 //! The binaries come from `make envtest`; their folder is found through
 //! `KUBEBUILDER_ASSETS`, else the default cache folder.
 
 mod certs;
 mod control_plane;
+mod node_agent;
 mod process;
 
 pub use control_plane::{ControlPlane, ControlPlaneOptions, shared_control_plane};
+pub use node_agent::{NodeAgent, NodeAgentOptions};
 
 /// Errors of the test environment. Each says what failed and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,8 @@ pub enum TestEnvError {
     Kube(#[from] kube::Error),
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
+    #[error("node agent: {0}")]
+    NodeAgent(String),
     #[error("{0}")]
     Other(String),
 }

@@ -21,7 +21,9 @@ use crate::{Result, TestEnvError};
 type SpawnReply = mpsc::Sender<std::io::Result<Child>>;
 
 struct Registry {
-    pids: HashMap<u32, String>,
+    /// Each child's name and whether it leads a process group of its own (then the
+    /// whole group is signalled).
+    pids: HashMap<u32, (String, bool)>,
     folders: Vec<PathBuf>,
 }
 
@@ -44,16 +46,16 @@ extern "C" fn stop_everything_at_exit() {
     let Ok(mut registry) = registry().lock() else {
         return;
     };
-    let pids: Vec<u32> = registry.pids.keys().copied().collect();
-    for pid in &pids {
-        signal(*pid, libc::SIGTERM);
+    let pids: Vec<(u32, bool)> = registry.pids.iter().map(|(p, (_, g))| (*p, *g)).collect();
+    for (pid, group) in &pids {
+        signal_target(*pid, *group, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    for pid in &pids {
+    for (pid, group) in &pids {
         while Instant::now() < deadline && alive(*pid) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        signal(*pid, libc::SIGKILL);
+        signal_target(*pid, *group, libc::SIGKILL);
     }
     registry.pids.clear();
     for folder in registry.folders.drain(..) {
@@ -67,6 +69,21 @@ fn signal(pid: u32, sig: libc::c_int) {
         unsafe {
             libc::kill(pid, sig);
         }
+    }
+}
+
+/// Signals `pid`, or its whole process group when `group` (the child called
+/// `setpgid(0, 0)`, so its group id is its pid).
+fn signal_target(pid: u32, group: bool, sig: libc::c_int) {
+    if group {
+        if let Ok(pid) = libc::pid_t::try_from(pid) {
+            // SAFETY: signalling the process group led by a child we spawned.
+            unsafe {
+                libc::kill(-pid, sig);
+            }
+        }
+    } else {
+        signal(pid, sig);
     }
 }
 
@@ -120,11 +137,30 @@ pub struct ManagedProcess {
     name: String,
     child: Child,
     log_path: PathBuf,
+    group: bool,
+    stopped: bool,
 }
 
 impl ManagedProcess {
     /// Spawns `program args...` with stdout and stderr appended to `log_path`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log_path: &Path) -> Result<Self> {
+        let mut command = Command::new(program);
+        command.args(args);
+        Self::spawn_command(name, command, log_path, false)
+    }
+
+    /// Spawns a prepared `command` (program, arguments, environment and working
+    /// folder already set) with stdin closed and stdout and stderr both written to
+    /// `log_path`, through the supervisor thread so it dies with the test process.
+    /// With `own_process_group` the child leads a new process group and every
+    /// signal ([`ManagedProcess::stop`], [`ManagedProcess::signal`], the exit hook)
+    /// goes to the whole group, so grandchildren (a shell's commands) stop too.
+    pub fn spawn_command(
+        name: &str,
+        mut command: Command,
+        log_path: &Path,
+        own_process_group: bool,
+    ) -> Result<Self> {
         let log = File::create(log_path).map_err(|source| TestEnvError::Io {
             path: log_path.display().to_string(),
             source,
@@ -133,16 +169,17 @@ impl ManagedProcess {
             path: log_path.display().to_string(),
             source,
         })?;
-        let mut command = Command::new(program);
         command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
-        // SAFETY: prctl is async-signal-safe and runs in the child before exec.
+        // SAFETY: prctl and setpgid are async-signal-safe and run in the child before exec.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if own_process_group && libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -164,13 +201,29 @@ impl ManagedProcess {
                 source,
             })?;
         if let Ok(mut registry) = registry().lock() {
-            registry.pids.insert(child.id(), name.to_string());
+            registry
+                .pids
+                .insert(child.id(), (name.to_string(), own_process_group));
         }
         Ok(Self {
             name: name.to_string(),
             child,
             log_path: log_path.to_path_buf(),
+            group: own_process_group,
+            stopped: false,
         })
+    }
+
+    /// The process id (also the process group id with `own_process_group`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the process (or its process group) unless it exited already.
+    pub fn signal(&mut self, sig: libc::c_int) {
+        if !self.stopped && self.child.try_wait().ok().flatten().is_none() {
+            signal_target(self.child.id(), self.group, sig);
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -194,9 +247,13 @@ impl ManagedProcess {
 
     /// Asks the process to stop, then kills it after a grace period.
     pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
         let pid = self.child.id();
         if self.child.try_wait().ok().flatten().is_none() {
-            signal(pid, libc::SIGTERM);
+            signal_target(pid, self.group, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if self.child.try_wait().ok().flatten().is_some() {
@@ -204,8 +261,14 @@ impl ManagedProcess {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            if self.group {
+                signal_target(pid, true, libc::SIGKILL);
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
+        } else if self.group {
+            // The leader exited; make sure nothing it started lingers.
+            signal_target(pid, true, libc::SIGKILL);
         }
         if let Ok(mut registry) = registry().lock() {
             registry.pids.remove(&pid);
