@@ -5,13 +5,14 @@
 #   make crds      regenerate crds/ from the Rust types
 #   make envtest   build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
 #   make lint      cargo fmt --check and clippy with warnings as errors
+#   make bench     dispatch benchmark (N = 100 and 1000 AgentTasks)
 
 CARGO ?= cargo
 K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 export K8S_VERSION ETCD_VERSION
 
-.PHONY: build release test crds envtest lint fmt
+.PHONY: build release test bench crds envtest lint fmt
 
 build:
 	$(CARGO) build --workspace
@@ -26,6 +27,12 @@ test:
 	@assets="$$(hack/envtest.sh | tail -n 1)" && \
 	  echo "control plane binaries: $$assets" && \
 	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) test --workspace --no-fail-fast
+
+# Dispatch benchmark against a real apiserver: BENCH_SIZES="100 1000" by default.
+bench:
+	$(CARGO) build --release -p recac
+	@assets="$$(hack/envtest.sh | tail -n 1)" && \
+	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) bench -p recac-tests --bench dispatch
 
 crds:
 	$(CARGO) run --quiet -p recac -- crd > crds/agenttask.yaml

@@ -219,12 +219,9 @@ async fn invalid_tasks_are_rejected_naming_the_field() {
         ),
         (
             "missing repository",
-            format!(
-                "{}",
-                VALID.replace("NAME", "no-repo").replace(
-                    "  repository:\n    url: https://git.example.com/org/repo.git\n",
-                    ""
-                )
+            VALID.replace("NAME", "no-repo").replace(
+                "  repository:\n    url: https://git.example.com/org/repo.git\n",
+                "",
             ),
             vec!["spec.repository", "Required value"],
         ),

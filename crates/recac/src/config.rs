@@ -11,7 +11,17 @@ use serde::Deserialize;
 /// uses it and carries its own defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct OperatorConfig {}
+pub struct OperatorConfig {
+    /// How the task controller runs (`controller:`).
+    #[serde(default)]
+    pub controller: recac_controller::ControllerConfig,
+    /// Defaults for every agent Job (`agent:`).
+    #[serde(default)]
+    pub agent: recac_controller::AgentDefaults,
+    /// The Jira connection (`jira:`); see docs/jira.md.
+    #[serde(default)]
+    pub jira: Option<recac_jira::JiraConfig>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,7 +40,6 @@ pub enum ConfigError {
 
 impl OperatorConfig {
     /// Reads and validates the file; `None` gives the documented defaults.
-    #[allow(dead_code)]
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else {
             return Ok(Self::default());
@@ -59,6 +68,11 @@ impl OperatorConfig {
             let key = e.path().to_string();
             invalid(key, e.into_inner().to_string())
         })?;
+        config
+            .controller
+            .validate()
+            .and_then(|()| config.agent.validate())
+            .map_err(|e| invalid(e.key, e.message))?;
         Ok(config)
     }
 }

@@ -1,6 +1,9 @@
 //! The `recac` command: the operator, the agent and the tools around them.
 
 mod config;
+mod jira_cmd;
+mod orchestrate_cmd;
+mod start_cmd;
 
 use std::process::ExitCode;
 
@@ -21,13 +24,22 @@ struct Cli {
 enum Command {
     /// Print every CustomResourceDefinition recac serves, as YAML.
     Crd,
+    /// Run the operator: watch AgentTasks and run each as agent Jobs.
+    Orchestrate(orchestrate_cmd::OrchestrateArgs),
     /// Print the version of this build.
     Version,
+    /// Run the agent: clone, work on the ticket, test, push and report (what a task's Job runs).
+    Start(Box<start_cmd::StartArgs>),
+    /// Jira tools: check the connection, search, list transitions, run the simulator.
+    Jira(jira_cmd::JiraArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Orchestrate(args) => orchestrate_cmd::run(args),
+        Command::Start(args) => start_cmd::run(*args),
+        Command::Jira(args) => jira_cmd::run(args),
         Command::Crd => match recac_api::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

@@ -1,0 +1,511 @@
+//! The task controller's decisions: observed state in, desired status and actions out.
+//! Nothing here talks to the API, so every transition is unit-tested.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use recac_api::agent_contract::AgentResult;
+use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
+
+use crate::naming;
+use crate::observe::{AttemptState, Failure, Termination};
+
+/// Condition types the controller maintains.
+pub mod condition {
+    /// Waiting for a free slot under the concurrency cap.
+    pub const QUEUED: &str = "Queued";
+    /// The current attempt's Job exists.
+    pub const DISPATCHED: &str = "Dispatched";
+    /// spec.suspend holds the task.
+    pub const SUSPENDED: &str = "Suspended";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+}
+
+/// What the controller saw of the current attempt's Job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptObservation {
+    pub job_name: String,
+    pub state: AttemptState,
+    /// How the agent ended, for finished attempts.
+    pub termination: Option<Termination>,
+}
+
+/// Everything a decision depends on besides the task itself.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// The Job of the current attempt (`status.attempt`); `None` when it does not exist.
+    pub attempt: Option<AttemptObservation>,
+    /// Whether a slot under the concurrency cap is free for this task now.
+    pub admitted: bool,
+    pub now: Timestamp,
+}
+
+/// Retry timing.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    /// How soon a queued task looks for a free slot again.
+    pub queue_poll: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after `failed_attempt` failed: initial × 2^(attempt−1), capped.
+    pub fn backoff(&self, failed_attempt: i32) -> Duration {
+        let exponent = u32::try_from(failed_attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
+        self.initial
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.max)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// Something to do against the API.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create (or adopt) the Job of `attempt`.
+    CreateJob {
+        attempt: i32,
+        branch: String,
+        suspend: bool,
+    },
+    /// Set `spec.suspend` of a Job.
+    SuspendJob { name: String, suspend: bool },
+    /// Publish a Kubernetes Event on the task.
+    Event {
+        type_: EventType,
+        reason: String,
+        note: String,
+    },
+}
+
+/// The outcome of one decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The status the task should have; written only when it differs from the current one.
+    pub status: AgentTaskStatus,
+    pub actions: Vec<Action>,
+    /// When to look again without an event.
+    pub requeue_after: Option<Duration>,
+}
+
+struct Draft<'a> {
+    generation: Option<i64>,
+    now: &'a Timestamp,
+    status: AgentTaskStatus,
+    actions: Vec<Action>,
+    requeue_after: Option<Duration>,
+}
+
+impl Draft<'_> {
+    fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        let status_text = if status { "True" } else { "False" };
+        let conditions = &mut self.status.conditions;
+        if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
+            if existing.status != status_text {
+                existing.last_transition_time = Time(*self.now);
+            }
+            existing.status = status_text.into();
+            existing.reason = reason.into();
+            existing.message = message.into();
+            existing.observed_generation = self.generation;
+        } else {
+            conditions.push(Condition {
+                type_: type_.into(),
+                status: status_text.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: Time(*self.now),
+                observed_generation: self.generation,
+            });
+        }
+    }
+
+    /// Sets a condition to False only if it was ever set: absent conditions stay absent.
+    fn clear_condition(&mut self, type_: &str, reason: &str, message: &str) {
+        if self.status.conditions.iter().any(|c| c.type_ == type_) {
+            self.set_condition(type_, false, reason, message);
+        }
+    }
+
+    fn event(&mut self, type_: EventType, reason: &str, note: String) {
+        self.actions.push(Action::Event {
+            type_,
+            reason: reason.into(),
+            note,
+        });
+    }
+
+    fn finish(self) -> Plan {
+        Plan {
+            status: self.status,
+            actions: self.actions,
+            requeue_after: self.requeue_after,
+        }
+    }
+}
+
+/// Decides what to do with `task` given what was observed.
+pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> Plan {
+    let current = task.status.clone().unwrap_or_default();
+    let mut draft = Draft {
+        generation: task.metadata.generation,
+        now: &observed.now,
+        status: current.clone(),
+        actions: Vec::new(),
+        requeue_after: None,
+    };
+    draft.status.observed_generation = task.metadata.generation;
+
+    if current.phase.is_some_and(TaskPhase::is_finished) {
+        return draft.finish();
+    }
+
+    let attempt = current.attempt.unwrap_or(0);
+    if attempt == 0 {
+        let branch = naming::branch_name(
+            task.spec.repository.branch.as_deref(),
+            task.spec.ticket.as_ref().map(|t| t.key.as_str()),
+            &task.name_any(),
+        );
+        draft.status.branch = Some(branch.clone());
+        dispatch(&mut draft, task, observed, retry, 1, branch);
+        return draft.finish();
+    }
+
+    let job_name = naming::job_name(&task.name_any(), attempt);
+    match &observed.attempt {
+        // Waiting out the backoff after a failed attempt (its Job may be gone by now).
+        _ if current.next_attempt_time.is_some() => {
+            retry_when_due(&mut draft, task, observed, retry, attempt);
+        }
+        None => {
+            let failure = Failure {
+                reason: "JobDeleted".into(),
+                message: format!("Job {job_name} was deleted before it finished"),
+                gave_up: false,
+            };
+            attempt_failed(&mut draft, task, retry, attempt, &failure, None);
+        }
+        Some(observation) => match &observation.state {
+            AttemptState::Starting | AttemptState::Running | AttemptState::Suspended => {
+                in_progress(&mut draft, task, observation, attempt);
+            }
+            AttemptState::Succeeded => {
+                attempt_succeeded(&mut draft, observation, attempt);
+            }
+            AttemptState::Failed(failure) => {
+                let mut failure = failure.clone();
+                if let Some(termination) = &observation.termination
+                    && crate::observe::gave_up(termination)
+                {
+                    failure.gave_up = true;
+                }
+                let result = observation
+                    .termination
+                    .as_ref()
+                    .and_then(|t| t.result.clone());
+                attempt_failed(&mut draft, task, retry, attempt, &failure, result.as_ref());
+            }
+        },
+    }
+    draft.finish()
+}
+
+/// Dispatches `attempt` when not suspended and a slot is free; otherwise explains the wait.
+fn dispatch(
+    draft: &mut Draft,
+    task: &AgentTask,
+    observed: &Observation,
+    retry: &RetryPolicy,
+    attempt: i32,
+    branch: String,
+) {
+    draft.status.phase = Some(TaskPhase::Pending);
+    if task.spec.suspend {
+        draft.status.message = Some(format!(
+            "suspended: attempt {attempt} is not dispatched while spec.suspend is true"
+        ));
+        draft.set_condition(
+            condition::SUSPENDED,
+            true,
+            "SpecSuspended",
+            "spec.suspend is true",
+        );
+        return;
+    }
+    draft.clear_condition(condition::SUSPENDED, "Resumed", "spec.suspend is false");
+    if !observed.admitted {
+        draft.status.message = Some(format!(
+            "queued: attempt {attempt} waits for a free slot (the operator's maxConcurrentTasks is reached)"
+        ));
+        draft.set_condition(
+            condition::QUEUED,
+            true,
+            "ConcurrencyLimit",
+            "waiting for a free slot under maxConcurrentTasks",
+        );
+        draft.requeue_after = Some(retry.queue_poll);
+        return;
+    }
+    let job_name = naming::job_name(&task.name_any(), attempt);
+    draft.actions.push(Action::CreateJob {
+        attempt,
+        branch,
+        suspend: false,
+    });
+    draft.status.attempt = Some(attempt);
+    draft.status.retries = Some(attempt - 1);
+    draft.status.job_name = Some(job_name.clone());
+    draft.status.next_attempt_time = None;
+    if draft.status.start_time.is_none() {
+        draft.status.start_time = Some(Time(*draft.now));
+    }
+    draft.status.message = Some(starting_message(attempt, &job_name));
+    draft.clear_condition(condition::QUEUED, "Dispatched", "a slot was free");
+    draft.set_condition(
+        condition::DISPATCHED,
+        true,
+        "JobCreated",
+        &format!("attempt {attempt} runs as Job {job_name}"),
+    );
+    let (reason, note) = if attempt == 1 {
+        (
+            "Dispatched",
+            format!("created Job {job_name} for attempt 1"),
+        )
+    } else {
+        (
+            "Retrying",
+            format!("created Job {job_name} for attempt {attempt}"),
+        )
+    };
+    draft.event(EventType::Normal, reason, note);
+}
+
+fn retry_when_due(
+    draft: &mut Draft,
+    task: &AgentTask,
+    observed: &Observation,
+    retry: &RetryPolicy,
+    attempt: i32,
+) {
+    let due = draft
+        .status
+        .next_attempt_time
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(observed.now);
+    if observed.now < due {
+        let wait = observed.now.duration_until(due);
+        draft.requeue_after = Some(
+            Duration::try_from(wait)
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(100)),
+        );
+        return;
+    }
+    let branch = draft.status.branch.clone().unwrap_or_else(|| {
+        naming::branch_name(
+            task.spec.repository.branch.as_deref(),
+            task.spec.ticket.as_ref().map(|t| t.key.as_str()),
+            &task.name_any(),
+        )
+    });
+    dispatch(draft, task, observed, retry, attempt + 1, branch);
+}
+
+fn in_progress(
+    draft: &mut Draft,
+    task: &AgentTask,
+    observation: &AttemptObservation,
+    attempt: i32,
+) {
+    let job_name = &observation.job_name;
+    let suspended = observation.state == AttemptState::Suspended;
+    if task.spec.suspend {
+        if !suspended {
+            draft.actions.push(Action::SuspendJob {
+                name: job_name.clone(),
+                suspend: true,
+            });
+            draft.event(
+                EventType::Normal,
+                "Suspended",
+                format!("suspended Job {job_name}"),
+            );
+        }
+        draft.status.phase = Some(TaskPhase::Pending);
+        draft.status.message = Some(format!(
+            "suspended: Job {job_name} of attempt {attempt} is suspended while spec.suspend is true"
+        ));
+        draft.set_condition(
+            condition::SUSPENDED,
+            true,
+            "SpecSuspended",
+            "spec.suspend is true",
+        );
+        return;
+    }
+    draft.clear_condition(condition::SUSPENDED, "Resumed", "spec.suspend is false");
+    if suspended {
+        draft.actions.push(Action::SuspendJob {
+            name: job_name.clone(),
+            suspend: false,
+        });
+        draft.event(
+            EventType::Normal,
+            "Resumed",
+            format!("resumed Job {job_name}"),
+        );
+        draft.status.phase = Some(TaskPhase::Pending);
+        draft.status.message = Some(format!("attempt {attempt}: Job {job_name} resumed"));
+        return;
+    }
+    if observation.state == AttemptState::Running {
+        draft.status.phase = Some(TaskPhase::Running);
+        draft.status.message = Some(format!("attempt {attempt} is running in Job {job_name}"));
+    } else {
+        draft.status.phase = Some(TaskPhase::Pending);
+        draft.status.message = Some(starting_message(attempt, job_name));
+    }
+}
+
+/// The message from dispatch until the pod runs (one text, so no extra status write).
+fn starting_message(attempt: i32, job_name: &str) -> String {
+    format!("attempt {attempt} dispatched as Job {job_name}; waiting for its pod to start")
+}
+
+fn copy_result(status: &mut AgentTaskStatus, result: &AgentResult) {
+    if let Some(branch) = &result.branch {
+        status.branch = Some(branch.clone());
+    }
+    if let Some(commit) = &result.commit {
+        status.commit = Some(commit.clone());
+    }
+    if let Some(url) = &result.pull_request_url {
+        status.pull_request_url = Some(url.clone());
+    }
+}
+
+fn attempt_succeeded(draft: &mut Draft, observation: &AttemptObservation, attempt: i32) {
+    let result = observation
+        .termination
+        .as_ref()
+        .and_then(|t| t.result.clone());
+    if let Some(result) = &result {
+        copy_result(&mut draft.status, result);
+    }
+    let summary = result
+        .as_ref()
+        .and_then(|r| r.summary.clone())
+        .map(|s| format!(": {}", one_line(&s, 300)))
+        .unwrap_or_default();
+    draft.status.phase = Some(TaskPhase::Succeeded);
+    draft.status.completion_time = Some(Time(*draft.now));
+    draft.status.message = Some(format!("attempt {attempt} succeeded{summary}"));
+    draft.set_condition(
+        condition::SUCCEEDED,
+        true,
+        "AgentSucceeded",
+        &format!("attempt {attempt} succeeded"),
+    );
+    draft.event(
+        EventType::Normal,
+        "Succeeded",
+        format!("attempt {attempt} (Job {}) succeeded", observation.job_name),
+    );
+}
+
+fn attempt_failed(
+    draft: &mut Draft,
+    task: &AgentTask,
+    retry: &RetryPolicy,
+    attempt: i32,
+    failure: &Failure,
+    result: Option<&AgentResult>,
+) {
+    if let Some(result) = result {
+        copy_result(&mut draft.status, result);
+    }
+    let detail = if failure.message.is_empty() {
+        failure.reason.clone()
+    } else {
+        format!("{}: {}", failure.reason, one_line(&failure.message, 300))
+    };
+    let retries_used = attempt - 1;
+    if !failure.gave_up && retries_used < task.spec.max_retries {
+        let wait = retry.backoff(attempt);
+        let due = draft
+            .now
+            .checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::ZERO))
+            .unwrap_or(*draft.now);
+        draft.status.phase = Some(TaskPhase::Pending);
+        draft.status.next_attempt_time = Some(Time(due));
+        draft.status.message = Some(format!(
+            "attempt {attempt} failed ({detail}); attempt {} in {}s",
+            attempt + 1,
+            wait.as_secs()
+        ));
+        draft.set_condition(
+            condition::DISPATCHED,
+            false,
+            "AttemptFailed",
+            &format!("attempt {attempt} failed: {}", failure.reason),
+        );
+        draft.event(
+            EventType::Warning,
+            "AttemptFailed",
+            format!(
+                "attempt {attempt} failed ({detail}); retrying in {}s",
+                wait.as_secs()
+            ),
+        );
+        draft.requeue_after = Some(wait);
+        return;
+    }
+    let (reason, why) = if failure.gave_up {
+        ("GaveUp", "the agent gave up, so it is not retried")
+    } else {
+        ("RetriesExhausted", "no retries left")
+    };
+    draft.status.phase = Some(TaskPhase::Failed);
+    draft.status.completion_time = Some(Time(*draft.now));
+    draft.status.next_attempt_time = None;
+    draft.status.message = Some(format!("attempt {attempt} failed ({detail}); {why}"));
+    draft.set_condition(
+        condition::FAILED,
+        true,
+        reason,
+        &format!("attempt {attempt} failed: {}; {why}", failure.reason),
+    );
+    draft.event(
+        EventType::Warning,
+        "Failed",
+        format!("attempt {attempt} failed ({detail}); {why}"),
+    );
+}
+
+/// `text` on one line, cut to at most `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}
+
+#[cfg(test)]
+mod tests;

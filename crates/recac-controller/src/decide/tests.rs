@@ -1,0 +1,442 @@
+use super::*;
+use crate::observe::Termination;
+use recac_api::{AgentTaskSpec, Repository, TicketRef, TicketSource};
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).expect("valid time")
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_secs(30),
+        max: Duration::from_secs(300),
+        queue_poll: Duration::from_secs(10),
+    }
+}
+
+fn task(max_retries: i32) -> AgentTask {
+    let mut task = AgentTask::new(
+        "fix-login",
+        AgentTaskSpec {
+            prompt: Some("fix it".into()),
+            ticket: Some(TicketRef {
+                source: TicketSource::Jira,
+                key: "PROJ-7".into(),
+                url: None,
+            }),
+            repository: Repository {
+                url: "https://git.example.com/org/repo.git".into(),
+                base_branch: None,
+                branch: None,
+            },
+            agent: None,
+            max_retries,
+            timeout_seconds: 600,
+            ttl_seconds_after_finished: None,
+            suspend: false,
+        },
+    );
+    task.metadata.generation = Some(1);
+    task
+}
+
+fn observe(attempt: Option<AttemptObservation>, admitted: bool) -> Observation {
+    Observation {
+        attempt,
+        admitted,
+        now: now(),
+    }
+}
+
+fn job(attempt: i32, state: AttemptState) -> Option<AttemptObservation> {
+    Some(AttemptObservation {
+        job_name: format!("fix-login-a{attempt}"),
+        state,
+        termination: None,
+    })
+}
+
+fn failed(reason: &str, gave_up: bool) -> AttemptState {
+    AttemptState::Failed(Failure {
+        reason: reason.into(),
+        message: format!("because {reason}"),
+        gave_up,
+    })
+}
+
+/// The task after applying a plan's status, as the next reconcile would see it.
+fn after(mut task: AgentTask, plan: &Plan) -> AgentTask {
+    task.status = Some(plan.status.clone());
+    task
+}
+
+fn condition<'a>(plan: &'a Plan, type_: &str) -> Option<&'a Condition> {
+    plan.status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn creates(plan: &Plan) -> Vec<i32> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateJob { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .collect()
+}
+
+fn event_reasons(plan: &Plan) -> Vec<String> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_task_with_a_free_slot_is_dispatched() {
+    let plan = decide(&task(2), &observe(None, true), &policy());
+    assert_eq!(
+        plan.actions[0],
+        Action::CreateJob {
+            attempt: 1,
+            branch: "recac/PROJ-7".into(),
+            suspend: false
+        }
+    );
+    let s = &plan.status;
+    assert_eq!(s.phase, Some(TaskPhase::Pending));
+    assert_eq!(s.attempt, Some(1));
+    assert_eq!(s.retries, Some(0));
+    assert_eq!(s.job_name.as_deref(), Some("fix-login-a1"));
+    assert_eq!(s.branch.as_deref(), Some("recac/PROJ-7"));
+    assert_eq!(s.start_time, Some(Time(now())));
+    assert_eq!(s.observed_generation, Some(1));
+    assert_eq!(
+        condition(&plan, "Dispatched").map(|c| c.status.as_str()),
+        Some("True")
+    );
+    assert!(condition(&plan, "Queued").is_none());
+    assert_eq!(event_reasons(&plan), vec!["Dispatched"]);
+}
+
+#[test]
+fn a_new_task_without_a_slot_is_queued_and_polls() {
+    let plan = decide(&task(2), &observe(None, false), &policy());
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    assert_eq!(plan.status.attempt, None);
+    let queued = condition(&plan, "Queued").expect("queued");
+    assert_eq!(
+        (queued.status.as_str(), queued.reason.as_str()),
+        ("True", "ConcurrencyLimit")
+    );
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(10)));
+
+    // Once a slot frees, the queued condition flips and the Job is created.
+    let plan = decide(&after(task(2), &plan), &observe(None, true), &policy());
+    assert_eq!(creates(&plan), vec![1]);
+    assert_eq!(
+        condition(&plan, "Queued").map(|c| c.status.as_str()),
+        Some("False")
+    );
+}
+
+#[test]
+fn a_suspended_new_task_is_not_dispatched() {
+    let mut t = task(2);
+    t.spec.suspend = true;
+    let plan = decide(&t, &observe(None, true), &policy());
+    assert!(plan.actions.is_empty());
+    assert_eq!(
+        condition(&plan, "Suspended").map(|c| c.status.as_str()),
+        Some("True")
+    );
+    t.spec.suspend = false;
+    let plan = decide(&after(t, &plan), &observe(None, true), &policy());
+    assert_eq!(creates(&plan), vec![1]);
+    assert_eq!(
+        condition(&plan, "Suspended").map(|c| c.status.as_str()),
+        Some("False")
+    );
+}
+
+#[test]
+fn a_running_pod_makes_the_task_running_and_repeats_cost_nothing() {
+    let dispatched = decide(&task(2), &observe(None, true), &policy());
+    let t = after(task(2), &dispatched);
+    let starting = decide(
+        &t,
+        &observe(job(1, AttemptState::Starting), true),
+        &policy(),
+    );
+    assert_eq!(starting.status.phase, Some(TaskPhase::Pending));
+    assert!(starting.actions.is_empty());
+    let t = after(t, &starting);
+    let running = decide(&t, &observe(job(1, AttemptState::Running), true), &policy());
+    assert_eq!(running.status.phase, Some(TaskPhase::Running));
+    assert!(running.actions.is_empty());
+    // Idle: the same observation again changes nothing.
+    let t = after(t, &running);
+    let again = decide(&t, &observe(job(1, AttemptState::Running), true), &policy());
+    assert_eq!(Some(&again.status), t.status.as_ref());
+    assert!(again.actions.is_empty());
+    assert_eq!(again.requeue_after, None);
+}
+
+#[test]
+fn suspend_and_resume_a_running_job() {
+    let t = after(task(2), &decide(&task(2), &observe(None, true), &policy()));
+    let mut suspended_task = t.clone();
+    suspended_task.spec.suspend = true;
+    let plan = decide(
+        &suspended_task,
+        &observe(job(1, AttemptState::Running), true),
+        &policy(),
+    );
+    assert!(plan.actions.contains(&Action::SuspendJob {
+        name: "fix-login-a1".into(),
+        suspend: true
+    }));
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    // Already suspended: nothing more to do.
+    let st = after(suspended_task.clone(), &plan);
+    let plan = decide(
+        &st,
+        &observe(job(1, AttemptState::Suspended), true),
+        &policy(),
+    );
+    assert!(plan.actions.is_empty());
+    // Resume.
+    let mut resumed = st.clone();
+    resumed.spec.suspend = false;
+    let plan = decide(
+        &resumed,
+        &observe(job(1, AttemptState::Suspended), true),
+        &policy(),
+    );
+    assert!(plan.actions.contains(&Action::SuspendJob {
+        name: "fix-login-a1".into(),
+        suspend: false
+    }));
+}
+
+#[test]
+fn success_copies_the_agents_result() {
+    let t = after(task(2), &decide(&task(2), &observe(None, true), &policy()));
+    let result: AgentResult = serde_json::from_str(
+        r#"{"outcome":"succeeded","branch":"recac/PROJ-7","commit":"abc123","pullRequestUrl":"https://github.com/o/r/pull/9","summary":"made it configurable"}"#,
+    )
+    .expect("result json");
+    let observation = Some(AttemptObservation {
+        job_name: "fix-login-a1".into(),
+        state: AttemptState::Succeeded,
+        termination: Some(Termination {
+            exit_code: Some(0),
+            result: Some(result),
+            raw_message: None,
+        }),
+    });
+    let plan = decide(&t, &observe(observation.clone(), true), &policy());
+    let s = &plan.status;
+    assert_eq!(s.phase, Some(TaskPhase::Succeeded));
+    assert_eq!(s.commit.as_deref(), Some("abc123"));
+    assert_eq!(
+        s.pull_request_url.as_deref(),
+        Some("https://github.com/o/r/pull/9")
+    );
+    assert_eq!(s.completion_time, Some(Time(now())));
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("made it configurable")
+    );
+    assert_eq!(event_reasons(&plan), vec!["Succeeded"]);
+    // Finished tasks are left alone.
+    let done = after(t, &plan);
+    let plan = decide(&done, &observe(observation, true), &policy());
+    assert!(plan.actions.is_empty());
+    assert_eq!(Some(&plan.status), done.status.as_ref());
+}
+
+#[test]
+fn failure_with_retries_left_waits_then_dispatches_the_next_attempt() {
+    let t = after(task(2), &decide(&task(2), &observe(None, true), &policy()));
+    let plan = decide(
+        &t,
+        &observe(job(1, failed("BackoffLimitExceeded", false)), true),
+        &policy(),
+    );
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    let due = now()
+        .checked_add(SignedDuration::from_secs(30))
+        .expect("time");
+    assert_eq!(plan.status.next_attempt_time, Some(Time(due)));
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(30)));
+    assert_eq!(event_reasons(&plan), vec!["AttemptFailed"]);
+
+    // Before the backoff ends: wait, no action, no status change.
+    let waiting = after(t, &plan);
+    let early = Observation {
+        attempt: job(1, failed("BackoffLimitExceeded", false)),
+        admitted: true,
+        now: now()
+            .checked_add(SignedDuration::from_secs(10))
+            .expect("time"),
+    };
+    let plan = decide(&waiting, &early, &policy());
+    assert!(plan.actions.is_empty());
+    assert_eq!(Some(&plan.status), waiting.status.as_ref());
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(20)));
+
+    // After it: attempt 2.
+    let late = Observation {
+        attempt: None, // the failed Job may be gone (TTL)
+        admitted: true,
+        now: due,
+    };
+    let plan = decide(&waiting, &late, &policy());
+    assert_eq!(creates(&plan), vec![2]);
+    assert_eq!(plan.status.attempt, Some(2));
+    assert_eq!(plan.status.retries, Some(1));
+    assert_eq!(plan.status.job_name.as_deref(), Some("fix-login-a2"));
+    assert_eq!(plan.status.next_attempt_time, None);
+    assert_eq!(event_reasons(&plan), vec!["Retrying"]);
+}
+
+#[test]
+fn a_due_retry_without_a_slot_stays_queued() {
+    let t = after(task(2), &decide(&task(2), &observe(None, true), &policy()));
+    let plan = decide(
+        &t,
+        &observe(job(1, failed("DeadlineExceeded", false)), true),
+        &policy(),
+    );
+    let waiting = after(t, &plan);
+    let late = Observation {
+        attempt: None,
+        admitted: false,
+        now: now()
+            .checked_add(SignedDuration::from_secs(60))
+            .expect("time"),
+    };
+    let plan = decide(&waiting, &late, &policy());
+    assert!(creates(&plan).is_empty());
+    assert_eq!(
+        condition(&plan, "Queued").map(|c| c.status.as_str()),
+        Some("True")
+    );
+}
+
+#[test]
+fn exhausted_retries_end_in_failed() {
+    let mut t = task(1);
+    t.status = Some(AgentTaskStatus {
+        phase: Some(TaskPhase::Running),
+        attempt: Some(2),
+        retries: Some(1),
+        job_name: Some("fix-login-a2".into()),
+        ..Default::default()
+    });
+    let plan = decide(
+        &t,
+        &observe(job(2, failed("DeadlineExceeded", false)), true),
+        &policy(),
+    );
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(plan.status.retries, Some(1));
+    let c = condition(&plan, "Failed").expect("failed condition");
+    assert_eq!(c.reason, "RetriesExhausted");
+    assert!(
+        plan.status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("DeadlineExceeded")
+    );
+    assert_eq!(plan.status.completion_time, Some(Time(now())));
+}
+
+#[test]
+fn giving_up_fails_without_retry() {
+    let t = after(task(5), &decide(&task(5), &observe(None, true), &policy()));
+    let plan = decide(
+        &t,
+        &observe(job(1, failed("PodFailurePolicy", true)), true),
+        &policy(),
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(
+        condition(&plan, "Failed").map(|c| c.reason.as_str()),
+        Some("GaveUp")
+    );
+
+    // The exit code alone also says so.
+    let observation = Some(AttemptObservation {
+        job_name: "fix-login-a1".into(),
+        state: failed("BackoffLimitExceeded", false),
+        termination: Some(Termination {
+            exit_code: Some(3),
+            result: None,
+            raw_message: Some("bad repository".into()),
+        }),
+    });
+    let plan = decide(&t, &observe(observation, true), &policy());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+}
+
+#[test]
+fn a_job_deleted_from_outside_counts_as_a_failed_attempt() {
+    let t = after(task(2), &decide(&task(2), &observe(None, true), &policy()));
+    let plan = decide(&t, &observe(None, true), &policy());
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    assert!(plan.status.next_attempt_time.is_some());
+    assert!(
+        plan.status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("JobDeleted")
+    );
+
+    let mut last = task(0);
+    last = after(last, &decide(&task(0), &observe(None, true), &policy()));
+    let plan = decide(&last, &observe(None, true), &policy());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+}
+
+#[test]
+fn backoff_doubles_and_is_capped() {
+    let p = policy();
+    assert_eq!(p.backoff(1), Duration::from_secs(30));
+    assert_eq!(p.backoff(2), Duration::from_secs(60));
+    assert_eq!(p.backoff(3), Duration::from_secs(120));
+    assert_eq!(p.backoff(5), Duration::from_secs(300));
+    assert_eq!(p.backoff(50), Duration::from_secs(300));
+}
+
+#[test]
+fn condition_transition_times_change_only_on_flips() {
+    let t = after(task(2), &decide(&task(2), &observe(None, false), &policy()));
+    let first = condition(&decide(&t, &observe(None, false), &policy()), "Queued")
+        .expect("queued")
+        .clone();
+    let later = Observation {
+        attempt: None,
+        admitted: false,
+        now: now()
+            .checked_add(SignedDuration::from_secs(100))
+            .expect("time"),
+    };
+    let plan = decide(&t, &later, &policy());
+    assert_eq!(
+        condition(&plan, "Queued").map(|c| c.last_transition_time.clone()),
+        Some(first.last_transition_time)
+    );
+    assert_eq!(Some(&plan.status), t.status.as_ref());
+}

@@ -1,0 +1,311 @@
+//! `recac start`: the agent. In a task's Job it reads everything from the environment the
+//! operator sets; on a developer's machine `--prompt ... --repo URL` or `--jira KEY` run the same
+//! flow. The work itself lives in the `recac-agent` crate.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use recac_agent::redact::{RedactingStderr, Redactor};
+use recac_agent::settings::{ENV_DOCS, Settings, secrets_from_lookup, vars};
+use recac_api::agent_contract::{AgentResult, Outcome, exit_code};
+
+/// Jira credentials `--jira` may use; their values are redacted too.
+const JIRA_SECRET_VARS: &[&str] = &["JIRA_API_TOKEN", "JIRA_PAT"];
+
+fn env_help() -> String {
+    let mut out = String::from(
+        "Clones the repository, does the work (built-in LLM engine or an external agent CLI), runs the tests, \
+commits, pushes, optionally opens a GitHub pull request, and writes a JSON result to RECAC_RESULT_PATH.\n\n\
+Exit codes: 0 success; 1 retryable failure (also: tests failed, limits reached); 3 gave up, do not retry \
+(bad repository or settings, credentials refused, the engine declared the task impossible, no changes).\n\n\
+Environment (flags above override their variable):\n",
+    );
+    for (name, default, meaning) in ENV_DOCS {
+        out.push_str(&format!("  {name}\n      {meaning} [default: {default}]\n"));
+    }
+    out.push_str(
+        "  JIRA_URL, JIRA_EMAIL, JIRA_API_TOKEN, JIRA_PAT, JIRA_USERNAME, JIRA_FLAVOR\n      \
+Only with --jira: the operator's Jira settings, used to read the ticket.\n  \
+RUST_LOG\n      Log filter [default: info].\n",
+    );
+    out
+}
+
+/// `recac start`'s flags.
+#[derive(clap::Args, Debug)]
+#[command(after_long_help = env_help(), after_help = "Run `recac start --help` for every environment variable.")]
+pub struct StartArgs {
+    /// Read the ticket KEY from Jira (uses JIRA_URL, JIRA_EMAIL/JIRA_API_TOKEN or JIRA_PAT) and work on it;
+    /// --prompt, when given too, is added as instructions.
+    #[arg(long, value_name = "KEY")]
+    jira: Option<String>,
+    /// What the agent must do.
+    #[arg(long, env = vars::PROMPT, hide_env_values = true)]
+    prompt: Option<String>,
+    /// A file holding the prompt.
+    #[arg(long, env = vars::PROMPT_FILE)]
+    prompt_file: Option<PathBuf>,
+    /// The repository to clone (no credentials in it).
+    #[arg(long, env = vars::REPO_URL)]
+    repo: Option<String>,
+    /// The feature branch [default: recac/<ticket or prompt slug>].
+    #[arg(long, env = vars::BRANCH)]
+    branch: Option<String>,
+    /// The branch new work starts from [default: the remote's default branch].
+    #[arg(long, env = vars::BASE_BRANCH)]
+    base_branch: Option<String>,
+    /// The ticket key, named in the commit message and pull request.
+    #[arg(long, env = vars::TICKET)]
+    ticket: Option<String>,
+    /// `builtin` or `external`.
+    #[arg(long, env = vars::ENGINE)]
+    engine: Option<String>,
+    /// `openai` or `anthropic`.
+    #[arg(long, env = vars::PROVIDER)]
+    provider: Option<String>,
+    /// The model name.
+    #[arg(long, env = vars::MODEL)]
+    model: Option<String>,
+    /// External engine: the agent CLI to run in the workspace.
+    #[arg(long, env = vars::AGENT_COMMAND)]
+    agent_command: Option<String>,
+    /// External engine: one argument of the agent CLI (repeat for more; overrides RECAC_AGENT_ARGS).
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+    /// Test command run with sh -c (`none` skips tests) [default: detected].
+    #[arg(long, env = vars::TEST_COMMAND)]
+    test_command: Option<String>,
+    /// Directory to clone into (empty or absent) [default: a new temporary directory].
+    #[arg(long, env = vars::WORKSPACE)]
+    workspace: Option<PathBuf>,
+    /// Where the result JSON is written.
+    #[arg(long, env = vars::RESULT_PATH)]
+    result_path: Option<PathBuf>,
+    /// `auto`, `true` or `false`.
+    #[arg(long, env = vars::PULL_REQUEST)]
+    pull_request: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+impl StartArgs {
+    /// The flags as variable overrides.
+    fn overrides(&self) -> HashMap<&'static str, String> {
+        let mut map = HashMap::new();
+        let pairs: [(&'static str, Option<String>); 14] = [
+            (vars::PROMPT, self.prompt.clone()),
+            (
+                vars::PROMPT_FILE,
+                self.prompt_file.as_ref().map(|p| p.display().to_string()),
+            ),
+            (vars::REPO_URL, self.repo.clone()),
+            (vars::BRANCH, self.branch.clone()),
+            (vars::BASE_BRANCH, self.base_branch.clone()),
+            (vars::TICKET, self.ticket.clone()),
+            (vars::ENGINE, self.engine.clone()),
+            (vars::PROVIDER, self.provider.clone()),
+            (vars::MODEL, self.model.clone()),
+            (vars::AGENT_COMMAND, self.agent_command.clone()),
+            (vars::TEST_COMMAND, self.test_command.clone()),
+            (
+                vars::WORKSPACE,
+                self.workspace.as_ref().map(|p| p.display().to_string()),
+            ),
+            (
+                vars::RESULT_PATH,
+                self.result_path.as_ref().map(|p| p.display().to_string()),
+            ),
+            (vars::PULL_REQUEST, self.pull_request.clone()),
+        ];
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                map.insert(k, v);
+            }
+        }
+        if !self.agent_args.is_empty() {
+            map.insert(
+                vars::AGENT_ARGS,
+                serde_json::to_string(&self.agent_args).unwrap_or_default(),
+            );
+        }
+        map
+    }
+}
+
+fn init_logging(redactor: Redactor, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(RedactingStderr::new(redactor))
+        .with_ansi(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Reads ticket KEY from Jira and makes it the prompt.
+async fn jira_prompt(key: &str, extra: Option<&str>) -> Result<String, String> {
+    let cfg = recac_jira::JiraConfig::from_env().map_err(|e| format!("Jira settings: {e}"))?;
+    let client = recac_jira::JiraClient::new(&cfg).map_err(|e| format!("Jira client: {e}"))?;
+    let issue = client
+        .get_issue(key, &["summary", "description"])
+        .await
+        .map_err(|e| format!("cannot read {key} from Jira: {e}"))?;
+    let summary = issue.fields.summary.unwrap_or_default();
+    let description = issue
+        .fields
+        .description
+        .as_ref()
+        .map(recac_jira::adf::plain_text)
+        .unwrap_or_default();
+    let mut prompt = format!("Jira ticket {key}: {summary}\n\n{description}\n");
+    if let Some(extra) = extra.filter(|e| !e.trim().is_empty()) {
+        prompt.push_str(&format!("\nAdditional instructions:\n{extra}\n"));
+    }
+    Ok(prompt)
+}
+
+fn finish(result: &AgentResult, path: Option<&std::path::Path>) -> ExitCode {
+    let message = recac_agent::report::termination_message(result);
+    tracing::info!(result = %message, "result");
+    if let Some(path) = path
+        && let Err(e) = std::fs::write(path, &message)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the result file");
+    }
+    println!("{message}");
+    let code = recac_agent::report::exit_code_for(&result.outcome);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn gave_up(message: String) -> AgentResult {
+    AgentResult {
+        outcome: Outcome::GaveUp,
+        branch: None,
+        commit: None,
+        pull_request_url: None,
+        tests_passed: None,
+        summary: Some(message),
+        token_usage: None,
+    }
+}
+
+/// Runs `recac start`.
+pub fn run(args: StartArgs) -> ExitCode {
+    let mut overrides = args.overrides();
+    let env_lookup = |k: &str| std::env::var(k).ok();
+    let mut secrets = secrets_from_lookup(env_lookup);
+    secrets.extend(
+        JIRA_SECRET_VARS
+            .iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .filter(|v| !v.trim().is_empty()),
+    );
+    let redactor = Redactor::new(secrets);
+    init_logging(redactor.clone(), args.json_logs);
+    let fallback_result_path = overrides
+        .get(vars::RESULT_PATH)
+        .cloned()
+        .or_else(|| std::env::var(vars::RESULT_PATH).ok())
+        .unwrap_or_else(|| "/dev/termination-log".into());
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit_code::RETRYABLE as u8);
+        }
+    };
+    runtime.block_on(async move {
+        if let Some(key) = &args.jira {
+            match jira_prompt(key, args.prompt.as_deref()).await {
+                Ok(prompt) => {
+                    overrides.insert(vars::PROMPT, prompt);
+                    overrides.remove(vars::PROMPT_FILE);
+                    overrides.entry(vars::TICKET).or_insert_with(|| key.clone());
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return finish(
+                        &gave_up(redactor.redact(&e)),
+                        Some(std::path::Path::new(&fallback_result_path)),
+                    );
+                }
+            }
+        }
+        let lookup = |k: &str| {
+            if args.jira.is_some() && k == vars::PROMPT_FILE {
+                return None;
+            }
+            overrides.get(k).cloned().or_else(|| std::env::var(k).ok())
+        };
+        let settings = match Settings::from_lookup(lookup) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("invalid settings: {e}");
+                return finish(
+                    &gave_up(format!("invalid settings: {e}")),
+                    Some(std::path::Path::new(&fallback_result_path)),
+                );
+            }
+        };
+        tracing::info!(
+            task = settings.task.as_deref().unwrap_or("-"),
+            attempt = settings.attempt,
+            ticket = settings.ticket.as_deref().unwrap_or("-"),
+            "recac start"
+        );
+        let out = recac_agent::run(&settings, &redactor).await;
+        finish(&out.result, Some(&settings.result_path))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        start: StartArgs,
+    }
+
+    #[test]
+    fn help_documents_every_variable() {
+        let help = env_help();
+        for (name, _, _) in ENV_DOCS {
+            assert!(help.contains(name), "{name} missing from --help");
+        }
+    }
+
+    #[test]
+    fn flags_override_variables() {
+        let cli = Cli::try_parse_from([
+            "start",
+            "--repo",
+            "file:///r",
+            "--agent-command",
+            "my-agent",
+            "--agent-arg",
+            "--yes",
+            "--agent-arg",
+            "two words",
+        ])
+        .unwrap();
+        let o = cli.start.overrides();
+        assert_eq!(o.get(vars::REPO_URL).map(String::as_str), Some("file:///r"));
+        assert_eq!(
+            o.get(vars::AGENT_ARGS).map(String::as_str),
+            Some(r#"["--yes","two words"]"#)
+        );
+    }
+}

@@ -1,0 +1,658 @@
+//! The task controller against a real kube-apiserver, kube-controller-manager's job
+//! controller and the local node agent, which runs each agent pod's command as a process.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use recac_api::{AgentTask, TaskPhase};
+use recac_controller::{AgentDefaults, ControllerConfig, TaskController};
+use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
+use recac_tests::{control_plane, http_get, kubectl, text, wait_for};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent.
+const FAKE_AGENT: &str = r#"
+echo "agent: task=$RECAC_TASK attempt=$RECAC_ATTEMPT branch=$RECAC_BRANCH ticket=$RECAC_TICKET"
+case "$FAKE_MODE" in
+  fail) echo "attempt $RECAC_ATTEMPT failed"; exit 1 ;;
+  fail-first) if [ "$RECAC_ATTEMPT" = 1 ]; then echo "attempt 1 failed"; exit 1; fi ;;
+  give-up) printf '{"outcome":"gaveUp","summary":"the repository does not exist"}' > "$RECAC_RESULT_PATH"; exit 3 ;;
+  sleep) sleep 300 ;;
+  sleep-first) if [ "$RECAC_ATTEMPT" = 1 ]; then sleep 300; fi ;;
+  slow) sleep "${FAKE_SLEEP:-5}" ;;
+esac
+printf '{"outcome":"succeeded","branch":"%s","commit":"c0ffee%s","summary":"done in attempt %s"}' "$RECAC_BRANCH" "$RECAC_ATTEMPT" "$RECAC_ATTEMPT" > "$RECAC_RESULT_PATH"
+"#;
+
+const LONG: Duration = Duration::from_secs(60);
+
+struct Operator {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+    http: SocketAddr,
+}
+
+impl Operator {
+    async fn start(client: Client, namespace: &str, cap: usize) -> Self {
+        let config = ControllerConfig {
+            namespaces: vec![namespace.to_string()],
+            max_concurrent_tasks: cap,
+            retry_backoff_seconds: 1,
+            max_retry_backoff_seconds: 2,
+            queue_poll_seconds: 1,
+            ..Default::default()
+        };
+        let agent = AgentDefaults {
+            command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
+            ..Default::default()
+        };
+        let controller = TaskController::new(client, &config, agent, Some("test".into()));
+        let observed = controller.observed();
+        let (stop, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let http = listener.local_addr().expect("address");
+        let server_stop = stopped();
+        let controller_stop = stopped();
+        let handle = tokio::spawn(async move {
+            let server = recac_controller::http::serve(listener, observed, server_stop);
+            let _ = futures::join!(server, controller.run(controller_stop));
+        });
+        Self { stop, handle, http }
+    }
+
+    /// A clean stop, as on losing leadership.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+
+    /// A crash: everything stops at once, nothing is cleaned up.
+    async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}
+
+struct Setup {
+    plane: &'static ControlPlane,
+    client: Client,
+    ns: String,
+    node: NodeAgent,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let plane = control_plane(ControlPlaneOptions {
+        controller_manager: true,
+    })
+    .await;
+    let ns = plane.namespace(prefix).await.expect("namespace");
+    let client = plane.client().await.expect("client");
+    let node = NodeAgent::start(
+        client.clone(),
+        NodeAgentOptions {
+            namespaces: vec![ns.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("node agent starts");
+    Setup {
+        plane,
+        client,
+        ns,
+        node,
+    }
+}
+
+fn task_yaml(name: &str, mode: &str, max_retries: i32, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: recac.io/v1alpha1
+kind: AgentTask
+metadata:
+  name: {name}
+spec:
+  prompt: fix the login timeout
+  repository:
+    url: https://git.example.com/org/repo.git
+  maxRetries: {max_retries}
+  agent:
+    env:
+      - name: FAKE_MODE
+        value: "{mode}"
+{extra}"#
+    )
+}
+
+async fn create_task(s: &Setup, yaml: &str) -> AgentTask {
+    let task: AgentTask = serde_saphyr::from_str(yaml).expect("task yaml");
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    api.create(&PostParams::default(), &task)
+        .await
+        .expect("task created")
+}
+
+async fn task_where(
+    s: &Setup,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&AgentTask) -> bool,
+) -> AgentTask {
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for(what, timeout, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let task = api.get(name).await.ok()?;
+            pred(&task).then_some(task)
+        }
+    })
+    .await
+}
+
+fn phase(task: &AgentTask) -> Option<TaskPhase> {
+    task.status.as_ref().and_then(|s| s.phase)
+}
+
+fn condition(task: &AgentTask, type_: &str) -> Option<(String, String)> {
+    task.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn jobs_of(s: &Setup, task: &str) -> Vec<Job> {
+    let api: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    api.list(&ListParams::default().labels(&format!("recac.io/task={task}")))
+        .await
+        .expect("jobs list")
+        .items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_to_success_with_its_result_events_logs_and_metrics() {
+    let s = setup("tc-success").await;
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let yaml = task_yaml(
+        "fix-login",
+        "succeed",
+        2,
+        "  ticket:\n    source: jira\n    key: PROJ-42\n",
+    );
+    create_task(&s, &yaml).await;
+
+    let task = task_where(&s, "fix-login", "Succeeded", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    let status = task.status.clone().expect("status");
+    assert_eq!(status.attempt, Some(1));
+    assert_eq!(status.retries, Some(0));
+    assert_eq!(status.job_name.as_deref(), Some("fix-login-a1"));
+    assert_eq!(status.branch.as_deref(), Some("recac/PROJ-42"));
+    assert_eq!(status.commit.as_deref(), Some("c0ffee1"));
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    assert_eq!(status.observed_generation, task.metadata.generation);
+    assert_eq!(
+        condition(&task, "Succeeded").map(|c| c.0),
+        Some("True".into())
+    );
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains("done in attempt 1")
+    );
+
+    // The Job: owned, labelled, hardened.
+    let jobs = jobs_of(&s, "fix-login").await;
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    let labels = job.labels();
+    assert_eq!(labels.get("app").map(String::as_str), Some("recac-agent"));
+    assert_eq!(
+        labels.get("recac.io/attempt").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        labels.get("recac.io/ticket").map(String::as_str),
+        Some("PROJ-42")
+    );
+    let owner = &job.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("AgentTask", Some(true))
+    );
+    assert_eq!(owner.uid, task.uid().unwrap_or_default());
+    let pod_spec = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod spec");
+    assert_eq!(pod_spec.automount_service_account_token, Some(false));
+
+    // kubectl logs through the apiserver and the node agent.
+    let out = kubectl(s.plane, &["logs", "-n", &s.ns, "job/fix-login-a1"]);
+    assert!(out.status.success(), "kubectl logs: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("agent: task=fix-login attempt=1 branch=recac/PROJ-42 ticket=PROJ-42"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Events on the task.
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    let reasons: BTreeSet<String> = wait_for("events", LONG, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let reasons: BTreeSet<String> = list
+                .items
+                .iter()
+                .filter(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("fix-login")
+                })
+                .filter_map(|e| e.reason.clone())
+                .collect();
+            (reasons.contains("Dispatched") && reasons.contains("Succeeded")).then_some(reasons)
+        }
+    })
+    .await;
+    assert!(reasons.contains("Dispatched"));
+
+    // An idle, finished task costs no writes.
+    let version = task.resource_version();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    assert_eq!(
+        api.get("fix-login").await.expect("task").resource_version(),
+        version
+    );
+
+    // Metrics, health and readiness.
+    let (code, body) = http_get(operator.http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("recac_reconciles_total"), "{body}");
+    assert!(body.contains("recac_jobs_created_total 1"), "{body}");
+    assert!(
+        body.contains("recac_tasks{phase=\"Succeeded\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("recac_dispatch_latency_seconds_count 1"),
+        "{body}"
+    );
+    assert_eq!(http_get(operator.http, "/healthz").await.0, 200);
+    assert_eq!(http_get(operator.http, "/readyz").await.0, 200);
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_retried_with_a_new_job() {
+    let s = setup("tc-retry").await;
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    create_task(&s, &task_yaml("flaky", "fail-first", 2, "")).await;
+    let task = task_where(&s, "flaky", "Succeeded", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    let status = task.status.expect("status");
+    assert_eq!(status.attempt, Some(2));
+    assert_eq!(status.retries, Some(1));
+    assert_eq!(status.job_name.as_deref(), Some("flaky-a2"));
+    assert_eq!(status.commit.as_deref(), Some("c0ffee2"));
+    let names: BTreeSet<String> = jobs_of(&s, "flaky")
+        .await
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["flaky-a1".to_string(), "flaky-a2".to_string()])
+    );
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_and_giving_up_end_in_failed() {
+    let s = setup("tc-fail").await;
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    create_task(&s, &task_yaml("always-fails", "fail", 1, "")).await;
+    create_task(&s, &task_yaml("gives-up", "give-up", 3, "")).await;
+
+    let task = task_where(&s, "always-fails", "Failed", LONG, |t| {
+        phase(t) == Some(TaskPhase::Failed)
+    })
+    .await;
+    let status = task.status.clone().expect("status");
+    assert_eq!(status.attempt, Some(2));
+    assert_eq!(status.retries, Some(1));
+    assert_eq!(
+        condition(&task, "Failed"),
+        Some(("True".into(), "RetriesExhausted".into()))
+    );
+    assert_eq!(jobs_of(&s, "always-fails").await.len(), 2);
+
+    let task = task_where(&s, "gives-up", "Failed", LONG, |t| {
+        phase(t) == Some(TaskPhase::Failed)
+    })
+    .await;
+    assert_eq!(task.status.as_ref().and_then(|s| s.attempt), Some(1));
+    assert_eq!(
+        condition(&task, "Failed"),
+        Some(("True".into(), "GaveUp".into()))
+    );
+    assert!(
+        task.status
+            .and_then(|s| s.message)
+            .unwrap_or_default()
+            .contains("PodFailurePolicy")
+    );
+    assert_eq!(jobs_of(&s, "gives-up").await.len(), 1);
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_fails_the_attempt() {
+    let s = setup("tc-deadline").await;
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    create_task(
+        &s,
+        &task_yaml("too-slow", "sleep", 0, "  timeoutSeconds: 60\n"),
+    )
+    .await;
+    let task = task_where(
+        &s,
+        "too-slow",
+        "Failed by deadline",
+        Duration::from_secs(120),
+        |t| phase(t) == Some(TaskPhase::Failed),
+    )
+    .await;
+    let message = task.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("DeadlineExceeded"), "{message}");
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_from_outside_counts_as_a_failed_attempt() {
+    let s = setup("tc-deleted").await;
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    create_task(&s, &task_yaml("lost-job", "sleep-first", 2, "")).await;
+    task_where(&s, "lost-job", "Running", LONG, |t| {
+        phase(t) == Some(TaskPhase::Running)
+    })
+    .await;
+
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    jobs.delete("lost-job-a1", &DeleteParams::background())
+        .await
+        .expect("job deleted");
+    let task = task_where(&s, "lost-job", "Succeeded on attempt 2", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    assert_eq!(task.status.as_ref().and_then(|s| s.attempt), Some(2));
+    assert_eq!(task.status.as_ref().and_then(|s| s.retries), Some(1));
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restart_mid_run_never_makes_a_second_job() {
+    let s = setup("tc-restart").await;
+
+    // A crash between creating a Job and recording it: the Job exists, status does not say so.
+    let task = create_task(&s, &task_yaml("pre-created", "slow", 2, "")).await;
+    let job = recac_controller::job_builder::build_job(
+        &task,
+        1,
+        "recac/pre-created",
+        &AgentDefaults {
+            command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
+            ..Default::default()
+        },
+        false,
+    );
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("job");
+
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    create_task(&s, &task_yaml("restarted", "slow", 2, "")).await;
+    task_where(&s, "restarted", "Running", LONG, |t| {
+        phase(t) == Some(TaskPhase::Running)
+    })
+    .await;
+    operator.kill().await;
+
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    for name in ["restarted", "pre-created"] {
+        let task = task_where(&s, name, "Succeeded", LONG, |t| {
+            phase(t) == Some(TaskPhase::Succeeded)
+        })
+        .await;
+        assert_eq!(
+            task.status.as_ref().and_then(|s| s.attempt),
+            Some(1),
+            "{name}"
+        );
+        assert_eq!(
+            jobs_of(&s, name).await.len(),
+            1,
+            "{name}: a second Job was made"
+        );
+    }
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_holds_dispatch_and_suspends_a_running_job() {
+    let s = setup("tc-suspend").await;
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+
+    create_task(&s, &task_yaml("held", "succeed", 2, "  suspend: true\n")).await;
+    task_where(&s, "held", "Suspended condition", LONG, |t| {
+        condition(t, "Suspended").map(|c| c.0) == Some("True".into())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        jobs_of(&s, "held").await.is_empty(),
+        "a suspended task was dispatched"
+    );
+    let resume = serde_json::json!({"spec": {"suspend": false}});
+    api.patch("held", &PatchParams::default(), &Patch::Merge(&resume))
+        .await
+        .expect("resume");
+    task_where(&s, "held", "Succeeded after resume", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+
+    create_task(
+        &s,
+        &task_yaml(
+            "paused",
+            "slow",
+            2,
+            "      - name: FAKE_SLEEP\n        value: \"12\"\n",
+        ),
+    )
+    .await;
+    task_where(&s, "paused", "Running", LONG, |t| {
+        phase(t) == Some(TaskPhase::Running)
+    })
+    .await;
+    let suspend = serde_json::json!({"spec": {"suspend": true}});
+    api.patch("paused", &PatchParams::default(), &Patch::Merge(&suspend))
+        .await
+        .expect("suspend");
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("the Job to be suspended", LONG, || {
+        let jobs = jobs.clone();
+        async move {
+            let job = jobs.get("paused-a1").await.ok()?;
+            job.spec.and_then(|s| s.suspend).filter(|s| *s)
+        }
+    })
+    .await;
+    let task = task_where(&s, "paused", "Pending while suspended", LONG, |t| {
+        phase(t) == Some(TaskPhase::Pending)
+    })
+    .await;
+    assert_eq!(
+        condition(&task, "Suspended").map(|c| c.0),
+        Some("True".into())
+    );
+    api.patch("paused", &PatchParams::default(), &Patch::Merge(&resume))
+        .await
+        .expect("resume");
+    let task = task_where(&s, "paused", "Succeeded after resume", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    assert_eq!(task.status.and_then(|s| s.attempt), Some(1));
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_cap_queues_tasks_in_creation_order() {
+    let s = setup("tc-cap").await;
+    let operator = Operator::start(s.client.clone(), &s.ns, 2).await;
+    let names = ["q1", "q2", "q3", "q4", "q5"];
+    for name in names {
+        create_task(
+            &s,
+            &task_yaml(
+                name,
+                "slow",
+                0,
+                "      - name: FAKE_SLEEP\n        value: \"3\"\n",
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let mut max_live = 0;
+    let mut saw_queued = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let list = jobs.list(&ListParams::default()).await.expect("jobs");
+        let live = list
+            .items
+            .iter()
+            .filter(|j| {
+                !j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter().any(|c| {
+                            (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                        })
+                    })
+            })
+            .count();
+        max_live = max_live.max(live);
+        let tasks = api.list(&ListParams::default()).await.expect("tasks").items;
+        saw_queued |= tasks
+            .iter()
+            .any(|t| condition(t, "Queued").map(|c| c.0) == Some("True".into()));
+        if tasks.iter().all(|t| phase(t) == Some(TaskPhase::Succeeded)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tasks did not all succeed"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        max_live <= 2,
+        "{max_live} Jobs ran at once under a cap of 2"
+    );
+    assert!(saw_queued, "no task was ever queued");
+    // Dispatch follows creation order.
+    let tasks = api.list(&ListParams::default()).await.expect("tasks").items;
+    let mut by_start: Vec<(String, String)> = tasks
+        .iter()
+        .map(|t| {
+            let start = t
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.clone())
+                .map(|t| t.0.to_string())
+                .unwrap_or_default();
+            (start, t.name_any())
+        })
+        .collect();
+    by_start.sort();
+    let order: Vec<&str> = by_start.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(order, names, "dispatch order");
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_task_removes_its_jobs_and_pods() {
+    let s = setup("tc-delete").await;
+    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    create_task(&s, &task_yaml("doomed", "sleep", 2, "")).await;
+    task_where(&s, "doomed", "Running", LONG, |t| {
+        phase(t) == Some(TaskPhase::Running)
+    })
+    .await;
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    api.delete("doomed", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("Jobs and pods to be gone", LONG, || {
+        let jobs = jobs.clone();
+        let pods = pods.clone();
+        async move {
+            let j = jobs
+                .list(&ListParams::default().labels("recac.io/task=doomed"))
+                .await
+                .ok()?;
+            let p = pods
+                .list(&ListParams::default().labels("recac.io/task=doomed"))
+                .await
+                .ok()?;
+            (j.items.is_empty() && p.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
