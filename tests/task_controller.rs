@@ -656,3 +656,55 @@ async fn deleting_a_task_removes_its_jobs_and_pods() {
     operator.stop().await;
     s.node.shutdown().await.expect("node agent stops");
 }
+
+/// A client that authenticates as the operator's ServiceAccount, bound by the shipped RBAC
+/// (`config/rbac`), so the test proves those permissions are enough.
+async fn operator_service_account_client(plane: &ControlPlane) -> Client {
+    let root = recac_tests::repo_root();
+    let _ = kubectl(plane, &["create", "namespace", "recac-system"]);
+    let rbac = root.join("config/rbac");
+    let out = kubectl(plane, &["apply", "-k", rbac.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "apply rbac: {}", text(&out.stderr));
+    let out = kubectl(
+        plane,
+        &["create", "token", "recac-operator", "-n", "recac-system"],
+    );
+    assert!(out.status.success(), "create token: {}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+
+    let admin = std::fs::read_to_string(plane.kubeconfig_path()).expect("kubeconfig");
+    let mut kubeconfig: serde_json::Value = serde_saphyr::from_str(&admin).expect("yaml");
+    kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
+    let yaml = serde_json::to_string(&kubeconfig).expect("json is yaml");
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_rbac_is_enough_for_the_operator() {
+    let s = setup("tc-rbac").await;
+    let client = operator_service_account_client(s.plane).await;
+    // The ServiceAccount may not touch what the operator never needs.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &s.ns);
+    assert!(secrets.list(&ListParams::default()).await.is_err());
+
+    let operator = Operator::start(client, &s.ns, 10).await;
+    create_task(&s, &task_yaml("least-privilege", "fail-first", 2, "")).await;
+    let task = task_where(&s, "least-privilege", "Succeeded", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    let status = task.status.expect("status");
+    assert_eq!(status.attempt, Some(2));
+    assert_eq!(status.commit.as_deref(), Some("c0ffee2"));
+    let (_, metrics) = http_get(operator.http, "/metrics").await;
+    assert!(
+        !metrics.contains("recac_reconcile_errors_total{"),
+        "{metrics}"
+    );
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}

@@ -14,6 +14,9 @@ pub struct OrchestrateArgs {
     /// The operator's YAML configuration file; without it every setting takes its default.
     #[arg(long, env = "RECAC_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Only validate the configuration file, then exit.
+    #[arg(long)]
+    pub check_config: bool,
     /// Log format: text or json.
     #[arg(long, env = "RECAC_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -28,6 +31,10 @@ pub fn run(args: OrchestrateArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

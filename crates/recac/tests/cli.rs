@@ -42,3 +42,53 @@ fn unknown_command_fails_with_usage() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unrecognized subcommand"), "{stderr}");
 }
+
+#[test]
+fn orchestrate_rejects_a_bad_config_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (yaml, key) in [
+        ("controller:\n  maxConcurentTasks: 3\n", "maxConcurentTasks"),
+        (
+            "controller:\n  maxConcurrentTasks: lots\n",
+            "controller.maxConcurrentTasks",
+        ),
+        (
+            "controller:\n  maxConcurrentTasks: 0\n",
+            "controller.maxConcurrentTasks",
+        ),
+        ("agent:\n  provider: gemini\n", "agent.provider"),
+        (
+            "controller:\n  metricsAddress: everywhere\n",
+            "controller.metricsAddress",
+        ),
+    ] {
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_recac"))
+            .args(["orchestrate", "--config"])
+            .arg(&path)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("recac runs");
+        assert_eq!(out.status.code(), Some(2), "{yaml}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{yaml}: {stderr}");
+    }
+}
+
+#[test]
+fn the_shipped_manager_config_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/manager/config.yaml"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_recac"))
+        .args(["orchestrate", "--config", path, "--check-config"])
+        .output()
+        .expect("recac runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
