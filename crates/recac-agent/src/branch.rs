@@ -48,7 +48,7 @@ pub fn sanitize(raw: &str) -> String {
 /// The branch to work on when none was given: `recac/<ticket>` or `recac/<first words>`.
 pub fn default_branch_name(ticket: Option<&str>, prompt: &str) -> String {
     if let Some(ticket) = ticket.filter(|t| !t.trim().is_empty()) {
-        return sanitize(&format!("recac/{}", ticket.trim().to_ascii_lowercase()));
+        return sanitize(&format!("recac/{}", ticket.trim()));
     }
     let slug: Vec<String> = prompt
         .split(|c: char| !c.is_ascii_alphanumeric())
@@ -103,7 +103,7 @@ mod tests {
     fn default_names() {
         assert_eq!(
             default_branch_name(Some("PROJ-7"), "ignored"),
-            "recac/proj-7"
+            "recac/PROJ-7"
         );
         assert_eq!(
             default_branch_name(None, "Add a --verbose flag to the CLI, please now"),

@@ -62,11 +62,11 @@ async fn new_branch_is_created_tested_and_pushed() {
         ran.logs
     );
     assert_eq!(ran.out.exit_code, 0);
-    assert_eq!(result.branch.as_deref(), Some("recac/proj-1"));
+    assert_eq!(result.branch.as_deref(), Some("recac/PROJ-1"));
     assert_eq!(result.tests_passed, Some(true));
     let usage = result.token_usage.unwrap();
     assert_eq!((usage.input_tokens, usage.output_tokens), (500, 50));
-    let head = remote_head(&bare, "recac/proj-1").expect("branch pushed");
+    let head = remote_head(&bare, "recac/PROJ-1").expect("branch pushed");
     assert_eq!(result.commit.as_deref(), Some(head.as_str()));
     assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
     let message = git(&bare, &["log", "-1", "--format=%an <%ae>%n%B", &head]);
@@ -150,7 +150,7 @@ async fn failing_tests_are_reported_and_pushed() {
     assert_eq!(result.outcome, Outcome::TestsFailed, "{}", ran.logs);
     assert_eq!(result.tests_passed, Some(false));
     assert_eq!(ran.out.exit_code, 1);
-    assert!(remote_head(&bare, "recac/proj-1").is_some());
+    assert!(remote_head(&bare, "recac/PROJ-1").is_some());
 }
 
 #[tokio::test]
@@ -189,7 +189,7 @@ async fn rejected_push_gives_up() {
     assert_eq!(result.outcome, Outcome::GaveUp, "{}", ran.logs);
     assert_eq!(ran.out.exit_code, 3);
     assert!(result.summary.unwrap().contains("declined"));
-    assert!(remote_head(&bare, "recac/proj-1").is_none());
+    assert!(remote_head(&bare, "recac/PROJ-1").is_none());
 }
 
 #[tokio::test]
@@ -211,7 +211,7 @@ async fn no_changes_is_reported() {
     assert_eq!(ran.out.exit_code, 3);
     assert_eq!(result.summary.as_deref(), Some("Nothing to do: already 2"));
     assert!(result.commit.is_none());
-    assert!(remote_head(&bare, "recac/proj-1").is_none());
+    assert!(remote_head(&bare, "recac/PROJ-1").is_none());
 }
 
 #[tokio::test]
@@ -266,7 +266,7 @@ async fn external_engine_gets_the_prompt_file() {
         Some("external agent: fixed value")
     );
     assert!(result.token_usage.is_none());
-    let head = remote_head(&bare, "recac/ext-9").unwrap();
+    let head = remote_head(&bare, "recac/EXT-9").unwrap();
     assert_eq!(
         show(&bare, &head, "prompt-seen.txt"),
         "Ticket text with $(rm -rf /) and `backticks`; do it"
@@ -320,7 +320,7 @@ async fn pull_request_is_opened_once_across_attempts() {
     assert_eq!(r2.commit, r1.commit);
     assert_eq!(github.creates(), 1);
     let pr = &github.prs()[0];
-    assert_eq!(pr["head"]["ref"], "recac/proj-1");
+    assert_eq!(pr["head"]["ref"], "recac/PROJ-1");
     assert_eq!(pr["base"]["ref"], "main");
     assert!(
         pr["title"]
@@ -423,7 +423,7 @@ async fn a_model_that_never_finishes_is_stopped() {
     assert!(result.summary.as_deref().unwrap().contains("4 iterations"));
     assert_eq!(sim.requests().len(), 4);
     // The work in progress is pushed for the next attempt to continue.
-    let head = remote_head(&bare, "recac/proj-1").unwrap();
+    let head = remote_head(&bare, "recac/PROJ-1").unwrap();
     assert_eq!(show(&bare, &head, "notes.md"), "wip");
     assert!(git(&bare, &["log", "-1", "--format=%s", &head]).starts_with("WIP: PROJ-1"));
 
@@ -499,7 +499,7 @@ async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
         "{result:?}\n{}",
         ran.logs
     );
-    let head = remote_head(&bare, "recac/proj-1").expect("pushed over HTTP");
+    let head = remote_head(&bare, "recac/PROJ-1").expect("pushed over HTTP");
     assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
     // Git first asked anonymously (401), then authenticated through the askpass helper.
     let log = server.log();

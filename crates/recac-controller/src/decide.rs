@@ -138,6 +138,19 @@ impl Draft<'_> {
         }
     }
 
+    fn mark_suspended(&mut self, suspended: bool) {
+        if suspended {
+            self.set_condition(
+                condition::SUSPENDED,
+                true,
+                "SpecSuspended",
+                "spec.suspend is true",
+            );
+        } else {
+            self.clear_condition(condition::SUSPENDED, "Resumed", "spec.suspend is false");
+        }
+    }
+
     fn event(&mut self, type_: EventType, reason: &str, note: String) {
         self.actions.push(Action::Event {
             type_,
@@ -173,11 +186,7 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
 
     let attempt = current.attempt.unwrap_or(0);
     if attempt == 0 {
-        let branch = naming::branch_name(
-            task.spec.repository.branch.as_deref(),
-            task.spec.ticket.as_ref().map(|t| t.key.as_str()),
-            &task.name_any(),
-        );
+        let branch = feature_branch(task);
         draft.status.branch = Some(branch.clone());
         dispatch(&mut draft, task, observed, retry, 1, branch);
         return draft.finish();
@@ -222,6 +231,15 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
     draft.finish()
 }
 
+/// The branch the task's agent pushes to.
+fn feature_branch(task: &AgentTask) -> String {
+    naming::branch_name(
+        task.spec.repository.branch.as_deref(),
+        task.spec.ticket.as_ref().map(|t| t.key.as_str()),
+        &task.name_any(),
+    )
+}
+
 /// Dispatches `attempt` when not suspended and a slot is free; otherwise explains the wait.
 fn dispatch(
     draft: &mut Draft,
@@ -236,15 +254,10 @@ fn dispatch(
         draft.status.message = Some(format!(
             "suspended: attempt {attempt} is not dispatched while spec.suspend is true"
         ));
-        draft.set_condition(
-            condition::SUSPENDED,
-            true,
-            "SpecSuspended",
-            "spec.suspend is true",
-        );
+        draft.mark_suspended(true);
         return;
     }
-    draft.clear_condition(condition::SUSPENDED, "Resumed", "spec.suspend is false");
+    draft.mark_suspended(false);
     if !observed.admitted {
         draft.status.message = Some(format!(
             "queued: attempt {attempt} waits for a free slot (the operator's maxConcurrentTasks is reached)"
@@ -315,13 +328,11 @@ fn retry_when_due(
         );
         return;
     }
-    let branch = draft.status.branch.clone().unwrap_or_else(|| {
-        naming::branch_name(
-            task.spec.repository.branch.as_deref(),
-            task.spec.ticket.as_ref().map(|t| t.key.as_str()),
-            &task.name_any(),
-        )
-    });
+    let branch = draft
+        .status
+        .branch
+        .clone()
+        .unwrap_or_else(|| feature_branch(task));
     dispatch(draft, task, observed, retry, attempt + 1, branch);
 }
 
@@ -349,15 +360,10 @@ fn in_progress(
         draft.status.message = Some(format!(
             "suspended: Job {job_name} of attempt {attempt} is suspended while spec.suspend is true"
         ));
-        draft.set_condition(
-            condition::SUSPENDED,
-            true,
-            "SpecSuspended",
-            "spec.suspend is true",
-        );
+        draft.mark_suspended(true);
         return;
     }
-    draft.clear_condition(condition::SUSPENDED, "Resumed", "spec.suspend is false");
+    draft.mark_suspended(false);
     if suspended {
         draft.actions.push(Action::SuspendJob {
             name: job_name.clone(),

@@ -125,24 +125,8 @@ impl TaskController {
     ) -> Self {
         let job_watch =
             watcher::Config::default().labels(&format!("{}={}", labels::APP, labels::APP_VALUE));
-        let task_apis: Vec<Api<AgentTask>> = if config.namespaces.is_empty() {
-            vec![Api::all(client.clone())]
-        } else {
-            config
-                .namespaces
-                .iter()
-                .map(|ns| Api::namespaced(client.clone(), ns))
-                .collect()
-        };
-        let job_apis: Vec<Api<Job>> = if config.namespaces.is_empty() {
-            vec![Api::all(client.clone())]
-        } else {
-            config
-                .namespaces
-                .iter()
-                .map(|ns| Api::namespaced(client.clone(), ns))
-                .collect()
-        };
+        let task_apis: Vec<Api<AgentTask>> = scoped_apis(&client, &config.namespaces);
+        let job_apis: Vec<Api<Job>> = scoped_apis(&client, &config.namespaces);
         let controllers: Vec<Controller<AgentTask>> = task_apis
             .into_iter()
             .zip(job_apis)
@@ -232,6 +216,21 @@ impl TaskController {
         futures::join!(futures::future::join_all(runs), ready_watch);
         self.readiness.set(false);
         info!("the task controller stopped");
+    }
+}
+
+/// One Api per watched namespace, or one cluster-wide Api when none are named.
+fn scoped_apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
     }
 }
 

@@ -50,19 +50,29 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Parses `Retry-After` given in seconds (what Jira sends). Fractions are
-/// rounded up so that the wait is never shorter than asked.
+/// Parses `Retry-After`: seconds (what Jira sends) or an HTTP date. Fractions
+/// are rounded up so that the wait is never shorter than asked.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    parse_retry_after_at(value, jiff::Timestamp::now())
+}
+
+/// [`parse_retry_after`] with the current time given, for an HTTP-date value.
+pub fn parse_retry_after_at(value: &str, now: jiff::Timestamp) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let f = v.parse::<f64>().ok()?;
-    if f.is_finite() && (0.0..1e9).contains(&f) {
-        Some(Duration::from_secs(f.ceil() as u64))
-    } else {
-        None
+    if let Ok(f) = v.parse::<f64>() {
+        return (f.is_finite() && (0.0..1e9).contains(&f))
+            .then(|| Duration::from_secs(f.ceil() as u64));
     }
+    // HTTP-date (RFC 9110 IMF-fixdate), e.g. "Wed, 21 Oct 2015 07:28:00 GMT".
+    let at = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(v)
+        .ok()?;
+    let wait = now.duration_until(at);
+    let millis = u64::try_from(wait.as_millis()).unwrap_or(0);
+    Some(Duration::from_secs(millis.div_ceil(1000)))
 }
 
 impl RetryPolicy {
@@ -150,6 +160,16 @@ mod tests {
         );
         assert_eq!(parse_retry_after("1.2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("soon"), None);
+        let now = jiff::Timestamp::from_second(1_445_412_470).expect("time");
+        assert_eq!(
+            parse_retry_after_at("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after_at("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("-1"), None);
     }
 

@@ -40,6 +40,9 @@ pub struct StartArgs {
     /// --prompt, when given too, is added as instructions.
     #[arg(long, value_name = "KEY")]
     jira: Option<String>,
+    /// The operator's config file; with --jira its `jira:` section is used instead of the JIRA_* variables.
+    #[arg(long, env = "RECAC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// What the agent must do.
     #[arg(long, env = vars::PROMPT, hide_env_values = true)]
     prompt: Option<String>,
@@ -149,8 +152,12 @@ fn init_logging(redactor: Redactor, json: bool) {
 }
 
 /// Reads ticket KEY from Jira and makes it the prompt.
-async fn jira_prompt(key: &str, extra: Option<&str>) -> Result<String, String> {
-    let cfg = recac_jira::JiraConfig::from_env().map_err(|e| format!("Jira settings: {e}"))?;
+async fn jira_prompt(
+    key: &str,
+    extra: Option<&str>,
+    config: Option<&std::path::Path>,
+) -> Result<String, String> {
+    let cfg = crate::jira_cmd::load_settings(config).map_err(|e| format!("Jira settings: {e}"))?;
     let client = recac_jira::JiraClient::new(&cfg).map_err(|e| format!("Jira client: {e}"))?;
     let issue = client
         .get_issue(key, &["summary", "description"])
@@ -226,7 +233,7 @@ pub fn run(args: StartArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         if let Some(key) = &args.jira {
-            match jira_prompt(key, args.prompt.as_deref()).await {
+            match jira_prompt(key, args.prompt.as_deref(), args.config.as_deref()).await {
                 Ok(prompt) => {
                     overrides.insert(vars::PROMPT, prompt);
                     overrides.remove(vars::PROMPT_FILE);
