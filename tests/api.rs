@@ -191,6 +191,18 @@ async fn invalid_tasks_are_rejected_naming_the_field() {
             vec!["spec.timeoutSeconds", "less than or equal to 86400"],
         ),
         (
+            "finished Jobs kept too briefly to read their result",
+            task(
+                "ttl-low",
+                "  prompt: do the thing\n",
+                "  prompt: x\n  ttlSecondsAfterFinished: 0\n",
+            ),
+            vec![
+                "spec.ttlSecondsAfterFinished",
+                "greater than or equal to 60",
+            ],
+        ),
+        (
             "wrong type for maxRetries",
             task(
                 "wrong-type",

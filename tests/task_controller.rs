@@ -78,7 +78,11 @@ impl Operator {
     /// A clean stop, as on losing leadership.
     async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        assert!(
+            stopped.is_ok(),
+            "the operator did not stop within 10 s of its shutdown signal"
+        );
     }
 
     /// A crash: everything stops at once, nothing is cleaned up.
@@ -700,11 +704,84 @@ async fn the_shipped_rbac_is_enough_for_the_operator() {
     let status = task.status.expect("status");
     assert_eq!(status.attempt, Some(2));
     assert_eq!(status.commit.as_deref(), Some("c0ffee2"));
+
+    // Suspending and resuming a running Job needs the Job patch permission.
+    let slow = "      - name: FAKE_SLEEP\n        value: \"8\"\n";
+    create_task(&s, &task_yaml("paused", "slow", 0, slow)).await;
+    task_where(&s, "paused", "Running", LONG, |t| {
+        phase(t) == Some(TaskPhase::Running)
+    })
+    .await;
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    for suspend in [true, false] {
+        let patch = serde_json::json!({"spec": {"suspend": suspend}});
+        api.patch("paused", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("suspend toggled");
+        wait_for("the Job's suspend to follow the task", LONG, || {
+            let jobs = jobs.clone();
+            async move {
+                let job = jobs.get("paused-a1").await.ok()?;
+                (job.spec.and_then(|s| s.suspend) == Some(suspend)).then_some(())
+            }
+        })
+        .await;
+    }
+    task_where(&s, "paused", "Succeeded", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+
     let (_, metrics) = http_get(operator.http, "/metrics").await;
     assert!(
         !metrics.contains("recac_reconcile_errors_total{"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("recac_event_publish_errors_total 0"),
+        "{metrics}"
+    );
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_cannot_dispatch_does_not_block_the_queue() {
+    let s = setup("tc-blocked").await;
+    // A Job with the oldest task's deterministic name that the task does not own.
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    let foreign: Job = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "blocked-a1"},
+        "spec": {
+            "suspend": true,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "x"}]}}
+        }
+    }))
+    .expect("job json");
+    jobs.create(&PostParams::default(), &foreign)
+        .await
+        .expect("foreign job");
+
+    let operator = Operator::start(s.client.clone(), &s.ns, 1).await;
+    create_task(&s, &task_yaml("blocked", "succeed", 0, "")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create_task(&s, &task_yaml("healthy", "succeed", 0, "")).await;
+
+    let blocked = task_where(&s, "blocked", "a DispatchFailed condition", LONG, |t| {
+        condition(t, "Dispatched").map(|c| c.1) == Some("DispatchFailed".into())
+    })
+    .await;
+    let message = blocked.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("not owned by AgentTask"), "{message}");
+    task_where(
+        &s,
+        "healthy",
+        "Succeeded past the blocked task",
+        LONG,
+        |t| phase(t) == Some(TaskPhase::Succeeded),
+    )
+    .await;
     operator.stop().await;
     s.node.shutdown().await.expect("node agent stops");
 }

@@ -57,10 +57,10 @@ pub struct AgentTaskSpec {
     #[schemars(range(min = 60, max = 86400))]
     pub timeout_seconds: i64,
 
-    /// Seconds a finished Job is kept before Kubernetes deletes it. Unset takes the operator's
-    /// configured default.
+    /// Seconds a finished Job is kept before Kubernetes deletes it (at least 60, so the operator
+    /// can read the agent's result first). Unset takes the operator's configured default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 60))]
     pub ttl_seconds_after_finished: Option<i32>,
 
     /// When true, no new attempt is dispatched and a running Job is suspended.

@@ -28,6 +28,15 @@ fn finished(task: &AgentTask) -> bool {
         .is_some_and(TaskPhase::is_finished)
 }
 
+/// The task's last dispatch was rejected (see `DispatchFailed` in the reconciler).
+fn dispatch_failing(task: &AgentTask) -> bool {
+    task.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Dispatched" && c.reason == "DispatchFailed")
+    })
+}
+
 /// The task has a Job that is not finished: it holds a slot.
 fn holds_slot(task: &AgentTask) -> bool {
     let Some(status) = &task.status else {
@@ -102,20 +111,29 @@ impl Admission {
         if free == 0 {
             return false;
         }
-        let mut waiting: Vec<(Option<Timestamp>, String)> = tasks
+        // Oldest first; tasks whose dispatch keeps failing go last, so one broken task
+        // cannot hold up the queue.
+        let order = |t: &AgentTask| {
+            (
+                dispatch_failing(t),
+                t.creation_timestamp().map(|c| c.0),
+                key(t),
+            )
+        };
+        let mut waiting: Vec<(bool, Option<Timestamp>, String)> = tasks
             .iter()
             .filter(|t| wants_slot(t, now))
-            .map(|t| (t.creation_timestamp().map(|c| c.0), key(t)))
-            .filter(|(_, k)| !reserved.contains_key(k))
+            .map(|t| order(t))
+            .filter(|(_, _, k)| !reserved.contains_key(k))
             .collect();
-        if !waiting.iter().any(|(_, k)| *k == this) {
+        if !waiting.iter().any(|(_, _, k)| *k == this) {
             // Not in the cache yet (just created): it queues behind the ones that are.
-            waiting.push((task.creation_timestamp().map(|c| c.0), this.clone()));
+            waiting.push(order(task));
         }
         waiting.sort();
         let position = waiting
             .iter()
-            .position(|(_, k)| *k == this)
+            .position(|(_, _, k)| *k == this)
             .unwrap_or(usize::MAX);
         if position < free {
             let next_attempt = attempt_of(task) + 1;

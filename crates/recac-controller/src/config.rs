@@ -105,6 +105,33 @@ impl Default for AgentDefaults {
     }
 }
 
+/// The shortest time a finished Job is kept: the operator reads its result first.
+pub const MIN_JOB_TTL_SECONDS: i32 = 60;
+
+/// A DNS-1123 label: what namespace names must be.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A DNS-1123 subdomain: what Secret and ServiceAccount names must be.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
 /// A configuration value that cannot work, named by its key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: `{key}`: {message}")]
@@ -157,10 +184,16 @@ impl ControllerConfig {
             ));
         }
         for (i, ns) in self.namespaces.iter().enumerate() {
-            if ns.is_empty() || ns.len() > 63 {
+            if !is_dns_label(ns) {
                 return Err(invalid(
                     &format!("controller.namespaces[{i}]"),
-                    "must be a namespace name",
+                    format!("{ns:?} is not a namespace name"),
+                ));
+            }
+            if self.namespaces[..i].contains(ns) {
+                return Err(invalid(
+                    &format!("controller.namespaces[{i}]"),
+                    format!("{ns:?} is listed twice"),
                 ));
             }
         }
@@ -189,10 +222,28 @@ impl AgentDefaults {
         {
             return Err(invalid("agent.provider", "must be openai or anthropic"));
         }
-        if self.ttl_seconds_after_finished < 0 {
+        if self.ttl_seconds_after_finished < MIN_JOB_TTL_SECONDS {
             return Err(invalid(
                 "agent.ttlSecondsAfterFinished",
-                "must be 0 or more",
+                format!(
+                    "must be at least {MIN_JOB_TTL_SECONDS}: the operator reads each finished Job's result before it is deleted"
+                ),
+            ));
+        }
+        for (i, name) in self.secret_refs.iter().enumerate() {
+            if !is_dns_subdomain(name) {
+                return Err(invalid(
+                    &format!("agent.secretRefs[{i}]"),
+                    format!("{name:?} is not a Secret name"),
+                ));
+            }
+        }
+        if let Some(name) = &self.service_account_name
+            && !is_dns_subdomain(name)
+        {
+            return Err(invalid(
+                "agent.serviceAccountName",
+                format!("{name:?} is not a ServiceAccount name"),
             ));
         }
         if self.run_as_user <= 0 {
@@ -202,10 +253,19 @@ impl AgentDefaults {
             ));
         }
         for (i, var) in self.env.iter().enumerate() {
-            if var.name.is_empty() {
+            let valid = var
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && var
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
                 return Err(invalid(
                     &format!("agent.env[{i}].name"),
-                    "must not be empty",
+                    format!("{:?} is not an environment variable name", var.name),
                 ));
             }
         }

@@ -254,6 +254,7 @@ fn dispatch(
         draft.status.message = Some(format!(
             "suspended: attempt {attempt} is not dispatched while spec.suspend is true"
         ));
+        draft.clear_condition(condition::QUEUED, "Suspended", "spec.suspend is true");
         draft.mark_suspended(true);
         return;
     }

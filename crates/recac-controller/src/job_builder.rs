@@ -412,9 +412,22 @@ mod tests {
             .filter_map(|e| e.secret_ref.map(|s| s.name))
             .collect();
         assert_eq!(from, vec!["git-token".to_string(), "llm-keys".to_string()]);
-        // No value anywhere in the Job comes from a Secret.
-        let text = serde_json::to_string(&job).unwrap_or_default();
-        assert!(!text.contains("secretKeyRef\":{\"key\":\"\""));
+        // Secrets reach the pod only by reference: no variable reads a value from anywhere
+        // but the spec, and every envFrom names a Secret, never inlines it.
+        assert!(
+            container
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e.value_from.is_none())
+        );
+        assert!(
+            container
+                .env_from
+                .iter()
+                .flatten()
+                .all(|e| e.secret_ref.is_some() && e.config_map_ref.is_none())
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub struct Metrics {
     errors: Mutex<BTreeMap<&'static str, u64>>,
     api_requests: Mutex<BTreeMap<&'static str, u64>>,
     jobs_created: AtomicU64,
+    event_errors: AtomicU64,
     dispatch_latency: Mutex<Histogram>,
 }
 
@@ -43,6 +44,11 @@ impl Metrics {
         if let Ok(mut requests) = self.api_requests.lock() {
             *requests.entry(verb).or_default() += 1;
         }
+    }
+
+    /// An Event that could not be published (they are best effort).
+    pub fn event_failed(&self) {
+        self.event_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn job_created(&self) {
@@ -109,6 +115,16 @@ impl Metrics {
         let _ = writeln!(out, "# HELP recac_jobs_created_total Agent Jobs created.");
         let _ = writeln!(out, "# TYPE recac_jobs_created_total counter");
         let _ = writeln!(out, "recac_jobs_created_total {}", self.jobs_created());
+        let _ = writeln!(
+            out,
+            "# HELP recac_event_publish_errors_total Events that could not be published."
+        );
+        let _ = writeln!(out, "# TYPE recac_event_publish_errors_total counter");
+        let _ = writeln!(
+            out,
+            "recac_event_publish_errors_total {}",
+            self.event_errors.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP recac_tasks AgentTasks watched, by phase.");
         let _ = writeln!(out, "# TYPE recac_tasks gauge");
         for phase in [

@@ -47,7 +47,22 @@ pub enum ReconcileError {
     ForeignJob { job: String, task: String },
 }
 
+/// The `Dispatched` condition's reason when the Job cannot be created.
+pub const DISPATCH_FAILED: &str = "DispatchFailed";
+
 impl ReconcileError {
+    /// A failure that retrying alone will not fix (a rejected Job, a name taken by another owner).
+    fn is_permanent(&self) -> bool {
+        match self {
+            ReconcileError::ForeignJob { .. } => true,
+            ReconcileError::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => (400..500).contains(&status.code) && ![409, 429].contains(&status.code),
+            ReconcileError::Kube { .. } => false,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             ReconcileError::Kube { .. } => "kube",
@@ -333,13 +348,23 @@ async fn create_or_adopt_job(
             info!(task = %task_key(task), job = %name, attempt, "created Job");
             Ok(())
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => {
+        Err(kube::Error::Api(status)) if status.reason == "AlreadyExists" => {
             // Deterministic name: it exists because this attempt was dispatched before.
             ctx.metrics.api_request("get");
             let existing = jobs
                 .get(&name)
                 .await
                 .map_err(kube_error(format!("reading existing Job {name}"), task))?;
+            if existing.metadata.deletion_timestamp.is_some() {
+                // Going away (TTL or someone's delete): wait for it, then create it anew.
+                return Err(ReconcileError::Kube {
+                    action: format!(
+                        "creating Job {name} (an older Job of that name is being deleted)"
+                    ),
+                    task: task_key(task),
+                    source: kube::Error::Api(status),
+                });
+            }
             if owned_by(&existing, task) {
                 info!(task = %task_key(task), job = %name, attempt, "adopted existing Job");
                 Ok(())
@@ -378,6 +403,7 @@ async fn publish_event(
     ctx.metrics.api_request("event");
     if let Err(err) = ctx.recorder.publish(&event, &task.object_ref(&())).await {
         // Events are best effort: losing one must not fail the reconcile.
+        ctx.metrics.event_failed();
         warn!(task = %task_key(task), error = %err, "cannot publish event");
     }
 }
@@ -398,7 +424,8 @@ async fn reconcile(
     }
     let finished = current.phase.is_some_and(TaskPhase::is_finished);
     let attempt = current.attempt.unwrap_or(0);
-    let observation = if attempt > 0 && !finished {
+    // While a retry waits out its backoff, the failed attempt's Job no longer matters.
+    let observation = if attempt > 0 && !finished && current.next_attempt_time.is_none() {
         observe_attempt(&task, attempt, &ctx).await?
     } else {
         None
@@ -421,6 +448,7 @@ async fn reconcile(
         ctx.admission.release(&task);
     }
 
+    let mut events = Vec::new();
     for action in &plan.actions {
         match action {
             Action::CreateJob {
@@ -431,9 +459,13 @@ async fn reconcile(
                 if let Err(err) = create_or_adopt_job(&task, *attempt, branch, *suspend, &ctx).await
                 {
                     ctx.admission.release(&task);
+                    if err.is_permanent() {
+                        record_dispatch_failure(&task, &current, &err, &ctx).await;
+                    }
                     return Err(err);
                 }
                 if let Ok(mut dispatched) = ctx.dispatched.lock() {
+                    dispatched.retain(|_, (_, at)| at.elapsed() < STALE_CACHE_WAIT);
                     dispatched.insert(
                         task.uid().unwrap_or_default(),
                         (*attempt, std::time::Instant::now()),
@@ -452,24 +484,86 @@ async fn reconcile(
                         &task,
                     ))?;
             }
-            Action::Event {
-                type_,
-                reason,
-                note,
-            } => publish_event(&task, &ctx, *type_, reason, note).await,
+            Action::Event { .. } => events.push(action),
         }
     }
 
     if plan.status != current {
-        write_status(&task, &plan.status, &ctx).await?;
+        match write_status(&task, &plan.status, &ctx).await {
+            Ok(()) => {}
+            // Decided on a stale copy of the task: decide again on the fresh one.
+            Err(ReconcileError::Kube {
+                source: kube::Error::Api(status),
+                ..
+            }) if status.code == 409 => {
+                debug!(task = %task_key(&task), "status changed meanwhile; reconciling again");
+                return Ok(RequeueAction::requeue(Duration::from_millis(200)));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    // Events only once the transition they describe is recorded, so a retried
+    // reconcile does not announce it twice.
+    for event in events {
+        if let Action::Event {
+            type_,
+            reason,
+            note,
+        } = event
+        {
+            publish_event(&task, &ctx, *type_, reason, note).await;
+        }
     }
     if let Ok(mut failures) = ctx.failures.lock() {
-        failures.remove(&task_key(&task));
+        failures.remove(&task.uid().unwrap_or_default());
     }
     Ok(match plan.requeue_after {
         Some(after) => RequeueAction::requeue(after),
         None => RequeueAction::await_change(),
     })
+}
+
+/// Makes a dispatch that keeps failing visible in status, and lets the queue pass the task.
+async fn record_dispatch_failure(
+    task: &AgentTask,
+    current: &AgentTaskStatus,
+    error: &ReconcileError,
+    ctx: &Context,
+) {
+    let mut status = current.clone();
+    let message = error.to_string();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+    match status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == decide::condition::DISPATCHED)
+    {
+        Some(c) if c.reason == DISPATCH_FAILED && c.message == message => return,
+        Some(c) => {
+            if c.status != "False" {
+                c.last_transition_time = now;
+            }
+            c.status = "False".into();
+            c.reason = DISPATCH_FAILED.into();
+            c.message = message.clone();
+            c.observed_generation = task.metadata.generation;
+        }
+        None => status
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: decide::condition::DISPATCHED.into(),
+                status: "False".into(),
+                reason: DISPATCH_FAILED.into(),
+                message: message.clone(),
+                last_transition_time: now,
+                observed_generation: task.metadata.generation,
+            }),
+    }
+    status.phase = Some(status.phase.unwrap_or(TaskPhase::Pending));
+    status.message = Some(format!("cannot dispatch: {message}"));
+    if let Err(err) = write_status(task, &status, ctx).await {
+        warn!(task = %task_key(task), error = %err, "cannot record the dispatch failure");
+    }
 }
 
 /// How long a reconcile waits for the watch to show this replica's own dispatch.
@@ -503,9 +597,12 @@ async fn write_status(
 ) -> Result<(), ReconcileError> {
     let api: Api<AgentTask> =
         Api::namespaced(ctx.client.clone(), &task.namespace().unwrap_or_default());
+    // The resourceVersion makes the apply a precondition: a decision made on a stale copy
+    // of the task fails with 409 instead of overwriting newer status.
     let patch = serde_json::json!({
         "apiVersion": AgentTask::api_version(&()),
         "kind": AgentTask::kind(&()),
+        "metadata": { "resourceVersion": task.resource_version() },
         "status": status,
     });
     ctx.metrics.api_request("patch_status");
@@ -525,7 +622,7 @@ fn error_policy(task: Arc<AgentTask>, error: &ReconcileError, ctx: Arc<Context>)
         .failures
         .lock()
         .map(|mut f| {
-            let n = f.entry(task_key(&task)).or_default();
+            let n = f.entry(task.uid().unwrap_or_default()).or_default();
             *n = n.saturating_add(1);
             *n
         })

@@ -18,7 +18,7 @@ pub struct OrchestrateArgs {
     #[arg(long)]
     pub check_config: bool,
     /// Log format: text or json.
-    #[arg(long, env = "RECAC_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "RECAC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }
 

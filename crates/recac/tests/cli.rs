@@ -58,6 +58,19 @@ fn orchestrate_rejects_a_bad_config_naming_the_key() {
         ),
         ("agent:\n  provider: gemini\n", "agent.provider"),
         (
+            "agent:\n  ttlSecondsAfterFinished: 0\n",
+            "agent.ttlSecondsAfterFinished",
+        ),
+        ("agent:\n  secretRefs: [Bad_Name]\n", "agent.secretRefs[0]"),
+        (
+            "agent:\n  env: [{name: A=B, value: x}]\n",
+            "agent.env[0].name",
+        ),
+        (
+            "controller:\n  namespaces: [team-a, team-a]\n",
+            "controller.namespaces[1]",
+        ),
+        (
             "controller:\n  metricsAddress: everywhere\n",
             "controller.metricsAddress",
         ),

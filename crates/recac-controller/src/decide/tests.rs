@@ -440,3 +440,20 @@ fn condition_transition_times_change_only_on_flips() {
     );
     assert_eq!(Some(&plan.status), t.status.as_ref());
 }
+
+#[test]
+fn suspending_a_queued_task_clears_its_queued_condition() {
+    let queued = after(task(2), &decide(&task(2), &observe(None, false), &policy()));
+    let mut suspended = queued.clone();
+    suspended.spec.suspend = true;
+    let plan = decide(&suspended, &observe(None, false), &policy());
+    assert!(plan.actions.is_empty());
+    assert_eq!(
+        condition(&plan, "Queued").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    assert_eq!(
+        condition(&plan, "Suspended").map(|c| c.status.as_str()),
+        Some("True")
+    );
+}
