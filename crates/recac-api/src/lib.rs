@@ -3,6 +3,7 @@
 
 pub mod agent_contract;
 mod agent_task;
+pub mod git_ref;
 
 pub use agent_task::*;
 

@@ -44,48 +44,9 @@ pub fn branch_name(override_branch: Option<&str>, ticket_key: Option<&str>, task
     }
 }
 
-/// Makes `raw` a valid git branch name (see `git check-ref-format`): only
-/// `[A-Za-z0-9._/-]`, no `..`, no empty or dot-led components, no `.lock` endings,
-/// not starting with `-`, at most 200 characters.
+/// Makes `raw` a valid git branch name (the rule the agent applies too).
 pub fn sanitize_ref(raw: &str) -> String {
-    let replaced: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let mut components = Vec::new();
-    for component in replaced.split('/') {
-        let mut part = component.to_string();
-        while part.contains("..") {
-            part = part.replace("..", ".");
-        }
-        let mut part = part.trim_matches('.').trim_start_matches('-').to_string();
-        while part.ends_with(".lock") {
-            part.truncate(part.len() - ".lock".len());
-            part = part.trim_end_matches('.').to_string();
-        }
-        while part.contains("--") {
-            part = part.replace("--", "-");
-        }
-        if !part.is_empty() {
-            components.push(part);
-        }
-    }
-    let mut branch = components.join("/");
-    if branch.len() > 200 {
-        branch.truncate(200);
-        branch = branch.trim_end_matches(['/', '.', '-']).to_string();
-    }
-    if branch.is_empty() || branch == "@" {
-        "recac/task".to_string()
-    } else {
-        branch
-    }
+    recac_api::git_ref::sanitize_branch(raw)
 }
 
 #[cfg(test)]
@@ -140,9 +101,9 @@ mod tests {
             assert!(!got.starts_with('-'), "{raw:?} -> {got:?}");
             assert!(!got.is_empty());
         }
-        assert_eq!(sanitize_ref("feat/$(rm -rf ~)"), "feat/rm-rf-");
+        assert_eq!(sanitize_ref("feat/$(rm -rf ~)"), "feat/rm-rf");
         assert_eq!(sanitize_ref("a b\tc\nd"), "a-b-c-d");
-        assert_eq!(sanitize_ref("///"), "recac/task");
+        assert_eq!(sanitize_ref("///"), "recac/work");
         assert_eq!(sanitize_ref("a..b"), "a.b");
         assert_eq!(sanitize_ref("-x/.hidden/y.lock"), "x/hidden/y");
         assert_eq!(sanitize_ref("../../etc/passwd"), "etc/passwd");
