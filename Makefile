@@ -36,6 +36,7 @@ bench:
 
 crds:
 	$(CARGO) run --quiet -p recac -- crd > crds/agenttask.yaml
+	cp crds/agenttask.yaml config/crd/agenttask.yaml
 
 lint:
 	$(CARGO) fmt --all -- --check

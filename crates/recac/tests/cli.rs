@@ -20,6 +20,15 @@ fn crd_prints_the_committed_crds() {
     ))
     .expect("crds/agenttask.yaml");
     assert_eq!(printed, committed, "run `make crds` and commit crds/");
+    let kustomize_copy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/crd/agenttask.yaml"
+    ))
+    .expect("config/crd/agenttask.yaml");
+    assert_eq!(
+        printed, kustomize_copy,
+        "run `make crds` and commit config/crd/"
+    );
     assert!(printed.contains("kind: CustomResourceDefinition"));
     assert!(printed.contains("name: agenttasks.recac.io"));
 }
