@@ -10,6 +10,8 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use recac_api::{AgentTask, TaskPhase};
 
+use crate::decide::condition;
+
 /// How long a slot reserved at dispatch counts before the watch shows the task's new status.
 const RESERVATION_TTL: Duration = Duration::from_secs(60);
 
@@ -33,7 +35,7 @@ fn dispatch_failing(task: &AgentTask) -> bool {
     task.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
-            .any(|c| c.type_ == "Dispatched" && c.reason == "DispatchFailed")
+            .any(|c| c.type_ == condition::DISPATCHED && c.reason == condition::DISPATCH_FAILED)
     })
 }
 

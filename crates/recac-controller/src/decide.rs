@@ -22,6 +22,8 @@ pub mod condition {
     pub const SUSPENDED: &str = "Suspended";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const FAILED: &str = "Failed";
+    /// `Dispatched`'s reason when the apiserver refuses the attempt's Job.
+    pub const DISPATCH_FAILED: &str = "DispatchFailed";
 }
 
 /// What the controller saw of the current attempt's Job.
@@ -229,6 +231,27 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
         },
     }
     draft.finish()
+}
+
+/// The status recording that the apiserver refused the task's Job (`message` says why);
+/// such a task queues behind healthy ones.
+pub fn dispatch_failed(task: &AgentTask, message: &str, now: Timestamp) -> AgentTaskStatus {
+    let mut draft = Draft {
+        generation: task.metadata.generation,
+        now: &now,
+        status: task.status.clone().unwrap_or_default(),
+        actions: Vec::new(),
+        requeue_after: None,
+    };
+    draft.status.phase = Some(draft.status.phase.unwrap_or(TaskPhase::Pending));
+    draft.status.message = Some(format!("cannot dispatch: {message}"));
+    draft.set_condition(
+        condition::DISPATCHED,
+        false,
+        condition::DISPATCH_FAILED,
+        message,
+    );
+    draft.status
 }
 
 /// The branch the task's agent pushes to.

@@ -15,7 +15,7 @@ use kube::runtime::controller::{
     Action as RequeueAction, Config as ControllerRunConfig, Controller,
 };
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
@@ -46,9 +46,6 @@ pub enum ReconcileError {
     )]
     ForeignJob { job: String, task: String },
 }
-
-/// The `Dispatched` condition's reason when the Job cannot be created.
-pub const DISPATCH_FAILED: &str = "DispatchFailed";
 
 impl ReconcileError {
     /// A failure that retrying alone will not fix (a rejected Job, a name taken by another owner).
@@ -102,7 +99,6 @@ pub struct TaskController {
     controllers: Vec<Controller<AgentTask>>,
     stores: Vec<Store<AgentTask>>,
     context: Arc<Context>,
-    workers: u16,
     readiness: Readiness,
 }
 
@@ -179,7 +175,6 @@ impl TaskController {
             controllers,
             stores,
             context,
-            workers: config.workers,
             readiness: Readiness::default(),
         }
     }
@@ -227,7 +222,6 @@ impl TaskController {
                     }
                 })
         });
-        let _ = self.workers;
         futures::join!(futures::future::join_all(runs), ready_watch);
         self.readiness.set(false);
         info!("the task controller stopped");
@@ -530,37 +524,10 @@ async fn record_dispatch_failure(
     error: &ReconcileError,
     ctx: &Context,
 ) {
-    let mut status = current.clone();
-    let message = error.to_string();
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
-    match status
-        .conditions
-        .iter_mut()
-        .find(|c| c.type_ == decide::condition::DISPATCHED)
-    {
-        Some(c) if c.reason == DISPATCH_FAILED && c.message == message => return,
-        Some(c) => {
-            if c.status != "False" {
-                c.last_transition_time = now;
-            }
-            c.status = "False".into();
-            c.reason = DISPATCH_FAILED.into();
-            c.message = message.clone();
-            c.observed_generation = task.metadata.generation;
-        }
-        None => status
-            .conditions
-            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-                type_: decide::condition::DISPATCHED.into(),
-                status: "False".into(),
-                reason: DISPATCH_FAILED.into(),
-                message: message.clone(),
-                last_transition_time: now,
-                observed_generation: task.metadata.generation,
-            }),
+    let status = decide::dispatch_failed(task, &error.to_string(), Timestamp::now());
+    if status == *current {
+        return;
     }
-    status.phase = Some(status.phase.unwrap_or(TaskPhase::Pending));
-    status.message = Some(format!("cannot dispatch: {message}"));
     if let Err(err) = write_status(task, &status, ctx).await {
         warn!(task = %task_key(task), error = %err, "cannot record the dispatch failure");
     }
@@ -632,9 +599,4 @@ fn error_policy(task: Arc<AgentTask>, error: &ReconcileError, ctx: Arc<Context>)
         .min(Duration::from_secs(120));
     warn!(task = %task_key(&task), error = %error, retry_in = ?wait, "reconcile failed");
     RequeueAction::requeue(wait)
-}
-
-/// Identifies a task in a store (for tests and tools).
-pub fn object_ref(task: &AgentTask) -> ObjectRef<AgentTask> {
-    ObjectRef::from_obj(task)
 }

@@ -2,6 +2,7 @@
 //! finish. Every path stays inside the workspace; commands run with the workspace as their
 //! directory and without the agent's credentials in their environment.
 
+use std::ops::ControlFlow;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -171,34 +172,20 @@ impl Toolbox {
     fn list(&self, args: &Value) -> Result<String, String> {
         let base = self.resolve(str_arg(args, "path").unwrap_or("."))?;
         let mut out = Vec::new();
-        let mut stack = vec![base];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-            entries.sort_by_key(|e| e.file_name());
-            for entry in entries.into_iter().rev() {
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                if kind.is_dir() {
-                    if !SKIP_DIRS.contains(&name.as_str()) {
-                        stack.push(path);
-                    }
-                } else {
-                    out.push(self.relative(&path));
-                }
+        let mut stopped = false;
+        walk_files(&base, |path| {
+            out.push(self.relative(path));
+            stopped = out.len() >= MAX_LIST;
+            if stopped {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            if out.len() >= MAX_LIST {
-                out.truncate(MAX_LIST);
-                out.push(format!("[listing stopped at {MAX_LIST} files]"));
-                break;
-            }
-        }
+        });
         out.sort();
+        if stopped {
+            out.push(format!("[listing stopped at {MAX_LIST} files]"));
+        }
         Ok(if out.is_empty() {
             "(no files)".into()
         } else {
@@ -242,50 +229,26 @@ impl Toolbox {
             .map_err(|e| format!("bad pattern: {e}"))?;
         let base = self.resolve(str_arg(args, "path").unwrap_or("."))?;
         let mut hits = Vec::new();
-        let mut stack = vec![base];
-        'walk: while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                // A single file.
-                if let Ok(text) = std::fs::read_to_string(&dir) {
-                    for (i, line) in text.lines().enumerate() {
-                        if re.is_match(line) {
-                            hits.push(format!("{}:{}: {line}", self.relative(&dir), i + 1));
-                        }
-                    }
-                }
-                continue;
+        walk_files(&base, |path| {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                return ControlFlow::Continue(());
             };
-            for entry in entries.filter_map(Result::ok) {
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                if kind.is_dir() {
-                    if !SKIP_DIRS.contains(&name.as_str()) {
-                        stack.push(path);
-                    }
-                    continue;
-                }
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
-                };
-                for (i, line) in text.lines().enumerate() {
-                    if re.is_match(line) {
-                        hits.push(format!(
-                            "{}:{}: {}",
-                            self.relative(&path),
-                            i + 1,
-                            process::cap(line, 300)
-                        ));
-                        if hits.len() >= MAX_MATCHES {
-                            hits.push(format!("[stopped at {MAX_MATCHES} matches]"));
-                            break 'walk;
-                        }
+            for (i, line) in text.lines().enumerate() {
+                if re.is_match(line) {
+                    hits.push(format!(
+                        "{}:{}: {}",
+                        self.relative(path),
+                        i + 1,
+                        process::cap(line, 300)
+                    ));
+                    if hits.len() >= MAX_MATCHES {
+                        hits.push(format!("[stopped at {MAX_MATCHES} matches]"));
+                        return ControlFlow::Break(());
                     }
                 }
             }
-        }
+            ControlFlow::Continue(())
+        });
         Ok(if hits.is_empty() {
             "no matches".into()
         } else {
@@ -344,6 +307,39 @@ fn str_arg<'a>(args: &'a Value, key: &str) -> Option<&'a str> {
 
 fn required<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
     str_arg(args, key).ok_or_else(|| format!("missing string argument `{key}`"))
+}
+
+/// Visits every file under `base` (or `base` itself when it is a file) in name order,
+/// skipping build and VCS folders, until `visit` breaks.
+fn walk_files(base: &Path, mut visit: impl FnMut(&Path) -> ControlFlow<()>) {
+    if base.is_file() {
+        let _ = visit(base);
+        return;
+    }
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        let mut subdirs = Vec::new();
+        for entry in entries {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !SKIP_DIRS.contains(&name.as_str()) {
+                    subdirs.push(entry.path());
+                }
+            } else if visit(&entry.path()).is_break() {
+                return;
+            }
+        }
+        // Depth first, in name order.
+        stack.extend(subdirs.into_iter().rev());
+    }
 }
 
 #[cfg(test)]

@@ -457,3 +457,29 @@ fn suspending_a_queued_task_clears_its_queued_condition() {
         Some("True")
     );
 }
+
+#[test]
+fn a_refused_dispatch_is_recorded_once() {
+    let t = task(2);
+    let status = dispatch_failed(&t, "Job fix-login-a1 exists but is not owned", now());
+    assert_eq!(status.phase, Some(TaskPhase::Pending));
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Dispatched")
+        .expect("condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "DispatchFailed")
+    );
+    // The same failure again changes nothing, so nothing is written.
+    let mut again = t.clone();
+    again.status = Some(status.clone());
+    let later = now()
+        .checked_add(SignedDuration::from_secs(60))
+        .expect("time");
+    assert_eq!(
+        dispatch_failed(&again, "Job fix-login-a1 exists but is not owned", later),
+        status
+    );
+}
