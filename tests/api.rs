@@ -331,6 +331,7 @@ async fn status_round_trips_through_the_status_subresource() {
             reported_attempt: Some(3),
             reported_at: Some(now.clone()),
             comment_id: Some("10042".into()),
+            ..Default::default()
         }),
     };
     let patch = serde_json::json!({

@@ -11,7 +11,10 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use recac_api::{AgentTask, TaskPhase};
-use recac_controller::{AgentDefaults, ControllerConfig, TaskController};
+use recac_operator::OperatorSetup;
+use recac_runtime::Leadership;
+use recac_runtime::config::OperatorSettings;
+use recac_task_controller::{AgentDefaults, TaskControllerConfig};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
 use recac_tests::{control_plane, http_get, kubectl, text, wait_for};
 use tokio::sync::watch;
@@ -40,37 +43,39 @@ struct Operator {
 }
 
 impl Operator {
-    async fn start(client: Client, namespace: &str, cap: usize) -> Self {
-        let config = ControllerConfig {
-            namespaces: vec![namespace.to_string()],
-            max_concurrent_tasks: cap,
-            retry_backoff_seconds: 1,
-            max_retry_backoff_seconds: 2,
-            queue_poll_seconds: 1,
-            ..Default::default()
+    async fn start(config: kube::Config, namespace: &str, cap: usize) -> Self {
+        let setup = OperatorSetup {
+            operator: OperatorSettings {
+                namespaces: vec![namespace.to_string()],
+                ..Default::default()
+            },
+            task_controller: TaskControllerConfig {
+                max_concurrent_tasks: cap,
+                retry_backoff_seconds: 1,
+                max_retry_backoff_seconds: 2,
+                queue_poll_seconds: 1,
+                ..Default::default()
+            },
+            agent: AgentDefaults {
+                command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
+                ..Default::default()
+            },
+            instance: "test".into(),
         };
-        let agent = AgentDefaults {
-            command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
-            ..Default::default()
-        };
-        let controller = TaskController::new(client, &config, agent, Some("test".into()));
-        let observed = controller.observed();
-        let (stop, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
+        let operator =
+            recac_operator::Operator::build(config, setup, Leadership::always()).expect("builds");
+        let (stop, mut stop_rx) = watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binds");
         let http = listener.local_addr().expect("address");
-        let server_stop = stopped();
-        let controller_stop = stopped();
         let handle = tokio::spawn(async move {
-            let server = recac_controller::http::serve(listener, observed, server_stop);
-            let _ = futures::join!(server, controller.run(controller_stop));
+            let outcome = operator
+                .run(listener, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            assert_eq!(outcome, Ok(()), "the operator stops cleanly");
         });
         Self { stop, handle, http }
     }
@@ -95,6 +100,7 @@ impl Operator {
 struct Setup {
     plane: &'static ControlPlane,
     client: Client,
+    config: kube::Config,
     ns: String,
     node: NodeAgent,
 }
@@ -106,6 +112,7 @@ async fn setup(prefix: &str) -> Setup {
     .await;
     let ns = plane.namespace(prefix).await.expect("namespace");
     let client = plane.client().await.expect("client");
+    let config = plane.config().await.expect("client config");
     let node = NodeAgent::start(
         client.clone(),
         NodeAgentOptions {
@@ -118,6 +125,7 @@ async fn setup(prefix: &str) -> Setup {
     Setup {
         plane,
         client,
+        config,
         ns,
         node,
     }
@@ -194,7 +202,7 @@ async fn jobs_of(s: &Setup, task: &str) -> Vec<Job> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_runs_to_success_with_its_result_events_logs_and_metrics() {
     let s = setup("tc-success").await;
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     let yaml = task_yaml(
         "fix-login",
         "succeed",
@@ -314,7 +322,7 @@ async fn a_task_runs_to_success_with_its_result_events_logs_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_is_retried_with_a_new_job() {
     let s = setup("tc-retry").await;
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     create_task(&s, &task_yaml("flaky", "fail-first", 2, "")).await;
     let task = task_where(&s, "flaky", "Succeeded", LONG, |t| {
         phase(t) == Some(TaskPhase::Succeeded)
@@ -341,7 +349,7 @@ async fn a_failed_attempt_is_retried_with_a_new_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_and_giving_up_end_in_failed() {
     let s = setup("tc-fail").await;
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     create_task(&s, &task_yaml("always-fails", "fail", 1, "")).await;
     create_task(&s, &task_yaml("gives-up", "give-up", 3, "")).await;
 
@@ -381,7 +389,7 @@ async fn exhausted_retries_and_giving_up_end_in_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_fails_the_attempt() {
     let s = setup("tc-deadline").await;
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     create_task(
         &s,
         &task_yaml("too-slow", "sleep", 0, "  timeoutSeconds: 60\n"),
@@ -404,7 +412,7 @@ async fn a_deadline_fails_the_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_deleted_from_outside_counts_as_a_failed_attempt() {
     let s = setup("tc-deleted").await;
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     create_task(&s, &task_yaml("lost-job", "sleep-first", 2, "")).await;
     task_where(&s, "lost-job", "Running", LONG, |t| {
         phase(t) == Some(TaskPhase::Running)
@@ -431,7 +439,7 @@ async fn an_operator_restart_mid_run_never_makes_a_second_job() {
 
     // A crash between creating a Job and recording it: the Job exists, status does not say so.
     let task = create_task(&s, &task_yaml("pre-created", "slow", 2, "")).await;
-    let job = recac_controller::job_builder::build_job(
+    let job = recac_task_controller::job_builder::build_job(
         &task,
         1,
         "recac/pre-created",
@@ -446,7 +454,7 @@ async fn an_operator_restart_mid_run_never_makes_a_second_job() {
         .await
         .expect("job");
 
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     create_task(&s, &task_yaml("restarted", "slow", 2, "")).await;
     task_where(&s, "restarted", "Running", LONG, |t| {
         phase(t) == Some(TaskPhase::Running)
@@ -454,7 +462,7 @@ async fn an_operator_restart_mid_run_never_makes_a_second_job() {
     .await;
     operator.kill().await;
 
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     for name in ["restarted", "pre-created"] {
         let task = task_where(&s, name, "Succeeded", LONG, |t| {
             phase(t) == Some(TaskPhase::Succeeded)
@@ -478,7 +486,7 @@ async fn an_operator_restart_mid_run_never_makes_a_second_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_holds_dispatch_and_suspends_a_running_job() {
     let s = setup("tc-suspend").await;
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
 
     create_task(&s, &task_yaml("held", "succeed", 2, "  suspend: true\n")).await;
@@ -550,7 +558,7 @@ async fn suspend_holds_dispatch_and_suspends_a_running_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrency_cap_queues_tasks_in_creation_order() {
     let s = setup("tc-cap").await;
-    let operator = Operator::start(s.client.clone(), &s.ns, 2).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 2).await;
     let names = ["q1", "q2", "q3", "q4", "q5"];
     for name in names {
         create_task(
@@ -629,7 +637,7 @@ async fn the_concurrency_cap_queues_tasks_in_creation_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_task_removes_its_jobs_and_pods() {
     let s = setup("tc-delete").await;
-    let operator = Operator::start(s.client.clone(), &s.ns, 10).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
     create_task(&s, &task_yaml("doomed", "sleep", 2, "")).await;
     task_where(&s, "doomed", "Running", LONG, |t| {
         phase(t) == Some(TaskPhase::Running)
@@ -663,7 +671,7 @@ async fn deleting_a_task_removes_its_jobs_and_pods() {
 
 /// A client that authenticates as the operator's ServiceAccount, bound by the shipped RBAC
 /// (`config/rbac`), so the test proves those permissions are enough.
-async fn operator_service_account_client(plane: &ControlPlane) -> Client {
+async fn operator_service_account_config(plane: &ControlPlane) -> kube::Config {
     let root = recac_tests::repo_root();
     let _ = kubectl(plane, &["create", "namespace", "recac-system"]);
     let rbac = root.join("config/rbac");
@@ -681,21 +689,21 @@ async fn operator_service_account_client(plane: &ControlPlane) -> Client {
     kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
     let yaml = serde_json::to_string(&kubeconfig).expect("json is yaml");
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
-        .expect("config");
-    Client::try_from(config).expect("client")
+        .expect("config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rbac_is_enough_for_the_operator() {
     let s = setup("tc-rbac").await;
-    let client = operator_service_account_client(s.plane).await;
+    let config = operator_service_account_config(s.plane).await;
+    let client = Client::try_from(config.clone()).expect("client");
     // The ServiceAccount may not touch what the operator never needs.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &s.ns);
     assert!(secrets.list(&ListParams::default()).await.is_err());
 
-    let operator = Operator::start(client, &s.ns, 10).await;
+    let operator = Operator::start(config, &s.ns, 10).await;
     create_task(&s, &task_yaml("least-privilege", "fail-first", 2, "")).await;
     let task = task_where(&s, "least-privilege", "Succeeded", LONG, |t| {
         phase(t) == Some(TaskPhase::Succeeded)
@@ -763,7 +771,7 @@ async fn a_task_that_cannot_dispatch_does_not_block_the_queue() {
         .await
         .expect("foreign job");
 
-    let operator = Operator::start(s.client.clone(), &s.ns, 1).await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 1).await;
     create_task(&s, &task_yaml("blocked", "succeed", 0, "")).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     create_task(&s, &task_yaml("healthy", "succeed", 0, "")).await;

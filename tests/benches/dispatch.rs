@@ -91,7 +91,7 @@ async fn run(n: usize) {
     std::fs::write(
         &config,
         format!(
-            "controller:\n  namespaces: [{ns}]\n  maxConcurrentTasks: {}\n  workers: 16\n  metricsAddress: 127.0.0.1:{port}\n",
+            "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\ntaskController:\n  maxConcurrentTasks: {}\n  workers: 16\n",
             n + 10
         ),
     )

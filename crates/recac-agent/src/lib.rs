@@ -17,6 +17,7 @@ pub mod process;
 pub mod redact;
 pub mod report;
 pub mod run;
+pub mod secrets;
 pub mod settings;
 
 pub use redact::Redactor;

@@ -21,8 +21,9 @@ pub struct CommandSpec {
     pub timeout: Duration,
     /// Variables set for the child.
     pub env: Vec<(String, String)>,
-    /// Variables removed from the child's environment (by default the credentials,
-    /// [`SECRET_VARS`]).
+    /// Variables removed from the child's environment (by default the known credentials,
+    /// [`SECRET_VARS`]; [`crate::secrets::ChildEnv`] adds the rest for the commands the model
+    /// can influence).
     pub remove_env: Vec<String>,
     pub stdin: Option<Vec<u8>>,
 }

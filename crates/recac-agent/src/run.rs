@@ -253,6 +253,7 @@ async fn flow(
                 settings.limits.command_timeout,
                 settings.limits.output_limit,
                 redactor.clone(),
+                settings.child_env.clone(),
             )
             .map_err(|e| Stop::failed(format!("cannot open the workspace: {e}")))?;
             engine::run_builtin(&client, &toolbox, &settings.prompt, &settings.limits).await
@@ -264,6 +265,7 @@ async fn flow(
                 &settings.prompt,
                 settings.limits.max_duration,
                 redactor,
+                &settings.child_env,
             )
             .await
         }
@@ -384,7 +386,8 @@ async fn run_tests(settings: &Settings, git: &Git, redactor: &Redactor) -> Optio
     };
     tracing::info!(command = %argv.join(" "), "running tests");
     let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-    let spec = CommandSpec::new(argv[0].clone(), &args, git.dir(), settings.test_timeout);
+    let mut spec = CommandSpec::new(argv[0].clone(), &args, git.dir(), settings.test_timeout);
+    settings.child_env.apply(&mut spec);
     match process::run(&spec).await {
         Ok(out) => {
             let passed = out.success();

@@ -1,10 +1,12 @@
 //! The agent's settings, read from environment variables (typed, validated; every error names
 //! the variable at fault).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use recac_api::agent_contract::env as contract;
+
+use crate::secrets::{self, ChildEnv, SecretFiles};
 
 /// Environment variable names beyond the contract's (which are re-exported here for one list).
 pub mod vars {
@@ -38,13 +40,18 @@ pub mod vars {
 }
 
 /// Variables whose values are credentials: removed from child processes the model controls
-/// and redacted from all output.
+/// and redacted from all output. Every key of a Secret under `RECAC_SECRETS_DIR` is treated the
+/// same way.
 pub const SECRET_VARS: &[&str] = &[
     vars::GIT_TOKEN,
     vars::GITHUB_TOKEN,
     vars::OPENAI_API_KEY,
     vars::ANTHROPIC_API_KEY,
 ];
+
+/// Credentials the agent does not use itself but may find in its environment (the Jira ones
+/// `recac start --jira` reads): withheld and redacted like [`SECRET_VARS`].
+pub const OTHER_CREDENTIAL_VARS: &[&str] = &["JIRA_API_TOKEN", "JIRA_PAT"];
 
 /// Every variable `recac start` reads: (name, default, meaning). `recac start --help` prints it.
 pub const ENV_DOCS: &[(&str, &str, &str)] = &[
@@ -174,6 +181,16 @@ pub const ENV_DOCS: &[(&str, &str, &str)] = &[
         "External engine: its arguments, a JSON array or whitespace-separated.",
     ),
     (
+        contract::SECRETS_DIR,
+        "-",
+        "Folder of the Secrets mounted as files (<folder>/<secret>/<key>, set by the operator): every key named like a variable is a setting (a non-empty environment variable of the same name wins), every value is redacted.",
+    ),
+    (
+        contract::SECRET_ENV_ALLOW,
+        "-",
+        "Comma-separated Secret keys that test and model-run commands may see; every other credential is withheld (RECAC_GIT_TOKEN and GITHUB_TOKEN always are).",
+    ),
+    (
         vars::GIT_TOKEN,
         "-",
         "Token for git over HTTPS (and the GitHub API); given to git via GIT_ASKPASS only.",
@@ -240,6 +257,8 @@ pub enum SettingsError {
     Invalid { var: String, reason: String },
     #[error("cannot read the prompt file named by {var}: {reason}")]
     PromptFile { var: String, reason: String },
+    #[error("{var}: {reason}")]
+    Secrets { var: String, reason: String },
 }
 
 /// The LLM API shape.
@@ -320,6 +339,19 @@ pub struct Settings {
     pub pull_request: PullRequestMode,
     pub github_api_url: String,
     pub github_repository: Option<String>,
+    /// What the commands the model can influence get of the credentials.
+    pub child_env: ChildEnv,
+    secret_values: SecretValues,
+}
+
+/// Every credential value the settings came with (never printed).
+#[derive(Clone, Default)]
+struct SecretValues(Vec<Vec<u8>>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} values", self.0.len())
+    }
 }
 
 impl Settings {
@@ -330,11 +362,23 @@ impl Settings {
 
     /// Reads the settings through `lookup` (a variable name to its value). Empty values count
     /// as unset.
+    ///
+    /// When `RECAC_SECRETS_DIR` names a folder, the keys of the Secrets mounted there are read
+    /// too, and a key named like a variable is a setting of that name; a non-empty value from
+    /// `lookup` wins over it (as `env` won over `envFrom`, so a Secret cannot change what the
+    /// operator set).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let files = match nonempty(lookup(contract::SECRETS_DIR)) {
+            Some(dir) => {
+                SecretFiles::read(Path::new(&dir)).map_err(|e| SettingsError::Secrets {
+                    var: contract::SECRETS_DIR.into(),
+                    reason: e.to_string(),
+                })?
+            }
+            None => SecretFiles::default(),
+        };
         let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
+            nonempty(lookup(name)).or_else(|| nonempty(files.get(name).map(str::to_string)))
         };
 
         let repo_url = get(contract::REPO_URL).ok_or_else(|| SettingsError::Missing {
@@ -458,6 +502,29 @@ impl Settings {
             .as_deref()
             .is_some_and(|c| c.eq_ignore_ascii_case("none"));
 
+        // The allow list is the operator's: read from the environment only, never a Secret.
+        let allow = match nonempty(lookup(contract::SECRET_ENV_ALLOW)) {
+            None => Default::default(),
+            Some(raw) => secrets::parse_allow(&raw).map_err(|reason| SettingsError::Invalid {
+                var: contract::SECRET_ENV_ALLOW.into(),
+                reason,
+            })?,
+        };
+        let credential_names: Vec<&str> = SECRET_VARS
+            .iter()
+            .chain(OTHER_CREDENTIAL_VARS)
+            .copied()
+            .chain(files.names())
+            .collect();
+        let child_env = ChildEnv::new(credential_names.iter().copied(), allow, get);
+        let mut secret_values: Vec<Vec<u8>> = SECRET_VARS
+            .iter()
+            .chain(OTHER_CREDENTIAL_VARS)
+            .filter_map(|n| get(n))
+            .map(String::into_bytes)
+            .collect();
+        secret_values.extend(files.values().iter().cloned());
+
         Ok(Settings {
             task: get(contract::TASK),
             attempt,
@@ -483,27 +550,48 @@ impl Settings {
             pull_request,
             github_api_url,
             github_repository,
+            child_env,
+            secret_values: SecretValues(secret_values),
         })
     }
 
-    /// The credential values these settings hold (for the redactor).
-    pub fn secrets(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.git_token.iter().cloned().collect();
-        if let EngineSettings::Builtin(llm) = &self.engine {
-            out.extend(llm.api_key.iter().cloned());
-        }
-        out
+    /// Every credential value these settings came with, for the redactor: the known credential
+    /// variables and every value of every Secret file.
+    pub fn secrets(&self) -> Vec<Vec<u8>> {
+        self.secret_values.0.clone()
     }
 }
 
-/// Credential values found in the environment, for a redactor set up before settings are read.
-pub fn secrets_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Vec<String> {
-    SECRET_VARS
-        .iter()
-        .filter_map(|v| lookup(v))
+fn nonempty(value: Option<String>) -> Option<String> {
+    value
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
-        .collect()
+}
+
+/// Credential values found through `lookup` and under the `RECAC_SECRETS_DIR` it names, for a
+/// redactor set up before the settings are read. Files that cannot be read are skipped here
+/// ([`Settings::from_lookup`] reports them). A value that is not text is given as its lossy text
+/// and its base64 form.
+pub fn secrets_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let files = nonempty(lookup(contract::SECRETS_DIR))
+        .map(|dir| SecretFiles::read_lenient(Path::new(&dir)))
+        .unwrap_or_default();
+    let mut out: Vec<String> = SECRET_VARS
+        .iter()
+        .chain(OTHER_CREDENTIAL_VARS)
+        .filter_map(|v| nonempty(lookup(v)))
+        .collect();
+    for value in files.values() {
+        match std::str::from_utf8(value) {
+            Ok(text) => out.push(text.to_string()),
+            Err(_) => {
+                use base64::Engine as _;
+                out.push(String::from_utf8_lossy(value).into_owned());
+                out.push(base64::engine::general_purpose::STANDARD.encode(value));
+            }
+        }
+    }
+    out
 }
 
 fn llm_settings(get: &impl Fn(&str) -> Option<String>) -> Result<LlmSettings, SettingsError> {
@@ -692,7 +780,7 @@ mod tests {
         assert_eq!(s.git_token.as_deref(), Some("gh-token"));
         assert_eq!(
             s.secrets(),
-            vec!["gh-token".to_string(), "k-anthropic".to_string()]
+            vec![b"gh-token".to_vec(), b"k-anthropic".to_vec()]
         );
 
         let s = settings(&[
@@ -727,11 +815,74 @@ mod tests {
     }
 
     #[test]
+    fn secret_files_are_settings_and_secrets() {
+        let root = tempfile::tempdir().unwrap();
+        let secrets = root.path().join("secrets");
+        for (secret, key, value) in [
+            ("creds", "OPENAI_API_KEY", "sk-file-key-0123456789\n"),
+            ("creds", "RECAC_GIT_TOKEN", "git-token-from-file"),
+            ("db", "DB_PASSWORD", "db-password-value"),
+            ("db", "ca.crt", "not-a-variable-name"),
+            ("db", "RECAC_MODEL", "model-from-secret"),
+        ] {
+            std::fs::create_dir_all(secrets.join(secret)).unwrap();
+            std::fs::write(secrets.join(secret).join(key), value).unwrap();
+        }
+        let dir = secrets.display().to_string();
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v: Vec<(&str, &str)> = vec![
+                ("RECAC_REPO_URL", "file:///r"),
+                ("RECAC_PROMPT", "x"),
+                ("RECAC_MODEL", "m"),
+                ("RECAC_SECRETS_DIR", dir.as_str()),
+            ];
+            v.extend_from_slice(extra);
+            settings(&v)
+        };
+        let s = with(&[("RECAC_SECRET_ENV_ALLOW", "DB_PASSWORD")]).unwrap();
+        let EngineSettings::Builtin(llm) = &s.engine else {
+            panic!()
+        };
+        assert_eq!(llm.api_key.as_deref(), Some("sk-file-key-0123456789"));
+        assert_eq!(s.git_token.as_deref(), Some("git-token-from-file"));
+        // The environment wins over a Secret.
+        assert_eq!(llm.model, "m");
+        let values = s.secrets();
+        for v in [
+            "sk-file-key-0123456789",
+            "git-token-from-file",
+            "db-password-value",
+            "not-a-variable-name",
+        ] {
+            assert!(values.contains(&v.as_bytes().to_vec()), "{v}");
+        }
+        assert!(!format!("{s:?}").contains("db-password-value"));
+        assert!(!s.child_env.withholds("DB_PASSWORD"));
+        assert!(s.child_env.withholds("OPENAI_API_KEY") && s.child_env.withholds("RECAC_MODEL"));
+        let early = secrets_from_lookup(|k| (k == "RECAC_SECRETS_DIR").then(|| dir.clone()));
+        assert!(early.contains(&"not-a-variable-name".to_string()));
+
+        let err = with(&[("RECAC_SECRET_ENV_ALLOW", "DB-PASSWORD")]).unwrap_err();
+        assert!(err.to_string().contains("RECAC_SECRET_ENV_ALLOW"), "{err}");
+        std::os::unix::fs::symlink("missing", secrets.join("db/BROKEN")).unwrap();
+        let err = with(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("RECAC_SECRETS_DIR") && err.contains("db/BROKEN"),
+            "{err}"
+        );
+        assert!(
+            secrets_from_lookup(|k| (k == "RECAC_SECRETS_DIR").then(|| dir.clone()))
+                .contains(&"db-password-value".to_string())
+        );
+    }
+
+    #[test]
     fn every_variable_is_documented() {
         let names: Vec<&str> = ENV_DOCS.iter().map(|d| d.0).collect();
         for v in SECRET_VARS {
             assert!(names.contains(v));
         }
+        assert!(names.contains(&vars::SECRETS_DIR) && names.contains(&vars::SECRET_ENV_ALLOW));
         assert!(names.contains(&vars::TEST_COMMAND));
         assert!(names.contains(&vars::RESULT_PATH));
     }

@@ -27,6 +27,14 @@ pub mod env {
     pub const MODEL: &str = "RECAC_MODEL";
     /// Where the result JSON is written.
     pub const RESULT_PATH: &str = "RECAC_RESULT_PATH";
+    /// The folder under which each Secret named in `secretRefs` is mounted read-only as
+    /// `<folder>/<secret-name>/<key>`. The agent reads every key at start: a key named like an
+    /// environment variable becomes a setting, and every value is redacted from all output.
+    pub const SECRETS_DIR: &str = "RECAC_SECRETS_DIR";
+    /// Comma-separated names of Secret keys that may be passed to the commands the model runs
+    /// (tests, tool commands, an external agent CLI); every other one is withheld. Empty or
+    /// unset: none.
+    pub const SECRET_ENV_ALLOW: &str = "RECAC_SECRET_ENV_ALLOW";
 }
 
 /// Exit codes of `recac start`.

@@ -8,6 +8,20 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_MAX_RETRIES: i32 = 2;
 /// Default for `spec.timeoutSeconds`.
 pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
+/// The longest `spec.prompt` the schema accepts, in characters (at most 4 bytes each, so a
+/// prompt always fits the ConfigMap that carries long prompts to the agent).
+pub const MAX_PROMPT_CHARS: u32 = 200_000;
+
+/// Annotations other controllers set on a task to steer the task controller.
+pub mod annotations {
+    /// Set by the source controller on the tasks it creates: `pending` until the ticket is
+    /// claimed in Jira (no Job is dispatched), then `claimed`; `lost` when someone else took
+    /// the ticket first (the task ends Failed with reason `ClaimLost`, never run).
+    pub const CLAIM: &str = "recac.io/claim";
+    pub const CLAIM_PENDING: &str = "pending";
+    pub const CLAIM_CLAIMED: &str = "claimed";
+    pub const CLAIM_LOST: &str = "lost";
+}
 
 /// One AI coding-agent run for one ticket or prompt: the operator turns it into a Job per
 /// attempt and records the outcome in status.
@@ -31,9 +45,10 @@ pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
 #[x_kube(validation = kube::core::Rule::new("has(self.prompt) || has(self.ticket)").message("spec.prompt or spec.ticket is required: a task needs something to work on"))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentTaskSpec {
-    /// What the agent must do, in plain language. For tasks created from a Jira ticket this is the
-    /// ticket's summary and description.
+    /// What the agent must do, in plain language (at most 200000 characters). For tasks created
+    /// from a Jira ticket this is the ticket's summary and description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200000))]
     pub prompt: Option<String>,
 
     /// The ticket this task works on, when it came from a ticket system.
@@ -103,6 +118,7 @@ pub struct TicketRef {
 
 /// The git repository the agent works in.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.branch) || !has(self.baseBranch) || self.branch != self.baseBranch").message("repository.branch must differ from repository.baseBranch: the agent pushes its work to a feature branch, never to the base branch"))]
 #[serde(rename_all = "camelCase")]
 pub struct Repository {
     /// The clone URL: https://, ssh://, file:// or git@host:path. Cannot be changed after the
@@ -279,4 +295,15 @@ pub struct FeedbackStatus {
     /// The id of the comment posted on the ticket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment_id: Option<String>,
+
+    /// Every report delivered to the ticket, as `<kind>/<attempt>` (kinds: pickedUp, retrying,
+    /// suspended, succeeded, failed, cancelled). A report listed here is never posted again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub reported: Vec<String>,
+
+    /// The final report (`<kind>/<attempt>`) whose configured transition and labels were
+    /// applied to the ticket (or found impossible; see the TicketUpdated condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_updated: Option<String>,
 }

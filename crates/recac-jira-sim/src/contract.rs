@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::CallRecord;
+
 /// File name of the contract in the shared folder.
 pub const CONTRACT_FILE: &str = "jira-cloud-platform.openapi.json";
 
@@ -130,6 +132,105 @@ impl Contract {
             .get("content")
             .and_then(|c| c.get("application/json"))
             .and_then(|c| c.get("schema")))
+    }
+
+    /// Checks one recorded call: the operation must exist, its query
+    /// parameters must be declared (array-valued ones sent one parameter per
+    /// value, the contract's `form`/`explode` encoding), the request body
+    /// must validate against the request schema and the reply against the
+    /// schema of its status. Calls on `/rest/api/2` and `/rest/api/latest`
+    /// are checked against the v3 operation: Jira Cloud serves the same
+    /// shapes on both, apart from rich text, which the schemas leave untyped.
+    pub fn check_call(&self, call: &CallRecord) -> Vec<String> {
+        let what = format!("{} {}", call.method, call.path);
+        let path = as_v3(&call.path);
+        let Some(op) = self.operation(&call.method, &path) else {
+            return vec![format!("{what}: not an operation of the contract")];
+        };
+        let mut problems = Vec::new();
+        let declared: Vec<(&str, &Value)> = op
+            .op
+            .get("parameters")
+            .and_then(Value::as_array)
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| self.resolve(p).ok())
+                    .filter(|p| p.get("in").and_then(Value::as_str) == Some("query"))
+                    .filter_map(|p| Some((p.get("name")?.as_str()?, p)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for pair in call.query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = crate::params::decode(name);
+            let value = crate::params::decode(value);
+            match declared.iter().find(|(n, _)| *n == name) {
+                None => problems.push(format!(
+                    "{what}: query parameter `{name}` not in {}",
+                    op.template
+                )),
+                Some((_, param)) => {
+                    let is_array = param
+                        .get("schema")
+                        .and_then(|s| self.resolve(s).ok())
+                        .and_then(|s| s.get("type"))
+                        .and_then(Value::as_str)
+                        == Some("array");
+                    let explode = param
+                        .get("explode")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true);
+                    if is_array && explode && value.contains(',') {
+                        problems.push(format!(
+                            "{what}: array parameter `{name}` sent comma-joined ({value:?}); the contract sends one `{name}=` per value"
+                        ));
+                    }
+                }
+            }
+        }
+        match (self.request_schema(op.op), &call.body) {
+            (Some(schema), Some(body)) => {
+                for e in self.validate(schema, body, Direction::Request) {
+                    problems.push(format!("{what} request: {e}"));
+                }
+            }
+            (None, Some(_)) => {
+                problems.push(format!("{what}: sends a body, the contract has none"))
+            }
+            _ => {}
+        }
+        problems.extend(self.check_reply(&what, &op, call));
+        problems
+    }
+
+    /// Checks only the reply of a recorded call (for calls made by clients
+    /// whose requests are not under test): the operation must exist and the
+    /// reply must validate against the schema of its status.
+    pub fn check_response(&self, call: &CallRecord) -> Vec<String> {
+        let what = format!("{} {}", call.method, call.path);
+        match self.operation(&call.method, &as_v3(&call.path)) {
+            None => vec![format!("{what}: not an operation of the contract")],
+            Some(op) => self.check_reply(&what, &op, call),
+        }
+    }
+
+    fn check_reply(&self, what: &str, op: &Operation<'_>, call: &CallRecord) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.response_schema(op.op, call.status) {
+            Err(e) => problems.push(format!("{what}: {e}")),
+            Ok(Some(schema)) => match &call.response {
+                Some(body) => {
+                    for e in self.validate(schema, body, Direction::Response) {
+                        problems.push(format!("{what} response {}: {e}", call.status));
+                    }
+                }
+                // `schema: {}` (anything) on a 201/204: an empty body is what Jira sends.
+                None if schema.as_object().is_some_and(|o| o.is_empty()) => {}
+                None => problems.push(format!("{what}: response {} has no JSON body", call.status)),
+            },
+            Ok(None) => {}
+        }
+        problems
     }
 
     fn resolve<'a>(&'a self, schema: &'a Value) -> Result<&'a Value, String> {
@@ -298,6 +399,16 @@ impl Contract {
             }
         }
     }
+}
+
+/// `/rest/api/2/…` and `/rest/api/latest/…` as the v3 path the contract describes.
+fn as_v3(path: &str) -> String {
+    for prefix in ["/rest/api/2/", "/rest/api/latest/"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            return format!("/rest/api/3/{rest}");
+        }
+    }
+    path.to_string()
 }
 
 fn short(v: &Value) -> String {

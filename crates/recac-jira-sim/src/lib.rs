@@ -1,10 +1,11 @@
 //! An in-memory Jira server for tests and local runs.
 //!
-//! It speaks either Jira Cloud REST v3 or Jira Data Center REST v2
-//! ([`SimFlavor`]) for every endpoint the recac client uses, checks
-//! credentials and permissions, runs a configurable workflow, understands a
-//! JQL subset, enforces per-issue write limits, injects faults on demand and
-//! records every call.
+//! It speaks either Jira Cloud (REST v2 and v3) or Jira Data Center (REST
+//! v2) ([`SimFlavor`]) for every endpoint the recac client uses and those
+//! common Jira client libraries call (server info, fields, user search),
+//! checks credentials and permissions, runs a configurable workflow,
+//! understands a JQL subset, enforces per-issue write limits, injects faults
+//! on demand and records every call.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -16,11 +17,15 @@
 //! # Ok(()) }
 //! ```
 
+mod api;
 pub mod contract;
 mod fault;
+mod fields;
 pub mod jql;
 mod model;
+mod params;
 mod server;
+mod text;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,8 +33,8 @@ use std::time::Duration;
 
 pub use fault::{Fault, FaultKind};
 pub use model::{
-    ALL_PERMISSIONS, Category, CommentRec, IssueSeed, IssueSnapshot, ProjectDef, Seed, SimFlavor,
-    StatusDef, TransitionDef, UserDef, Workflow, WriteLimits,
+    ALL_PERMISSIONS, Category, CommentRec, HistoryItem, HistoryRec, IssueSeed, IssueSnapshot,
+    ProjectDef, Seed, SimFlavor, StatusDef, TransitionDef, UserDef, Workflow, WriteLimits,
 };
 use model::{IssueRec, Project, State};
 use serde_json::Value;
@@ -76,6 +81,8 @@ pub struct CallRecord {
 }
 
 pub(crate) struct Shared {
+    /// The simulator's base URL, for links when a request has no `Host`.
+    pub url: String,
     pub state: Mutex<State>,
     pub faults: Mutex<Vec<Fault>>,
     pub calls: Mutex<Vec<CallRecord>>,
@@ -145,23 +152,32 @@ impl JiraSim {
             write_limits: Some(WriteLimits::default()),
             transition_latency: Duration::ZERO,
             max_results: None,
+            groups: Default::default(),
+            next_history_id: 10000,
         };
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
         let shared = Arc::new(Shared {
+            url: url.clone(),
             state: Mutex::new(state),
             faults: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
         });
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         let sim = JiraSim {
-            url: format!("http://{addr}"),
+            url,
             addr,
             shared,
             task,
         };
         for p in &seed.projects {
             sim.add_project(&p.key, p.name.as_deref().unwrap_or(&p.key));
+        }
+        for (group, members) in &seed.groups {
+            for member in members {
+                sim.add_group_member(group, member);
+            }
         }
         for issue in &seed.issues {
             if !sim.has_project(&issue.project) {
@@ -243,6 +259,10 @@ impl JiraSim {
                 .find(|u| u.account_id == a || u.name == a || u.email == a)
                 .map(|u| u.account_id.clone())
         });
+        let reporter = match seed.reporter.as_deref() {
+            Some(r) => st.user_id(r),
+            None => st.users.first().map(|u| u.account_id.clone()),
+        };
         let created = seed
             .created
             .as_deref()
@@ -275,6 +295,8 @@ impl JiraSim {
                 properties: Default::default(),
                 writes: Default::default(),
                 transition_in_flight: false,
+                reporter,
+                history: Vec::new(),
             },
         );
         key
@@ -319,7 +341,120 @@ impl JiraSim {
             assignee: issue.assignee.clone(),
             comments: issue.comments.clone(),
             properties: issue.properties.clone(),
+            history: issue.history.clone(),
         })
+    }
+
+    /// Adds a user (accountId, name or e-mail) to a group, creating the group.
+    pub fn add_group_member(&self, group: &str, user: &str) {
+        let mut st = lock(&self.shared.state);
+        let Some(id) = st.user_id(user) else {
+            return;
+        };
+        let members = st.groups.entry(group.to_string()).or_default();
+        if !members.contains(&id) {
+            members.push(id);
+        }
+    }
+
+    /// Adds and removes labels as `actor` (accountId, name or e-mail), as a person
+    /// editing the issue would: the changelog records who did it.
+    pub fn relabel_as(&self, key: &str, actor: &str, add: &[&str], remove: &[&str]) {
+        let mut st = lock(&self.shared.state);
+        let (Some(author), Some(&id)) = (st.user_id(actor), st.by_key.get(key)) else {
+            return;
+        };
+        let Some(before) = st.issues.get(&id).map(|i| i.labels.clone()) else {
+            return;
+        };
+        let mut after: Vec<String> = before
+            .iter()
+            .filter(|l| !remove.contains(&l.as_str()))
+            .cloned()
+            .collect();
+        for label in add {
+            if !after.iter().any(|l| l == label) {
+                after.push(label.to_string());
+            }
+        }
+        let item = HistoryItem {
+            field: "labels".into(),
+            from: None,
+            from_string: Some(before.join(" ")),
+            to: None,
+            to_string: Some(after.join(" ")),
+        };
+        api::record_history(&mut st, id, &author, vec![item]);
+        if let Some(issue) = st.issues.get_mut(&id) {
+            issue.labels = after;
+        }
+    }
+
+    /// Moves the issue to `status` as `actor`, whatever the workflow allows (an admin's
+    /// move); the changelog records who did it.
+    pub fn move_as(&self, key: &str, actor: &str, status: &str) {
+        let mut st = lock(&self.shared.state);
+        let (Some(author), Some(&id)) = (st.user_id(actor), st.by_key.get(key)) else {
+            return;
+        };
+        let Some(target) = st.workflow.status(status).cloned() else {
+            return;
+        };
+        let Some(from) = st.issues.get(&id).map(|i| i.status_id.clone()) else {
+            return;
+        };
+        let from_string = st
+            .workflow
+            .statuses
+            .iter()
+            .find(|s| s.id == from)
+            .map(|s| s.name.clone());
+        let item = HistoryItem {
+            field: "status".into(),
+            from: Some(from),
+            from_string,
+            to: Some(target.id.clone()),
+            to_string: Some(target.name.clone()),
+        };
+        api::record_history(&mut st, id, &author, vec![item]);
+        if let Some(issue) = st.issues.get_mut(&id) {
+            issue.status_id = target.id;
+        }
+    }
+
+    /// Sets the assignee as `actor` (`None` unassigns).
+    pub fn assign_as(&self, key: &str, actor: &str, assignee: Option<&str>) {
+        let mut st = lock(&self.shared.state);
+        let (Some(author), Some(&id)) = (st.user_id(actor), st.by_key.get(key)) else {
+            return;
+        };
+        let to = assignee.and_then(|a| st.user_id(a));
+        let from = st.issues.get(&id).and_then(|i| i.assignee.clone());
+        let item = api::assignee_item(&st, from.as_deref(), to.as_deref());
+        api::record_history(&mut st, id, &author, vec![item]);
+        if let Some(issue) = st.issues.get_mut(&id) {
+            issue.assignee = to;
+        }
+    }
+
+    /// Replaces the description as `actor`.
+    pub fn set_description_as(&self, key: &str, actor: &str, description: &str) {
+        let mut st = lock(&self.shared.state);
+        let (Some(author), Some(&id)) = (st.user_id(actor), st.by_key.get(key)) else {
+            return;
+        };
+        let from = st.issues.get(&id).and_then(|i| i.description.clone());
+        let item = HistoryItem {
+            field: "description".into(),
+            from: None,
+            from_string: from,
+            to: None,
+            to_string: Some(description.to_string()),
+        };
+        api::record_history(&mut st, id, &author, vec![item]);
+        if let Some(issue) = st.issues.get_mut(&id) {
+            issue.description = Some(description.to_string());
+        }
     }
 
     /// Adds a fault; faults are tried in the order added.

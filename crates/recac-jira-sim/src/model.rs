@@ -11,11 +11,12 @@ use serde_json::Value;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SimFlavor {
-    /// Jira Cloud: REST v3, `/search/jql` with `nextPageToken`, ADF, `accountId`;
+    /// Jira Cloud: REST v3 (ADF) and v2 (wiki text), `latest` = v3,
+    /// `/search/jql` with `nextPageToken`, `accountId`;
     /// `/rest/api/{2,3}/search` answer 410 Gone.
     #[default]
     Cloud,
-    /// Jira Data Center: REST v2, `/search` with `startAt`, wiki text, `name`.
+    /// Jira Data Center: REST v2 (`latest` = v2), `/search` with `startAt`, wiki text, `name`.
     Datacenter,
 }
 
@@ -213,6 +214,9 @@ pub struct IssueSeed {
     /// RFC 3339 creation time; default now.
     #[serde(default)]
     pub created: Option<String>,
+    /// Who created the issue (accountId, name or e-mail); default the first user.
+    #[serde(default)]
+    pub reporter: Option<String>,
 }
 
 /// Everything to load into a simulator: a YAML/JSON seed file has this shape.
@@ -230,6 +234,9 @@ pub struct Seed {
     pub issues: Vec<IssueSeed>,
     #[serde(default)]
     pub workflow: Option<Workflow>,
+    /// Groups by name, each with its members (accountId, name or e-mail).
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -267,6 +274,31 @@ pub(crate) struct IssueRec {
     pub properties: BTreeMap<String, Value>,
     pub writes: VecDeque<Instant>,
     pub transition_in_flight: bool,
+    /// Account id of the reporter.
+    pub reporter: Option<String>,
+    /// The changelog, oldest first.
+    pub history: Vec<HistoryRec>,
+}
+
+/// One changelog entry: who changed what, when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryRec {
+    pub id: String,
+    /// Account id of the author.
+    pub author: String,
+    pub created: Timestamp,
+    pub items: Vec<HistoryItem>,
+}
+
+/// One field's change in a [`HistoryRec`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryItem {
+    /// `status`, `labels`, `assignee`, `summary`, `description`.
+    pub field: String,
+    pub from: Option<String>,
+    pub from_string: Option<String>,
+    pub to: Option<String>,
+    pub to_string: Option<String>,
 }
 
 /// A read-only view of an issue, for test assertions.
@@ -280,6 +312,8 @@ pub struct IssueSnapshot {
     pub assignee: Option<String>,
     pub comments: Vec<CommentRec>,
     pub properties: BTreeMap<String, Value>,
+    /// The changelog, oldest first.
+    pub history: Vec<HistoryRec>,
 }
 
 /// Per-issue write limits: at most `count` writes in any `window`.
@@ -297,6 +331,16 @@ impl Default for WriteLimits {
     }
 }
 
+impl State {
+    /// The account id of the user named by accountId, name or e-mail.
+    pub fn user_id(&self, who: &str) -> Option<String> {
+        self.users
+            .iter()
+            .find(|u| u.account_id == who || u.name == who || u.email == who)
+            .map(|u| u.account_id.clone())
+    }
+}
+
 pub(crate) struct State {
     pub flavor: SimFlavor,
     pub workflow: Workflow,
@@ -310,4 +354,7 @@ pub(crate) struct State {
     pub transition_latency: Duration,
     /// Page size cap: Cloud caps `/search/jql` at 100 (5000 for id/key only), DC at 1000 by default.
     pub max_results: Option<u32>,
+    /// Group name → member account ids.
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub next_history_id: u64,
 }

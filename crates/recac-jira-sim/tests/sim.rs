@@ -261,13 +261,19 @@ async fn removed_search_is_gone_and_auth_is_checked() {
             .0,
         200
     );
-    // v2 paths do not exist on the Cloud simulator (other than the 410).
-    assert_eq!(
-        h.call(reqwest::Method::GET, "/rest/api/2/myself", None)
-            .await
-            .0,
-        404
-    );
+    // Cloud serves v2, v3 and latest; other versions do not exist.
+    for (path, status) in [
+        ("/rest/api/2/myself", 200),
+        ("/rest/api/latest/myself", 200),
+        ("/rest/api/1/myself", 404),
+        ("/rest/api/4/myself", 404),
+    ] {
+        assert_eq!(
+            h.call(reqwest::Method::GET, path, None).await.0,
+            status,
+            "{path}"
+        );
+    }
     let (s, body) = h
         .call(reqwest::Method::GET, "/rest/api/3/issue/OPS-404", None)
         .await;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::adf::{COMMENT_BUDGET, Doc};
 use crate::config::{ConfigError, Credentials, Flavor, JiraConfig};
 use crate::error::{Context, JiraError, JiraErrorBody, TransportKind};
-use crate::model::{Comment, Issue, Transition, User};
+use crate::model::{ChangeHistory, Comment, Issue, Transition, User};
 use crate::retry::{Decision, Outcome, RetryPolicy, parse_retry_after};
 
 /// Fields requested when the caller names none (Jira's default is only `id`).
@@ -421,13 +421,160 @@ impl JiraClient {
             fields
         };
         let mut req = get("get issue", Some(key), vec!["issue", key]);
-        req.query.push(("fields", fields.join(",")));
+        // An array parameter: one `fields=` per value, the encoding the API
+        // description declares.
+        req.query
+            .extend(fields.iter().map(|f| ("fields", f.to_string())));
         let value = self.send_json(req).await?;
         Issue::from_value(&value).map_err(|message| JiraError::Malformed {
             ctx: ctx("get issue", Some(key)),
             status: 200,
             message,
         })
+    }
+
+    /// The issue with `fields` ([`DEFAULT_FIELDS`] when empty) and its changelog, oldest
+    /// first, in one read (`expand=changelog`, which both flavours serve; Jira includes the
+    /// most recent 100 entries there).
+    pub async fn issue_with_changelog(
+        &self,
+        key: &str,
+        fields: &[&str],
+    ) -> Result<(Issue, Vec<ChangeHistory>), JiraError> {
+        let op = "get issue with changelog";
+        let fields = if fields.is_empty() {
+            DEFAULT_FIELDS
+        } else {
+            fields
+        };
+        let mut req = get(op, Some(key), vec!["issue", key]);
+        req.query
+            .extend(fields.iter().map(|f| ("fields", f.to_string())));
+        req.query.push(("expand", "changelog".into()));
+        let value = self.send_json(req).await?;
+        let issue = Issue::from_value(&value).map_err(|message| JiraError::Malformed {
+            ctx: ctx(op, Some(key)),
+            status: 200,
+            message,
+        })?;
+        let mut histories: Vec<ChangeHistory> = parse(
+            op,
+            Some(key),
+            value
+                .get("changelog")
+                .and_then(|c| c.get("histories"))
+                .cloned()
+                .unwrap_or(Value::Array(vec![])),
+        )?;
+        // Cloud lists newest first, Data Center oldest first: order by time (one site's
+        // timestamps share a format, so they sort as text), then by numeric id.
+        histories.sort_by(|a, b| {
+            a.created
+                .cmp(&b.created)
+                .then_with(|| a.id.parse::<u64>().ok().cmp(&b.id.parse::<u64>().ok()))
+        });
+        Ok((issue, histories))
+    }
+
+    /// The names of the groups `user` belongs to: Cloud `GET /user/groups?accountId=`,
+    /// Data Center `GET /user?username=&expand=groups`.
+    pub async fn user_groups(&self, user: &User) -> Result<Vec<String>, JiraError> {
+        let op = "user groups";
+        let missing = || JiraError::InvalidInput {
+            ctx: ctx(op, None),
+            message: format!("user {} has no id", user.label()),
+        };
+        match self.flavor {
+            Flavor::Cloud => {
+                let mut req = get(op, None, vec!["user", "groups"]);
+                req.query.push((
+                    "accountId",
+                    user.account_id.clone().ok_or_else(missing)?,
+                ));
+                let value = self.send_json(req).await?;
+                Ok(value
+                    .as_array()
+                    .map(|groups| {
+                        groups
+                            .iter()
+                            .filter_map(|g| g.get("name").and_then(Value::as_str))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default())
+            }
+            Flavor::Datacenter => {
+                let mut req = get(op, None, vec!["user"]);
+                req.query
+                    .push(("username", user.name.clone().ok_or_else(missing)?));
+                req.query.push(("expand", "groups".into()));
+                let value = self.send_json(req).await?;
+                Ok(value
+                    .get("groups")
+                    .and_then(|g| g.get("items"))
+                    .and_then(Value::as_array)
+                    .map(|groups| {
+                        groups
+                            .iter()
+                            .filter_map(|g| g.get("name").and_then(Value::as_str))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default())
+            }
+        }
+    }
+
+    /// One edit that assigns the issue (when `assignee` is given) and adds and removes
+    /// labels: a single write, so a claim costs fewer of Jira's per-issue write budget.
+    /// Repeating it is harmless (the same assignee, labels already there or gone).
+    pub async fn assign_and_label(
+        &self,
+        key: &str,
+        assignee: Option<&User>,
+        add: &[&str],
+        remove: &[&str],
+    ) -> Result<(), JiraError> {
+        let op = "assign and label";
+        if let Some(bad) = add
+            .iter()
+            .find(|l| l.is_empty() || l.contains(char::is_whitespace))
+        {
+            return Err(JiraError::InvalidInput {
+                ctx: ctx(op, Some(key)),
+                message: format!("label {bad:?} is empty or contains whitespace"),
+            });
+        }
+        let mut body = json!({});
+        if let Some(user) = assignee {
+            let id = match self.flavor {
+                Flavor::Cloud => user.account_id.as_deref().map(|id| json!({"accountId": id})),
+                Flavor::Datacenter => user.name.as_deref().map(|id| json!({"name": id})),
+            }
+            .ok_or_else(|| JiraError::InvalidInput {
+                ctx: ctx(op, Some(key)),
+                message: format!("user {} has no id for this Jira flavour", user.label()),
+            })?;
+            body["fields"] = json!({"assignee": id});
+        }
+        let mut ops: Vec<Value> = add.iter().map(|l| json!({"add": l})).collect();
+        ops.extend(remove.iter().map(|l| json!({"remove": l})));
+        if !ops.is_empty() {
+            body["update"] = json!({"labels": ops});
+        }
+        if body.as_object().is_some_and(|o| o.is_empty()) {
+            return Ok(());
+        }
+        self.send(Req {
+            op,
+            issue: Some(key),
+            method: Method::PUT,
+            path: vec!["issue", key],
+            query: vec![],
+            body: Some(body),
+        })
+        .await?;
+        Ok(())
     }
 
     /// The transitions available on the issue now.
@@ -498,6 +645,22 @@ impl JiraClient {
                 path: vec!["issue", key, "comment"],
                 query: vec![],
                 body: Some(body),
+            })
+            .await?;
+        parse("add comment", Some(key), value)
+    }
+
+    /// Adds a comment whose body the caller rendered for this flavour: an ADF document on
+    /// Cloud, a wiki-markup string on Data Center. The caller keeps it within Jira's limit.
+    pub async fn add_comment_body(&self, key: &str, body: Value) -> Result<Comment, JiraError> {
+        let value = self
+            .send_json(Req {
+                op: "add comment",
+                issue: Some(key),
+                method: Method::POST,
+                path: vec!["issue", key, "comment"],
+                query: vec![],
+                body: Some(json!({ "body": body })),
             })
             .await?;
         parse("add comment", Some(key), value)

@@ -19,5 +19,5 @@ pub mod transition;
 pub use client::{DEFAULT_FIELDS, JiraClient};
 pub use config::{AuthConfig, ConfigError, Credentials, Flavor, JiraConfig};
 pub use error::{JiraError, JiraErrorBody};
-pub use model::{Comment, Issue, Status, Transition, User};
+pub use model::{ChangeHistory, ChangeItem, Comment, Issue, Status, Transition, User};
 pub use secret::Secret;

@@ -165,3 +165,38 @@ impl Comment {
         crate::adf::plain_text(&self.body)
     }
 }
+
+/// One field's change in a [`ChangeHistory`] entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ChangeItem {
+    /// The field's name: `status`, `labels`, `assignee`, …
+    pub field: String,
+    pub from: Option<String>,
+    pub from_string: Option<String>,
+    pub to: Option<String>,
+    pub to_string: Option<String>,
+}
+
+/// One changelog entry of an issue: who changed which fields, when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ChangeHistory {
+    pub id: String,
+    pub author: Option<User>,
+    /// Jira's timestamp, e.g. `2026-11-26T10:00:00.000+0000`.
+    pub created: Option<String>,
+    pub items: Vec<ChangeItem>,
+}
+
+impl ChangeItem {
+    /// The labels after the change (Jira writes them space-separated).
+    pub fn labels_after(&self) -> Vec<&str> {
+        self.to_string.as_deref().unwrap_or("").split_whitespace().collect()
+    }
+
+    /// The labels before the change.
+    pub fn labels_before(&self) -> Vec<&str> {
+        self.from_string.as_deref().unwrap_or("").split_whitespace().collect()
+    }
+}

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use recac_jira::Flavor;
-use recac_jira_sim::contract::{Contract, Direction};
+use recac_jira_sim::contract::Contract;
 use recac_jira_sim::{CallRecord, IssueSeed, JiraSim};
 use serde_json::json;
 
@@ -26,55 +26,7 @@ fn contract() -> Contract {
 
 /// Checks one logged call; returns the problems found.
 fn check_call(c: &Contract, call: &CallRecord) -> Vec<String> {
-    let what = format!("{} {}", call.method, call.path);
-    let Some(op) = c.operation(&call.method, &call.path) else {
-        return vec![format!("{what}: not an operation of the contract")];
-    };
-    let mut problems = Vec::new();
-    // Query parameters must be declared.
-    let declared: Vec<&str> = op
-        .op
-        .get("parameters")
-        .and_then(|p| p.as_array())
-        .map(|ps| {
-            ps.iter()
-                .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for pair in call.query.split('&').filter(|p| !p.is_empty()) {
-        let name = pair.split('=').next().unwrap_or("");
-        if !declared.contains(&name) {
-            problems.push(format!(
-                "{what}: query parameter `{name}` not in {}",
-                op.template
-            ));
-        }
-    }
-    match (c.request_schema(op.op), &call.body) {
-        (Some(schema), Some(body)) => {
-            for e in c.validate(schema, body, Direction::Request) {
-                problems.push(format!("{what} request: {e}"));
-            }
-        }
-        (None, Some(_)) => problems.push(format!("{what}: sends a body, the contract has none")),
-        _ => {}
-    }
-    match c.response_schema(op.op, call.status) {
-        Err(e) => problems.push(format!("{what}: {e}")),
-        Ok(Some(schema)) => match &call.response {
-            Some(body) => {
-                for e in c.validate(schema, body, Direction::Response) {
-                    problems.push(format!("{what} response {}: {e}", call.status));
-                }
-            }
-            // `schema: {}` (anything) on a 201/204: an empty body is what Jira sends.
-            None if schema.as_object().is_some_and(|o| o.is_empty()) => {}
-            None => problems.push(format!("{what}: response {} has no JSON body", call.status)),
-        },
-        Ok(None) => {}
-    }
-    problems
+    c.check_call(call)
 }
 
 async fn exercise_client(sim: &JiraSim) {
@@ -219,4 +171,26 @@ async fn the_check_catches_violations() {
     // An undocumented status.
     let bad = call("GET", "/rest/api/3/myself", None, 418, None);
     assert!(!check_call(&contract, &bad).is_empty());
+    // An array parameter sent comma-joined instead of once per value.
+    let issue = json!({"id": "1", "key": "X-1", "fields": {}});
+    let mut joined = call("GET", "/rest/api/3/issue/X-1", None, 200, Some(issue));
+    joined.query = "fields=summary%2Cstatus".into();
+    assert!(
+        check_call(&contract, &joined)
+            .iter()
+            .any(|p| p.contains("comma-joined")),
+        "{:?}",
+        check_call(&contract, &joined)
+    );
+    joined.query = "fields=summary&fields=status".into();
+    assert_eq!(check_call(&contract, &joined), Vec::<String>::new());
+    // v2 and latest paths are checked against the v3 operation.
+    assert!(
+        check_call(
+            &contract,
+            &call("POST", "/rest/api/2/myself", None, 200, None)
+        )
+        .iter()
+        .any(|p| p.contains("not an operation"))
+    );
 }

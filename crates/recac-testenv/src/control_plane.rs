@@ -262,12 +262,16 @@ impl ControlPlane {
     /// A new client for this control plane. Each test gets its own: a client is tied
     /// to the tokio runtime that created it.
     pub async fn client(&self) -> Result<Client> {
+        Ok(Client::try_from(self.config().await?)?)
+    }
+
+    /// The client configuration of this control plane (for clients built with layers).
+    pub async fn config(&self) -> Result<Config> {
         let kubeconfig = Kubeconfig::from_yaml(&self.kubeconfig_yaml)
             .map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
-            .map_err(|e| TestEnvError::Kubeconfig(e.to_string()))?;
-        Ok(Client::try_from(config)?)
+            .map_err(|e| TestEnvError::Kubeconfig(e.to_string()))
     }
 
     /// The kubeconfig file for kubectl and the operator binary.

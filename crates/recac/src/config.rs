@@ -7,20 +7,45 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-/// The whole configuration file. Each section belongs to the component that
+/// The whole configuration file. Each section belongs to the part of the operator that
 /// uses it and carries its own defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OperatorConfig {
-    /// How the task controller runs (`controller:`).
+    /// Process-wide settings (`operator:`): namespaces, the admin server.
     #[serde(default)]
-    pub controller: recac_controller::ControllerConfig,
+    pub operator: recac_runtime::config::OperatorSettings,
+    /// How the task controller runs (`taskController:`).
+    #[serde(default)]
+    pub task_controller: recac_task_controller::TaskControllerConfig,
     /// Defaults for every agent Job (`agent:`).
     #[serde(default)]
-    pub agent: recac_controller::AgentDefaults,
+    pub agent: recac_task_controller::AgentDefaults,
     /// The Jira connection (`jira:`); see docs/jira.md.
     #[serde(default)]
     pub jira: Option<recac_jira::JiraConfig>,
+    /// The 0.1 `controller:` section, read for one more release (see [`LegacyController`]).
+    #[serde(default)]
+    controller: Option<LegacyController>,
+    /// Deprecation notices found while reading the file.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+    /// New key → the deprecated key it was read from, so errors name what the file says.
+    #[serde(skip)]
+    legacy_keys: Vec<(String, String)>,
+}
+
+/// The `controller:` section of 0.1, split since into `operator:` and `taskController:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LegacyController {
+    namespaces: Option<Vec<String>>,
+    metrics_address: Option<String>,
+    max_concurrent_tasks: Option<usize>,
+    workers: Option<u16>,
+    retry_backoff_seconds: Option<u64>,
+    max_retry_backoff_seconds: Option<u64>,
+    queue_poll_seconds: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,16 +89,87 @@ impl OperatorConfig {
         } else {
             serde_saphyr::from_str(text).map_err(|e| invalid("(document)".into(), e.to_string()))?
         };
-        let config: Self = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let has_new_sections = ["operator", "taskController"]
+            .iter()
+            .any(|section| tree.get(section).is_some());
+        let mut config: Self = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             invalid(key, e.into_inner().to_string())
         })?;
+        if let Some(legacy) = config.controller.take() {
+            if has_new_sections {
+                return Err(invalid(
+                    "controller".into(),
+                    "the deprecated `controller:` section cannot be combined with `operator:` or `taskController:`; move its keys (see the README's configuration reference)".into(),
+                ));
+            }
+            config.adopt_legacy(legacy);
+        }
         config
-            .controller
-            .validate()
+            .operator
+            .validate("operator")
+            .and_then(|()| config.task_controller.validate("taskController"))
             .and_then(|()| config.agent.validate())
-            .map_err(|e| invalid(e.key, e.message))?;
+            .map_err(|e| invalid(config.key_as_written(&e.key), e.message))?;
+        if let Some(jira) = &config.jira {
+            jira.validate()
+                .map_err(|e| invalid(format!("jira.{}", e.key), e.message))?;
+        }
         Ok(config)
+    }
+
+    /// `key` as the file spells it: a value read from a deprecated key is named by that key.
+    fn key_as_written(&self, key: &str) -> String {
+        for (new, old) in &self.legacy_keys {
+            if let Some(rest) = key.strip_prefix(new.as_str())
+                && (rest.is_empty() || rest.starts_with('['))
+            {
+                return format!("{old}{rest} (deprecated; now `{new}`)");
+            }
+        }
+        key.to_string()
+    }
+
+    /// Moves the 0.1 `controller:` keys to their new places, with a notice for each.
+    fn adopt_legacy(&mut self, legacy: LegacyController) {
+        let mut moved = |old: &str, new: &str| {
+            self.warnings.push(format!(
+                "config key `controller.{old}` is deprecated and will be removed in the next release; use `{new}`"
+            ));
+            self.legacy_keys
+                .push((new.to_string(), format!("controller.{old}")));
+        };
+        if let Some(v) = legacy.namespaces {
+            moved("namespaces", "operator.namespaces");
+            self.operator.namespaces = v;
+        }
+        if let Some(v) = legacy.metrics_address {
+            moved("metricsAddress", "operator.adminAddress");
+            self.operator.admin_address = v;
+        }
+        if let Some(v) = legacy.max_concurrent_tasks {
+            moved("maxConcurrentTasks", "taskController.maxConcurrentTasks");
+            self.task_controller.max_concurrent_tasks = v;
+        }
+        if let Some(v) = legacy.workers {
+            moved("workers", "taskController.workers");
+            self.task_controller.workers = v;
+        }
+        if let Some(v) = legacy.retry_backoff_seconds {
+            moved("retryBackoffSeconds", "taskController.retryBackoffSeconds");
+            self.task_controller.retry_backoff_seconds = v;
+        }
+        if let Some(v) = legacy.max_retry_backoff_seconds {
+            moved(
+                "maxRetryBackoffSeconds",
+                "taskController.maxRetryBackoffSeconds",
+            );
+            self.task_controller.max_retry_backoff_seconds = v;
+        }
+        if let Some(v) = legacy.queue_poll_seconds {
+            moved("queuePollSeconds", "taskController.queuePollSeconds");
+            self.task_controller.queue_poll_seconds = v;
+        }
     }
 }
 
@@ -84,6 +180,46 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         assert!(OperatorConfig::parse("", "test.yaml").is_ok());
+    }
+
+    #[test]
+    fn legacy_controller_keys_still_work_with_a_warning() {
+        let config = OperatorConfig::parse(
+            "controller:\n  namespaces: [a]\n  maxConcurrentTasks: 3\n  metricsAddress: 127.0.0.1:9000\n",
+            "test.yaml",
+        )
+        .expect("valid");
+        assert_eq!(config.operator.namespaces, vec!["a".to_string()]);
+        assert_eq!(config.operator.admin_address, "127.0.0.1:9000");
+        assert_eq!(config.task_controller.max_concurrent_tasks, 3);
+        assert_eq!(config.warnings.len(), 3);
+        assert!(config.warnings[0].contains("operator.namespaces"));
+        let err = OperatorConfig::parse(
+            "controller:\n  workers: 2\noperator:\n  namespaces: [a]\n",
+            "test.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`controller`"), "{err}");
+    }
+
+    #[test]
+    fn every_section_is_validated_naming_the_key() {
+        for (text, key) in [
+            ("operator:\n  adminAddress: nope\n", "operator.adminAddress"),
+            ("taskController:\n  workers: 0\n", "taskController.workers"),
+            ("agent:\n  runAsUser: 0\n", "agent.runAsUser"),
+            (
+                "jira:\n  url: https://x.atlassian.net\n  pageSize: 0\n",
+                "jira.pageSize",
+            ),
+            ("taskController:\n  bogus: 1\n", "taskController"),
+        ] {
+            let err = OperatorConfig::parse(text, "test.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod start_cmd;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use recac_runtime::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +17,9 @@ use clap::{Parser, Subcommand};
     about = "Turns tickets into AI coding-agent Jobs on Kubernetes"
 )]
 struct Cli {
+    /// Log format: `text`, or `json` (one JSON object per line, for clusters).
+    #[arg(long, global = true, env = "RECAC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,10 +40,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = if cli.log_format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
     match cli.command {
-        Command::Orchestrate(args) => orchestrate_cmd::run(args),
-        Command::Start(args) => start_cmd::run(*args),
-        Command::Jira(args) => jira_cmd::run(args),
+        Command::Orchestrate(args) => {
+            logging::init(log_format, "info", std::io::stderr);
+            orchestrate_cmd::run(args)
+        }
+        Command::Start(args) => start_cmd::run(*args, log_format),
+        Command::Jira(args) => {
+            logging::init(log_format, "warn", std::io::stderr);
+            jira_cmd::run(args)
+        }
         Command::Crd => match recac_api::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

@@ -1,11 +1,12 @@
-//! `recac orchestrate`: the operator process.
-
-use std::path::PathBuf;
-use std::process::ExitCode;
+//! `recac orchestrate`: the operator process. Builds the shared caches and the components
+//! from the configuration and hands them to the runtime's supervisor.
 
 use clap::Args;
-use recac_controller::TaskController;
-use tracing::{error, info};
+use recac_operator::{Operator, OperatorSetup};
+use recac_runtime::Leadership;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing::{error, info, warn};
 
 use crate::config::OperatorConfig;
 
@@ -17,13 +18,9 @@ pub struct OrchestrateArgs {
     /// Only validate the configuration file, then exit.
     #[arg(long)]
     pub check_config: bool,
-    /// Log format: text or json.
-    #[arg(long, env = "RECAC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
 }
 
 pub fn run(args: OrchestrateArgs) -> ExitCode {
-    init_logging(&args.log_format);
     let config = match OperatorConfig::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -31,7 +28,13 @@ pub fn run(args: OrchestrateArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     if args.check_config {
+        for warning in &config.warnings {
+            eprintln!("warning: {warning}");
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
@@ -49,17 +52,6 @@ pub fn run(args: OrchestrateArgs) -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
     }
 }
 
@@ -87,39 +79,29 @@ async fn shutdown_signal() {
 }
 
 async fn orchestrate(config: OperatorConfig) -> Result<(), String> {
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
         .map_err(|e| format!("cannot reach Kubernetes (kubeconfig or in-cluster config): {e}"))?;
-    let address = config.controller.metrics_address.clone();
+    let address = config.operator.admin_address.clone();
     let listener = tokio::net::TcpListener::bind(&address)
         .await
-        .map_err(|e| format!("cannot listen on controller.metricsAddress {address}: {e}"))?;
-    let instance = std::env::var("POD_NAME").ok();
-    let controller =
-        TaskController::new(client, &config.controller, config.agent.clone(), instance);
-    let observed = controller.observed();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
+        .map_err(|e| format!("cannot listen on operator.adminAddress {address}: {e}"))?;
+    let setup = OperatorSetup {
+        operator: config.operator.clone(),
+        task_controller: config.task_controller.clone(),
+        agent: config.agent.clone(),
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| "recac".into()),
     };
+    let operator = Operator::build(kube_config, setup, Leadership::always())
+        .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
     info!(
         address = %address,
-        namespaces = ?config.controller.namespaces,
-        max_concurrent_tasks = config.controller.max_concurrent_tasks,
+        namespaces = ?config.operator.namespaces,
+        max_concurrent_tasks = config.task_controller.max_concurrent_tasks,
         "recac operator starting"
     );
-    let server = tokio::spawn(recac_controller::http::serve(listener, observed, stopped()));
-    let controller_run = tokio::spawn(controller.run(stopped()));
-    shutdown_signal().await;
-    info!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = controller_run.await;
-    match server.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("metrics server: {e}")),
-        Err(e) => Err(format!("metrics server task: {e}")),
-    }
+    operator
+        .run(listener, shutdown_signal())
+        .await
+        .map_err(|fatal| format!("{fatal}; exiting so that Kubernetes restarts the operator"))
 }

@@ -137,20 +137,6 @@ impl StartArgs {
     }
 }
 
-fn init_logging(redactor: Redactor, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(RedactingStderr::new(redactor))
-        .with_ansi(false);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 /// Reads ticket KEY from Jira and makes it the prompt.
 async fn jira_prompt(
     key: &str,
@@ -203,7 +189,7 @@ fn gave_up(message: String) -> AgentResult {
 }
 
 /// Runs `recac start`.
-pub fn run(args: StartArgs) -> ExitCode {
+pub fn run(args: StartArgs, log_format: recac_runtime::logging::LogFormat) -> ExitCode {
     let mut overrides = args.overrides();
     let env_lookup = |k: &str| std::env::var(k).ok();
     let mut secrets = secrets_from_lookup(env_lookup);
@@ -214,7 +200,12 @@ pub fn run(args: StartArgs) -> ExitCode {
             .filter(|v| !v.trim().is_empty()),
     );
     let redactor = Redactor::new(secrets);
-    init_logging(redactor.clone(), args.json_logs);
+    let log_format = if args.json_logs {
+        recac_runtime::logging::LogFormat::Json
+    } else {
+        log_format
+    };
+    recac_runtime::logging::init(log_format, "info", RedactingStderr::new(redactor.clone()));
     let fallback_result_path = overrides
         .get(vars::RESULT_PATH)
         .cloned()

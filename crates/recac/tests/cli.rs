@@ -83,6 +83,19 @@ fn orchestrate_rejects_a_bad_config_naming_the_key() {
             "controller:\n  metricsAddress: everywhere\n",
             "controller.metricsAddress",
         ),
+        (
+            "taskController:\n  maxConcurrentTasks: 0\n",
+            "taskController.maxConcurrentTasks",
+        ),
+        (
+            "operator:\n  adminAddress: everywhere\n",
+            "operator.adminAddress",
+        ),
+        ("operator:\n  namespaces: [Team]\n", "operator.namespaces[0]"),
+        (
+            "jira:\n  url: https://x.atlassian.net\n  maxRetries: 99\n",
+            "jira.maxRetries",
+        ),
     ] {
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, yaml).expect("write");

@@ -10,6 +10,7 @@ use recac_api::agent_contract::TokenUsage;
 
 use crate::process::{self, CommandSpec};
 use crate::redact::Redactor;
+use crate::secrets::ChildEnv;
 use crate::settings::{ExternalSettings, Limits, vars};
 use llm::{LlmClient, Message};
 use tools::{ToolOutcome, Toolbox};
@@ -172,16 +173,22 @@ pub async fn run_builtin(
 /// Exit code by which an external agent says the task cannot be done.
 pub const EXTERNAL_CANNOT_DO: i32 = 3;
 
+/// Credentials an external agent CLI gets besides the allowed ones: it needs an LLM key, and
+/// whatever it gets, the commands it runs can read.
+pub const EXTERNAL_AGENT_KEYS: &[&str] = &[vars::OPENAI_API_KEY, vars::ANTHROPIC_API_KEY];
+
 /// Runs an external agent CLI in the workspace. The prompt is in a file outside the workspace
-/// whose path is in `RECAC_PROMPT_FILE`; the git token is removed from its environment (LLM keys
-/// are kept: the CLI needs them). Exit 0 means done, 3 means it cannot be done, anything else
-/// is a retryable failure. The last lines of its output become the summary.
+/// whose path is in `RECAC_PROMPT_FILE`; of the credentials it gets only the LLM keys
+/// ([`EXTERNAL_AGENT_KEYS`]) and the allowed ones, never the git token. Exit 0 means done, 3
+/// means it cannot be done, anything else is a retryable failure. The last lines of its output
+/// become the summary.
 pub async fn run_external(
     ext: &ExternalSettings,
     workspace: &Path,
     prompt: &str,
     max_duration: Duration,
     redactor: &Redactor,
+    child_env: &ChildEnv,
 ) -> EngineReport {
     let fail = |permanent, message: String| EngineReport {
         status: EngineStatus::Failed { permanent, message },
@@ -199,7 +206,6 @@ pub async fn run_external(
     }
     let args: Vec<&str> = ext.args.iter().map(String::as_str).collect();
     let mut spec = CommandSpec::new(ext.command.clone(), &args, workspace, max_duration);
-    spec.remove_env = vec![vars::GIT_TOKEN.into(), vars::GITHUB_TOKEN.into()];
     spec.env = vec![
         (
             vars::PROMPT_FILE.into(),
@@ -210,6 +216,7 @@ pub async fn run_external(
             workspace.to_string_lossy().into_owned(),
         ),
     ];
+    child_env.apply_passing(&mut spec, EXTERNAL_AGENT_KEYS);
     tracing::info!(command = %ext.command, "running the external agent");
     let out = match process::run(&spec).await {
         Ok(out) => out,

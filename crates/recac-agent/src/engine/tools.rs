@@ -1,6 +1,6 @@
 //! The built-in engine's tools: list, read, search, write and edit files, run a command, and
 //! finish. Every path stays inside the workspace; commands run with the workspace as their
-//! directory and without the agent's credentials in their environment.
+//! directory and without the agent's credentials in their environment (except the allowed ones).
 
 use std::ops::ControlFlow;
 use std::path::{Component, Path, PathBuf};
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::process::{self, CommandSpec};
 use crate::redact::Redactor;
+use crate::secrets::ChildEnv;
 
 /// Folders the listing and search skip.
 const SKIP_DIRS: &[&str] = &[".git", "target", "node_modules", "__pycache__", ".venv"];
@@ -79,6 +80,7 @@ pub struct Toolbox {
     command_timeout: Duration,
     output_limit: usize,
     redactor: Redactor,
+    child_env: ChildEnv,
 }
 
 impl Toolbox {
@@ -87,12 +89,14 @@ impl Toolbox {
         command_timeout: Duration,
         output_limit: usize,
         redactor: Redactor,
+        child_env: ChildEnv,
     ) -> std::io::Result<Self> {
         Ok(Self {
             root: root.canonicalize()?,
             command_timeout,
             output_limit,
             redactor,
+            child_env,
         })
     }
 
@@ -293,7 +297,8 @@ impl Toolbox {
             .map_or(self.command_timeout, |t| t.min(self.command_timeout));
         // The model's command line goes to sh as one argument; the agent never builds command
         // lines from ticket text itself.
-        let spec = CommandSpec::new("sh", &["-c", command], &self.root, timeout);
+        let mut spec = CommandSpec::new("sh", &["-c", command], &self.root, timeout);
+        self.child_env.apply(&mut spec);
         let out = process::run(&spec)
             .await
             .map_err(|e| format!("cannot run: {e}"))?;
@@ -352,6 +357,11 @@ mod tests {
             Duration::from_secs(10),
             4000,
             Redactor::new(["sekrit-value"]),
+            ChildEnv::new(
+                ["PASSED_SECRET", "KEPT_SECRET"],
+                crate::secrets::parse_allow("PASSED_SECRET").unwrap(),
+                |n| Some(format!("{n}-value")),
+            ),
         )
         .unwrap()
     }
@@ -426,13 +436,14 @@ mod tests {
         let out = text(
             tb.call(
                 "run_command",
-                &json!({"command":"pwd; echo sekrit-value; exit 4"}),
+                &json!({"command":"pwd; echo sekrit-value; echo \"[$PASSED_SECRET][$KEPT_SECRET]\"; exit 4"}),
             )
             .await,
         );
         assert!(out.starts_with("exit code 4"), "{out}");
         assert!(out.contains(dir.path().canonicalize().unwrap().to_str().unwrap()));
         assert!(!out.contains("sekrit-value"));
+        assert!(out.contains("[PASSED_SECRET-value][]"), "{out}");
         assert_eq!(
             tb.call("finish", &json!({"status":"cannot_do","summary":"no"}))
                 .await,

@@ -106,6 +106,20 @@ pub fn file_url(path: &Path) -> String {
     format!("file://{}", path.display())
 }
 
+/// Mounts a Secret under `dir` as the kubelet does: each key a symlink into `..data`, itself a
+/// symlink to a timestamped folder holding the files.
+pub fn mount_secret(dir: &Path, secret: &str, keys: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let folder = dir.join(secret);
+    let stamp = "..2026_01_01_00_00_00.000000001";
+    std::fs::create_dir_all(folder.join(stamp)).unwrap();
+    for (key, value) in keys {
+        std::fs::write(folder.join(stamp).join(key), value).unwrap();
+        symlink(format!("..data/{key}"), folder.join(key)).unwrap();
+    }
+    symlink(stamp, folder.join("..data")).unwrap();
+}
+
 /// A run's output and everything it logged (through the redactor, as `recac start` logs).
 pub struct Ran {
     pub out: RunOutput,

@@ -483,3 +483,47 @@ fn a_refused_dispatch_is_recorded_once() {
         status
     );
 }
+
+#[test]
+fn a_pending_claim_holds_dispatch_and_a_lost_claim_fails_without_running() {
+    let mut pending = task(2);
+    pending.metadata.annotations = Some(
+        [(
+            recac_api::annotations::CLAIM.to_string(),
+            recac_api::annotations::CLAIM_PENDING.to_string(),
+        )]
+        .into(),
+    );
+    let plan = decide(&pending, &observe(None, true), &policy());
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    assert_eq!(
+        condition(&plan, condition::DISPATCHED).map(|c| c.reason.as_str()),
+        Some("AwaitingClaim")
+    );
+    assert!(!crate::admission::wants_slot(&pending, now()));
+
+    let mut claimed = pending.clone();
+    if let Some(a) = claimed.metadata.annotations.as_mut() {
+        a.insert(
+            recac_api::annotations::CLAIM.into(),
+            recac_api::annotations::CLAIM_CLAIMED.into(),
+        );
+    }
+    assert_eq!(creates(&decide(&claimed, &observe(None, true), &policy())), vec![1]);
+
+    let mut lost = pending;
+    if let Some(a) = lost.metadata.annotations.as_mut() {
+        a.insert(
+            recac_api::annotations::CLAIM.into(),
+            recac_api::annotations::CLAIM_LOST.into(),
+        );
+    }
+    let plan = decide(&lost, &observe(None, true), &policy());
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(
+        condition(&plan, condition::FAILED).map(|c| c.reason.as_str()),
+        Some("ClaimLost")
+    );
+}

@@ -3,6 +3,35 @@
 
 use sha2::{Digest, Sha256};
 
+/// Who a task is, computed once per reconcile: its key, uid and the names derived from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl TaskIdentity {
+    pub fn of(task: &recac_api::AgentTask) -> Self {
+        use kube::ResourceExt;
+        Self {
+            namespace: task.namespace().unwrap_or_default(),
+            name: task.name_any(),
+            uid: task.uid().unwrap_or_default(),
+        }
+    }
+
+    /// `namespace/name`, for logs and errors.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The Job of `attempt`.
+    pub fn job_name(&self, attempt: i32) -> String {
+        job_name(&self.name, attempt)
+    }
+}
+
 /// Kubernetes label values and the names Jobs put into pod labels are at most 63 characters.
 const MAX_LABEL_LEN: usize = 63;
 
@@ -28,6 +57,16 @@ fn fit(name: &str, max: usize) -> String {
 pub fn job_name(task: &str, attempt: i32) -> String {
     let suffix = format!("-a{attempt}");
     format!("{}{suffix}", fit(task, MAX_LABEL_LEN - suffix.len()))
+}
+
+/// Shortens `name` to at most `max` characters, unique by a hash when cut.
+pub fn fit_label(name: &str, max: usize) -> String {
+    fit(name, max)
+}
+
+/// The name of the ConfigMap that carries a task's long prompt.
+pub fn prompt_config_map_name(task: &str) -> String {
+    format!("{}-prompt", fit(task, 253 - "-prompt".len()))
 }
 
 /// The task name as a label value.

@@ -188,6 +188,31 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
 
     let attempt = current.attempt.unwrap_or(0);
     if attempt == 0 {
+        match claim_state(task) {
+            Claim::Pending => {
+                draft.status.phase = Some(TaskPhase::Pending);
+                draft.status.message = Some(
+                    "waiting for the ticket to be claimed in Jira before the first attempt".into(),
+                );
+                draft.set_condition(
+                    condition::DISPATCHED,
+                    false,
+                    "AwaitingClaim",
+                    "the source controller has not claimed the ticket yet",
+                );
+                return draft.finish();
+            }
+            Claim::Lost => {
+                draft.status.phase = Some(TaskPhase::Failed);
+                draft.status.completion_time = Some(Time(observed.now));
+                let message = "the ticket was taken by someone else before it could be claimed; the task was not run";
+                draft.status.message = Some(message.into());
+                draft.set_condition(condition::FAILED, true, "ClaimLost", message);
+                draft.event(EventType::Warning, "ClaimLost", message.into());
+                return draft.finish();
+            }
+            Claim::None => {}
+        }
         let branch = feature_branch(task);
         draft.status.branch = Some(branch.clone());
         dispatch(&mut draft, task, observed, retry, 1, branch);
@@ -252,6 +277,26 @@ pub fn dispatch_failed(task: &AgentTask, message: &str, now: Timestamp) -> Agent
         message,
     );
     draft.status
+}
+
+/// Where a source controller's claim of the task's ticket stands (see
+/// [`recac_api::annotations::CLAIM`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// No claim is involved (a task made by a person), or the ticket is claimed.
+    None,
+    Pending,
+    Lost,
+}
+
+/// Reads the claim annotation.
+pub fn claim_state(task: &AgentTask) -> Claim {
+    use recac_api::annotations::{CLAIM, CLAIM_LOST, CLAIM_PENDING};
+    match task.annotations().get(CLAIM).map(String::as_str) {
+        Some(CLAIM_PENDING) => Claim::Pending,
+        Some(CLAIM_LOST) => Claim::Lost,
+        _ => Claim::None,
+    }
 }
 
 /// The branch the task's agent pushes to.

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use recac_api::EnvVarPair;
+pub use recac_runtime::config::InvalidConfig;
+use recac_runtime::config::{invalid, is_dns_subdomain};
 use serde::Deserialize;
 
-/// How the task controller runs.
+/// How the task controller runs (the `taskController:` section).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct ControllerConfig {
-    /// Namespaces to watch; empty watches every namespace.
-    pub namespaces: Vec<String>,
+pub struct TaskControllerConfig {
     /// Tasks with a live Job at once, across all watched namespaces; the rest wait
     /// in creation order with a `Queued` condition.
     pub max_concurrent_tasks: usize,
@@ -22,22 +22,19 @@ pub struct ControllerConfig {
     pub retry_backoff_seconds: u64,
     /// The longest wait between attempts, in seconds.
     pub max_retry_backoff_seconds: u64,
-    /// How often a queued task checks for a free slot, in seconds.
+    /// How often a queued task checks for a free slot, in seconds (a safety net: a freed
+    /// slot wakes the next task at once).
     pub queue_poll_seconds: u64,
-    /// Address of the HTTP server with /metrics, /healthz and /readyz.
-    pub metrics_address: String,
 }
 
-impl Default for ControllerConfig {
+impl Default for TaskControllerConfig {
     fn default() -> Self {
         Self {
-            namespaces: Vec::new(),
             max_concurrent_tasks: 10,
             workers: 4,
             retry_backoff_seconds: 30,
             max_retry_backoff_seconds: 900,
-            queue_poll_seconds: 10,
-            metrics_address: "0.0.0.0:8080".into(),
+            queue_poll_seconds: 60,
         }
     }
 }
@@ -60,8 +57,12 @@ pub struct AgentDefaults {
     pub model: Option<String>,
     /// Plain environment variables for every agent.
     pub env: Vec<EnvVarPair>,
-    /// Secrets (in the task's namespace) whose keys become environment variables of every agent.
+    /// Secrets (in the task's namespace) mounted read-only into every agent; the agent reads
+    /// each key as a setting and redacts every value.
     pub secret_refs: Vec<String>,
+    /// Secret keys that may be passed to the commands the model runs (tests, tools); every
+    /// other Secret key is withheld from them.
+    pub secret_env_allow: Vec<String>,
     /// CPU and memory for the agent container.
     pub resources: ResourceRequirements,
     /// Seconds a finished Job is kept before Kubernetes deletes it.
@@ -88,6 +89,7 @@ impl Default for AgentDefaults {
             model: None,
             env: Vec::new(),
             secret_refs: Vec::new(),
+            secret_env_allow: Vec::new(),
             resources: ResourceRequirements {
                 requests: Some(BTreeMap::from([
                     ("cpu".to_string(), quantity("500m")),
@@ -108,94 +110,27 @@ impl Default for AgentDefaults {
 /// The shortest time a finished Job is kept: the operator reads its result first.
 pub const MIN_JOB_TTL_SECONDS: i32 = 60;
 
-/// A DNS-1123 label: what namespace names must be.
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-/// A DNS-1123 subdomain: what Secret and ServiceAccount names must be.
-fn is_dns_subdomain(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        })
-}
-
-/// A configuration value that cannot work, named by its key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: `{key}`: {message}")]
-pub struct InvalidConfig {
-    pub key: String,
-    pub message: String,
-}
-
-fn invalid(key: &str, message: impl Into<String>) -> InvalidConfig {
-    InvalidConfig {
-        key: key.into(),
-        message: message.into(),
-    }
-}
-
-impl ControllerConfig {
-    pub fn validate(&self) -> Result<(), InvalidConfig> {
+impl TaskControllerConfig {
+    /// Checks every key; `section` is the section's name in the file.
+    pub fn validate(&self, section: &str) -> Result<(), InvalidConfig> {
+        let key = |name: &str| format!("{section}.{name}");
         if self.max_concurrent_tasks == 0 {
-            return Err(invalid(
-                "controller.maxConcurrentTasks",
-                "must be at least 1",
-            ));
+            return Err(invalid(&key("maxConcurrentTasks"), "must be at least 1"));
         }
         if self.workers == 0 {
-            return Err(invalid("controller.workers", "must be at least 1"));
+            return Err(invalid(&key("workers"), "must be at least 1"));
         }
         if self.retry_backoff_seconds == 0 {
-            return Err(invalid(
-                "controller.retryBackoffSeconds",
-                "must be at least 1",
-            ));
+            return Err(invalid(&key("retryBackoffSeconds"), "must be at least 1"));
         }
         if self.max_retry_backoff_seconds < self.retry_backoff_seconds {
             return Err(invalid(
-                "controller.maxRetryBackoffSeconds",
-                "must be at least controller.retryBackoffSeconds",
+                &key("maxRetryBackoffSeconds"),
+                format!("must be at least {}", key("retryBackoffSeconds")),
             ));
         }
         if self.queue_poll_seconds == 0 {
-            return Err(invalid("controller.queuePollSeconds", "must be at least 1"));
-        }
-        if self
-            .metrics_address
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-        {
-            return Err(invalid(
-                "controller.metricsAddress",
-                format!("{:?} is not a host:port address", self.metrics_address),
-            ));
-        }
-        for (i, ns) in self.namespaces.iter().enumerate() {
-            if !is_dns_label(ns) {
-                return Err(invalid(
-                    &format!("controller.namespaces[{i}]"),
-                    format!("{ns:?} is not a namespace name"),
-                ));
-            }
-            if self.namespaces[..i].contains(ns) {
-                return Err(invalid(
-                    &format!("controller.namespaces[{i}]"),
-                    format!("{ns:?} is listed twice"),
-                ));
-            }
+            return Err(invalid(&key("queuePollSeconds"), "must be at least 1"));
         }
         Ok(())
     }
@@ -252,6 +187,14 @@ impl AgentDefaults {
                 "must be a non-root user id (1 or more)",
             ));
         }
+        for (i, name) in self.secret_env_allow.iter().enumerate() {
+            if !is_env_name(name) {
+                return Err(invalid(
+                    &format!("agent.secretEnvAllow[{i}]"),
+                    format!("{name:?} is not an environment variable name"),
+                ));
+            }
+        }
         for (i, var) in self.env.iter().enumerate() {
             let valid = var
                 .name
@@ -271,4 +214,11 @@ impl AgentDefaults {
         }
         Ok(())
     }
+}
+
+fn is_env_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

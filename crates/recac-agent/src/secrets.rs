@@ -1,0 +1,420 @@
+//! The Secrets a task names, mounted by the operator as files
+//! (`RECAC_SECRETS_DIR/<secret-name>/<key>`), and what the commands the model can influence get
+//! to see of the agent's credentials.
+//!
+//! Every value read is redacted from all output. A key named like an environment variable is
+//! also a setting (see [`crate::settings::Settings::from_lookup`] for the precedence). Commands
+//! the model can influence get none of these names unless `RECAC_SECRET_ENV_ALLOW` lists them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::process::CommandSpec;
+use crate::settings::vars;
+
+/// A Secret folder or key file that exists but cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("cannot read the secrets folder {}: {source}", .path.display())]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the secret file {}: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Names that are never passed to a command the model can influence, whatever the allow list
+/// says: git gets its token only through its askpass helper.
+pub const NEVER_PASSED: &[&str] = &[vars::GIT_TOKEN, vars::GITHUB_TOKEN];
+
+/// Whether `name` can be an environment variable (`[A-Za-z_][A-Za-z0-9_]*`).
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The keys of the Secrets mounted under one folder.
+#[derive(Clone, Default)]
+pub struct SecretFiles {
+    /// Keys named like environment variables, with their (trimmed) text.
+    vars: BTreeMap<String, String>,
+    /// Every value read (trimmed), whatever its key's name.
+    values: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for SecretFiles {
+    // Names only: the values are secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretFiles")
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("values", &self.values.len())
+            .finish()
+    }
+}
+
+impl SecretFiles {
+    /// Reads every key of every Secret folder under `dir`; fails on the first folder or file
+    /// that exists but cannot be read. A missing `dir` holds no Secrets.
+    pub fn read(dir: &Path) -> Result<Self, SecretsError> {
+        let (files, mut errors) = Self::scan(dir);
+        if errors.is_empty() {
+            Ok(files)
+        } else {
+            Err(errors.swap_remove(0))
+        }
+    }
+
+    /// Reads what can be read under `dir`, skipping what cannot (for a redactor set up before
+    /// the settings report those errors).
+    pub fn read_lenient(dir: &Path) -> Self {
+        Self::scan(dir).0
+    }
+
+    /// Folders in name order; when two Secrets hold the same key, the one whose name sorts last
+    /// wins (as the last `envFrom` source did). Entries starting with `..` are Kubernetes'
+    /// bookkeeping (`..data` and its timestamped target) and are skipped; symlinks are followed.
+    fn scan(dir: &Path) -> (Self, Vec<SecretsError>) {
+        let mut files = Self::default();
+        let mut errors = Vec::new();
+        let top = match sorted_entries(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (files, errors),
+            Err(source) => {
+                errors.push(SecretsError::Folder {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+                return (files, errors);
+            }
+        };
+        for (name, path) in top {
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => match sorted_entries(&path) {
+                    Ok(keys) => {
+                        for (key, key_path) in keys {
+                            if let Err(e) = files.read_key(&key, &key_path) {
+                                errors.push(e);
+                            }
+                        }
+                    }
+                    Err(source) => errors.push(SecretsError::Folder { path, source }),
+                },
+                // A key mounted directly under the folder.
+                Ok(_) => {
+                    if let Err(e) = files.read_key(&name, &path) {
+                        errors.push(e);
+                    }
+                }
+                Err(source) => errors.push(SecretsError::File { path, source }),
+            }
+        }
+        (files, errors)
+    }
+
+    fn read_key(&mut self, key: &str, path: &Path) -> Result<(), SecretsError> {
+        let file_error = |source| SecretsError::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        if std::fs::metadata(path).map_err(file_error)?.is_dir() {
+            // Only `items` with nested paths make folders here; the operator mounts none.
+            return Ok(());
+        }
+        let bytes = std::fs::read(path).map_err(file_error)?;
+        let value = bytes.trim_ascii();
+        if value.is_empty() {
+            return Ok(());
+        }
+        self.values.push(value.to_vec());
+        if !is_env_name(key) {
+            return Ok(());
+        }
+        match std::str::from_utf8(value) {
+            Ok(text) => {
+                if self
+                    .vars
+                    .insert(key.to_string(), text.to_string())
+                    .is_some()
+                {
+                    tracing::warn!(
+                        key,
+                        file = %path.display(),
+                        "the key is in more than one Secret: the one whose name sorts last wins"
+                    );
+                }
+            }
+            Err(_) => tracing::warn!(
+                key,
+                file = %path.display(),
+                "the value is not text: it is redacted but not a setting"
+            ),
+        }
+        Ok(())
+    }
+
+    /// The value of a key named `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// The keys named like environment variables.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars.keys().map(String::as_str)
+    }
+
+    /// Every value read.
+    pub fn values(&self) -> &[Vec<u8>] {
+        &self.values
+    }
+}
+
+/// `(name, path)` of the entries of `dir` in name order, without those starting with `..`.
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") {
+            out.push((name, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Parses `RECAC_SECRET_ENV_ALLOW`: names separated by commas (or whitespace).
+pub fn parse_allow(raw: &str) -> Result<BTreeSet<String>, String> {
+    let mut out = BTreeSet::new();
+    for name in raw
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|n| !n.is_empty())
+    {
+        if !is_env_name(name) {
+            return Err(format!("`{name}` is not an environment variable name"));
+        }
+        out.insert(name.to_string());
+    }
+    Ok(out)
+}
+
+/// What the commands the model can influence (tests, tool commands, an external agent CLI) get
+/// of the credentials: none, except the names the allow list passes.
+#[derive(Clone, Default)]
+pub struct ChildEnv {
+    /// Every credential name: the known ones and each Secret key named like a variable, with
+    /// its value when it has one.
+    credentials: BTreeMap<String, Option<String>>,
+    allow: BTreeSet<String>,
+}
+
+impl fmt::Debug for ChildEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildEnv")
+            .field("withheld", &self.credentials.keys().collect::<Vec<_>>())
+            .field("allow", &self.allow)
+            .finish()
+    }
+}
+
+impl ChildEnv {
+    /// The policy for these credential `names`, passing `allow`; `value` gives a name's value
+    /// (from the environment or a Secret file).
+    pub fn new<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+        allow: BTreeSet<String>,
+        value: impl Fn(&str) -> Option<String>,
+    ) -> Self {
+        for name in NEVER_PASSED {
+            if allow.contains(*name) {
+                tracing::warn!(
+                    name,
+                    "{} lists {name}, which is never passed to commands (git gets it through its askpass helper only)",
+                    vars::SECRET_ENV_ALLOW
+                );
+            }
+        }
+        let credentials = names
+            .into_iter()
+            .map(|n| (n.to_string(), value(n)))
+            .collect();
+        Self { credentials, allow }
+    }
+
+    /// Whether `name` is withheld from the commands the model runs.
+    pub fn withholds(&self, name: &str) -> bool {
+        self.credentials.contains_key(name) && !self.passes(name, &[])
+    }
+
+    fn passes(&self, name: &str, extra: &[&str]) -> bool {
+        !NEVER_PASSED.contains(&name) && (self.allow.contains(name) || extra.contains(&name))
+    }
+
+    /// Scrubs a command the model can influence: every credential is removed from its
+    /// environment, except the allowed ones, which are set (a Secret file's value is not in
+    /// the agent's own environment to inherit).
+    pub fn apply(&self, spec: &mut CommandSpec) {
+        self.apply_passing(spec, &[]);
+    }
+
+    /// As [`ChildEnv::apply`], also passing the names in `extra`.
+    pub fn apply_passing(&self, spec: &mut CommandSpec, extra: &[&str]) {
+        for (name, value) in &self.credentials {
+            if self.passes(name, extra) {
+                spec.remove_env.retain(|n| n != name);
+                if let Some(value) = value {
+                    spec.env.retain(|(n, _)| n != name);
+                    spec.env.push((name.clone(), value.clone()));
+                }
+            } else if !spec.remove_env.contains(name) {
+                spec.remove_env.push(name.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::time::Duration;
+
+    /// A Secret folder laid out as the kubelet does: key symlinks into `..data`, a symlink to a
+    /// timestamped folder.
+    fn mount(root: &Path, secret: &str, keys: &[(&str, &str)]) {
+        let dir = root.join(secret);
+        let stamp = dir.join("..2026_01_01_00_00_00.000000001");
+        std::fs::create_dir_all(&stamp).unwrap();
+        for (key, value) in keys {
+            std::fs::write(stamp.join(key), value).unwrap();
+            symlink(format!("..data/{key}"), dir.join(key)).unwrap();
+        }
+        symlink(stamp.file_name().unwrap(), dir.join("..data")).unwrap();
+    }
+
+    #[test]
+    fn reads_kubernetes_secret_volumes() {
+        let root = tempfile::tempdir().unwrap();
+        mount(
+            root.path(),
+            "a-creds",
+            &[("OPENAI_API_KEY", "sk-from-file\n"), ("tls.key", "KEYDATA")],
+        );
+        mount(
+            root.path(),
+            "b-db",
+            &[
+                ("DB_PASSWORD", "pw-1"),
+                ("OPENAI_API_KEY", "later"),
+                ("EMPTY", ""),
+            ],
+        );
+        std::fs::write(
+            root.path().join("b-db/..2026_01_01_00_00_00.000000001/..x"),
+            "x",
+        )
+        .unwrap();
+        let files = SecretFiles::read(root.path()).unwrap();
+        assert_eq!(files.get("DB_PASSWORD"), Some("pw-1"));
+        assert_eq!(files.get("OPENAI_API_KEY"), Some("later"));
+        assert_eq!(files.get("tls.key"), None);
+        assert_eq!(
+            files.names().collect::<Vec<_>>(),
+            vec!["DB_PASSWORD", "OPENAI_API_KEY"]
+        );
+        let mut values: Vec<&[u8]> = files.values().iter().map(Vec::as_slice).collect();
+        values.sort();
+        assert_eq!(
+            values,
+            vec![&b"KEYDATA"[..], b"later", b"pw-1", b"sk-from-file"]
+        );
+        assert!(!format!("{files:?}").contains("pw-1"));
+        // No folder, no Secrets.
+        let none = SecretFiles::read(&root.path().join("missing")).unwrap();
+        assert!(none.values().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("s");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("GOOD"), "good-value").unwrap();
+        // A dangling symlink stands for a file that cannot be read (the tests may run as root,
+        // which permissions would not stop).
+        symlink("..data/GONE", dir.join("GONE")).unwrap();
+        let err = SecretFiles::read(root.path()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("secret file") && text.contains("s/GONE"),
+            "{text}"
+        );
+        let lenient = SecretFiles::read_lenient(root.path());
+        assert_eq!(lenient.get("GOOD"), Some("good-value"));
+        // A file where the folder should be.
+        let file = root.path().join("s/GOOD");
+        assert!(matches!(
+            SecretFiles::read(&file.join("x")),
+            Err(SecretsError::Folder { .. })
+        ));
+    }
+
+    #[test]
+    fn allow_lists_and_names() {
+        assert!(is_env_name("DB_PASSWORD") && is_env_name("_x1"));
+        assert!(!is_env_name("1X") && !is_env_name("tls.key") && !is_env_name(""));
+        assert_eq!(
+            parse_allow(" A, B C,,").unwrap(),
+            ["A", "B", "C"].map(String::from).into()
+        );
+        assert!(parse_allow("A,b-c").unwrap_err().contains("b-c"));
+    }
+
+    #[test]
+    fn child_env_withholds_all_but_allowed() {
+        let env = ChildEnv::new(
+            [
+                "DB_PASSWORD",
+                "PUBLIC_TOKEN",
+                "RECAC_GIT_TOKEN",
+                "OPENAI_API_KEY",
+            ],
+            parse_allow("PUBLIC_TOKEN,RECAC_GIT_TOKEN").unwrap(),
+            |n| Some(format!("value-of-{n}")),
+        );
+        let mut spec = CommandSpec::new("sh", &[], "/", Duration::from_secs(1));
+        env.apply(&mut spec);
+        for name in [
+            "DB_PASSWORD",
+            "RECAC_GIT_TOKEN",
+            "OPENAI_API_KEY",
+            "GITHUB_TOKEN",
+        ] {
+            assert!(spec.remove_env.iter().any(|n| n == name), "{name}");
+        }
+        assert_eq!(
+            spec.env,
+            vec![(
+                "PUBLIC_TOKEN".to_string(),
+                "value-of-PUBLIC_TOKEN".to_string()
+            )]
+        );
+        assert!(env.withholds("DB_PASSWORD") && !env.withholds("PUBLIC_TOKEN"));
+
+        let mut spec = CommandSpec::new("agent", &[], "/", Duration::from_secs(1));
+        env.apply_passing(&mut spec, &[vars::OPENAI_API_KEY, vars::GIT_TOKEN]);
+        assert!(!spec.remove_env.iter().any(|n| n == "OPENAI_API_KEY"));
+        assert!(spec.remove_env.iter().any(|n| n == "RECAC_GIT_TOKEN"));
+        assert!(spec.env.contains(&(
+            "OPENAI_API_KEY".to_string(),
+            "value-of-OPENAI_API_KEY".to_string()
+        )));
+    }
+}

@@ -1,0 +1,28 @@
+//! The operator runtime: what every controller of recac runs on.
+//!
+//! - [`cache`]: shared, warm caches (one reflector per kind) with readiness, kept on every
+//!   replica whether or not it may write;
+//! - [`supervisor`]: runs the caches, the admin server and every [`Component`], each in terms
+//!   granted by the [`Leadership`] signal, and turns any part's unexpected end into a clean,
+//!   non-zero exit;
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`metrics`]: the shared registry and the kube client layer that counts API requests;
+//! - [`events`], [`logging`], [`failpoint`], [`config`]: small shared pieces.
+
+pub mod admin;
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod failpoint;
+pub mod kinds;
+pub mod leadership;
+pub mod logging;
+pub mod metrics;
+pub mod status;
+pub mod supervisor;
+
+pub use cache::{Cache, CacheChange, CacheHook, CacheSpec};
+pub use leadership::{Leadership, LeadershipControl};
+pub use metrics::MetricsRegistry;
+pub use supervisor::{Component, ComponentError, Fatal, Health, Supervisor, Term};

@@ -1,0 +1,493 @@
+//! The concurrency cap: how many tasks may have a live Job at once, and which waiting task
+//! gets the next free slot (oldest first; tasks whose dispatch keeps failing last).
+//!
+//! [`AdmissionQueue`] is an index kept in step with the AgentTask cache (it is a
+//! [`CacheHook`]), so a decision never scans the tasks:
+//! - `holders` counts the tasks whose current attempt has a Job that is not finished;
+//! - `waiting` is an ordered set of the tasks that want a slot;
+//! - `grants` are slots handed to waiting tasks that have not dispatched yet (the cache
+//!   does not show their new attempt): a granted slot counts as taken until the cache shows
+//!   the task holding it, finishing or gone, or until it expires.
+//!
+//! Free slots are handed out by [`AdmissionQueue::fill`]: it pops the oldest waiting tasks
+//! (O(log N) each) and wakes them. A task freeing its slot (finished, deleted) fills at once,
+//! so the next task in line dispatches without polling. Grants belong to one term of the
+//! controller: [`AdmissionQueue::start_term`] drops those of an earlier term.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use recac_api::{AgentTask, TaskPhase};
+use recac_runtime::{CacheChange, CacheHook};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::decide::condition;
+
+/// How long a granted slot counts before the cache shows the task's dispatch.
+const GRANT_TTL: Duration = Duration::from_secs(60);
+
+fn key(task: &AgentTask) -> String {
+    format!(
+        "{}/{}",
+        task.namespace().unwrap_or_default(),
+        task.name_any()
+    )
+}
+
+fn finished(task: &AgentTask) -> bool {
+    task.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(TaskPhase::is_finished)
+}
+
+fn attempt_of(task: &AgentTask) -> i32 {
+    task.status.as_ref().and_then(|s| s.attempt).unwrap_or(0)
+}
+
+/// The task's last dispatch was rejected (a `DispatchFailed` condition).
+fn dispatch_failing(task: &AgentTask) -> bool {
+    task.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::DISPATCHED && c.reason == condition::DISPATCH_FAILED)
+    })
+}
+
+/// The task has a Job that is not finished: it holds a slot.
+pub fn holds_slot(task: &AgentTask) -> bool {
+    let Some(status) = &task.status else {
+        return false;
+    };
+    status.attempt.unwrap_or(0) > 0
+        && status.next_attempt_time.is_none()
+        && !finished(task)
+        && task.metadata.deletion_timestamp.is_none()
+}
+
+/// The task needs a slot now: never dispatched, or its retry is due.
+pub fn wants_slot(task: &AgentTask, now: Timestamp) -> bool {
+    if finished(task)
+        || task.spec.suspend
+        || task.metadata.deletion_timestamp.is_some()
+        || crate::decide::claim_state(task) != crate::decide::Claim::None
+    {
+        return false;
+    }
+    let Some(status) = &task.status else {
+        return true;
+    };
+    if status.attempt.unwrap_or(0) == 0 {
+        return true;
+    }
+    status
+        .next_attempt_time
+        .as_ref()
+        .is_some_and(|due| due.0 <= now)
+}
+
+/// A waiting task's place in line: failing dispatches last, then oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    failing: bool,
+    created: Option<Timestamp>,
+    key: String,
+}
+
+impl Place {
+    fn of(task: &AgentTask) -> Self {
+        Self {
+            failing: dispatch_failing(task),
+            created: task.creation_timestamp().map(|t| t.0),
+            key: key(task),
+        }
+    }
+}
+
+/// What the index keeps of a task that holds or wants a slot (nothing for the others).
+struct Tracked {
+    holds: bool,
+    waiting: Option<Place>,
+    attempt: i32,
+}
+
+struct Grant {
+    /// The attempt the task dispatches with this slot.
+    attempt: i32,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    tracked: HashMap<String, Tracked>,
+    holders: usize,
+    waiting: BTreeSet<Place>,
+    grants: HashMap<String, Grant>,
+    /// Grants in the order given, for expiry without a scan.
+    grant_order: VecDeque<(String, Instant)>,
+    waker: Option<UnboundedSender<ObjectRef<AgentTask>>>,
+}
+
+/// Hands out slots under the cap; see the module docs.
+pub struct AdmissionQueue {
+    cap: usize,
+    inner: Mutex<Inner>,
+}
+
+/// Figures for metrics and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueFigures {
+    pub holding: usize,
+    pub waiting: usize,
+    pub granted: usize,
+}
+
+impl AdmissionQueue {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn figures(&self) -> QueueFigures {
+        self.inner
+            .lock()
+            .map(|inner| QueueFigures {
+                holding: inner.holders,
+                waiting: inner.waiting.len(),
+                granted: inner.grants.len(),
+            })
+            .unwrap_or_default()
+    }
+
+    /// A new term: grants of an earlier term are void; woken tasks go to `waker`.
+    pub fn start_term(&self, waker: UnboundedSender<ObjectRef<AgentTask>>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.grants.clear();
+            inner.grant_order.clear();
+            inner.waker = Some(waker);
+            inner.fill(self.cap);
+        }
+    }
+
+    /// The term ended: nobody is woken until the next one.
+    pub fn end_term(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.waker = None;
+            inner.grants.clear();
+            inner.grant_order.clear();
+        }
+    }
+
+    /// Whether `task` (which wants a slot now) may dispatch. A yes keeps the slot granted
+    /// until the cache shows the dispatch, or [`AdmissionQueue::release`] gives it back.
+    pub fn try_admit(&self, task: &AgentTask) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        let inner = &mut *inner;
+        inner.expire_grants();
+        let key = key(task);
+        if inner.grants.contains_key(&key) {
+            return true;
+        }
+        // A retry that became due since the task's last change joins the line now.
+        let tracked = inner.tracked.entry(key.clone()).or_insert(Tracked {
+            holds: false,
+            waiting: None,
+            attempt: attempt_of(task),
+        });
+        if tracked.waiting.is_none() && !tracked.holds {
+            let place = Place::of(task);
+            tracked.waiting = Some(place.clone());
+            inner.waiting.insert(place);
+        }
+        inner.fill(self.cap);
+        inner.grants.contains_key(&key)
+    }
+
+    /// Gives back a slot granted to `task` for a dispatch that did not happen. The task
+    /// leaves the line until its next decision.
+    pub fn release(&self, task: &AgentTask) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let key = key(task);
+            inner.grants.remove(&key);
+            if let Some(tracked) = inner.tracked.get_mut(&key)
+                && let Some(place) = tracked.waiting.take()
+            {
+                inner.waiting.remove(&place);
+            }
+            inner.fill(self.cap);
+        }
+    }
+
+    /// Hands free slots to the oldest waiting tasks and wakes them.
+    pub fn fill(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.fill(self.cap);
+        }
+    }
+
+    fn upsert(&self, task: &AgentTask) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let inner = &mut *inner;
+        let key = key(task);
+        let holds = holds_slot(task);
+        let attempt = attempt_of(task);
+        let wants = !holds && wants_slot(task, Timestamp::now());
+        let (held_before, place_before) = match inner.tracked.remove(&key) {
+            Some(t) => (t.holds, t.waiting),
+            None => (false, None),
+        };
+        if let Some(place) = &place_before {
+            inner.waiting.remove(place);
+        }
+        if let Some(grant) = inner.grants.get(&key)
+            && (attempt >= grant.attempt || finished(task) || !wants && !holds)
+        {
+            inner.grants.remove(&key);
+        }
+        let place = (wants && !inner.grants.contains_key(&key)).then(|| Place::of(task));
+        if let Some(place) = &place {
+            inner.waiting.insert(place.clone());
+        }
+        match (held_before, holds) {
+            (false, true) => inner.holders += 1,
+            (true, false) => inner.holders = inner.holders.saturating_sub(1),
+            _ => {}
+        }
+        if holds || place.is_some() || inner.grants.contains_key(&key) {
+            inner.tracked.insert(
+                key,
+                Tracked {
+                    holds,
+                    waiting: place,
+                    attempt,
+                },
+            );
+        }
+        inner.fill(self.cap);
+    }
+
+    fn delete(&self, task: &AgentTask) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let key = key(task);
+        if let Some(tracked) = inner.tracked.remove(&key) {
+            if tracked.holds {
+                inner.holders = inner.holders.saturating_sub(1);
+            }
+            if let Some(place) = tracked.waiting {
+                inner.waiting.remove(&place);
+            }
+        }
+        inner.grants.remove(&key);
+        inner.fill(self.cap);
+    }
+}
+
+impl Inner {
+    fn expire_grants(&mut self) {
+        while let Some((key, at)) = self.grant_order.front() {
+            if at.elapsed() < GRANT_TTL {
+                break;
+            }
+            if self.grants.get(key).is_some_and(|g| g.at == *at) {
+                self.grants.remove(key);
+            }
+            self.grant_order.pop_front();
+        }
+    }
+
+    fn fill(&mut self, cap: usize) {
+        // Slots are handed out only during a term: at its start every task the cache holds
+        // is in line, so the oldest win even if the cache listed them in another order.
+        if self.waker.is_none() {
+            return;
+        }
+        self.expire_grants();
+        while self.holders + self.grants.len() < cap {
+            let Some(place) = self.waiting.pop_first() else {
+                break;
+            };
+            let now = Instant::now();
+            let attempt = match self.tracked.get_mut(&place.key) {
+                Some(tracked) => {
+                    tracked.waiting = None;
+                    tracked.attempt + 1
+                }
+                None => 1,
+            };
+            self.grant_order.push_back((place.key.clone(), now));
+            if let Some(waker) = &self.waker
+                && let Some((namespace, name)) = place.key.split_once('/')
+            {
+                let _ = waker.send(ObjectRef::new(name).within(namespace));
+            }
+            self.grants.insert(place.key, Grant { attempt, at: now });
+        }
+    }
+}
+
+impl CacheHook<AgentTask> for AdmissionQueue {
+    fn apply(&self, change: CacheChange<'_, AgentTask>) {
+        match change {
+            CacheChange::Upsert(task) => self.upsert(task),
+            CacheChange::Delete(task) => self.delete(task),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use recac_api::{AgentTaskSpec, AgentTaskStatus, Repository};
+
+    fn task(name: &str, created_second: i64) -> AgentTask {
+        let mut task = AgentTask::new(
+            name,
+            AgentTaskSpec {
+                prompt: Some("p".into()),
+                ticket: None,
+                repository: Repository {
+                    url: "https://git.example.com/o/r.git".into(),
+                    base_branch: None,
+                    branch: None,
+                },
+                agent: None,
+                max_retries: 2,
+                timeout_seconds: 600,
+                ttl_seconds_after_finished: None,
+                suspend: false,
+            },
+        );
+        task.metadata.namespace = Some("ns".into());
+        task.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_800_000_000 + created_second).expect("time"),
+        ));
+        task
+    }
+
+    fn dispatched(mut task: AgentTask, attempt: i32) -> AgentTask {
+        task.status = Some(AgentTaskStatus {
+            phase: Some(TaskPhase::Pending),
+            attempt: Some(attempt),
+            ..Default::default()
+        });
+        task
+    }
+
+    fn finished_task(mut task: AgentTask) -> AgentTask {
+        task.status = Some(AgentTaskStatus {
+            phase: Some(TaskPhase::Succeeded),
+            attempt: Some(1),
+            ..Default::default()
+        });
+        task
+    }
+
+    fn woken(rx: &mut tokio::sync::mpsc::UnboundedReceiver<ObjectRef<AgentTask>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            out.push(r.name);
+        }
+        out
+    }
+
+    #[test]
+    fn the_oldest_waiting_tasks_get_the_slots_and_a_freed_slot_wakes_the_next() {
+        let queue = AdmissionQueue::new(2);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let tasks: Vec<AgentTask> = (0..4).map(|i| task(&format!("t{i}"), 10 - i)).collect();
+        // Listed by the cache newest first; the oldest (t3, t2) still win.
+        for t in &tasks {
+            queue.apply(CacheChange::Upsert(t));
+        }
+        queue.start_term(tx);
+        let granted = woken(&mut rx);
+        assert_eq!(granted.len(), 2);
+        assert!(queue.try_admit(&tasks[3]), "t3 is oldest");
+        assert!(queue.try_admit(&tasks[2]));
+        assert!(!queue.try_admit(&tasks[1]), "cap reached");
+        assert!(!queue.try_admit(&tasks[0]));
+        // t3 and t2 dispatch: the cache shows them holding; the grants turn into holds.
+        queue.apply(CacheChange::Upsert(&dispatched(tasks[3].clone(), 1)));
+        queue.apply(CacheChange::Upsert(&dispatched(tasks[2].clone(), 1)));
+        assert_eq!(
+            queue.figures(),
+            QueueFigures {
+                holding: 2,
+                waiting: 2,
+                granted: 0
+            }
+        );
+        assert!(!queue.try_admit(&tasks[1]));
+        // t3 finishes: t1 (next oldest) is woken at once, without polling.
+        queue.apply(CacheChange::Upsert(&finished_task(tasks[3].clone())));
+        assert_eq!(woken(&mut rx), vec!["t1".to_string()]);
+        assert!(queue.try_admit(&tasks[1]));
+        assert!(!queue.try_admit(&tasks[0]));
+        // t2 is deleted: t0 is woken.
+        queue.apply(CacheChange::Delete(&dispatched(tasks[2].clone(), 1)));
+        assert_eq!(woken(&mut rx), vec!["t0".to_string()]);
+    }
+
+    #[test]
+    fn a_released_slot_goes_to_the_next_and_failing_tasks_queue_last() {
+        let queue = AdmissionQueue::new(1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let old = task("old", 0);
+        let new = task("new", 5);
+        queue.apply(CacheChange::Upsert(&new));
+        queue.apply(CacheChange::Upsert(&old));
+        queue.start_term(tx);
+        assert_eq!(woken(&mut rx), vec!["old".to_string()]);
+        assert!(queue.try_admit(&old));
+        // Its Job is refused: the slot goes back and the next task gets it.
+        queue.release(&old);
+        assert_eq!(woken(&mut rx), vec!["new".to_string()]);
+        assert!(queue.try_admit(&new));
+        assert!(!queue.try_admit(&old));
+    }
+
+    #[test]
+    fn a_new_term_voids_old_grants_and_memory_follows_live_tasks_only() {
+        let queue = AdmissionQueue::new(1);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        queue.start_term(tx);
+        let a = task("a", 0);
+        queue.apply(CacheChange::Upsert(&a));
+        assert!(queue.try_admit(&a));
+        let (tx, _rx2) = tokio::sync::mpsc::unbounded_channel();
+        queue.start_term(tx);
+        assert_eq!(queue.figures().granted, 0);
+        assert!(queue.try_admit(&a));
+        queue.apply(CacheChange::Upsert(&finished_task(a.clone())));
+        queue.apply(CacheChange::Delete(&finished_task(a)));
+        let tracked = queue.inner.lock().map(|i| i.tracked.len()).unwrap_or(1);
+        assert_eq!(tracked, 0, "finished and deleted tasks leave no trace");
+    }
+
+    #[test]
+    fn ten_thousand_queued_tasks_decide_fast() {
+        let queue = AdmissionQueue::new(10);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        queue.start_term(tx);
+        let tasks: Vec<AgentTask> = (0..10_000).map(|i| task(&format!("t{i}"), i)).collect();
+        for t in &tasks {
+            queue.apply(CacheChange::Upsert(t));
+        }
+        let admitted = tasks.iter().filter(|t| queue.try_admit(t)).count();
+        assert_eq!(admitted, 10);
+        assert_eq!(queue.figures().waiting, 9_990);
+    }
+}

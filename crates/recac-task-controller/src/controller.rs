@@ -1,0 +1,687 @@
+//! The task controller as a component of the runtime: each reconcile observes (from the
+//! shared caches), decides ([`crate::decide`], pure) and acts (against the API).
+//!
+//! A term's state (retry counters, the dispatches the caches do not show yet, slot grants)
+//! lives in its [`TermContext`] and starts fresh each term; the caches and the admission
+//! index outlive terms.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as RequeueAction, Config as RunConfig, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
+use recac_runtime::events::{EventPublisher, EventType as KubeEventType};
+use recac_runtime::{Cache, CacheHook, Component, ComponentError, Term, failpoint, status};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::admission::{AdmissionQueue, wants_slot};
+use crate::config::{AgentDefaults, TaskControllerConfig};
+use crate::decide::{self, Action, AttemptObservation, EventType, Observation, Plan, RetryPolicy};
+use crate::job_builder;
+use crate::metrics::TaskMetrics;
+use crate::naming::TaskIdentity;
+use crate::observe;
+
+/// The field manager of the task controller's status writes.
+pub const FIELD_MANAGER: &str = "recac-task-controller";
+
+/// The status conditions this controller owns (other controllers own others).
+pub const OWNED_CONDITIONS: [&str; 5] = [
+    decide::condition::QUEUED,
+    decide::condition::DISPATCHED,
+    decide::condition::SUSPENDED,
+    decide::condition::SUCCEEDED,
+    decide::condition::FAILED,
+];
+
+/// How long a reconcile trusts its own dispatch over a cache that does not show it yet.
+const STALE_CACHE_WAIT: Duration = Duration::from_secs(10);
+
+/// Events waiting to be published, per term; more are dropped (and counted).
+const EVENT_BACKLOG: usize = 10_000;
+
+/// Errors of one reconcile. Each names the object and says what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{action} for AgentTask {task}: {source}")]
+    Kube {
+        action: String,
+        task: String,
+        source: kube::Error,
+    },
+    #[error(
+        "Job {job} exists but is not owned by AgentTask {task}; delete or rename that Job so the task can dispatch"
+    )]
+    ForeignJob { job: String, task: String },
+}
+
+impl ReconcileError {
+    /// A failure that retrying alone will not fix (a rejected Job, a name taken by another owner).
+    fn is_permanent(&self) -> bool {
+        match self {
+            ReconcileError::ForeignJob { .. } => true,
+            ReconcileError::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => (400..500).contains(&status.code) && ![409, 429].contains(&status.code),
+            ReconcileError::Kube { .. } => false,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube { .. } => "kube",
+            ReconcileError::ForeignJob { .. } => "foreign_job",
+        }
+    }
+}
+
+/// The status fields this controller owns: everything but `feedback` and the conditions
+/// of other controllers.
+pub fn owned_status(status: &AgentTaskStatus) -> AgentTaskStatus {
+    let mut owned = status.clone();
+    owned.feedback = None;
+    owned
+        .conditions
+        .retain(|c| OWNED_CONDITIONS.contains(&c.type_.as_str()));
+    owned
+}
+
+/// Writes the task controller's status fields (see [`owned_status`]).
+pub async fn write_owned_status(
+    api: &Api<AgentTask>,
+    task: &AgentTask,
+    status: &AgentTaskStatus,
+) -> Result<(), kube::Error> {
+    status::apply_status(
+        api,
+        &task.name_any(),
+        task.resource_version().as_deref(),
+        FIELD_MANAGER,
+        &owned_status(status),
+    )
+    .await
+}
+
+/// What the task controller is built from.
+pub struct TaskControllerParts {
+    pub client: Client,
+    pub tasks: Cache<AgentTask>,
+    pub jobs: Cache<Job>,
+    pub queue: Arc<AdmissionQueue>,
+    pub metrics: TaskMetrics,
+    pub config: TaskControllerConfig,
+    pub agent: AgentDefaults,
+    /// Names this replica in Events (e.g. the pod name).
+    pub instance: String,
+}
+
+/// The task controller: every AgentTask becomes one Job per attempt.
+pub struct TaskController {
+    client: Client,
+    tasks: Cache<AgentTask>,
+    jobs: Cache<Job>,
+    queue: Arc<AdmissionQueue>,
+    metrics: TaskMetrics,
+    config: TaskControllerConfig,
+    agent: AgentDefaults,
+    events: EventPublisher,
+}
+
+impl TaskController {
+    /// The hooks the AgentTask cache must feed (the admission index and the phase gauge).
+    pub fn task_hooks(
+        queue: &Arc<AdmissionQueue>,
+        metrics: &TaskMetrics,
+    ) -> Vec<Arc<dyn CacheHook<AgentTask>>> {
+        vec![queue.clone(), metrics.phase_hook()]
+    }
+
+    pub fn new(parts: TaskControllerParts) -> Self {
+        Self {
+            events: EventPublisher::new(parts.client.clone(), "recac", parts.instance),
+            client: parts.client,
+            tasks: parts.tasks,
+            jobs: parts.jobs,
+            queue: parts.queue,
+            metrics: parts.metrics,
+            config: parts.config,
+            agent: parts.agent,
+        }
+    }
+
+    async fn run_term(self: Arc<Self>, term: Term) -> Result<(), ComponentError> {
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel::<ObjectRef<AgentTask>>();
+        self.queue.start_term(wake_tx);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_BACKLOG);
+        let events = tokio::spawn(publish_events(
+            self.events.clone(),
+            events_rx,
+            self.metrics.clone(),
+            term.clone(),
+        ));
+        let context = Arc::new(TermContext {
+            controller: self.clone(),
+            retry: RetryPolicy {
+                initial: Duration::from_secs(self.config.retry_backoff_seconds),
+                max: Duration::from_secs(self.config.max_retry_backoff_seconds),
+                queue_poll: Duration::from_secs(self.config.queue_poll_seconds),
+            },
+            failures: Mutex::new(HashMap::new()),
+            dispatched: Mutex::new(HashMap::new()),
+            events: events_tx,
+        });
+        info!(term = term.number, "task controller term starts");
+        Controller::for_shared_stream(self.tasks.triggers(), self.tasks.store())
+            .owns_shared_stream(self.jobs.triggers())
+            .reconcile_on(futures::stream::unfold(wake_rx, |mut rx| async move {
+                rx.recv().await.map(|r| (r, rx))
+            }))
+            .with_config(
+                RunConfig::default()
+                    .concurrency(self.config.workers)
+                    .debounce(Duration::from_millis(50)),
+            )
+            .graceful_shutdown_on(term.stop_signal())
+            .run(reconcile, error_policy, context)
+            .for_each(|result| async move {
+                if let Err(err) = result {
+                    debug!(error = %err, "controller event");
+                }
+            })
+            .await;
+        self.queue.end_term();
+        let _ = events.await;
+        if term.is_stopped() {
+            info!(term = term.number, "task controller term ended");
+            Ok(())
+        } else {
+            Err(ComponentError::new(
+                "its controller loop ended: a cache's change stream closed",
+            ))
+        }
+    }
+}
+
+impl Component for TaskController {
+    fn name(&self) -> &str {
+        "task-controller"
+    }
+
+    fn run(self: Arc<Self>, term: Term) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(self.run_term(term))
+    }
+}
+
+/// One term's state.
+struct TermContext {
+    controller: Arc<TaskController>,
+    retry: RetryPolicy,
+    /// Consecutive failed reconciles per task uid, with the time of the last one.
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// The attempt this term last dispatched per task uid, until the caches show it.
+    dispatched: Mutex<HashMap<String, (i32, Instant)>>,
+    events: mpsc::Sender<PendingEvent>,
+}
+
+struct PendingEvent {
+    task: AgentTask,
+    type_: EventType,
+    reason: String,
+    note: String,
+}
+
+impl TermContext {
+    /// Whether this term dispatched `attempt` (or a later one) of the task recently.
+    fn recently_dispatched(&self, uid: &str, attempt: i32) -> bool {
+        self.dispatched.lock().is_ok_and(|d| {
+            d.get(uid)
+                .is_some_and(|(a, at)| *a >= attempt && at.elapsed() < STALE_CACHE_WAIT)
+        })
+    }
+
+    /// Whether this term dispatched a newer attempt than the cached task shows.
+    fn task_cache_is_behind(&self, id: &TaskIdentity, status: &AgentTaskStatus) -> bool {
+        let Ok(mut dispatched) = self.dispatched.lock() else {
+            return false;
+        };
+        match dispatched.get(&id.uid) {
+            Some((attempt, at))
+                if status.attempt.unwrap_or(0) < *attempt && at.elapsed() < STALE_CACHE_WAIT =>
+            {
+                true
+            }
+            Some((attempt, at))
+                if status.attempt.unwrap_or(0) >= *attempt || at.elapsed() >= STALE_CACHE_WAIT =>
+            {
+                // Keep the entry while the Job cache may still lag; drop it once stale.
+                if at.elapsed() >= STALE_CACHE_WAIT {
+                    dispatched.remove(&id.uid);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn record_dispatch(&self, uid: &str, attempt: i32) {
+        if let Ok(mut dispatched) = self.dispatched.lock() {
+            dispatched.retain(|_, (_, at)| at.elapsed() < STALE_CACHE_WAIT);
+            dispatched.insert(uid.to_string(), (attempt, Instant::now()));
+        }
+    }
+}
+
+fn kube_error(
+    action: impl Into<String>,
+    id: &TaskIdentity,
+) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let action = action.into();
+    let task = id.key();
+    move |source| ReconcileError::Kube {
+        action,
+        task,
+        source,
+    }
+}
+
+fn owned_by(job: &Job, uid: &str) -> bool {
+    job.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// What a reconcile saw.
+enum Seen {
+    /// The caches do not show this term's own latest dispatch yet: look again shortly.
+    CacheBehind,
+    /// The current attempt's Job (`None`: none, or none that matters now).
+    Attempt(Option<Box<AttemptObservation>>),
+}
+
+/// Observe: the current attempt's Job from the Job cache (a live read only when the cache
+/// does not have it), and, for a finished Job, how its agent ended.
+async fn observe(
+    task: &AgentTask,
+    id: &TaskIdentity,
+    ctx: &TermContext,
+) -> Result<Seen, ReconcileError> {
+    let status = task.status.clone().unwrap_or_default();
+    if ctx.task_cache_is_behind(id, &status) {
+        return Ok(Seen::CacheBehind);
+    }
+    let attempt = status.attempt.unwrap_or(0);
+    let finished = status.phase.is_some_and(TaskPhase::is_finished);
+    // While a retry waits out its backoff, the failed attempt's Job no longer matters.
+    if attempt == 0 || finished || status.next_attempt_time.is_some() {
+        return Ok(Seen::Attempt(None));
+    }
+    let c = &ctx.controller;
+    let job_name = id.job_name(attempt);
+    let cached = c
+        .jobs
+        .store()
+        .get(&ObjectRef::new(&job_name).within(&id.namespace));
+    let job = match cached {
+        Some(job) => Some(job),
+        None if ctx.recently_dispatched(&id.uid, attempt) => return Ok(Seen::CacheBehind),
+        None => {
+            // Not cached: make sure before concluding it was deleted.
+            let jobs: Api<Job> = Api::namespaced(c.client.clone(), &id.namespace);
+            jobs.get_opt(&job_name)
+                .await
+                .map_err(kube_error(format!("reading Job {job_name}"), id))?
+                .map(Arc::new)
+        }
+    };
+    let Some(job) = job else {
+        return Ok(Seen::Attempt(None));
+    };
+    if !owned_by(&job, &id.uid) {
+        return Err(ReconcileError::ForeignJob {
+            job: job_name,
+            task: id.key(),
+        });
+    }
+    let state = observe::attempt_state(&job);
+    let termination = match state {
+        observe::AttemptState::Succeeded | observe::AttemptState::Failed(_) => {
+            let pods: Api<Pod> = Api::namespaced(c.client.clone(), &id.namespace);
+            let list = pods
+                .list(
+                    &ListParams::default()
+                        .labels(&format!("batch.kubernetes.io/job-name={job_name}")),
+                )
+                .await
+                .map_err(kube_error(format!("listing pods of Job {job_name}"), id))?;
+            observe::termination(&list.items)
+        }
+        _ => None,
+    };
+    Ok(Seen::Attempt(Some(Box::new(AttemptObservation {
+        job_name,
+        state,
+        termination,
+    }))))
+}
+
+async fn reconcile(
+    task: Arc<AgentTask>,
+    ctx: Arc<TermContext>,
+) -> Result<RequeueAction, ReconcileError> {
+    failpoint::hit("task-controller.reconcile");
+    let c = &ctx.controller;
+    c.metrics.reconciled();
+    if task.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the Jobs and pods.
+        return Ok(RequeueAction::await_change());
+    }
+    let id = TaskIdentity::of(&task);
+    let now = Timestamp::now();
+    let attempt = match observe(&task, &id, &ctx).await? {
+        Seen::CacheBehind => return Ok(RequeueAction::requeue(Duration::from_millis(300))),
+        Seen::Attempt(attempt) => attempt,
+    };
+    let admitted = wants_slot(&task, now) && c.queue.try_admit(&task);
+    c.metrics.set_queued(c.queue.figures().waiting);
+    let plan = decide::decide(
+        &task,
+        &Observation {
+            attempt: attempt.map(|a| *a),
+            admitted,
+            now,
+        },
+        &ctx.retry,
+    );
+    let result = act(&task, &id, &plan, &ctx).await;
+    if admitted
+        && !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateJob { .. }))
+    {
+        c.queue.release(&task);
+    }
+    let requeue = result?;
+    if let Ok(mut failures) = ctx.failures.lock() {
+        failures.remove(&id.uid);
+    }
+    Ok(requeue)
+}
+
+/// Act: create or adopt the Job, (un)suspend it, write the owned status if it changed, then
+/// queue the Events (published off the critical path, after the status they describe).
+async fn act(
+    task: &AgentTask,
+    id: &TaskIdentity,
+    plan: &Plan,
+    ctx: &TermContext,
+) -> Result<RequeueAction, ReconcileError> {
+    let c = &ctx.controller;
+    let current = task.status.clone().unwrap_or_default();
+    for action in &plan.actions {
+        match action {
+            Action::CreateJob {
+                attempt,
+                branch,
+                suspend,
+            } => {
+                if let Err(err) =
+                    create_or_adopt_job(task, id, *attempt, branch, *suspend, ctx).await
+                {
+                    c.queue.release(task);
+                    if err.is_permanent() {
+                        record_dispatch_failure(task, id, &current, &err, ctx).await;
+                    }
+                    return Err(err);
+                }
+                ctx.record_dispatch(&id.uid, *attempt);
+            }
+            Action::SuspendJob { name, suspend } => {
+                let jobs: Api<Job> = Api::namespaced(c.client.clone(), &id.namespace);
+                let patch = serde_json::json!({ "spec": { "suspend": suspend } });
+                jobs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(kube_error(
+                        format!("setting suspend={suspend} on Job {name}"),
+                        id,
+                    ))?;
+            }
+            Action::Event { .. } => {}
+        }
+    }
+    if owned_status(&plan.status) != owned_status(&current) {
+        let api: Api<AgentTask> = Api::namespaced(c.client.clone(), &id.namespace);
+        match write_owned_status(&api, task, &plan.status).await {
+            Ok(()) => {}
+            // Decided on a stale copy of the task: decide again on the fresh one.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                debug!(task = %id.key(), "status changed meanwhile; reconciling again");
+                return Ok(RequeueAction::requeue(Duration::from_millis(200)));
+            }
+            Err(source) => {
+                return Err(ReconcileError::Kube {
+                    action: "writing status".into(),
+                    task: id.key(),
+                    source,
+                });
+            }
+        }
+    }
+    for action in &plan.actions {
+        if let Action::Event {
+            type_,
+            reason,
+            note,
+        } = action
+        {
+            let event = PendingEvent {
+                task: task.clone(),
+                type_: *type_,
+                reason: reason.clone(),
+                note: note.clone(),
+            };
+            if ctx.events.try_send(event).is_err() {
+                c.metrics.event_failed();
+                warn!(task = %id.key(), reason = %reason, "event backlog full; event dropped");
+            }
+        }
+    }
+    Ok(match plan.requeue_after {
+        Some(after) => RequeueAction::requeue(after),
+        None => RequeueAction::await_change(),
+    })
+}
+
+async fn create_or_adopt_job(
+    task: &AgentTask,
+    id: &TaskIdentity,
+    attempt: i32,
+    branch: &str,
+    suspend: bool,
+    ctx: &TermContext,
+) -> Result<(), ReconcileError> {
+    let c = &ctx.controller;
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), &id.namespace);
+    if let Some(prompt) = job_builder::prompt_config_map(task) {
+        ensure_prompt_config_map(&c.client, id, &prompt).await?;
+    }
+    let job = job_builder::build_job(task, attempt, branch, &c.agent, suspend);
+    let name = id.job_name(attempt);
+    failpoint::hit("task-controller.before-create-job");
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => {
+            c.metrics.job_created();
+            if attempt == 1
+                && let Some(created) = task.creation_timestamp()
+                && let Ok(latency) = Duration::try_from(created.0.duration_until(Timestamp::now()))
+            {
+                c.metrics.observe_dispatch_latency(latency);
+            }
+            failpoint::hit("task-controller.after-create-job");
+            info!(task = %id.key(), job = %name, attempt, "created Job");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.reason == "AlreadyExists" => {
+            // Deterministic name: it exists because this attempt was dispatched before.
+            let existing = jobs
+                .get(&name)
+                .await
+                .map_err(kube_error(format!("reading existing Job {name}"), id))?;
+            if existing.metadata.deletion_timestamp.is_some() {
+                // Going away (TTL or someone's delete): wait for it, then create it anew.
+                return Err(ReconcileError::Kube {
+                    action: format!(
+                        "creating Job {name} (an older Job of that name is being deleted)"
+                    ),
+                    task: id.key(),
+                    source: kube::Error::Api(status),
+                });
+            }
+            if owned_by(&existing, &id.uid) {
+                info!(task = %id.key(), job = %name, attempt, "adopted existing Job");
+                Ok(())
+            } else {
+                Err(ReconcileError::ForeignJob {
+                    job: name,
+                    task: id.key(),
+                })
+            }
+        }
+        Err(source) => Err(ReconcileError::Kube {
+            action: format!("creating Job {name}"),
+            task: id.key(),
+            source,
+        }),
+    }
+}
+
+/// Creates the ConfigMap that carries a long prompt, or brings an existing one up to date
+/// (the prompt may have changed since an earlier attempt).
+async fn ensure_prompt_config_map(
+    client: &Client,
+    id: &TaskIdentity,
+    desired: &ConfigMap,
+) -> Result<(), ReconcileError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &id.namespace);
+    let name = desired.name_any();
+    match api.create(&PostParams::default(), desired).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.reason == "AlreadyExists" => {
+            let existing = api
+                .get(&name)
+                .await
+                .map_err(kube_error(format!("reading prompt ConfigMap {name}"), id))?;
+            if existing.data == desired.data {
+                return Ok(());
+            }
+            let mut replacement = desired.clone();
+            replacement.metadata.resource_version = existing.resource_version();
+            api.replace(&name, &PostParams::default(), &replacement)
+                .await
+                .map_err(kube_error(format!("updating prompt ConfigMap {name}"), id))?;
+            Ok(())
+        }
+        Err(source) => Err(ReconcileError::Kube {
+            action: format!("creating prompt ConfigMap {name}"),
+            task: id.key(),
+            source,
+        }),
+    }
+}
+
+/// Makes a dispatch that keeps failing visible in status, and lets the queue pass the task.
+async fn record_dispatch_failure(
+    task: &AgentTask,
+    id: &TaskIdentity,
+    current: &AgentTaskStatus,
+    error: &ReconcileError,
+    ctx: &TermContext,
+) {
+    let status = decide::dispatch_failed(task, &error.to_string(), Timestamp::now());
+    if owned_status(&status) == owned_status(current) {
+        return;
+    }
+    let api: Api<AgentTask> = Api::namespaced(ctx.controller.client.clone(), &id.namespace);
+    if let Err(err) = write_owned_status(&api, task, &status).await {
+        warn!(task = %id.key(), error = %err, "cannot record the dispatch failure");
+    }
+}
+
+/// Failure counters older than this are forgotten (their task is fine, or gone).
+const FAILURE_MEMORY: Duration = Duration::from_secs(600);
+
+fn error_policy(
+    task: Arc<AgentTask>,
+    error: &ReconcileError,
+    ctx: Arc<TermContext>,
+) -> RequeueAction {
+    ctx.controller.metrics.reconcile_failed(error.kind());
+    let uid = task.uid().unwrap_or_default();
+    let failures = ctx
+        .failures
+        .lock()
+        .map(|mut failures| {
+            failures.retain(|_, (_, last)| last.elapsed() < FAILURE_MEMORY);
+            let entry = failures.entry(uid).or_insert((0, Instant::now()));
+            entry.0 = entry.0.saturating_add(1);
+            entry.1 = Instant::now();
+            entry.0
+        })
+        .unwrap_or(1);
+    let wait = Duration::from_millis(500)
+        .saturating_mul(2u32.saturating_pow(failures.min(8)))
+        .min(Duration::from_secs(120));
+    warn!(task = %TaskIdentity::of(&task).key(), error = %error, retry_in = ?wait, "reconcile failed");
+    RequeueAction::requeue(wait)
+}
+
+/// Publishes a term's Events, a few at a time, until the term stops.
+async fn publish_events(
+    publisher: EventPublisher,
+    events: mpsc::Receiver<PendingEvent>,
+    metrics: TaskMetrics,
+    term: Term,
+) {
+    let stream =
+        futures::stream::unfold(
+            events,
+            |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
+        );
+    let publish = stream
+        .map(|event| {
+            let publisher = publisher.clone();
+            let metrics = metrics.clone();
+            async move {
+                let type_ = match event.type_ {
+                    EventType::Normal => KubeEventType::Normal,
+                    EventType::Warning => KubeEventType::Warning,
+                };
+                let reference = event.task.object_ref(&());
+                if let Err(err) = publisher
+                    .publish(&reference, type_, &event.reason, &event.note)
+                    .await
+                {
+                    // Events are best effort: losing one must not fail anything.
+                    metrics.event_failed();
+                    warn!(task = %TaskIdentity::of(&event.task).key(), error = %err, "cannot publish event");
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .for_each(|()| async {});
+    tokio::select! {
+        _ = publish => {}
+        _ = term.stopped() => {}
+    }
+}

@@ -1,0 +1,621 @@
+//! Builds the Job of one attempt: pure, from the task, the attempt and the defaults.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use recac_api::agent_contract::{env, exit_code};
+use recac_api::{AgentSpec, AgentTask};
+
+use crate::config::AgentDefaults;
+use crate::naming;
+
+/// The agent container's name.
+pub const CONTAINER_NAME: &str = "agent";
+/// Where the workspace volume is mounted.
+pub const WORKSPACE_PATH: &str = "/workspace";
+/// Where the agent writes its result; Kubernetes copies it into the pod status.
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// Where each referenced Secret is mounted, as `<dir>/<secret-name>/<key>`.
+pub const SECRETS_PATH: &str = "/var/run/recac/secrets";
+/// Where a long prompt is mounted from the task's prompt ConfigMap.
+pub const PROMPT_PATH: &str = "/var/run/recac/prompt";
+/// The key of the prompt in the prompt ConfigMap.
+pub const PROMPT_KEY: &str = "prompt";
+/// Prompts longer than this (in bytes) reach the agent as a file, not an environment
+/// variable: Linux refuses to start a process with a single environment string over 128 KiB.
+pub const PROMPT_ENV_LIMIT: usize = 32 * 1024;
+
+/// Label keys on every Job and pod.
+pub mod labels {
+    pub const APP: &str = "app";
+    pub const APP_VALUE: &str = "recac-agent";
+    pub const TASK: &str = "recac.io/task";
+    pub const ATTEMPT: &str = "recac.io/attempt";
+    pub const TICKET: &str = "recac.io/ticket";
+}
+
+/// Variables the operator owns: a task's `spec.agent.env` cannot override them.
+const RESERVED_ENV: &[&str] = &[
+    env::TASK,
+    env::ATTEMPT,
+    env::REPO_URL,
+    env::BASE_BRANCH,
+    env::BRANCH,
+    env::TICKET,
+    env::RESULT_PATH,
+    env::PROMPT,
+    env::PROMPT_FILE,
+    env::SECRETS_DIR,
+    env::SECRET_ENV_ALLOW,
+];
+
+/// The labels of one attempt's Job and pods.
+pub fn job_labels(task: &AgentTask, attempt: i32) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (labels::APP.to_string(), labels::APP_VALUE.to_string()),
+        (
+            labels::TASK.to_string(),
+            naming::task_label(&task.name_any()),
+        ),
+        (labels::ATTEMPT.to_string(), attempt.to_string()),
+    ]);
+    if let Some(ticket) = &task.spec.ticket {
+        labels.insert(labels::TICKET.to_string(), ticket.key.clone());
+    }
+    labels
+}
+
+fn plain(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The Job for `attempt` of `task`, pushing to `branch`, built from the parts below.
+pub fn build_job(
+    task: &AgentTask,
+    attempt: i32,
+    branch: &str,
+    defaults: &AgentDefaults,
+    suspend: bool,
+) -> Job {
+    let agent = task.spec.agent.clone().unwrap_or_default();
+    let labels = job_labels(task, attempt);
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(defaults.automount_service_account_token),
+        service_account_name: defaults.service_account_name.clone(),
+        enable_service_links: Some(false),
+        security_context: Some(pod_security(defaults)),
+        containers: vec![agent_container(task, &agent, attempt, branch, defaults)],
+        volumes: Some(volumes(task, &agent, defaults)),
+        ..Default::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(naming::job_name(&task.name_any(), attempt)),
+            namespace: task.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: task.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            completions: Some(1),
+            parallelism: Some(1),
+            active_deadline_seconds: Some(task.spec.timeout_seconds),
+            ttl_seconds_after_finished: Some(
+                task.spec
+                    .ttl_seconds_after_finished
+                    .unwrap_or(defaults.ttl_seconds_after_finished),
+            ),
+            suspend: Some(suspend),
+            pod_failure_policy: Some(pod_failure_policy()),
+            pod_replacement_policy: Some("Failed".into()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Non-root, no privilege escalation, RuntimeDefault seccomp.
+fn pod_security(defaults: &AgentDefaults) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(defaults.run_as_user),
+        run_as_group: Some(defaults.run_as_user),
+        fs_group: Some(defaults.run_as_user),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every capability dropped, nothing privileged.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The agent container: image and command from the task or the defaults, the contract's
+/// environment, Secrets by reference, the workspace and the termination message.
+fn agent_container(
+    task: &AgentTask,
+    agent: &AgentSpec,
+    attempt: i32,
+    branch: &str,
+    defaults: &AgentDefaults,
+) -> Container {
+    let mut mounts = vec![VolumeMount {
+        name: "workspace".into(),
+        mount_path: WORKSPACE_PATH.into(),
+        ..Default::default()
+    }];
+    if prompt_needs_file(task) {
+        mounts.push(VolumeMount {
+            name: "prompt".into(),
+            mount_path: PROMPT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    for secret in secret_names(agent, defaults) {
+        mounts.push(VolumeMount {
+            name: secret_volume_name(secret),
+            mount_path: format!("{SECRETS_PATH}/{secret}"),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Container {
+        name: CONTAINER_NAME.to_string(),
+        image: Some(
+            agent
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults.image.clone()),
+        ),
+        image_pull_policy: defaults.image_pull_policy.clone(),
+        command: Some(
+            agent
+                .command
+                .clone()
+                .unwrap_or_else(|| defaults.command.clone()),
+        ),
+        args: Some(agent.args.clone().unwrap_or_else(|| defaults.args.clone())),
+        env: Some(agent_env(task, agent, attempt, branch, defaults)),
+        resources: Some(
+            agent
+                .resources
+                .clone()
+                .unwrap_or_else(|| defaults.resources.clone()),
+        ),
+        working_dir: Some(WORKSPACE_PATH.to_string()),
+        volume_mounts: Some(mounts),
+        termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(container_security()),
+        ..Default::default()
+    }
+}
+
+/// The contract's variables, then the defaults' and the task's plain variables (which
+/// cannot replace the operator's own).
+fn agent_env(
+    task: &AgentTask,
+    agent: &AgentSpec,
+    attempt: i32,
+    branch: &str,
+    defaults: &AgentDefaults,
+) -> Vec<EnvVar> {
+    let spec = &task.spec;
+    let mut env_vars = vec![
+        plain(env::TASK, task.name_any()),
+        plain(env::ATTEMPT, attempt.to_string()),
+        plain(env::REPO_URL, spec.repository.url.clone()),
+        plain(
+            env::BASE_BRANCH,
+            spec.repository.base_branch.clone().unwrap_or_default(),
+        ),
+        plain(env::BRANCH, branch),
+        plain(env::RESULT_PATH, TERMINATION_MESSAGE_PATH),
+    ];
+    if let Some(ticket) = &spec.ticket {
+        env_vars.push(plain(env::TICKET, ticket.key.clone()));
+    }
+    if let Some(prompt) = &spec.prompt {
+        if prompt_needs_file(task) {
+            env_vars.push(plain(env::PROMPT_FILE, format!("{PROMPT_PATH}/{PROMPT_KEY}")));
+        } else {
+            env_vars.push(plain(env::PROMPT, prompt.clone()));
+        }
+    }
+    if !secret_names(agent, defaults).is_empty() {
+        env_vars.push(plain(env::SECRETS_DIR, SECRETS_PATH));
+    }
+    if !defaults.secret_env_allow.is_empty() {
+        env_vars.push(plain(env::SECRET_ENV_ALLOW, defaults.secret_env_allow.join(",")));
+    }
+    if let Some(provider) = agent.provider.as_ref().or(defaults.provider.as_ref()) {
+        env_vars.push(plain(env::PROVIDER, provider.clone()));
+    }
+    if let Some(model) = agent.model.as_ref().or(defaults.model.as_ref()) {
+        env_vars.push(plain(env::MODEL, model.clone()));
+    }
+    // Defaults first, then the task's own; a later entry replaces an earlier one by name.
+    for var in defaults.env.iter().chain(agent.env.iter()) {
+        if RESERVED_ENV.contains(&var.name.as_str()) {
+            continue;
+        }
+        env_vars.retain(|existing| existing.name != var.name);
+        env_vars.push(plain(&var.name, var.value.clone()));
+    }
+    env_vars
+}
+
+/// The defaults' and the task's Secrets, each once.
+fn secret_names<'a>(agent: &'a AgentSpec, defaults: &'a AgentDefaults) -> Vec<&'a String> {
+    let mut names: Vec<&String> = Vec::new();
+    for name in defaults.secret_refs.iter().chain(agent.secret_refs.iter()) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// A volume name for a Secret (volume names are DNS labels; Secret names may be longer).
+fn secret_volume_name(secret: &str) -> String {
+    format!("secret-{}", naming::fit_label(secret, 63 - "secret-".len()))
+}
+
+/// Whether the task's prompt reaches the agent as a file from its prompt ConfigMap.
+pub fn prompt_needs_file(task: &AgentTask) -> bool {
+    task.spec
+        .prompt
+        .as_ref()
+        .is_some_and(|p| p.len() > PROMPT_ENV_LIMIT)
+}
+
+/// The ConfigMap that carries a long prompt, owned by the task (deleted with it).
+pub fn prompt_config_map(task: &AgentTask) -> Option<ConfigMap> {
+    if !prompt_needs_file(task) {
+        return None;
+    }
+    Some(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(naming::prompt_config_map_name(&task.name_any())),
+            namespace: task.namespace(),
+            labels: Some(BTreeMap::from([
+                (labels::APP.to_string(), labels::APP_VALUE.to_string()),
+                (
+                    labels::TASK.to_string(),
+                    naming::task_label(&task.name_any()),
+                ),
+            ])),
+            owner_references: task.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            PROMPT_KEY.to_string(),
+            task.spec.prompt.clone().unwrap_or_default(),
+        )])),
+        ..Default::default()
+    })
+}
+
+/// The workspace, the prompt file when the prompt is long, and each Secret, read-only.
+/// Secrets are mounted, not put in the environment, so that the agent knows every value
+/// that came from a Secret and can keep each one out of what it prints and reports.
+fn volumes(task: &AgentTask, agent: &AgentSpec, defaults: &AgentDefaults) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: "workspace".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: defaults.workspace_size_limit.clone().map(Quantity),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    if prompt_needs_file(task) {
+        volumes.push(Volume {
+            name: "prompt".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: naming::prompt_config_map_name(&task.name_any()),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    for secret in secret_names(agent, defaults) {
+        volumes.push(Volume {
+            name: secret_volume_name(secret),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                default_mode: Some(0o440),
+                optional: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+/// Disruptions do not burn the attempt; the agent giving up fails the Job at once.
+fn pod_failure_policy() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: Some("True".into()),
+                }]),
+                ..Default::default()
+            },
+            PodFailurePolicyRule {
+                action: "FailJob".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(CONTAINER_NAME.into()),
+                    operator: "In".into(),
+                    values: vec![exit_code::GAVE_UP],
+                }),
+                ..Default::default()
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recac_api::{AgentSpec, AgentTaskSpec, EnvVarPair, Repository, TicketRef, TicketSource};
+
+    fn task() -> AgentTask {
+        let mut task = AgentTask::new(
+            "fix-login",
+            AgentTaskSpec {
+                prompt: Some("fix it".into()),
+                ticket: Some(TicketRef {
+                    source: TicketSource::Jira,
+                    key: "PROJ-7".into(),
+                    url: None,
+                }),
+                repository: Repository {
+                    url: "https://git.example.com/org/repo.git".into(),
+                    base_branch: Some("main".into()),
+                    branch: None,
+                },
+                agent: Some(AgentSpec {
+                    env: vec![
+                        EnvVarPair {
+                            name: "RECAC_TEST_COMMAND".into(),
+                            value: "make test".into(),
+                        },
+                        EnvVarPair {
+                            name: "RECAC_BRANCH".into(),
+                            value: "hijack".into(),
+                        },
+                    ],
+                    secret_refs: vec!["llm-keys".into()],
+                    ..Default::default()
+                }),
+                max_retries: 2,
+                timeout_seconds: 600,
+                ttl_seconds_after_finished: None,
+                suspend: false,
+            },
+        );
+        task.metadata.namespace = Some("team-a".into());
+        task.metadata.uid = Some("uid-1".into());
+        task
+    }
+
+    fn env_value(job: &Job, name: &str) -> Option<String> {
+        job.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .clone()
+    }
+
+    #[test]
+    fn job_carries_names_labels_owner_and_limits() {
+        let defaults = AgentDefaults {
+            secret_refs: vec!["git-token".into()],
+            ..Default::default()
+        };
+        let job = build_job(&task(), 2, "recac/PROJ-7", &defaults, false);
+        assert_eq!(job.metadata.name.as_deref(), Some("fix-login-a2"));
+        assert_eq!(job.metadata.namespace.as_deref(), Some("team-a"));
+        let labels = job.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels["app"], "recac-agent");
+        assert_eq!(labels["recac.io/task"], "fix-login");
+        assert_eq!(labels["recac.io/attempt"], "2");
+        assert_eq!(labels["recac.io/ticket"], "PROJ-7");
+        let owner = &job.metadata.owner_references.clone().unwrap_or_default()[0];
+        assert_eq!(owner.kind, "AgentTask");
+        assert_eq!(owner.controller, Some(true));
+
+        let spec = job.spec.clone().unwrap_or_default();
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        assert_eq!(spec.ttl_seconds_after_finished, Some(86_400));
+        let rules = spec.pod_failure_policy.clone().unwrap_or_default().rules;
+        assert_eq!(rules[0].action, "Ignore");
+        assert_eq!(rules[1].action, "FailJob");
+        assert_eq!(
+            rules[1].on_exit_codes.as_ref().map(|c| c.values.clone()),
+            Some(vec![3])
+        );
+
+        let pod = spec.template.spec.clone().unwrap_or_default();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let psc = pod.security_context.clone().unwrap_or_default();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.map(|p| p.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        let container = &pod.containers[0];
+        let csc = container.security_context.clone().unwrap_or_default();
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            csc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            container.command,
+            Some(vec!["recac".into(), "start".into()])
+        );
+    }
+
+    #[test]
+    fn env_has_the_contract_and_secrets_only_by_reference() {
+        let defaults = AgentDefaults {
+            secret_refs: vec!["git-token".into()],
+            ..Default::default()
+        };
+        let job = build_job(&task(), 1, "recac/PROJ-7", &defaults, false);
+        assert_eq!(env_value(&job, "RECAC_TASK").as_deref(), Some("fix-login"));
+        assert_eq!(env_value(&job, "RECAC_ATTEMPT").as_deref(), Some("1"));
+        assert_eq!(
+            env_value(&job, "RECAC_REPO_URL").as_deref(),
+            Some("https://git.example.com/org/repo.git")
+        );
+        assert_eq!(
+            env_value(&job, "RECAC_BASE_BRANCH").as_deref(),
+            Some("main")
+        );
+        // The operator's branch wins over a task's attempt to override it.
+        assert_eq!(
+            env_value(&job, "RECAC_BRANCH").as_deref(),
+            Some("recac/PROJ-7")
+        );
+        assert_eq!(env_value(&job, "RECAC_TICKET").as_deref(), Some("PROJ-7"));
+        assert_eq!(env_value(&job, "RECAC_PROMPT").as_deref(), Some("fix it"));
+        assert_eq!(
+            env_value(&job, "RECAC_TEST_COMMAND").as_deref(),
+            Some("make test")
+        );
+        let container = &job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].clone())
+            .unwrap_or_default();
+        // Secrets reach the pod only by reference, as read-only volumes the agent reads (so
+        // it knows every secret value to redact); no variable carries or references a value.
+        assert!(container.env_from.is_none());
+        assert!(
+            container
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e.value_from.is_none())
+        );
+        assert_eq!(
+            env_value(&job, "RECAC_SECRETS_DIR").as_deref(),
+            Some(SECRETS_PATH)
+        );
+        let pod = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .unwrap_or_default();
+        let secrets: Vec<String> = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.secret.and_then(|s| s.secret_name))
+            .collect();
+        assert_eq!(secrets, vec!["git-token".to_string(), "llm-keys".to_string()]);
+        let mounts: Vec<(String, Option<bool>)> = container
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.mount_path.starts_with(SECRETS_PATH))
+            .map(|m| (m.mount_path, m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                (format!("{SECRETS_PATH}/git-token"), Some(true)),
+                (format!("{SECRETS_PATH}/llm-keys"), Some(true)),
+            ]
+        );
+        assert!(env_value(&job, "RECAC_SECRET_ENV_ALLOW").is_none());
+    }
+
+    #[test]
+    fn a_long_prompt_travels_as_a_file_from_a_config_map() {
+        let mut t = task();
+        t.spec.prompt = Some("x".repeat(PROMPT_ENV_LIMIT + 1));
+        let defaults = AgentDefaults {
+            secret_env_allow: vec!["PUBLIC_TOKEN".into()],
+            ..Default::default()
+        };
+        let job = build_job(&t, 1, "b", &defaults, false);
+        assert!(env_value(&job, "RECAC_PROMPT").is_none());
+        assert_eq!(
+            env_value(&job, "RECAC_PROMPT_FILE").as_deref(),
+            Some("/var/run/recac/prompt/prompt")
+        );
+        assert_eq!(
+            env_value(&job, "RECAC_SECRET_ENV_ALLOW").as_deref(),
+            Some("PUBLIC_TOKEN")
+        );
+        let cm = prompt_config_map(&t).expect("a ConfigMap for a long prompt");
+        assert_eq!(cm.metadata.name.as_deref(), Some("fix-login-prompt"));
+        assert_eq!(
+            cm.data.as_ref().and_then(|d| d.get(PROMPT_KEY)).map(String::len),
+            Some(PROMPT_ENV_LIMIT + 1)
+        );
+        assert!(prompt_config_map(&task()).is_none());
+    }
+
+    #[test]
+    fn suspend_and_ttl_follow_spec() {
+        let mut t = task();
+        t.spec.ttl_seconds_after_finished = Some(60);
+        let job = build_job(&t, 1, "b", &AgentDefaults::default(), true);
+        let spec = job.spec.unwrap_or_default();
+        assert_eq!(spec.suspend, Some(true));
+        assert_eq!(spec.ttl_seconds_after_finished, Some(60));
+    }
+}

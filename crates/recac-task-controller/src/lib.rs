@@ -1,0 +1,19 @@
+//! The task controller: reconciles each AgentTask into one `batch/v1` Job per attempt and
+//! keeps the task's status true to what Kubernetes reports. It is one component of the
+//! operator runtime ([`recac_runtime`]).
+//!
+//! Each reconcile reads as observe (the shared caches) → [`decide`] (pure) → act
+//! ([`controller`]). The Job is built by [`job_builder`] from small named parts; the
+//! concurrency cap is the index in [`admission`].
+
+pub mod admission;
+pub mod config;
+pub mod controller;
+pub mod decide;
+pub mod job_builder;
+pub mod metrics;
+pub mod naming;
+pub mod observe;
+
+pub use config::{AgentDefaults, TaskControllerConfig};
+pub use controller::{FIELD_MANAGER, TaskController, TaskControllerParts, owned_status};

@@ -1,0 +1,241 @@
+//! The task controller's metrics, registered in the process's registry.
+//!
+//! Names kept from earlier releases: `recac_reconciles_total`,
+//! `recac_reconcile_errors_total{kind}`, `recac_jobs_created_total`,
+//! `recac_event_publish_errors_total`, `recac_tasks{phase}`,
+//! `recac_dispatch_latency_seconds`. API requests are counted by the runtime's client layer
+//! (`recac_api_requests_total{verb,resource}`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use recac_api::{AgentTask, TaskPhase};
+use recac_runtime::{CacheChange, CacheHook, MetricsRegistry};
+
+const LATENCY_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: String,
+}
+
+/// Counters and gauges of the task controller.
+#[derive(Clone)]
+pub struct TaskMetrics {
+    reconciles: Counter,
+    errors: Family<KindLabel, Counter>,
+    jobs_created: Counter,
+    event_errors: Counter,
+    dispatch_latency: Histogram,
+    queued: Gauge,
+    phases: Arc<PhaseCounts>,
+}
+
+impl TaskMetrics {
+    pub fn register(registry: &MetricsRegistry) -> Self {
+        let metrics = Self {
+            reconciles: Counter::default(),
+            errors: Family::default(),
+            jobs_created: Counter::default(),
+            event_errors: Counter::default(),
+            dispatch_latency: Histogram::new(LATENCY_BUCKETS),
+            queued: Gauge::default(),
+            phases: Arc::new(PhaseCounts::default()),
+        };
+        registry.register(
+            "recac_reconciles",
+            "AgentTask reconciles run.",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "recac_reconcile_errors",
+            "Failed reconciles by error kind.",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "recac_jobs_created",
+            "Agent Jobs created.",
+            metrics.jobs_created.clone(),
+        );
+        registry.register(
+            "recac_event_publish_errors",
+            "Events that could not be published.",
+            metrics.event_errors.clone(),
+        );
+        registry.register(
+            "recac_dispatch_latency_seconds",
+            "Time from a task's creation to its first Job.",
+            metrics.dispatch_latency.clone(),
+        );
+        registry.register(
+            "recac_tasks_queued",
+            "Tasks waiting for a slot under taskController.maxConcurrentTasks.",
+            metrics.queued.clone(),
+        );
+        registry.register(
+            "recac_tasks",
+            "AgentTasks watched, by phase.",
+            metrics.phases.gauges.clone(),
+        );
+        metrics
+    }
+
+    /// The hook that keeps `recac_tasks{phase}` in step with the task cache.
+    pub fn phase_hook(&self) -> Arc<dyn CacheHook<AgentTask>> {
+        self.phases.clone()
+    }
+
+    pub fn reconciled(&self) {
+        self.reconciles.inc();
+    }
+
+    pub fn reconcile_failed(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn job_created(&self) {
+        self.jobs_created.inc();
+    }
+
+    pub fn event_failed(&self) {
+        self.event_errors.inc();
+    }
+
+    pub fn observe_dispatch_latency(&self, latency: Duration) {
+        self.dispatch_latency.observe(latency.as_secs_f64());
+    }
+
+    pub fn set_queued(&self, queued: usize) {
+        self.queued.set(i64::try_from(queued).unwrap_or(i64::MAX));
+    }
+}
+
+/// `recac_tasks{phase}`: counts per phase, kept from cache changes (a task without status
+/// counts as Pending).
+struct PhaseCounts {
+    gauges: Family<PhaseLabel, Gauge>,
+    by_task: Mutex<HashMap<String, TaskPhase>>,
+}
+
+impl Default for PhaseCounts {
+    fn default() -> Self {
+        let gauges = Family::<PhaseLabel, Gauge>::default();
+        for phase in [
+            TaskPhase::Pending,
+            TaskPhase::Running,
+            TaskPhase::Succeeded,
+            TaskPhase::Failed,
+        ] {
+            let _ = gauges.get_or_create(&PhaseLabel {
+                phase: phase.as_str().into(),
+            });
+        }
+        Self {
+            gauges,
+            by_task: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl PhaseCounts {
+    fn gauge(&self, phase: TaskPhase) -> Gauge {
+        self.gauges
+            .get_or_create(&PhaseLabel {
+                phase: phase.as_str().into(),
+            })
+            .clone()
+    }
+}
+
+impl CacheHook<AgentTask> for PhaseCounts {
+    fn apply(&self, change: CacheChange<'_, AgentTask>) {
+        let Ok(mut by_task) = self.by_task.lock() else {
+            return;
+        };
+        let (task, present) = match change {
+            CacheChange::Upsert(task) => (task, true),
+            CacheChange::Delete(task) => (task, false),
+        };
+        let key = format!(
+            "{}/{}",
+            task.namespace().unwrap_or_default(),
+            task.name_any()
+        );
+        if let Some(old) = by_task.remove(&key) {
+            self.gauge(old).dec();
+        }
+        if present {
+            let phase = task
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .unwrap_or(TaskPhase::Pending);
+            self.gauge(phase).inc();
+            by_task.insert(key, phase);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_names_users_scrape() {
+        let registry = MetricsRegistry::default();
+        let m = TaskMetrics::register(&registry);
+        m.reconciled();
+        m.reconciled();
+        m.reconcile_failed("kube");
+        m.job_created();
+        m.observe_dispatch_latency(Duration::from_millis(300));
+        let mut task = AgentTask::new(
+            "t",
+            recac_api::AgentTaskSpec {
+                prompt: Some("p".into()),
+                ticket: None,
+                repository: recac_api::Repository {
+                    url: "https://git.example.com/o/r.git".into(),
+                    base_branch: None,
+                    branch: None,
+                },
+                agent: None,
+                max_retries: 0,
+                timeout_seconds: 60,
+                ttl_seconds_after_finished: None,
+                suspend: false,
+            },
+        );
+        task.metadata.namespace = Some("ns".into());
+        m.phase_hook().apply(CacheChange::Upsert(&task));
+        let text = registry.encode();
+        assert!(text.contains("recac_reconciles_total 2"), "{text}");
+        assert!(text.contains("recac_reconcile_errors_total{kind=\"kube\"} 1"));
+        assert!(text.contains("recac_jobs_created_total 1"));
+        assert!(text.contains("recac_tasks{phase=\"Pending\"} 1"));
+        assert!(text.contains("recac_tasks{phase=\"Failed\"} 0"));
+        assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.25\"} 0"));
+        assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.5\"} 1"));
+        assert!(text.contains("recac_dispatch_latency_seconds_count 1"));
+        m.phase_hook().apply(CacheChange::Delete(&task));
+        assert!(
+            registry
+                .encode()
+                .contains("recac_tasks{phase=\"Pending\"} 0")
+        );
+    }
+}
