@@ -5,7 +5,9 @@
 #   make crds      regenerate crds/ from the Rust types
 #   make envtest   build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
 #   make lint      cargo fmt --check and clippy with warnings as errors
-#   make bench     dispatch benchmark (N = 100 and 1000 AgentTasks)
+#   make bench     benchmarks against a real apiserver: dispatch (N = 100 and 1000), admission
+#                  with 10,000 queued tasks (BENCH_SIZES / BENCH_QUEUE change the sizes), and
+#                  the Jira source controller (tickets on the simulator to Jobs)
 
 CARGO ?= cargo
 K8S_VERSION ?= 1.37.2
@@ -29,14 +31,17 @@ test:
 	  echo "control plane binaries: $$assets" && \
 	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) test --workspace --no-fail-fast
 
-# Dispatch benchmark against a real apiserver: BENCH_SIZES="100 1000" by default.
+# Benchmarks against a real apiserver: dispatch (BENCH_SIZES="100 1000" by default) and
+# admission with BENCH_QUEUE queued tasks (10000 by default; 0 skips it).
 bench:
 	$(CARGO) build --release -p recac
 	@assets="$$(hack/envtest.sh | tail -n 1)" && \
-	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) bench -p recac-tests --bench dispatch
+	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) bench -p recac-tests --bench dispatch && \
+	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) bench -p recac-tests --bench source
 
 crds:
-	$(CARGO) run --quiet -p recac -- crd > crds/agenttask.yaml
+	$(CARGO) run --quiet -p recac -- crd > crds/agenttask.yaml.new
+	mv crds/agenttask.yaml.new crds/agenttask.yaml
 	cp crds/agenttask.yaml config/crd/agenttask.yaml
 
 lint:

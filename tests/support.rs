@@ -14,6 +14,27 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The `recac` binary of this build (debug profile), built once per test process so that
+/// tests that run it as a subprocess never run a stale one.
+pub fn recac_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "recac"])
+                .current_dir(repo_root())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "cargo build -p recac failed");
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| repo_root().join("target"));
+            target.join("debug/recac")
+        })
+        .clone()
+}
+
 /// The shared control plane with the recac CRDs installed.
 pub async fn control_plane(options: ControlPlaneOptions) -> &'static ControlPlane {
     let plane = shared_control_plane(options)

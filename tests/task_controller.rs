@@ -61,6 +61,8 @@ impl Operator {
                 ..Default::default()
             },
             instance: "test".into(),
+            feedback: None,
+            sources: None,
         };
         let operator =
             recac_operator::Operator::build(config, setup, Leadership::always()).expect("builds");

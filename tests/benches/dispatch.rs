@@ -1,11 +1,21 @@
-//! Dispatch benchmark: creates N AgentTasks against a real kube-apiserver and measures how
-//! fast the operator (the real `recac orchestrate` binary) gives each one its Job.
+//! Dispatch and admission benchmark against a real kube-apiserver, with the real
+//! `recac orchestrate` binary (release build) as the operator.
 //!
-//! Run with `make bench` (sizes from BENCH_SIZES, default "100 1000"). Prints, per N:
-//! seconds until every task has its Job, tasks dispatched per second, API requests the
-//! operator made (from its /metrics) and the operator's peak RSS (VmHWM).
+//! Run with `make bench`. Two cases:
+//! - **dispatch** (sizes from `BENCH_SIZES`, default "100 1000"): N AgentTasks, created before
+//!   the operator starts, under a cap above N. Prints seconds from the operator's start until
+//!   every task has its Job, the dispatch rate, and that rate
+//!   as a fraction of a raw Job-create rate measured in the same run on the same apiserver
+//!   (the same number of Jobs created directly, 32 in flight); API requests per dispatched
+//!   task by verb and resource (from the operator's own `recac_api_requests_total`, watches
+//!   and the start-up lists left out); the operator's peak RSS.
+//! - **admission** (`BENCH_QUEUE`, default 10000): that many tasks under a cap of 10, so
+//!   all but 10 queue. Prints admission decisions per second (reconciles until every task
+//!   shows `Queued` or has its Job), and the operator's RSS with every task cached.
+//!
+//! There is no kubelet: Jobs are created but never run, so they all stay live.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,15 +23,15 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams, PostParams};
 use recac_api::{AgentTask, AgentTaskSpec, Repository};
-use recac_testenv::{ControlPlaneOptions, shared_control_plane};
+use recac_testenv::{ControlPlane, ControlPlaneOptions, shared_control_plane};
 
-fn recac_binary() -> PathBuf {
+fn recac_binary() -> std::path::PathBuf {
     if let Ok(path) = std::env::var("RECAC_BIN") {
-        return PathBuf::from(path);
+        return path.into();
     }
     let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     target.join("release/recac")
 }
 
@@ -32,15 +42,18 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// (peak, current) resident set of a process, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }
 
 /// The operator process, killed however the benchmark ends.
@@ -53,25 +66,54 @@ impl Drop for KillOnDrop {
     }
 }
 
-async fn api_requests(port: u16) -> (u64, String) {
+/// The operator's metrics: `recac_api_requests_total` by "verb resource", and the reconciles.
+async fn scrape(port: u16) -> (BTreeMap<String, u64>, u64) {
     let (_, body) = recac_tests::http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
-    let mut total = 0;
-    let mut by_verb = Vec::new();
-    for line in body
-        .lines()
-        .filter(|l| l.starts_with("recac_api_requests_total{"))
-    {
-        if let Some((label, n)) = line.rsplit_once(' ') {
-            let n: u64 = n.parse().unwrap_or(0);
-            total += n;
-            let verb = label.split('"').nth(1).unwrap_or("?");
-            by_verb.push(format!("{verb}={n}"));
+    let mut requests = BTreeMap::new();
+    let mut reconciles = 0;
+    for line in body.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: u64 = value.parse().unwrap_or(0);
+        if let Some(labels) = series.strip_prefix("recac_api_requests_total{") {
+            let mut verb = "?";
+            let mut resource = "?";
+            for pair in labels.trim_end_matches('}').split(',') {
+                if let Some((k, v)) = pair.split_once('=') {
+                    match k {
+                        "verb" => verb = v.trim_matches('"'),
+                        "resource" => resource = v.trim_matches('"'),
+                        _ => {}
+                    }
+                }
+            }
+            requests.insert(format!("{verb} {resource}"), value);
+        } else if series == "recac_reconciles_total" {
+            reconciles = value;
         }
     }
-    (total, by_verb.join(" "))
+    (requests, reconciles)
 }
 
-async fn run(n: usize) {
+fn spec(i: usize) -> AgentTaskSpec {
+    AgentTaskSpec {
+        prompt: Some(format!("benchmark task {i}")),
+        ticket: None,
+        repository: Repository {
+            url: "https://git.example.com/org/repo.git".into(),
+            base_branch: None,
+            branch: None,
+        },
+        agent: None,
+        max_retries: 2,
+        timeout_seconds: 3600,
+        ttl_seconds_after_finished: None,
+        suspend: false,
+    }
+}
+
+async fn plane() -> &'static ControlPlane {
     let plane = shared_control_plane(ControlPlaneOptions::default())
         .await
         .expect("control plane");
@@ -79,25 +121,28 @@ async fn run(n: usize) {
         .install_crds(&[<AgentTask as kube::CustomResourceExt>::crd()])
         .await
         .expect("crds");
-    let ns = plane
-        .namespace(&format!("bench-{n}"))
-        .await
-        .expect("namespace");
-    let client = plane.client().await.expect("client");
+    plane
+}
 
+struct Running {
+    process: KillOnDrop,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_operator(plane: &ControlPlane, ns: &str, cap: usize) -> Running {
     let port = free_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
         format!(
-            "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\ntaskController:\n  maxConcurrentTasks: {}\n  workers: 16\n",
-            n + 10
+            "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\ntaskController:\n  maxConcurrentTasks: {cap}\n  workers: 16\n"
         ),
     )
     .expect("config written");
     let binary = recac_binary();
-    let operator = Command::new(&binary)
+    let process = Command::new(&binary)
         .args(["orchestrate", "--config"])
         .arg(&config)
         .env("KUBECONFIG", plane.kubeconfig_path())
@@ -106,45 +151,30 @@ async fn run(n: usize) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e} (run `make bench`)", binary.display()));
-    let operator = KillOnDrop(operator);
-
-    // Wait for the operator to be ready before the clock starts.
-    let ready_deadline = Instant::now() + Duration::from_secs(30);
+    let process = KillOnDrop(process);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let probe = recac_tests::try_http_get(([127, 0, 0, 1], port).into(), "/readyz").await;
         if probe.is_some_and(|(code, _)| code == 200) {
             break;
         }
-        assert!(Instant::now() < ready_deadline, "operator not ready");
+        assert!(Instant::now() < deadline, "operator not ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Running {
+        process,
+        port,
+        _dir: dir,
+    }
+}
 
-    let tasks: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let start = Instant::now();
+async fn create_tasks(api: &Api<AgentTask>, n: usize) {
     futures::stream::iter(0..n)
         .map(|i| {
-            let tasks = tasks.clone();
+            let api = api.clone();
             async move {
-                let task = AgentTask::new(
-                    &format!("bench-task-{i:05}"),
-                    AgentTaskSpec {
-                        prompt: Some(format!("benchmark task {i}")),
-                        ticket: None,
-                        repository: Repository {
-                            url: "https://git.example.com/org/repo.git".into(),
-                            base_branch: None,
-                            branch: None,
-                        },
-                        agent: None,
-                        max_retries: 2,
-                        timeout_seconds: 3600,
-                        ttl_seconds_after_finished: None,
-                        suspend: false,
-                    },
-                );
-                tasks
-                    .create(&PostParams::default(), &task)
+                let task = AgentTask::new(&format!("bench-task-{i:05}"), spec(i));
+                api.create(&PostParams::default(), &task)
                     .await
                     .expect("task created");
             }
@@ -152,47 +182,187 @@ async fn run(n: usize) {
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
-    let created = start.elapsed();
+}
 
+async fn count_jobs(jobs: &Api<Job>) -> usize {
+    jobs.list_metadata(&ListParams::default().labels("app=recac-agent"))
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0)
+}
+
+/// Jobs per second the apiserver accepts from one client with 32 creates in flight.
+async fn raw_job_create_rate(plane: &ControlPlane, n: usize) -> f64 {
+    let ns = plane
+        .namespace(&format!("bench-raw-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let jobs: Api<Job> = Api::namespaced(client, &ns);
+    let defaults = recac_task_controller::AgentDefaults::default();
+    let mut task = AgentTask::new("raw", spec(0));
+    task.metadata.namespace = Some(ns.clone());
+    task.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    let template = recac_task_controller::job_builder::build_job(&task, 1, "b", &defaults, true);
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let jobs = jobs.clone();
+            let mut job = template.clone();
+            job.metadata.name = Some(format!("raw-{i:05}"));
+            job.metadata.owner_references = None;
+            async move {
+                jobs.create(&PostParams::default(), &job)
+                    .await
+                    .expect("raw job created");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn dispatch(n: usize) {
+    let plane = plane().await;
+    let ns = plane
+        .namespace(&format!("bench-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let tasks: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    // The tasks exist before the operator starts, so the clock measures the operator alone
+    // (its start, cache sync and every dispatch), not how fast this client creates tasks.
+    let created_at = Instant::now();
+    create_tasks(&tasks, n).await;
+    let created = created_at.elapsed();
+
+    let start = Instant::now();
+    let operator = start_operator(plane, &ns, n + 10).await;
     loop {
-        let count = jobs
-            .list_metadata(&ListParams::default().labels("app=recac-agent"))
-            .await
-            .map(|l| l.items.len())
-            .unwrap_or(0);
+        let count = count_jobs(&jobs).await;
         if count >= n {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "only {count}/{n} Jobs after 600 s"
+            start.elapsed() < Duration::from_secs(900),
+            "only {count}/{n} Jobs after 900 s"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all_dispatched = start.elapsed();
-    // Let status writes settle before reading the request count.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (requests, by_verb) = api_requests(port).await;
-    let rss = peak_rss_kib(operator.0.id()).unwrap_or(0);
+    // Let status writes and Events settle before reading the request count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (after, _) = scrape(operator.port).await;
+    let (peak, current) = rss_kib(operator.process.0.id());
     drop(operator);
+    let raw_rate = raw_job_create_rate(plane, n.min(2000)).await;
 
-    println!("N={n}");
+    let mut per_task = Vec::new();
+    let mut total = 0;
+    for (series, value) in &after {
+        // Watches, and the two lists that fill the caches at start, are not per task.
+        if series.starts_with("watch ") || series.starts_with("list ") {
+            continue;
+        }
+        let delta = *value;
+        if delta > 0 {
+            total += delta;
+            per_task.push(format!("{series}: {:.2}", delta as f64 / n as f64));
+        }
+    }
+    let rate = n as f64 / all_dispatched.as_secs_f64();
+    println!("dispatch N={n}");
+    println!(
+        "  tasks created (before the operator starts) in {:.2} s",
+        created.as_secs_f64()
+    );
+    println!(
+        "  operator start to every Job      {:.2} s",
+        all_dispatched.as_secs_f64()
+    );
+    println!("  dispatch rate                    {rate:.1} tasks/s");
+    println!(
+        "  raw Job-create rate (same run)   {raw_rate:.1} Jobs/s; dispatch is {:.0}% of it",
+        100.0 * rate / raw_rate
+    );
+    println!(
+        "  API requests per dispatched task {:.2} ({})",
+        total as f64 / n as f64,
+        per_task.join(", ")
+    );
+    println!(
+        "  operator RSS                     peak {:.1} MiB, at the end {:.1} MiB",
+        peak as f64 / 1024.0,
+        current as f64 / 1024.0
+    );
+}
+
+async fn admission(n: usize) {
+    let plane = plane().await;
+    let ns = plane
+        .namespace(&format!("bench-queue-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let operator = start_operator(plane, &ns, 10).await;
+    let (_, reconciles_before) = scrape(operator.port).await;
+    let tasks: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
+    let start = Instant::now();
+    create_tasks(&tasks, n).await;
+    let created = start.elapsed();
+    // Every task decided: it either has its Job (status.attempt) or says it is queued.
+    loop {
+        let decided = tasks
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|t| {
+                        t.status.as_ref().is_some_and(|s| {
+                            s.attempt.is_some()
+                                || s.conditions
+                                    .iter()
+                                    .any(|c| c.type_ == "Queued" && c.status == "True")
+                        })
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if decided >= n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "only {decided}/{n} tasks decided after 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_decided = start.elapsed();
+    let (_, reconciles_after) = scrape(operator.port).await;
+    let (peak, current) = rss_kib(operator.process.0.id());
+    let jobs: Api<Job> = Api::namespaced(client, &ns);
+    let live_jobs = count_jobs(&jobs).await;
+    let decisions = reconciles_after - reconciles_before;
+    println!("admission N={n} (cap 10)");
     println!(
         "  tasks created in                 {:.2} s",
         created.as_secs_f64()
     );
     println!(
-        "  every task has its Job after     {:.2} s",
-        all_dispatched.as_secs_f64()
+        "  every task decided after         {:.2} s ({live_jobs} Jobs, the rest Queued)",
+        all_decided.as_secs_f64()
     );
     println!(
-        "  dispatch rate                    {:.1} tasks/s",
-        n as f64 / all_dispatched.as_secs_f64()
+        "  admission decisions              {decisions} reconciles, {:.0} per second",
+        decisions as f64 / all_decided.as_secs_f64()
     );
-    println!("  API requests by the operator     {requests} ({by_verb}; watches excluded)");
     println!(
-        "  operator peak RSS                {:.1} MiB",
-        rss as f64 / 1024.0
+        "  operator RSS                     peak {:.1} MiB, with every task cached {:.1} MiB",
+        peak as f64 / 1024.0,
+        current as f64 / 1024.0
     );
 }
 
@@ -204,6 +374,13 @@ async fn main() {
         .filter_map(|s| s.parse().ok())
         .collect();
     for n in sizes {
-        run(n).await;
+        dispatch(n).await;
+    }
+    let queue: usize = std::env::var("BENCH_QUEUE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    if queue > 0 {
+        admission(queue).await;
     }
 }

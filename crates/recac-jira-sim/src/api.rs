@@ -371,11 +371,21 @@ fn changelog_json(ctx: &Ctx, st: &State, issue: &IssueRec) -> Value {
                 .items
                 .iter()
                 .map(|i| {
-                    json!({
-                        "field": i.field, "fieldtype": "jira", "fieldId": i.field,
-                        "from": i.from, "fromString": i.from_string,
-                        "to": i.to, "toString": i.to_string,
-                    })
+                    // Jira leaves out what a change has no value for (the contract types
+                    // them as strings, not nullable).
+                    let mut item =
+                        json!({"field": i.field, "fieldtype": "jira", "fieldId": i.field});
+                    for (name, value) in [
+                        ("from", &i.from),
+                        ("fromString", &i.from_string),
+                        ("to", &i.to),
+                        ("toString", &i.to_string),
+                    ] {
+                        if let Some(v) = value {
+                            item[name] = json!(v);
+                        }
+                    }
+                    item
                 })
                 .collect();
             json!({"id": h.id, "author": author, "created": jira_time(h.created), "items": items})
@@ -578,7 +588,11 @@ pub(crate) fn get_user(shared: &Shared, ctx: &Ctx, p: &Params) -> Reply {
     match found {
         Some(u) => {
             let mut out = user_json(ctx, u);
-            if p.list("expand").unwrap_or_default().iter().any(|e| e == "groups") {
+            if p.list("expand")
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e == "groups")
+            {
                 let items: Vec<Value> = groups_of(&st, &u.account_id)
                     .into_iter()
                     .map(|g| json!({"name": g}))

@@ -487,10 +487,8 @@ impl JiraClient {
         match self.flavor {
             Flavor::Cloud => {
                 let mut req = get(op, None, vec!["user", "groups"]);
-                req.query.push((
-                    "accountId",
-                    user.account_id.clone().ok_or_else(missing)?,
-                ));
+                req.query
+                    .push(("accountId", user.account_id.clone().ok_or_else(missing)?));
                 let value = self.send_json(req).await?;
                 Ok(value
                     .as_array()
@@ -548,7 +546,10 @@ impl JiraClient {
         let mut body = json!({});
         if let Some(user) = assignee {
             let id = match self.flavor {
-                Flavor::Cloud => user.account_id.as_deref().map(|id| json!({"accountId": id})),
+                Flavor::Cloud => user
+                    .account_id
+                    .as_deref()
+                    .map(|id| json!({"accountId": id})),
                 Flavor::Datacenter => user.name.as_deref().map(|id| json!({"name": id})),
             }
             .ok_or_else(|| JiraError::InvalidInput {

@@ -192,11 +192,19 @@ pub struct ChangeHistory {
 impl ChangeItem {
     /// The labels after the change (Jira writes them space-separated).
     pub fn labels_after(&self) -> Vec<&str> {
-        self.to_string.as_deref().unwrap_or("").split_whitespace().collect()
+        self.to_string
+            .as_deref()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect()
     }
 
     /// The labels before the change.
     pub fn labels_before(&self) -> Vec<&str> {
-        self.from_string.as_deref().unwrap_or("").split_whitespace().collect()
+        self.from_string
+            .as_deref()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect()
     }
 }

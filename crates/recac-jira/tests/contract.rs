@@ -82,6 +82,22 @@ async fn exercise_client(sim: &JiraSim) {
     c.my_permissions("OPS", &["BROWSE_PROJECTS", "TRANSITION_ISSUES"])
         .await
         .unwrap();
+    // What the source controller uses: the changelog, a user's groups, the claim edit.
+    c.issue_with_changelog(
+        &key,
+        &["status", "assignee", "labels", "reporter", "updated"],
+    )
+    .await
+    .unwrap();
+    c.user_groups(&me).await.unwrap();
+    c.assign_and_label(
+        &key,
+        Some(&me),
+        &["recac-claimed"],
+        &["recac-needs-repository"],
+    )
+    .await
+    .unwrap();
     // Error replies are checked too where the contract documents them.
     let _ = c.get_issue("OPS-9999", &[]).await;
     let _ = c.transition_by_id(&key, "11").await;

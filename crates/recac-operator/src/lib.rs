@@ -25,6 +25,11 @@ pub struct OperatorSetup {
     pub agent: AgentDefaults,
     /// Names this replica in Events (the pod name in a cluster).
     pub instance: String,
+    /// The Jira source controller (`sources:` with a `jira:` connection); `None` runs
+    /// without it. Its webhook route, when configured, is served by the admin server.
+    pub sources: Option<recac_source::SourcesSetup>,
+    /// The feedback controller (`feedback:` with a `jira:` connection); `None` runs without it.
+    pub feedback: Option<recac_feedback::FeedbackSetup>,
 }
 
 /// The operator, built and ready to run.
@@ -59,8 +64,9 @@ impl Operator {
         let (tasks, tasks_driver) = Cache::new(kinds::agent_tasks(
             &client,
             namespaces,
-            TaskController::task_hooks(&queue, &task_metrics),
+            TaskController::task_hooks(&queue),
         ));
+        TaskMetrics::register_phases(&registry, tasks.store());
         let (jobs, jobs_driver) = Cache::new(kinds::agent_jobs(&client, namespaces, Vec::new()));
 
         let readiness = Readiness::default();
@@ -68,6 +74,30 @@ impl Operator {
         readiness.add(format!("cache {}", jobs.name()), jobs.readiness_probe());
         let health = Health::default();
 
+        let feedback = setup
+            .feedback
+            .clone()
+            .filter(|feedback| feedback.config.enabled)
+            .map(|feedback| {
+                Arc::new(recac_feedback::FeedbackController::new(
+                    recac_feedback::FeedbackParts {
+                        client: client.clone(),
+                        tasks: tasks.clone(),
+                        setup: feedback,
+                        metrics: recac_feedback::FeedbackMetrics::register(&registry),
+                        instance: setup.instance.clone(),
+                    },
+                ))
+            });
+        let sources = setup.sources.clone().map(|sources| {
+            recac_source::assemble(
+                sources,
+                client.clone(),
+                tasks.clone(),
+                &registry,
+                &setup.instance,
+            )
+        });
         let task_controller = Arc::new(TaskController::new(TaskControllerParts {
             client,
             tasks: tasks.clone(),
@@ -92,11 +122,20 @@ impl Operator {
             jobs.wait_ready().await;
         });
         supervisor.component(task_controller);
-        let admin = admin::router(AdminState {
+        if let Some(feedback) = feedback {
+            supervisor.component(feedback);
+        }
+        let mut admin = admin::router(AdminState {
             metrics: registry.clone(),
             health: health.clone(),
             readiness: readiness.clone(),
         });
+        if let Some((source_controller, webhook)) = sources {
+            supervisor.component(source_controller);
+            if let Some(webhook) = webhook {
+                admin = admin.merge(webhook);
+            }
+        }
         Ok(Self {
             supervisor,
             admin,

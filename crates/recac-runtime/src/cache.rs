@@ -104,6 +104,8 @@ where
     pub name: String,
     /// One Api per watched scope (a namespace, or all namespaces).
     pub apis: Vec<Api<K>>,
+    /// The namespace of each scope, in the order of `apis` (empty: one cluster-wide scope).
+    pub namespaces: Vec<String>,
     pub watch: watcher::Config,
     pub strip: Strip<K>,
     pub hooks: Vec<Arc<dyn CacheHook<K>>>,
@@ -206,11 +208,16 @@ where
     let CacheSpec {
         name,
         apis,
+        namespaces,
         watch,
         strip,
         hooks,
     } = spec;
-    let scopes = apis.len();
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None; apis.len()]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
     let streams = apis.into_iter().enumerate().map(|(scope, api)| {
         watch_stream(api, watch.clone())
             .default_backoff()
@@ -264,11 +271,13 @@ where
 ///
 /// The store sees one `Init … InitDone` (the first complete list of every scope), then only
 /// `Apply` and `Delete`: a later relist of one scope becomes `Apply` for what it lists and
-/// `Delete` for what it no longer has, so the other scopes' objects stay.
+/// `Delete` for the objects of that scope the store has but the relist does not, so the
+/// other scopes' objects stay. Nothing is kept per object between relists.
 struct Merger<K: Resource<DynamicType = ()>> {
     ready: bool,
+    /// Each scope's namespace (`None`: every namespace).
+    scopes: Vec<Option<String>>,
     listed: Vec<bool>,
-    known: Vec<HashSet<ObjectRef<K>>>,
     relisting: Vec<Option<HashSet<ObjectRef<K>>>>,
     /// Deletes seen before the first complete list; applied right after it.
     early_deletes: Vec<K>,
@@ -278,24 +287,34 @@ impl<K> Merger<K>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    fn new(scopes: usize) -> Self {
+    fn new(scopes: Vec<Option<String>>) -> Self {
+        let n = scopes.len();
         Self {
             ready: false,
-            listed: vec![false; scopes],
-            known: (0..scopes).map(|_| HashSet::new()).collect(),
-            relisting: (0..scopes).map(|_| None).collect(),
+            scopes,
+            listed: vec![false; n],
+            relisting: (0..n).map(|_| None).collect(),
             early_deletes: Vec::new(),
         }
     }
 
     fn upsert(&mut self, object: K) -> Event<K> {
-        let reference = ObjectRef::from_obj(&object);
-        self.early_deletes
-            .retain(|d| ObjectRef::from_obj(d) != reference);
+        if !self.early_deletes.is_empty() {
+            let reference = ObjectRef::from_obj(&object);
+            self.early_deletes
+                .retain(|d| ObjectRef::from_obj(d) != reference);
+        }
         if self.ready {
             Event::Apply(object)
         } else {
             Event::InitApply(object)
+        }
+    }
+
+    fn in_scope(&self, scope: usize, object: &K) -> bool {
+        match self.scopes.get(scope) {
+            Some(Some(namespace)) => object.meta().namespace.as_deref() == Some(namespace),
+            _ => true,
         }
     }
 
@@ -306,23 +325,24 @@ where
                 Vec::new()
             }
             Event::InitApply(object) => {
-                let reference = ObjectRef::from_obj(&object);
                 if let Some(seen) = &mut self.relisting[scope] {
-                    seen.insert(reference.clone());
+                    seen.insert(ObjectRef::from_obj(&object));
                 }
-                self.known[scope].insert(reference);
                 vec![self.upsert(object)]
             }
             Event::InitDone => {
                 let seen = self.relisting[scope].take().unwrap_or_default();
-                let gone: Vec<ObjectRef<K>> =
-                    self.known[scope].difference(&seen).cloned().collect();
-                self.known[scope] = seen;
-                let mut out: Vec<Event<K>> = gone
-                    .iter()
-                    .filter_map(|reference| store.get(reference))
-                    .map(|object| Event::Delete((*object).clone()))
-                    .collect();
+                let mut out: Vec<Event<K>> = Vec::new();
+                if self.ready {
+                    out.extend(
+                        store
+                            .state()
+                            .into_iter()
+                            .filter(|object| self.in_scope(scope, object))
+                            .filter(|object| !seen.contains(&ObjectRef::from_obj(object.as_ref())))
+                            .map(|object| Event::Delete((*object).clone())),
+                    );
+                }
                 self.listed[scope] = true;
                 if !self.ready && self.listed.iter().all(|l| *l) {
                     self.ready = true;
@@ -331,12 +351,8 @@ where
                 }
                 out
             }
-            Event::Apply(object) => {
-                self.known[scope].insert(ObjectRef::from_obj(&object));
-                vec![self.upsert(object)]
-            }
+            Event::Apply(object) => vec![self.upsert(object)],
             Event::Delete(object) => {
-                self.known[scope].remove(&ObjectRef::from_obj(&object));
                 if self.ready {
                     vec![Event::Delete(object)]
                 } else {
@@ -385,7 +401,7 @@ mod tests {
     #[test]
     fn two_scopes_become_one_store_and_a_relist_keeps_the_other_scope() {
         let (reader, mut writer) = reflector::store::<ConfigMap>();
-        let mut merger = Merger::new(2);
+        let mut merger = Merger::new(vec![Some("a".to_string()), Some("b".to_string())]);
         writer.apply_watcher_event(&Event::Init);
         let mut run = |merger: &mut Merger<ConfigMap>, scope, event| {
             let out = merger.translate(scope, event, &reader);

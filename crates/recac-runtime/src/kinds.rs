@@ -30,6 +30,9 @@ where
 }
 
 /// AgentTasks, whole but for managed fields and kubectl's last-applied copy.
+///
+/// Every cache starts with a streaming list (the objects arrive one by one as watch events),
+/// so a cache of ten thousand objects never holds a whole list response in memory at once.
 pub fn agent_tasks(
     client: &Client,
     namespaces: &[String],
@@ -38,7 +41,8 @@ pub fn agent_tasks(
     CacheSpec {
         name: "agenttasks".into(),
         apis: scoped_apis(client, namespaces),
-        watch: watcher::Config::default().any_semantic(),
+        namespaces: namespaces.to_vec(),
+        watch: watcher::Config::default().streaming_lists(),
         strip: strip_task,
         hooks,
     }
@@ -55,9 +59,10 @@ pub fn agent_jobs(
     CacheSpec {
         name: "jobs".into(),
         apis: scoped_apis(client, namespaces),
+        namespaces: namespaces.to_vec(),
         watch: watcher::Config::default()
             .labels(AGENT_JOB_SELECTOR)
-            .any_semantic(),
+            .streaming_lists(),
         strip: strip_job,
         hooks,
     }

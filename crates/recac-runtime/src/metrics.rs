@@ -21,6 +21,13 @@ impl MetricsRegistry {
         }
     }
 
+    /// Registers a collector that computes its metrics at each scrape.
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        if let Ok(mut registry) = self.0.lock() {
+            registry.register_collector(collector);
+        }
+    }
+
     /// The OpenMetrics text of every registered metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

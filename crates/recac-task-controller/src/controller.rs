@@ -139,12 +139,9 @@ pub struct TaskController {
 }
 
 impl TaskController {
-    /// The hooks the AgentTask cache must feed (the admission index and the phase gauge).
-    pub fn task_hooks(
-        queue: &Arc<AdmissionQueue>,
-        metrics: &TaskMetrics,
-    ) -> Vec<Arc<dyn CacheHook<AgentTask>>> {
-        vec![queue.clone(), metrics.phase_hook()]
+    /// The hooks the AgentTask cache must feed (the admission index).
+    pub fn task_hooks(queue: &Arc<AdmissionQueue>) -> Vec<Arc<dyn CacheHook<AgentTask>>> {
+        vec![queue.clone()]
     }
 
     pub fn new(parts: TaskControllerParts) -> Self {
@@ -181,6 +178,20 @@ impl TaskController {
             dispatched: Mutex::new(HashMap::new()),
             events: events_tx,
         });
+        let ticker = {
+            let queue = self.queue.clone();
+            let every = Duration::from_secs(self.config.queue_poll_seconds);
+            let term = term.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => queue.fill(),
+                        _ = term.stopped() => break,
+                    }
+                }
+            })
+        };
         info!(term = term.number, "task controller term starts");
         Controller::for_shared_stream(self.tasks.triggers(), self.tasks.store())
             .owns_shared_stream(self.jobs.triggers())
@@ -201,6 +212,7 @@ impl TaskController {
             })
             .await;
         self.queue.end_term();
+        let _ = ticker.await;
         let _ = events.await;
         if term.is_stopped() {
             info!(term = term.number, "task controller term ended");
@@ -235,7 +247,8 @@ struct TermContext {
 }
 
 struct PendingEvent {
-    task: AgentTask,
+    regarding: k8s_openapi::api::core::v1::ObjectReference,
+    task: String,
     type_: EventType,
     reason: String,
     note: String,
@@ -486,7 +499,8 @@ async fn act(
         } = action
         {
             let event = PendingEvent {
-                task: task.clone(),
+                regarding: task.object_ref(&()),
+                task: id.key(),
                 type_: *type_,
                 reason: reason.clone(),
                 note: note.clone(),
@@ -667,14 +681,13 @@ async fn publish_events(
                     EventType::Normal => KubeEventType::Normal,
                     EventType::Warning => KubeEventType::Warning,
                 };
-                let reference = event.task.object_ref(&());
                 if let Err(err) = publisher
-                    .publish(&reference, type_, &event.reason, &event.note)
+                    .publish(&event.regarding, type_, &event.reason, &event.note)
                     .await
                 {
                     // Events are best effort: losing one must not fail anything.
                     metrics.event_failed();
-                    warn!(task = %TaskIdentity::of(&event.task).key(), error = %err, "cannot publish event");
+                    warn!(task = %event.task, error = %err, "cannot publish event");
                 }
             }
         })

@@ -50,7 +50,8 @@ pub struct Observation {
 pub struct RetryPolicy {
     pub initial: Duration,
     pub max: Duration,
-    /// How soon a queued task looks for a free slot again.
+    /// How often the controller hands out free slots even without an event (a safety net:
+    /// a freed slot wakes the next queued task at once).
     pub queue_poll: Duration,
 }
 
@@ -215,7 +216,7 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
         }
         let branch = feature_branch(task);
         draft.status.branch = Some(branch.clone());
-        dispatch(&mut draft, task, observed, retry, 1, branch);
+        dispatch(&mut draft, task, observed, 1, branch);
         return draft.finish();
     }
 
@@ -223,7 +224,7 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
     match &observed.attempt {
         // Waiting out the backoff after a failed attempt (its Job may be gone by now).
         _ if current.next_attempt_time.is_some() => {
-            retry_when_due(&mut draft, task, observed, retry, attempt);
+            retry_when_due(&mut draft, task, observed, attempt);
         }
         None => {
             let failure = Failure {
@@ -313,7 +314,6 @@ fn dispatch(
     draft: &mut Draft,
     task: &AgentTask,
     observed: &Observation,
-    retry: &RetryPolicy,
     attempt: i32,
     branch: String,
 ) {
@@ -337,7 +337,7 @@ fn dispatch(
             "ConcurrencyLimit",
             "waiting for a free slot under maxConcurrentTasks",
         );
-        draft.requeue_after = Some(retry.queue_poll);
+        // No timer per queued task: the admission queue wakes it when a slot is its.
         return;
     }
     let job_name = naming::job_name(&task.name_any(), attempt);
@@ -375,13 +375,7 @@ fn dispatch(
     draft.event(EventType::Normal, reason, note);
 }
 
-fn retry_when_due(
-    draft: &mut Draft,
-    task: &AgentTask,
-    observed: &Observation,
-    retry: &RetryPolicy,
-    attempt: i32,
-) {
+fn retry_when_due(draft: &mut Draft, task: &AgentTask, observed: &Observation, attempt: i32) {
     let due = draft
         .status
         .next_attempt_time
@@ -402,7 +396,7 @@ fn retry_when_due(
         .branch
         .clone()
         .unwrap_or_else(|| feature_branch(task));
-    dispatch(draft, task, observed, retry, attempt + 1, branch);
+    dispatch(draft, task, observed, attempt + 1, branch);
 }
 
 fn in_progress(

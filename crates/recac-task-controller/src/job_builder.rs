@@ -255,7 +255,10 @@ fn agent_env(
     }
     if let Some(prompt) = &spec.prompt {
         if prompt_needs_file(task) {
-            env_vars.push(plain(env::PROMPT_FILE, format!("{PROMPT_PATH}/{PROMPT_KEY}")));
+            env_vars.push(plain(
+                env::PROMPT_FILE,
+                format!("{PROMPT_PATH}/{PROMPT_KEY}"),
+            ));
         } else {
             env_vars.push(plain(env::PROMPT, prompt.clone()));
         }
@@ -264,7 +267,10 @@ fn agent_env(
         env_vars.push(plain(env::SECRETS_DIR, SECRETS_PATH));
     }
     if !defaults.secret_env_allow.is_empty() {
-        env_vars.push(plain(env::SECRET_ENV_ALLOW, defaults.secret_env_allow.join(",")));
+        env_vars.push(plain(
+            env::SECRET_ENV_ALLOW,
+            defaults.secret_env_allow.join(","),
+        ));
     }
     if let Some(provider) = agent.provider.as_ref().or(defaults.provider.as_ref()) {
         env_vars.push(plain(env::PROVIDER, provider.clone()));
@@ -563,7 +569,10 @@ mod tests {
             .into_iter()
             .filter_map(|v| v.secret.and_then(|s| s.secret_name))
             .collect();
-        assert_eq!(secrets, vec!["git-token".to_string(), "llm-keys".to_string()]);
+        assert_eq!(
+            secrets,
+            vec!["git-token".to_string(), "llm-keys".to_string()]
+        );
         let mounts: Vec<(String, Option<bool>)> = container
             .volume_mounts
             .clone()
@@ -603,7 +612,10 @@ mod tests {
         let cm = prompt_config_map(&t).expect("a ConfigMap for a long prompt");
         assert_eq!(cm.metadata.name.as_deref(), Some("fix-login-prompt"));
         assert_eq!(
-            cm.data.as_ref().and_then(|d| d.get(PROMPT_KEY)).map(String::len),
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get(PROMPT_KEY))
+                .map(String::len),
             Some(PROMPT_ENV_LIMIT + 1)
         );
         assert!(prompt_config_map(&task()).is_none());

@@ -6,18 +6,17 @@
 //! `recac_dispatch_latency_seconds`. API requests are counted by the runtime's client layer
 //! (`recac_api_requests_total{verb,resource}`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::ResourceExt;
-use prometheus_client::encoding::EncodeLabelSet;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use recac_api::{AgentTask, TaskPhase};
-use recac_runtime::{CacheChange, CacheHook, MetricsRegistry};
+use recac_runtime::MetricsRegistry;
 
 const LATENCY_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
@@ -40,7 +39,6 @@ pub struct TaskMetrics {
     event_errors: Counter,
     dispatch_latency: Histogram,
     queued: Gauge,
-    phases: Arc<PhaseCounts>,
 }
 
 impl TaskMetrics {
@@ -52,7 +50,6 @@ impl TaskMetrics {
             event_errors: Counter::default(),
             dispatch_latency: Histogram::new(LATENCY_BUCKETS),
             queued: Gauge::default(),
-            phases: Arc::new(PhaseCounts::default()),
         };
         registry.register(
             "recac_reconciles",
@@ -84,17 +81,12 @@ impl TaskMetrics {
             "Tasks waiting for a slot under taskController.maxConcurrentTasks.",
             metrics.queued.clone(),
         );
-        registry.register(
-            "recac_tasks",
-            "AgentTasks watched, by phase.",
-            metrics.phases.gauges.clone(),
-        );
         metrics
     }
 
-    /// The hook that keeps `recac_tasks{phase}` in step with the task cache.
-    pub fn phase_hook(&self) -> Arc<dyn CacheHook<AgentTask>> {
-        self.phases.clone()
+    /// Registers `recac_tasks{phase}`, counted from `tasks` at each scrape.
+    pub fn register_phases(registry: &MetricsRegistry, tasks: Store<AgentTask>) {
+        registry.register_collector(Box::new(PhaseCollector { store: tasks }));
     }
 
     pub fn reconciled(&self) {
@@ -124,69 +116,51 @@ impl TaskMetrics {
     }
 }
 
-/// `recac_tasks{phase}`: counts per phase, kept from cache changes (a task without status
-/// counts as Pending).
-struct PhaseCounts {
-    gauges: Family<PhaseLabel, Gauge>,
-    by_task: Mutex<HashMap<String, TaskPhase>>,
+/// `recac_tasks{phase}`, counted from the task cache at each scrape (no per-task state).
+struct PhaseCollector {
+    store: Store<AgentTask>,
 }
 
-impl Default for PhaseCounts {
-    fn default() -> Self {
-        let gauges = Family::<PhaseLabel, Gauge>::default();
-        for phase in [
+impl std::fmt::Debug for PhaseCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhaseCollector")
+    }
+}
+
+impl Collector for PhaseCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let phases = [
             TaskPhase::Pending,
             TaskPhase::Running,
             TaskPhase::Succeeded,
             TaskPhase::Failed,
-        ] {
-            let _ = gauges.get_or_create(&PhaseLabel {
-                phase: phase.as_str().into(),
-            });
-        }
-        Self {
-            gauges,
-            by_task: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl PhaseCounts {
-    fn gauge(&self, phase: TaskPhase) -> Gauge {
-        self.gauges
-            .get_or_create(&PhaseLabel {
-                phase: phase.as_str().into(),
-            })
-            .clone()
-    }
-}
-
-impl CacheHook<AgentTask> for PhaseCounts {
-    fn apply(&self, change: CacheChange<'_, AgentTask>) {
-        let Ok(mut by_task) = self.by_task.lock() else {
-            return;
-        };
-        let (task, present) = match change {
-            CacheChange::Upsert(task) => (task, true),
-            CacheChange::Delete(task) => (task, false),
-        };
-        let key = format!(
-            "{}/{}",
-            task.namespace().unwrap_or_default(),
-            task.name_any()
-        );
-        if let Some(old) = by_task.remove(&key) {
-            self.gauge(old).dec();
-        }
-        if present {
+        ];
+        let mut counts = [0i64; 4];
+        for task in self.store.state() {
             let phase = task
                 .status
                 .as_ref()
                 .and_then(|s| s.phase)
                 .unwrap_or(TaskPhase::Pending);
-            self.gauge(phase).inc();
-            by_task.insert(key, phase);
+            if let Some(i) = phases.iter().position(|p| *p == phase) {
+                counts[i] += 1;
+            }
         }
+        let family = Family::<PhaseLabel, Gauge>::default();
+        for (phase, count) in phases.iter().zip(counts) {
+            family
+                .get_or_create(&PhaseLabel {
+                    phase: phase.as_str().into(),
+                })
+                .set(count);
+        }
+        let metric = encoder.encode_descriptor(
+            "recac_tasks",
+            "AgentTasks watched, by phase.",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
     }
 }
 
@@ -203,6 +177,8 @@ mod tests {
         m.reconcile_failed("kube");
         m.job_created();
         m.observe_dispatch_latency(Duration::from_millis(300));
+        let (store, mut writer) = kube::runtime::reflector::store::<AgentTask>();
+        TaskMetrics::register_phases(&registry, store);
         let mut task = AgentTask::new(
             "t",
             recac_api::AgentTaskSpec {
@@ -221,7 +197,7 @@ mod tests {
             },
         );
         task.metadata.namespace = Some("ns".into());
-        m.phase_hook().apply(CacheChange::Upsert(&task));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(task.clone()));
         let text = registry.encode();
         assert!(text.contains("recac_reconciles_total 2"), "{text}");
         assert!(text.contains("recac_reconcile_errors_total{kind=\"kube\"} 1"));
@@ -231,7 +207,7 @@ mod tests {
         assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.25\"} 0"));
         assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.5\"} 1"));
         assert!(text.contains("recac_dispatch_latency_seconds_count 1"));
-        m.phase_hook().apply(CacheChange::Delete(&task));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Delete(task));
         assert!(
             registry
                 .encode()

@@ -24,6 +24,15 @@ pub struct OperatorConfig {
     /// The Jira connection (`jira:`); see docs/jira.md.
     #[serde(default)]
     pub jira: Option<recac_jira::JiraConfig>,
+    /// What the feedback controller reports on tickets (`feedback:`); it runs when `jira:` is set.
+    #[serde(default)]
+    pub feedback: recac_feedback::FeedbackConfig,
+    /// The Jira sources (`sources:`): which tickets become AgentTasks; needs `jira:`.
+    #[serde(default)]
+    pub sources: Vec<recac_source::SourceConfig>,
+    /// The Jira webhook endpoint (`jiraWebhook:`), served on the admin address.
+    #[serde(default)]
+    pub jira_webhook: Option<recac_source::WebhookConfig>,
     /// The 0.1 `controller:` section, read for one more release (see [`LegacyController`]).
     #[serde(default)]
     controller: Option<LegacyController>,
@@ -110,12 +119,50 @@ impl OperatorConfig {
             .validate("operator")
             .and_then(|()| config.task_controller.validate("taskController"))
             .and_then(|()| config.agent.validate())
+            .and_then(|()| config.feedback.validate("feedback"))
             .map_err(|e| invalid(config.key_as_written(&e.key), e.message))?;
         if let Some(jira) = &config.jira {
             jira.validate()
                 .map_err(|e| invalid(format!("jira.{}", e.key), e.message))?;
         }
+        config
+            .validate_sources()
+            .map_err(|e| invalid(e.key, e.message))?;
         Ok(config)
+    }
+
+    /// The `sources:` and `jiraWebhook:` sections, and how they fit the others.
+    fn validate_sources(&self) -> Result<(), recac_runtime::config::InvalidConfig> {
+        use recac_runtime::config::invalid;
+        recac_source::validate_sources(&self.sources, "sources")?;
+        if !self.sources.is_empty() && self.jira.is_none() {
+            return Err(invalid(
+                "sources",
+                "sources need the `jira:` connection section",
+            ));
+        }
+        let watched = &self.operator.namespaces;
+        for (i, source) in self.sources.iter().enumerate() {
+            if !watched.is_empty() && !watched.contains(&source.namespace) {
+                return Err(invalid(
+                    &format!("sources[{i}].namespace"),
+                    format!(
+                        "{:?} is not in operator.namespaces, so its tasks would never run",
+                        source.namespace
+                    ),
+                ));
+            }
+        }
+        if let Some(webhook) = &self.jira_webhook {
+            if self.sources.is_empty() {
+                return Err(invalid(
+                    "jiraWebhook",
+                    "a webhook needs at least one source",
+                ));
+            }
+            webhook.validate("jiraWebhook")?;
+        }
+        Ok(())
     }
 
     /// `key` as the file spells it: a value read from a deprecated key is named by that key.
@@ -214,8 +261,53 @@ mod tests {
                 "jira.pageSize",
             ),
             ("taskController:\n  bogus: 1\n", "taskController"),
+            (
+                "feedback:\n  failed: {addLabels: [two words]}\n",
+                "feedback.failed.addLabels[0]",
+            ),
+            ("feedback:\n  commentOnRetries: true\n", "feedback"),
         ] {
             let err = OperatorConfig::parse(text, "test.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sources_are_validated_naming_the_key() {
+        let jira = "jira:\n  url: https://x.atlassian.net\n";
+        let ok = format!(
+            "{jira}sources:\n  - name: ops\n    project: OPS\n    label: recac-agent\n    namespace: agents\n"
+        );
+        let config = OperatorConfig::parse(&ok, "test.yaml").expect("valid");
+        assert_eq!(config.sources.len(), 1);
+        for (text, key) in [
+            (
+                "sources:\n  - name: ops\n    project: OPS\n    label: l\n    namespace: a\n"
+                    .to_string(),
+                "`sources`",
+            ),
+            (
+                format!("{jira}sources:\n  - name: ops\n    jql: \"\"\n    namespace: a\n"),
+                "sources[0].jql",
+            ),
+            (
+                format!(
+                    "{jira}sources:\n  - name: ops\n    project: OPS\n    label: l\n    namespace: a\n    bogus: 1\n"
+                ),
+                "sources[0]",
+            ),
+            (
+                format!("{ok}jiraWebhook:\n  path: /hook\n"),
+                "jiraWebhook.secretEnv",
+            ),
+            (
+                format!("{ok}operator:\n  namespaces: [other]\n"),
+                "sources[0].namespace",
+            ),
+        ] {
+            let err = OperatorConfig::parse(&text, "test.yaml")
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key), "{text:?}: {err}");

@@ -38,6 +38,14 @@ enum JiraCommand {
         /// The issue key, e.g. OPS-123.
         key: String,
     },
+    /// Show which tickets the configured sources would claim now, with the resolved
+    /// repository and the AgentTask that would be created (YAML). Writes nothing to Jira or
+    /// Kubernetes. Needs --config with a `sources:` section.
+    Preview {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Run the in-memory Jira simulator until interrupted (for local runs).
     Sim {
         /// Address to listen on.
@@ -98,9 +106,19 @@ async fn execute(args: JiraArgs) -> Result<ExitCode, String> {
     if let JiraCommand::Sim { addr, seed, flavor } = &args.command {
         return run_sim(*addr, seed.as_deref(), flavor.as_deref()).await;
     }
+    if let JiraCommand::Preview { source } = &args.command {
+        let path = args
+            .config
+            .as_deref()
+            .ok_or("preview needs --config FILE with `jira:` and `sources:` sections")?;
+        let config = crate::config::OperatorConfig::load(Some(path)).map_err(|e| e.to_string())?;
+        print!("{}", preview_sources(&config, source.as_deref()).await?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let cfg = load_settings(args.config.as_deref())?;
     let client = JiraClient::new(&cfg).map_err(|e| e.to_string())?;
     match args.command {
+        JiraCommand::Preview { .. } => Ok(ExitCode::SUCCESS),
         JiraCommand::Check { project } => check(&client, project.or(cfg.project.clone())).await,
         JiraCommand::Search { jql } => {
             let mut pages = std::pin::pin!(client.search_pages(&jql, &["summary", "status"]));
@@ -248,6 +266,60 @@ async fn run_sim(
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
     eprintln!("stopping; {} call(s) served", sim.calls().len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the sources of `config` would do now (`only`: one source), as text: one line per
+/// ticket, then the YAML of each AgentTask that would be created. Reads Jira and, when a
+/// cluster is reachable, the existing AgentTasks; writes nothing anywhere.
+pub async fn preview_sources(
+    config: &crate::config::OperatorConfig,
+    only: Option<&str>,
+) -> Result<String, String> {
+    use kube::api::{Api, ListParams};
+    let jira = config
+        .jira
+        .as_ref()
+        .ok_or("the configuration has no `jira:` section")?;
+    let sources: Vec<recac_source::SourceConfig> = config
+        .sources
+        .iter()
+        .filter(|s| only.is_none_or(|name| s.name == name))
+        .cloned()
+        .collect();
+    if sources.is_empty() {
+        return Err(match only {
+            Some(name) => format!("no source named {name:?} in the configuration"),
+            None => "the configuration has no `sources:`".into(),
+        });
+    }
+    let client = JiraClient::new(jira).map_err(|e| e.to_string())?;
+    let mut tasks = Vec::new();
+    match kube::Client::try_default().await {
+        Ok(kube_client) => {
+            let mut namespaces: Vec<&str> = sources.iter().map(|s| s.namespace.as_str()).collect();
+            namespaces.sort_unstable();
+            namespaces.dedup();
+            for ns in namespaces {
+                let api: Api<recac_api::AgentTask> = Api::namespaced(kube_client.clone(), ns);
+                match api
+                    .list(&ListParams::default().labels("recac.io/source"))
+                    .await
+                {
+                    Ok(list) => tasks.extend(list.items),
+                    Err(e) => eprintln!(
+                        "warning: cannot list AgentTasks in {ns} ({e}); existing runs are not taken into account"
+                    ),
+                }
+            }
+        }
+        Err(e) => eprintln!(
+            "warning: no Kubernetes connection ({e}); existing runs are not taken into account"
+        ),
+    }
+    let entries = recac_source::preview::preview(&client, &sources, &tasks)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(recac_source::preview::render(&entries))
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ pub struct OrchestrateArgs {
     /// Only validate the configuration file, then exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Show which tickets the sources would claim, with the resolved repository and the
+    /// AgentTask that would be created (YAML), then exit; writes nothing to Jira or Kubernetes.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub fn run(args: OrchestrateArgs) -> ExitCode {
@@ -37,6 +41,21 @@ pub fn run(args: OrchestrateArgs) -> ExitCode {
         }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
+    }
+    if args.dry_run {
+        let preview = tokio::runtime::Runtime::new()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))
+            .and_then(|rt| rt.block_on(crate::jira_cmd::preview_sources(&config, None)));
+        return match preview {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -78,6 +97,43 @@ async fn shutdown_signal() {
     }
 }
 
+/// The feedback controller's setup: only with a `jira:` connection and `feedback.enabled`.
+fn feedback_setup(
+    config: &OperatorConfig,
+) -> Result<Option<recac_feedback::FeedbackSetup>, String> {
+    let Some(jira) = config.jira.as_ref().filter(|_| config.feedback.enabled) else {
+        return Ok(None);
+    };
+    let client = recac_jira::JiraClient::new(jira)
+        .map_err(|e| format!("cannot build the Jira client for the feedback controller: {e}"))?;
+    recac_feedback::FeedbackSetup::new(config.feedback.clone(), client)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The source controller's setup: only with `sources:` (validation requires `jira:` then).
+fn sources_setup(config: &OperatorConfig) -> Result<Option<recac_source::SourcesSetup>, String> {
+    let Some(jira) = config.jira.as_ref().filter(|_| !config.sources.is_empty()) else {
+        return Ok(None);
+    };
+    let client = recac_jira::JiraClient::new(jira)
+        .map_err(|e| format!("cannot build the Jira client for the sources: {e}"))?;
+    let webhook = match &config.jira_webhook {
+        None => None,
+        Some(w) => Some(recac_source::WebhookSetup {
+            path: w.path.clone(),
+            secret: w.secret().map_err(|e| e.to_string())?,
+            max_body_bytes: w.max_body_bytes,
+        }),
+    };
+    Ok(Some(recac_source::SourcesSetup {
+        jira: client,
+        sources: config.sources.clone(),
+        webhook,
+        hook: None,
+    }))
+}
+
 async fn orchestrate(config: OperatorConfig) -> Result<(), String> {
     let kube_config = kube::Config::infer()
         .await
@@ -91,6 +147,8 @@ async fn orchestrate(config: OperatorConfig) -> Result<(), String> {
         task_controller: config.task_controller.clone(),
         agent: config.agent.clone(),
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| "recac".into()),
+        feedback: feedback_setup(&config)?,
+        sources: sources_setup(&config)?,
     };
     let operator = Operator::build(kube_config, setup, Leadership::always())
         .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;

@@ -91,7 +91,10 @@ fn orchestrate_rejects_a_bad_config_naming_the_key() {
             "operator:\n  adminAddress: everywhere\n",
             "operator.adminAddress",
         ),
-        ("operator:\n  namespaces: [Team]\n", "operator.namespaces[0]"),
+        (
+            "operator:\n  namespaces: [Team]\n",
+            "operator.namespaces[0]",
+        ),
         (
             "jira:\n  url: https://x.atlassian.net\n  maxRetries: 99\n",
             "jira.maxRetries",

@@ -122,7 +122,7 @@ fn a_new_task_with_a_free_slot_is_dispatched() {
 }
 
 #[test]
-fn a_new_task_without_a_slot_is_queued_and_polls() {
+fn a_new_task_without_a_slot_is_queued_until_woken() {
     let plan = decide(&task(2), &observe(None, false), &policy());
     assert!(creates(&plan).is_empty());
     assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
@@ -132,7 +132,8 @@ fn a_new_task_without_a_slot_is_queued_and_polls() {
         (queued.status.as_str(), queued.reason.as_str()),
         ("True", "ConcurrencyLimit")
     );
-    assert_eq!(plan.requeue_after, Some(Duration::from_secs(10)));
+    // No timer per queued task: the admission queue wakes it.
+    assert_eq!(plan.requeue_after, None);
 
     // Once a slot frees, the queued condition flips and the Job is created.
     let plan = decide(&after(task(2), &plan), &observe(None, true), &policy());
@@ -510,7 +511,10 @@ fn a_pending_claim_holds_dispatch_and_a_lost_claim_fails_without_running() {
             recac_api::annotations::CLAIM_CLAIMED.into(),
         );
     }
-    assert_eq!(creates(&decide(&claimed, &observe(None, true), &policy())), vec![1]);
+    assert_eq!(
+        creates(&decide(&claimed, &observe(None, true), &policy())),
+        vec![1]
+    );
 
     let mut lost = pending;
     if let Some(a) = lost.metadata.annotations.as_mut() {

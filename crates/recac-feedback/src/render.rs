@@ -1,0 +1,477 @@
+//! The text of each report, from what is known about the task (pure).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use recac_api::agent_contract::{AgentResult, Outcome};
+
+use crate::comment::{Block, Comment, Inline, TEXT_BUDGET, marker};
+use crate::config::Templates;
+use crate::logtail;
+use crate::report::{Report, ReportKind};
+use crate::template::Template;
+
+/// Why a task was cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelCause {
+    Deleted,
+    Suspended,
+}
+
+/// The agent's log, as far as it could be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Log {
+    /// Not needed for this report.
+    NotRead,
+    /// The redacted end of the log.
+    Read(String),
+    /// It could not be read; the reason is said in the comment.
+    Unavailable(String),
+}
+
+/// Everything a report's text may say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Facts {
+    pub task: String,
+    pub namespace: String,
+    pub uid: String,
+    pub ticket: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub pull_request_url: Option<String>,
+    /// The task's `status.message`.
+    pub message: Option<String>,
+    /// The reason of the task's `Failed` condition.
+    pub failed_reason: Option<String>,
+    pub timeout_seconds: i64,
+    /// From the first dispatch to the end.
+    pub duration: Option<Duration>,
+    /// The agent's result from its termination message.
+    pub result: Option<AgentResult>,
+    pub log: Log,
+    pub log_lines: usize,
+    pub cancel: Option<CancelCause>,
+    /// The configured dashboard link, placeholders filled.
+    pub dashboard: Option<String>,
+}
+
+/// A duration as people write it: `1h 4m`, `3m 20s`, `45s`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Why the task failed, in words.
+pub fn failure_words(facts: &Facts) -> String {
+    let outcome = facts.result.as_ref().map(|r| &r.outcome);
+    let tests_failed = outcome == Some(&Outcome::TestsFailed)
+        || facts.result.as_ref().and_then(|r| r.tests_passed) == Some(false);
+    let message = facts.message.as_deref().unwrap_or("");
+    match facts.failed_reason.as_deref() {
+        Some("GaveUp") => match outcome {
+            Some(Outcome::NoChanges) => "the agent finished without changing anything".into(),
+            _ => "the agent gave up (another attempt would fail the same way)".into(),
+        },
+        _ if message.contains("DeadlineExceeded") => format!(
+            "the last attempt ran past its deadline of {}",
+            human_duration(Duration::from_secs(facts.timeout_seconds.max(0) as u64))
+        ),
+        _ if tests_failed => "the tests failed".into(),
+        _ if message.contains("JobDeleted") => {
+            "the attempt's Job was deleted before it finished".into()
+        }
+        Some("RetriesExhausted") => "every attempt failed and no retries are left".into(),
+        Some(other) if !message.is_empty() => format!("{other}: {message}"),
+        _ if !message.is_empty() => message.to_string(),
+        _ => "the agent did not succeed".into(),
+    }
+}
+
+fn placeholder_values(facts: &Facts, report: &Report) -> BTreeMap<&'static str, String> {
+    let mut v = BTreeMap::new();
+    v.insert("task", facts.task.clone());
+    v.insert("namespace", facts.namespace.clone());
+    v.insert("ticket", facts.ticket.clone());
+    v.insert("attempt", report.attempt.to_string());
+    v.insert("attempts", facts.max_attempts.to_string());
+    v.insert("outcome", report.kind.as_str().to_string());
+    if report.kind == ReportKind::Failed {
+        v.insert("reason", failure_words(facts));
+    }
+    if let Some(branch) = &facts.branch {
+        v.insert("branch", branch.clone());
+    }
+    if let Some(pr) = &facts.pull_request_url {
+        v.insert("pullRequest", pr.clone());
+    }
+    if let Some(d) = facts.duration {
+        v.insert("duration", human_duration(d));
+    }
+    v
+}
+
+fn default_headline(facts: &Facts, report: &Report) -> String {
+    let attempt = report.attempt;
+    let of = facts.max_attempts;
+    match report.kind {
+        ReportKind::PickedUp => format!(
+            "recac picked up this ticket: an AI coding agent is working on it (attempt {attempt} of at most {of})."
+        ),
+        ReportKind::Retrying => {
+            format!("recac is trying again: attempt {attempt} of at most {of} has started.")
+        }
+        ReportKind::Succeeded => {
+            let took = facts
+                .duration
+                .map(|d| format!(" in {}", human_duration(d)))
+                .unwrap_or_default();
+            let attempts = if attempt == 1 {
+                "1 attempt".to_string()
+            } else {
+                format!("{attempt} attempts")
+            };
+            format!("recac finished this ticket{took} ({attempts}).")
+        }
+        ReportKind::Failed => format!(
+            "recac could not finish this ticket: {}.",
+            failure_words(facts)
+        ),
+        ReportKind::Cancelled => match facts.cancel {
+            Some(CancelCause::Suspended) => format!(
+                "recac stopped working on this ticket: its task was suspended during attempt {attempt}. It continues if the task is resumed."
+            ),
+            _ => format!(
+                "recac stopped working on this ticket: its task was deleted during attempt {attempt}."
+            ),
+        },
+    }
+}
+
+fn template_for(templates: &Templates, kind: ReportKind) -> Option<&String> {
+    match kind {
+        ReportKind::PickedUp => templates.picked_up.as_ref(),
+        ReportKind::Retrying => templates.retrying.as_ref(),
+        ReportKind::Succeeded => templates.succeeded.as_ref(),
+        ReportKind::Failed => templates.failed.as_ref(),
+        ReportKind::Cancelled => templates.cancelled.as_ref(),
+    }
+}
+
+fn follow(facts: &Facts) -> Vec<Inline> {
+    let mut line = vec![
+        Inline::Text("Follow it: ".into()),
+        Inline::Code(format!(
+            "kubectl get at {} -n {}",
+            facts.task, facts.namespace
+        )),
+    ];
+    if let Some(link) = &facts.dashboard {
+        line.push(Inline::Text(" or ".into()));
+        line.push(Inline::Link {
+            text: "the dashboard".into(),
+            href: link.clone(),
+        });
+    }
+    line
+}
+
+fn field(name: &str, value: Inline) -> Vec<Inline> {
+    vec![Inline::Text(format!("{name}: ")), value]
+}
+
+fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
+    let mut items = Vec::new();
+    if let Some(pr) = &facts.pull_request_url {
+        items.push(field(
+            "Pull request",
+            Inline::Link {
+                text: pr.clone(),
+                href: pr.clone(),
+            },
+        ));
+    }
+    if let Some(branch) = &facts.branch {
+        items.push(field("Branch", Inline::Code(branch.clone())));
+    }
+    if let Some(commit) = &facts.commit {
+        items.push(field("Commit", Inline::Code(commit.clone())));
+    }
+    let tests = facts.result.as_ref().and_then(|r| r.tests_passed);
+    let tests = match (tests, facts.result.as_ref().map(|r| &r.outcome)) {
+        (Some(true), _) => Some("passed"),
+        (Some(false), _) | (None, Some(Outcome::TestsFailed)) => Some("failed"),
+        (None, Some(Outcome::Succeeded)) => Some("none found"),
+        _ => None,
+    };
+    if let Some(tests) = tests {
+        items.push(field("Tests", Inline::Text(tests.into())));
+    }
+    items.push(field(
+        "Attempts",
+        Inline::Text(format!(
+            "{} of at most {}",
+            report.attempt, facts.max_attempts
+        )),
+    ));
+    if let Some(d) = facts.duration {
+        items.push(field("Duration", Inline::Text(human_duration(d))));
+    }
+    if let Some(tokens) = facts.result.as_ref().and_then(|r| r.token_usage.as_ref()) {
+        items.push(field(
+            "Tokens",
+            Inline::Text(format!(
+                "{} ({} in, {} out)",
+                thousands(tokens.input_tokens + tokens.output_tokens),
+                thousands(tokens.input_tokens),
+                thousands(tokens.output_tokens)
+            )),
+        ));
+    }
+    items
+}
+
+/// The comment for `report`, with its marker, within Jira's size limit.
+pub fn render(facts: &Facts, report: &Report, templates: &Templates) -> Comment {
+    let headline = template_for(templates, report.kind)
+        .and_then(|t| Template::parse(t).ok())
+        .map(|t| t.render(&placeholder_values(facts, report)))
+        .unwrap_or_else(|| default_headline(facts, report));
+    let mut c = Comment::default();
+    c.paragraph(vec![Inline::Text(headline)]);
+    match report.kind {
+        ReportKind::PickedUp | ReportKind::Retrying => {
+            c.blocks.push(Block::Bullets(vec![follow(facts)]));
+        }
+        ReportKind::Cancelled => {
+            let mut items = vec![follow(facts)];
+            if let Some(branch) = &facts.branch {
+                items.insert(
+                    0,
+                    field("Branch (work so far)", Inline::Code(branch.clone())),
+                );
+            }
+            c.blocks.push(Block::Bullets(items));
+        }
+        ReportKind::Succeeded | ReportKind::Failed => {
+            c.blocks.push(Block::Bullets(results(facts, report)));
+            if let Some(summary) = facts.result.as_ref().and_then(|r| r.summary.as_deref())
+                && !summary.trim().is_empty()
+            {
+                c.paragraph(vec![
+                    Inline::Strong("The agent's summary:".into()),
+                    Inline::Text(format!(" {}", summary.trim())),
+                ]);
+            }
+        }
+    }
+    let footer = vec![
+        Inline::Link {
+            text: "recac".into(),
+            href: marker(&facts.uid, &report.key()),
+        },
+        Inline::Text(format!(" · AgentTask {}/{}", facts.namespace, facts.task)),
+    ];
+    if report.kind == ReportKind::Failed {
+        match &facts.log {
+            Log::Read(log) if facts.log_lines > 0 => {
+                let mut without_log = c.clone();
+                without_log.paragraph(footer.clone());
+                let room = TEXT_BUDGET.saturating_sub(without_log.text_len() + 200);
+                let tail = logtail::tail(log, facts.log_lines, room);
+                let shown = tail.text.lines().count();
+                c.paragraph(vec![Inline::Text(format!(
+                    "The last {shown} lines of the agent's log (credentials removed):"
+                ))]);
+                let text = if tail.cut_lines > 0 {
+                    format!(
+                        "[… {} earlier lines cut to fit Jira's comment limit]\n{}",
+                        tail.cut_lines, tail.text
+                    )
+                } else {
+                    tail.text
+                };
+                c.blocks.push(Block::CodeBlock(text));
+            }
+            Log::Unavailable(why) if facts.log_lines > 0 => {
+                c.paragraph(vec![Inline::Text(format!(
+                    "The agent's log could not be read: {why}"
+                ))]);
+            }
+            _ => {}
+        }
+    }
+    c.paragraph(footer);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recac_api::agent_contract::TokenUsage;
+
+    fn facts() -> Facts {
+        Facts {
+            task: "ops-1".into(),
+            namespace: "team".into(),
+            uid: "uid-1".into(),
+            ticket: "OPS-1".into(),
+            attempt: 2,
+            max_attempts: 3,
+            branch: Some("recac/OPS-1".into()),
+            commit: Some("c0ffee".into()),
+            pull_request_url: Some("https://github.com/o/r/pull/7".into()),
+            message: None,
+            failed_reason: None,
+            timeout_seconds: 3600,
+            duration: Some(Duration::from_secs(200)),
+            result: Some(AgentResult {
+                outcome: Outcome::Succeeded,
+                branch: None,
+                commit: None,
+                pull_request_url: None,
+                tests_passed: Some(true),
+                summary: Some("Made the timeout configurable.".into()),
+                token_usage: Some(TokenUsage {
+                    input_tokens: 51234,
+                    output_tokens: 2345,
+                }),
+            }),
+            log: Log::NotRead,
+            log_lines: 50,
+            cancel: None,
+            dashboard: Some("https://dash.example/at/team/ops-1".into()),
+        }
+    }
+
+    fn report(kind: ReportKind, attempt: i32) -> Report {
+        Report { kind, attempt }
+    }
+
+    #[test]
+    fn success_says_everything_with_a_real_link() {
+        let c = render(
+            &facts(),
+            &report(ReportKind::Succeeded, 2),
+            &Templates::default(),
+        );
+        let wiki = c.to_wiki();
+        assert!(
+            wiki.starts_with("recac finished this ticket in 3m 20s (2 attempts)."),
+            "{wiki}"
+        );
+        for part in [
+            "[https://github.com/o/r/pull/7|https://github.com/o/r/pull/7]",
+            "{{recac/OPS-1}}",
+            "{{c0ffee}}",
+            "Tests: passed",
+            "Attempts: 2 of at most 3",
+            "Tokens: 53,579 (51,234 in, 2,345 out)",
+            "Made the timeout configurable.",
+            "[recac|https://github.com/recac-io/recac#recac-feedback/uid-1/succeeded/2]",
+        ] {
+            assert!(wiki.contains(part), "{part} missing in {wiki}");
+        }
+        let adf = c.to_adf().to_string();
+        assert!(
+            adf.contains(r#""href":"https://github.com/o/r/pull/7""#),
+            "{adf}"
+        );
+    }
+
+    #[test]
+    fn failure_words_cover_each_cause() {
+        let mut f = facts();
+        f.result = None;
+        f.failed_reason = Some("GaveUp".into());
+        assert!(failure_words(&f).contains("gave up"));
+        f.failed_reason = Some("RetriesExhausted".into());
+        f.message = Some("attempt 3 failed (DeadlineExceeded: Job was active longer than specified deadline); no retries left".into());
+        assert_eq!(
+            failure_words(&f),
+            "the last attempt ran past its deadline of 1h 0m"
+        );
+        f.message = Some("attempt 3 failed (BackoffLimitExceeded: x); no retries left".into());
+        assert_eq!(
+            failure_words(&f),
+            "every attempt failed and no retries are left"
+        );
+        f.result = Some(AgentResult {
+            outcome: Outcome::TestsFailed,
+            branch: None,
+            commit: None,
+            pull_request_url: None,
+            tests_passed: Some(false),
+            summary: None,
+            token_usage: None,
+        });
+        assert_eq!(failure_words(&f), "the tests failed");
+    }
+
+    #[test]
+    fn failure_quotes_the_log_and_cuts_it_visibly() {
+        let mut f = facts();
+        f.failed_reason = Some("RetriesExhausted".into());
+        f.result = None;
+        let long_line = "y".repeat(2000);
+        let log: String = (0..60).map(|i| format!("{i} {long_line}\n")).collect();
+        f.log = Log::Read(log);
+        let c = render(&f, &report(ReportKind::Failed, 3), &Templates::default());
+        assert!(c.text_len() <= TEXT_BUDGET, "{}", c.text_len());
+        let wiki = c.to_wiki();
+        assert!(
+            wiki.contains("earlier lines cut to fit Jira's comment limit]"),
+            "cut marker"
+        );
+        assert!(wiki.contains(&format!("59 {long_line}")));
+        assert!(wiki.contains("{noformat}"));
+        f.log = Log::Unavailable("pod ops-1-a3-x is gone".into());
+        let wiki = render(&f, &report(ReportKind::Failed, 3), &Templates::default()).to_wiki();
+        assert!(wiki.contains("The agent's log could not be read: pod ops-1-a3-x is gone"));
+    }
+
+    #[test]
+    fn picked_up_and_cancelled_say_how_to_follow() {
+        let f = facts();
+        let wiki = render(&f, &report(ReportKind::PickedUp, 1), &Templates::default()).to_wiki();
+        assert!(wiki.contains("{{kubectl get at ops-1 -n team}} or [the dashboard|https://dash.example/at/team/ops-1]"), "{wiki}");
+        let mut f = facts();
+        f.cancel = Some(CancelCause::Deleted);
+        let wiki = render(&f, &report(ReportKind::Cancelled, 2), &Templates::default()).to_wiki();
+        assert!(wiki.contains("deleted during attempt 2"), "{wiki}");
+    }
+
+    #[test]
+    fn templates_replace_the_headline() {
+        let templates = Templates {
+            succeeded: Some(
+                "Done: {ticket} on {branch} after {attempt} attempt(s), see {pullRequest}".into(),
+            ),
+            ..Default::default()
+        };
+        let wiki = render(&facts(), &report(ReportKind::Succeeded, 2), &templates).to_wiki();
+        assert!(
+            wiki.starts_with(
+                "Done: OPS-1 on recac/OPS-1 after 2 attempt(s), see https://github.com/o/r/pull/7"
+            ),
+            "{wiki}"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Which reports a task is owed, from its spec and status alone (pure).
+
+use recac_api::{AgentTask, TaskPhase, TicketSource};
+
+/// What a report tells the ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReportKind {
+    /// The first attempt was dispatched.
+    PickedUp,
+    /// A later attempt was dispatched.
+    Retrying,
+    /// The task ended well.
+    Succeeded,
+    /// The task ended badly.
+    Failed,
+    /// The task was deleted, or suspended by a person, while it ran.
+    Cancelled,
+}
+
+impl ReportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::PickedUp => "pickedUp",
+            ReportKind::Retrying => "retrying",
+            ReportKind::Succeeded => "succeeded",
+            ReportKind::Failed => "failed",
+            ReportKind::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reports that come with the outcome's transition and labels.
+    pub fn is_outcome(self) -> bool {
+        matches!(
+            self,
+            ReportKind::Succeeded | ReportKind::Failed | ReportKind::Cancelled
+        )
+    }
+}
+
+/// One report: a kind about one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Report {
+    pub kind: ReportKind,
+    pub attempt: i32,
+}
+
+impl Report {
+    /// How `status.feedback.reported` lists it: `<kind>/<attempt>`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.kind.as_str(), self.attempt)
+    }
+}
+
+/// What the configuration says about optional reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub comment_on_dispatch: bool,
+    pub comment_on_retry: bool,
+}
+
+/// The Jira ticket key of a task, when its ticket lives in Jira.
+pub fn jira_ticket(task: &AgentTask) -> Option<&str> {
+    task.spec
+        .ticket
+        .as_ref()
+        .filter(|t| t.source == TicketSource::Jira)
+        .map(|t| t.key.as_str())
+}
+
+/// Whether a person holds the task (spec.suspend) and the task controller has suspended it.
+fn suspended(task: &AgentTask) -> bool {
+    task.spec.suspend
+        && task.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Suspended" && c.status == "True")
+        })
+}
+
+/// The reports `task` is owed now and has not had, in posting order. `deleted`: the task is
+/// gone (this is the last time it is seen).
+pub fn due(task: &AgentTask, deleted: bool, options: &Options) -> Vec<Report> {
+    if jira_ticket(task).is_none() {
+        return Vec::new();
+    }
+    let status = task.status.clone().unwrap_or_default();
+    let attempt = status.attempt.unwrap_or(0);
+    // Nothing ran: nothing to tell (e.g. a claim lost before the first attempt).
+    if attempt == 0 {
+        return Vec::new();
+    }
+    let reported: Vec<String> = status.feedback.map(|f| f.reported).unwrap_or_default();
+    let done = |r: &Report| reported.contains(&r.key());
+    let ended = reported
+        .iter()
+        .any(|k| k.starts_with("succeeded/") || k.starts_with("failed/"));
+    if ended {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    match status.phase {
+        Some(TaskPhase::Succeeded) => out.push(Report {
+            kind: ReportKind::Succeeded,
+            attempt,
+        }),
+        Some(TaskPhase::Failed) => out.push(Report {
+            kind: ReportKind::Failed,
+            attempt,
+        }),
+        _ if deleted => out.push(Report {
+            kind: ReportKind::Cancelled,
+            attempt,
+        }),
+        _ => {
+            if attempt == 1 && options.comment_on_dispatch {
+                out.push(Report {
+                    kind: ReportKind::PickedUp,
+                    attempt,
+                });
+            }
+            if attempt > 1 && options.comment_on_retry {
+                out.push(Report {
+                    kind: ReportKind::Retrying,
+                    attempt,
+                });
+            }
+            if suspended(task) {
+                out.push(Report {
+                    kind: ReportKind::Cancelled,
+                    attempt,
+                });
+            }
+        }
+    }
+    out.retain(|r| !done(r));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use recac_api::{AgentTaskStatus, FeedbackStatus};
+
+    const OPTIONS: Options = Options {
+        comment_on_dispatch: true,
+        comment_on_retry: false,
+    };
+
+    fn task(ticket: bool, phase: TaskPhase, attempt: i32, reported: &[&str]) -> AgentTask {
+        let ticket = if ticket {
+            "  ticket: {source: jira, key: OPS-1}\n"
+        } else {
+            ""
+        };
+        let mut task: AgentTask = serde_saphyr::from_str(&format!(
+            "apiVersion: recac.io/v1alpha1\nkind: AgentTask\nmetadata: {{name: t, namespace: ns, uid: u1}}\nspec:\n  prompt: p\n{ticket}  repository: {{url: https://g.example/r.git}}\n"
+        ))
+        .expect("task");
+        task.status = Some(AgentTaskStatus {
+            phase: Some(phase),
+            attempt: Some(attempt),
+            feedback: Some(FeedbackStatus {
+                reported: reported.iter().map(|r| r.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        task
+    }
+
+    fn keys(reports: Vec<Report>) -> Vec<String> {
+        reports.iter().map(Report::key).collect()
+    }
+
+    #[test]
+    fn a_task_without_a_jira_ticket_is_owed_nothing() {
+        assert!(due(&task(false, TaskPhase::Succeeded, 1, &[]), false, &OPTIONS).is_empty());
+    }
+
+    #[test]
+    fn dispatch_then_outcome_each_once() {
+        assert!(due(&task(true, TaskPhase::Pending, 0, &[]), false, &OPTIONS).is_empty());
+        assert_eq!(
+            keys(due(
+                &task(true, TaskPhase::Pending, 1, &[]),
+                false,
+                &OPTIONS
+            )),
+            ["pickedUp/1"]
+        );
+        assert!(
+            due(
+                &task(true, TaskPhase::Running, 1, &["pickedUp/1"]),
+                false,
+                &OPTIONS
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            keys(due(
+                &task(true, TaskPhase::Succeeded, 1, &["pickedUp/1"]),
+                false,
+                &OPTIONS
+            )),
+            ["succeeded/1"]
+        );
+        assert!(
+            due(
+                &task(
+                    true,
+                    TaskPhase::Succeeded,
+                    1,
+                    &["pickedUp/1", "succeeded/1"]
+                ),
+                true,
+                &OPTIONS
+            )
+            .is_empty()
+        );
+        let quiet = Options {
+            comment_on_dispatch: false,
+            comment_on_retry: false,
+        };
+        assert!(due(&task(true, TaskPhase::Running, 1, &[]), false, &quiet).is_empty());
+    }
+
+    #[test]
+    fn retries_are_quiet_unless_configured() {
+        let t = task(true, TaskPhase::Running, 2, &["pickedUp/1"]);
+        assert!(due(&t, false, &OPTIONS).is_empty());
+        let chatty = Options {
+            comment_on_dispatch: true,
+            comment_on_retry: true,
+        };
+        assert_eq!(keys(due(&t, false, &chatty)), ["retrying/2"]);
+        // A late operator does not announce an attempt that is already over.
+        assert_eq!(
+            keys(due(&task(true, TaskPhase::Failed, 3, &[]), false, &chatty)),
+            ["failed/3"]
+        );
+    }
+
+    #[test]
+    fn deletion_or_suspension_while_running_cancels_once() {
+        let t = task(true, TaskPhase::Running, 2, &["pickedUp/1"]);
+        assert_eq!(keys(due(&t, true, &OPTIONS)), ["cancelled/2"]);
+        let mut held = task(true, TaskPhase::Pending, 1, &["pickedUp/1"]);
+        held.spec.suspend = true;
+        assert!(due(&held, false, &OPTIONS).is_empty(), "not suspended yet");
+        if let Some(status) = held.status.as_mut() {
+            status.conditions.push(Condition {
+                type_: "Suspended".into(),
+                status: "True".into(),
+                reason: "SpecSuspended".into(),
+                message: String::new(),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            });
+        }
+        assert_eq!(keys(due(&held, false, &OPTIONS)), ["cancelled/1"]);
+        if let Some(feedback) = held.status.as_mut().and_then(|s| s.feedback.as_mut()) {
+            feedback.reported.push("cancelled/1".into());
+        }
+        assert!(due(&held, false, &OPTIONS).is_empty());
+        // Resumed and finished later: the outcome is still reported.
+        let finished = task(
+            true,
+            TaskPhase::Succeeded,
+            1,
+            &["pickedUp/1", "cancelled/1"],
+        );
+        assert_eq!(keys(due(&finished, false, &OPTIONS)), ["succeeded/1"]);
+    }
+}

@@ -1,0 +1,630 @@
+//! The `sources:` and `jiraWebhook:` sections of the operator's configuration file.
+//!
+//! Every key has a documented default; [`SourceConfig::validate`] names the bad key
+//! (`sources[0].jql`) so start-up stops with a message that says what to fix.
+
+use std::collections::BTreeMap;
+
+use recac_runtime::config::{InvalidConfig, invalid, is_dns_label, is_dns_subdomain};
+use serde::{Deserialize, Serialize};
+
+use crate::repo;
+
+/// One Jira source: which tickets it picks up, how it claims them and what it runs.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceConfig {
+    /// Unique; used in task labels, metrics and logs (a DNS label).
+    pub name: String,
+    /// A JQL query selecting ready tickets. Either this or `project` + `label`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jql: Option<String>,
+    /// The project key whose tickets this source picks up (with `label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The label that marks a ticket for the agent (with `project`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The status a ticket must be in; unset: any status of the "To Do" category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The namespace its AgentTasks are created in.
+    pub namespace: String,
+    /// What the created AgentTasks run.
+    #[serde(default)]
+    pub template: TaskTemplate,
+    /// How a ticket's repository is found.
+    #[serde(default)]
+    pub repository: RepositoryRules,
+    /// How a ticket is claimed in Jira.
+    #[serde(default)]
+    pub claim: ClaimConfig,
+    /// Jira users (accountId, user name or e-mail) allowed to trigger this source.
+    /// With neither this nor `allowedGroups`, anyone who can edit a ticket can.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_users: Vec<String>,
+    /// Jira groups whose members may trigger this source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_groups: Vec<String>,
+    /// Seconds between polls (the first poll is at start). Default 30.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_seconds: u64,
+    /// At most this many new tickets are taken per poll. Default 1000.
+    #[serde(default = "default_max_tickets_per_poll")]
+    pub max_tickets_per_poll: usize,
+    /// At most this many of this source's tasks unfinished at once. Default 1000.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// The prompt's size cap in characters (summary and description). Default 100000.
+    #[serde(default = "default_max_prompt_chars")]
+    pub max_prompt_chars: usize,
+    /// Labels that mark tickets this source skipped (see `docs/jira.md`).
+    #[serde(default)]
+    pub skip_labels: SkipLabels,
+}
+
+fn default_poll_interval() -> u64 {
+    30
+}
+fn default_max_tickets_per_poll() -> usize {
+    1000
+}
+fn default_max_in_flight() -> usize {
+    1000
+}
+fn default_max_prompt_chars() -> usize {
+    100_000
+}
+
+/// The AgentTask fields a source sets; unset fields take the operator's `agent:` defaults.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TaskTemplate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_refs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<i32>,
+}
+
+/// Repository resolution, first match wins: description line, custom field,
+/// component map, project map, default.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RepositoryRules {
+    /// Read a `Repo: <url>` line from the description. Default true.
+    #[serde(default = "default_true")]
+    pub from_description: bool,
+    /// A custom field id (`customfield_10050`) holding the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_field: Option<String>,
+    /// Component name → URL.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_component: BTreeMap<String, String>,
+    /// Project key → URL.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_project: BTreeMap<String, String>,
+    /// The URL when nothing else matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// The branch work starts from; unset: the remote's default branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
+    /// When set, only URLs on these hosts (`github.com`) or organisations
+    /// (`github.com/example-org`) are accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RepositoryRules {
+    fn default() -> Self {
+        Self {
+            from_description: true,
+            custom_field: None,
+            by_component: BTreeMap::new(),
+            by_project: BTreeMap::new(),
+            default: None,
+            base_branch: None,
+            allowed: Vec::new(),
+        }
+    }
+}
+
+/// How a ticket is claimed.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimConfig {
+    /// The transition: its id, its name or its target status. Default "In Progress".
+    #[serde(default = "default_transition")]
+    pub transition: String,
+    /// Assign the ticket to the bot user. Default true.
+    #[serde(default = "default_true")]
+    pub assign: bool,
+    /// Labels added on claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_labels: Vec<String>,
+    /// Labels removed on claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_labels: Vec<String>,
+}
+
+fn default_transition() -> String {
+    "In Progress".into()
+}
+
+impl Default for ClaimConfig {
+    fn default() -> Self {
+        Self {
+            transition: default_transition(),
+            assign: true,
+            add_labels: Vec::new(),
+            remove_labels: Vec::new(),
+        }
+    }
+}
+
+/// Labels put on tickets that were skipped with a comment.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SkipLabels {
+    /// No repository could be resolved (or it was rejected). Default `recac-needs-repository`.
+    #[serde(default = "default_no_repo_label")]
+    pub no_repository: String,
+    /// The user who triggered it may not. Default `recac-not-allowed`.
+    #[serde(default = "default_not_allowed_label")]
+    pub not_allowed: String,
+}
+
+fn default_no_repo_label() -> String {
+    "recac-needs-repository".into()
+}
+fn default_not_allowed_label() -> String {
+    "recac-not-allowed".into()
+}
+
+impl Default for SkipLabels {
+    fn default() -> Self {
+        Self {
+            no_repository: default_no_repo_label(),
+            not_allowed: default_not_allowed_label(),
+        }
+    }
+}
+
+/// The `jiraWebhook:` section: the endpoint Jira's webhooks call.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookConfig {
+    /// The path on the admin server. Default `/webhooks/jira`.
+    #[serde(default = "default_webhook_path")]
+    pub path: String,
+    /// The environment variable holding the shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// A file holding the shared secret (a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    /// Larger bodies are refused with 413. Default 1 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_webhook_path() -> String {
+    "/webhooks/jira".into()
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            path: default_webhook_path(),
+            secret_env: None,
+            secret_file: None,
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Checks every key; `section` names the section (`jiraWebhook`).
+    pub fn validate(&self, section: &str) -> Result<(), InvalidConfig> {
+        let key = |k: &str| format!("{section}.{k}");
+        if !self.path.starts_with('/') || self.path.len() < 2 {
+            return Err(invalid(
+                &key("path"),
+                "must be an absolute path like /webhooks/jira",
+            ));
+        }
+        if ["/metrics", "/healthz", "/readyz"].contains(&self.path.as_str()) {
+            return Err(invalid(&key("path"), "is taken by the admin server"));
+        }
+        match (&self.secret_env, &self.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    &key("secretEnv"),
+                    "give secretEnv or secretFile, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    &key("secretEnv"),
+                    "a secret is required (secretEnv or secretFile): unsigned deliveries are refused",
+                ));
+            }
+            _ => {}
+        }
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 16 * 1024 * 1024 {
+            return Err(invalid(
+                &key("maxBodyBytes"),
+                "must be between 1024 and 16777216",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the secret from where it is referenced (surrounding whitespace removed).
+    pub fn secret(&self) -> Result<Vec<u8>, InvalidConfig> {
+        let (key, value) = match (&self.secret_env, &self.secret_file) {
+            (Some(var), _) => (
+                "jiraWebhook.secretEnv",
+                std::env::var(var).map_err(|_| {
+                    invalid(
+                        "jiraWebhook.secretEnv",
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+            ),
+            (None, Some(file)) => (
+                "jiraWebhook.secretFile",
+                std::fs::read_to_string(file).map_err(|e| {
+                    invalid("jiraWebhook.secretFile", format!("cannot read {file}: {e}"))
+                })?,
+            ),
+            (None, None) => return Err(invalid("jiraWebhook.secretEnv", "no secret configured")),
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(invalid(key, "the secret is empty"));
+        }
+        Ok(value.as_bytes().to_vec())
+    }
+}
+
+/// A Jira project key.
+fn is_project_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars.next().is_some_and(|c| c.is_ascii_uppercase())
+        && key.len() >= 2
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn is_label(label: &str) -> bool {
+    !label.is_empty() && label.chars().count() <= 255 && !label.contains(char::is_whitespace)
+}
+
+impl SourceConfig {
+    /// A source picking up `label` in `project`, with every other key at its default.
+    pub fn for_label(name: &str, project: &str, label: &str, namespace: &str) -> Self {
+        Self {
+            name: name.into(),
+            jql: None,
+            project: Some(project.into()),
+            label: Some(label.into()),
+            status: None,
+            namespace: namespace.into(),
+            template: TaskTemplate::default(),
+            repository: RepositoryRules::default(),
+            claim: ClaimConfig::default(),
+            allowed_users: Vec::new(),
+            allowed_groups: Vec::new(),
+            poll_interval_seconds: default_poll_interval(),
+            max_tickets_per_poll: default_max_tickets_per_poll(),
+            max_in_flight: default_max_in_flight(),
+            max_prompt_chars: default_max_prompt_chars(),
+            skip_labels: SkipLabels::default(),
+        }
+    }
+
+    /// Whether the source restricts who may trigger it.
+    pub fn restricts_triggers(&self) -> bool {
+        !self.allowed_users.is_empty() || !self.allowed_groups.is_empty()
+    }
+
+    /// Checks every key; `at` is the source's path in the file (`sources[0]`).
+    pub fn validate(&self, at: &str) -> Result<(), InvalidConfig> {
+        let key = |k: &str| format!("{at}.{k}");
+        if !is_dns_label(&self.name) || self.name.len() > 40 {
+            return Err(invalid(
+                &key("name"),
+                format!(
+                    "{:?} must be a DNS label of at most 40 characters",
+                    self.name
+                ),
+            ));
+        }
+        match (&self.jql, &self.project, &self.label) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(invalid(
+                    &key("jql"),
+                    "give jql, or project and label, not both",
+                ));
+            }
+            (Some(jql), None, None) => {
+                if jql.trim().is_empty() {
+                    return Err(invalid(&key("jql"), "is empty"));
+                }
+                if self.status.is_some() {
+                    return Err(invalid(
+                        &key("status"),
+                        "only applies with project and label",
+                    ));
+                }
+            }
+            (None, None, _) => {
+                return Err(invalid(&key("project"), "give jql, or project and label"));
+            }
+            (None, Some(_), None) => {
+                return Err(invalid(&key("label"), "required with project"));
+            }
+            (None, Some(project), Some(label)) => {
+                if !is_project_key(project) {
+                    return Err(invalid(
+                        &key("project"),
+                        format!("{project:?} is not a project key"),
+                    ));
+                }
+                if !is_label(label) {
+                    return Err(invalid(
+                        &key("label"),
+                        format!("{label:?} is not a Jira label"),
+                    ));
+                }
+                if self.status.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                    return Err(invalid(&key("status"), "is empty"));
+                }
+            }
+        }
+        if !is_dns_label(&self.namespace) {
+            return Err(invalid(
+                &key("namespace"),
+                format!("{:?} is not a namespace name", self.namespace),
+            ));
+        }
+        let t = &self.template;
+        if t.image
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
+        {
+            return Err(invalid(&key("template.image"), "is not an image reference"));
+        }
+        if let Some(p) = &t.provider
+            && !["openai", "anthropic"].contains(&p.as_str())
+        {
+            return Err(invalid(
+                &key("template.provider"),
+                "must be openai or anthropic",
+            ));
+        }
+        for (i, s) in t.secret_refs.iter().enumerate() {
+            if !is_dns_subdomain(s) {
+                return Err(invalid(
+                    &key(&format!("template.secretRefs[{i}]")),
+                    format!("{s:?} is not a Secret name"),
+                ));
+            }
+        }
+        if t.max_retries.is_some_and(|r| !(0..=10).contains(&r)) {
+            return Err(invalid(
+                &key("template.maxRetries"),
+                "must be between 0 and 10",
+            ));
+        }
+        if t.timeout_seconds
+            .is_some_and(|s| !(60..=86_400).contains(&s))
+        {
+            return Err(invalid(
+                &key("template.timeoutSeconds"),
+                "must be between 60 and 86400",
+            ));
+        }
+        if t.ttl_seconds_after_finished.is_some_and(|s| s < 60) {
+            return Err(invalid(
+                &key("template.ttlSecondsAfterFinished"),
+                "must be at least 60",
+            ));
+        }
+        let r = &self.repository;
+        for (i, entry) in r.allowed.iter().enumerate() {
+            if repo::AllowEntry::parse(entry).is_none() {
+                return Err(invalid(
+                    &key(&format!("repository.allowed[{i}]")),
+                    format!("{entry:?} must be a host (github.com) or host/organisation"),
+                ));
+            }
+        }
+        let check_url = |k: String, url: &str| -> Result<(), InvalidConfig> {
+            repo::check_url(url, &r.allowed, true).map_err(|why| invalid(&k, why))
+        };
+        for (component, url) in &r.by_component {
+            check_url(key(&format!("repository.byComponent.{component}")), url)?;
+        }
+        for (project, url) in &r.by_project {
+            check_url(key(&format!("repository.byProject.{project}")), url)?;
+        }
+        if let Some(url) = &r.default {
+            check_url(key("repository.default"), url)?;
+        }
+        if let Some(field) = &r.custom_field
+            && !field.starts_with("customfield_")
+        {
+            return Err(invalid(
+                &key("repository.customField"),
+                "must be a field id like customfield_10050",
+            ));
+        }
+        if let Some(b) = &r.base_branch
+            && recac_api::git_ref::sanitize_branch(b) != *b
+        {
+            return Err(invalid(
+                &key("repository.baseBranch"),
+                format!("{b:?} is not a valid branch name"),
+            ));
+        }
+        if self.claim.transition.trim().is_empty() {
+            return Err(invalid(&key("claim.transition"), "is empty"));
+        }
+        for (list, name) in [
+            (&self.claim.add_labels, "addLabels"),
+            (&self.claim.remove_labels, "removeLabels"),
+        ] {
+            for (i, l) in list.iter().enumerate() {
+                if !is_label(l) {
+                    return Err(invalid(
+                        &key(&format!("claim.{name}[{i}]")),
+                        format!("{l:?} is not a Jira label"),
+                    ));
+                }
+            }
+        }
+        for (label, name) in [
+            (&self.skip_labels.no_repository, "noRepository"),
+            (&self.skip_labels.not_allowed, "notAllowed"),
+        ] {
+            if !is_label(label) {
+                return Err(invalid(
+                    &key(&format!("skipLabels.{name}")),
+                    format!("{label:?} is not a Jira label"),
+                ));
+            }
+        }
+        if self.poll_interval_seconds == 0 || self.poll_interval_seconds > 86_400 {
+            return Err(invalid(
+                &key("pollIntervalSeconds"),
+                "must be between 1 and 86400",
+            ));
+        }
+        if self.max_tickets_per_poll == 0 {
+            return Err(invalid(&key("maxTicketsPerPoll"), "must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(invalid(&key("maxInFlight"), "must be at least 1"));
+        }
+        if !(1_000..=200_000).contains(&self.max_prompt_chars) {
+            return Err(invalid(
+                &key("maxPromptChars"),
+                "must be between 1000 and 200000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Validates the whole list: each source, and unique names.
+pub fn validate_sources(sources: &[SourceConfig], section: &str) -> Result<(), InvalidConfig> {
+    for (i, source) in sources.iter().enumerate() {
+        let at = format!("{section}[{i}]");
+        source.validate(&at)?;
+        if sources[..i].iter().any(|s| s.name == source.name) {
+            return Err(invalid(
+                &format!("{at}.name"),
+                format!("{:?} is used by another source", source.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> SourceConfig {
+        serde_saphyr::from_str(yaml).expect("parses")
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let s = parse("name: ops\nproject: OPS\nlabel: recac-agent\nnamespace: agents\n");
+        assert_eq!(s.poll_interval_seconds, 30);
+        assert_eq!(s.claim.transition, "In Progress");
+        assert!(s.claim.assign);
+        assert!(s.repository.from_description);
+        assert_eq!(s.validate("sources[0]"), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let base = "name: ops\nnamespace: agents\n";
+        for (extra, key) in [
+            ("project: OPS\n", "sources[0].label"),
+            ("jql: \"\"\n", "sources[0].jql"),
+            ("jql: x\nproject: OPS\nlabel: l\n", "sources[0].jql"),
+            ("project: ops\nlabel: l\n", "sources[0].project"),
+            ("project: OPS\nlabel: \"a b\"\n", "sources[0].label"),
+            (
+                "project: OPS\nlabel: l\npollIntervalSeconds: 0\n",
+                "sources[0].pollIntervalSeconds",
+            ),
+            (
+                "project: OPS\nlabel: l\nrepository:\n  default: http://x/y\n",
+                "sources[0].repository.default",
+            ),
+            (
+                "project: OPS\nlabel: l\nrepository:\n  allowed: [\"\"]\n",
+                "sources[0].repository.allowed[0]",
+            ),
+            (
+                "project: OPS\nlabel: l\ntemplate:\n  maxRetries: 11\n",
+                "sources[0].template.maxRetries",
+            ),
+            (
+                "project: OPS\nlabel: l\ntemplate:\n  secretRefs: [Bad_Name]\n",
+                "sources[0].template.secretRefs[0]",
+            ),
+            (
+                "project: OPS\nlabel: l\nclaim:\n  addLabels: [\"x y\"]\n",
+                "sources[0].claim.addLabels[0]",
+            ),
+        ] {
+            let s = parse(&format!("{base}{extra}"));
+            let err = s.validate("sources[0]").expect_err(extra);
+            assert_eq!(err.key, key, "{extra}: {err}");
+        }
+        let a = parse("name: ops\nnamespace: a\nproject: OPS\nlabel: l\n");
+        let err = validate_sources(&[a.clone(), a], "sources").unwrap_err();
+        assert_eq!(err.key, "sources[1].name");
+    }
+
+    #[test]
+    fn webhook_needs_a_secret() {
+        let w = WebhookConfig::default();
+        assert_eq!(
+            w.validate("jiraWebhook").unwrap_err().key,
+            "jiraWebhook.secretEnv"
+        );
+        let w = WebhookConfig {
+            secret_env: Some("X".into()),
+            path: "/metrics".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            w.validate("jiraWebhook").unwrap_err().key,
+            "jiraWebhook.path"
+        );
+    }
+}

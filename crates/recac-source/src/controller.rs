@@ -1,0 +1,734 @@
+//! The source controller as a component of the runtime.
+//!
+//! Each source polls on its own interval (the first poll at the start of a term) and
+//! whenever a webhook pokes it ([`PollTriggers`]). A poll first resumes the claims of the
+//! source's pending tasks (crash recovery, see [`crate::decide`]), then reads every page of
+//! the search and acts on each ticket's [`Verdict`]. Everything a term remembers (the
+//! bot user, which skipped tickets were already handled at which `updated` time, claims
+//! finished while the cache lags) lives in the term and starts fresh each term.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use recac_api::AgentTask;
+use recac_jira::{ChangeHistory, Issue, JiraClient, JiraError, User};
+use recac_runtime::events::{EventPublisher, EventType};
+use recac_runtime::{Cache, Component, ComponentError, Term, failpoint};
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::config::SourceConfig;
+use crate::decide::{
+    self, CLAIM_ANNOTATION, CLAIM_MESSAGE_ANNOTATION, ClaimFacts, ClaimState, ClaimStep,
+    SkipReason, TaskView,
+};
+use crate::metrics::SourceMetrics;
+use crate::plan::{self, Verdict};
+use crate::task;
+
+/// Tickets taken at once within one poll.
+const CONCURRENCY: usize = 32;
+
+/// A test hook called at each step of taking a ticket (`after-create`,
+/// `after-transition`, `after-edit`, `after-claim`); it may panic to simulate a crash.
+pub type StepHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Pokes sources to poll now (the webhook's way in).
+#[derive(Clone, Default)]
+pub struct PollTriggers {
+    by_source: Arc<HashMap<String, Arc<Notify>>>,
+}
+
+impl PollTriggers {
+    pub fn new(sources: &[SourceConfig]) -> Self {
+        Self {
+            by_source: Arc::new(
+                sources
+                    .iter()
+                    .map(|s| (s.name.clone(), Arc::new(Notify::new())))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Asks `source` to poll as soon as it can (coalesced: many pokes, one poll).
+    pub fn poke(&self, source: &str) {
+        if let Some(n) = self.by_source.get(source) {
+            n.notify_one();
+        }
+    }
+
+    fn notify(&self, source: &str) -> Arc<Notify> {
+        self.by_source
+            .get(source)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Notify::new()))
+    }
+}
+
+/// Errors of one step, naming the ticket or task.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {source_name}: {action}: {error}")]
+    Jira {
+        source_name: String,
+        action: String,
+        error: JiraError,
+    },
+    #[error("source {source_name}: {action} AgentTask {task}: {error}")]
+    Kube {
+        source_name: String,
+        action: String,
+        task: String,
+        error: kube::Error,
+    },
+}
+
+/// What the controller is built from.
+pub struct SourceParts {
+    pub client: Client,
+    pub tasks: Cache<AgentTask>,
+    pub jira: JiraClient,
+    pub sources: Vec<SourceConfig>,
+    pub metrics: SourceMetrics,
+    pub triggers: PollTriggers,
+    /// Names this replica in Events.
+    pub instance: String,
+    pub hook: Option<StepHook>,
+}
+
+/// The Jira source controller.
+pub struct SourceController {
+    client: Client,
+    tasks: Cache<AgentTask>,
+    jira: JiraClient,
+    sources: Vec<SourceConfig>,
+    metrics: SourceMetrics,
+    triggers: PollTriggers,
+    events: EventPublisher,
+    hook: Option<StepHook>,
+}
+
+/// One term's memory.
+#[derive(Default)]
+struct TermState {
+    /// Skipped tickets and the `updated` time they were skipped at, per source.
+    handled: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Tasks whose claim this term finished (the cache may still show them pending).
+    settled: Mutex<HashSet<String>>,
+}
+
+impl SourceController {
+    pub fn new(parts: SourceParts) -> Self {
+        Self {
+            events: EventPublisher::new(parts.client.clone(), "recac-source", parts.instance),
+            client: parts.client,
+            tasks: parts.tasks,
+            jira: parts.jira,
+            sources: parts.sources,
+            metrics: parts.metrics,
+            triggers: parts.triggers,
+            hook: parts.hook,
+        }
+    }
+
+    fn step(&self, name: &str) {
+        failpoint::hit(&format!("source.{name}"));
+        if let Some(hook) = &self.hook {
+            hook(name);
+        }
+    }
+
+    async fn run_term(self: Arc<Self>, term: Term) -> Result<(), ComponentError> {
+        info!(
+            term = term.number,
+            sources = self.sources.len(),
+            "source controller term starts"
+        );
+        let bot = tokio::select! {
+            _ = term.stopped() => return Ok(()),
+            bot = self.bot_user(&term) => bot,
+        };
+        let state = Arc::new(TermState::default());
+        let loops = self
+            .sources
+            .iter()
+            .map(|source| self.source_loop(source, &bot, &state, &term));
+        futures::future::join_all(loops).await;
+        info!(term = term.number, "source controller term ended");
+        Ok(())
+    }
+
+    /// The bot user, retried until Jira answers (a term cannot claim without it).
+    async fn bot_user(&self, term: &Term) -> User {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.jira.myself().await {
+                Ok(user) => return user,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the Jira bot user; retrying");
+                    tokio::select! {
+                        _ = term.stopped() => return User::default(),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn source_loop(&self, source: &SourceConfig, bot: &User, state: &TermState, term: &Term) {
+        let notify = self.triggers.notify(&source.name);
+        let interval = Duration::from_secs(source.poll_interval_seconds);
+        let label = SourceMetrics::source(&source.name);
+        loop {
+            if term.is_stopped() {
+                return;
+            }
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                _ = term.stopped() => return,
+                outcome = self.poll(source, bot, state) => outcome,
+            };
+            self.metrics
+                .poll_duration
+                .get_or_create(&label)
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = outcome {
+                self.metrics.poll_errors.get_or_create(&label).inc();
+                warn!(error = %e, "poll failed; the next poll retries");
+            }
+            tokio::select! {
+                _ = term.stopped() => return,
+                _ = notify.notified() => debug!(source = %source.name, "poked"),
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    fn jira_err(
+        source: &SourceConfig,
+        action: impl Into<String>,
+    ) -> impl FnOnce(JiraError) -> SourceError {
+        let source_name = source.name.clone();
+        let action = action.into();
+        move |error| SourceError::Jira {
+            source_name,
+            action,
+            error,
+        }
+    }
+
+    /// The source's tasks (and any task of a ticket, whatever the source) by ticket key.
+    fn index(&self) -> HashMap<String, Vec<(TaskView, Arc<AgentTask>)>> {
+        let mut index: HashMap<String, Vec<(TaskView, Arc<AgentTask>)>> = HashMap::new();
+        for t in self.tasks.store().state() {
+            if let (Some(view), Some(key)) = (task::view(&t), task::ticket_of(&t)) {
+                index
+                    .entry(key.to_string())
+                    .or_default()
+                    .push((view, t.clone()));
+            }
+        }
+        index
+    }
+
+    /// One poll: resume pending claims, then read the search and act on each ticket.
+    async fn poll(
+        &self,
+        source: &SourceConfig,
+        bot: &User,
+        state: &TermState,
+    ) -> Result<(), SourceError> {
+        let label = SourceMetrics::source(&source.name);
+        let index = self.index();
+        // Resume claims a crash interrupted.
+        for (key, tasks) in &index {
+            for (view, task) in tasks {
+                if view.source == source.name
+                    && view.claim == ClaimState::Pending
+                    && !view.finished
+                    && !state
+                        .settled
+                        .lock()
+                        .is_ok_and(|s| s.contains(&task_id(view)))
+                    && let Err(e) = self.resume_claim(source, bot, key, task, state).await
+                {
+                    warn!(error = %e, task = %view.name, "claim not finished; the next poll resumes it");
+                }
+            }
+        }
+        let jql = crate::query::search_jql(source);
+        let fields = plan::search_fields(source);
+        let mut issues: Vec<Issue> = Vec::new();
+        let mut pages = std::pin::pin!(self.jira.search_pages(&jql, &fields));
+        while let Some(page) = pages
+            .try_next()
+            .await
+            .map_err(Self::jira_err(source, "search"))?
+        {
+            self.metrics.poll_pages.get_or_create(&label).inc();
+            issues.extend(page);
+        }
+
+        self.metrics
+            .seen
+            .get_or_create(&label)
+            .inc_by(issues.len() as u64);
+        let mut in_flight = index
+            .values()
+            .flatten()
+            .filter(|(v, _)| v.source == source.name && !v.finished)
+            .count();
+        let mut handled = state
+            .handled
+            .lock()
+            .map(|mut h| h.remove(&source.name).unwrap_or_default())
+            .unwrap_or_default();
+        handled.retain(|key, _| issues.iter().any(|i| &i.key == key));
+        let mut candidates = Vec::new();
+        for issue in issues {
+            let views: Vec<TaskView> = index
+                .get(&issue.key)
+                .map(|list| list.iter().map(|(v, _)| v.clone()).collect())
+                .unwrap_or_default();
+            if let Some(reason) = decide::precheck(&views, &source.name) {
+                self.metrics.skip(&source.name, reason.as_str());
+                continue;
+            }
+            let updated = issue.fields.updated.clone().unwrap_or_default();
+            if handled.get(&issue.key) == Some(&updated) {
+                self.metrics
+                    .skip(&source.name, SkipReason::Unchanged.as_str());
+                continue;
+            }
+            if candidates.len() >= source.max_tickets_per_poll || in_flight >= source.max_in_flight
+            {
+                self.metrics.skip(&source.name, SkipReason::Capped.as_str());
+                continue;
+            }
+            in_flight += 1;
+            candidates.push((issue, views));
+        }
+        let results: Vec<(String, Option<String>)> = futures::stream::iter(candidates)
+            .map(|(issue, views)| async move {
+                let key = issue.key.clone();
+                let updated = issue.fields.updated.clone();
+                match self.take(source, bot, &issue, &views, state).await {
+                    Ok(Some(_)) => (key, updated),
+                    Ok(None) => (key, None),
+                    Err(e) => {
+                        warn!(error = %e, ticket = %key, "ticket not taken; the next poll retries");
+                        (key, None)
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (key, updated) in results {
+            if let Some(updated) = updated {
+                handled.insert(key, updated);
+            }
+        }
+        if let Ok(mut h) = state.handled.lock() {
+            h.insert(source.name.clone(), handled);
+        }
+        Ok(())
+    }
+
+    /// Acts on one ticket's verdict. `Ok(Some(reason))` when it was skipped in a way that
+    /// holds until the ticket changes.
+    async fn take(
+        &self,
+        source: &SourceConfig,
+        bot: &User,
+        issue: &Issue,
+        views: &[TaskView],
+        state: &TermState,
+    ) -> Result<Option<SkipReason>, SourceError> {
+        let verdict = plan::evaluate(&self.jira, source, issue, views, bot)
+            .await
+            .map_err(Self::jira_err(source, format!("read ticket {}", issue.key)))?;
+        match verdict {
+            Verdict::Skip(reason) => {
+                self.metrics.skip(&source.name, reason.as_str());
+                Ok(
+                    matches!(reason, SkipReason::AlreadyRan | SkipReason::InvalidKey)
+                        .then_some(reason),
+                )
+            }
+            Verdict::Tell {
+                reason,
+                label,
+                text,
+            } => {
+                self.metrics.skip(&source.name, reason.as_str());
+                self.tell(source, issue, reason, &label, &text).await?;
+                Ok(Some(reason))
+            }
+            Verdict::Take(take) => {
+                let api: Api<AgentTask> = Api::namespaced(self.client.clone(), &source.namespace);
+                let name = take.task.name_any();
+                let kube_err = |action: &str| {
+                    let (source_name, action, task) =
+                        (source.name.clone(), action.to_string(), name.clone());
+                    move |error| SourceError::Kube {
+                        source_name,
+                        action,
+                        task,
+                        error,
+                    }
+                };
+                let created = match api.create(&PostParams::default(), &take.task).await {
+                    Ok(created) => {
+                        if let Some(at) = take.triggered_at.as_deref().and_then(plan::jira_time) {
+                            let secs = (jiff::Timestamp::now().as_millisecond()
+                                - at.as_millisecond())
+                                as f64
+                                / 1000.0;
+                            self.metrics
+                                .latency
+                                .get_or_create(&SourceMetrics::source(&source.name))
+                                .observe(secs.max(0.0));
+                        }
+                        created
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        // The deterministic name exists: adopt it only if it is this run.
+                        let existing = api.get(&name).await.map_err(kube_err("read"))?;
+                        let same = task::view(&existing).is_some_and(|v| {
+                            v.source == source.name
+                                && v.trigger.as_deref() == Some(take.trigger.id.as_str())
+                        });
+                        if !same {
+                            self.metrics
+                                .skip(&source.name, SkipReason::InFlight.as_str());
+                            return Ok(None);
+                        }
+                        if task::view(&existing).is_some_and(|v| v.claim != ClaimState::Pending) {
+                            return Ok(None);
+                        }
+                        existing
+                    }
+                    Err(e) => return Err(kube_err("create")(e)),
+                };
+                self.step("after-create");
+                self.claim(
+                    source,
+                    bot,
+                    &issue.key,
+                    &created,
+                    take.issue,
+                    take.histories,
+                    state,
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// One comment (unless one with the marker exists) and the skip label.
+    async fn tell(
+        &self,
+        source: &SourceConfig,
+        issue: &Issue,
+        reason: SkipReason,
+        label: &str,
+        text: &str,
+    ) -> Result<(), SourceError> {
+        if issue.fields.labels.iter().any(|l| l == label) {
+            return Ok(());
+        }
+        let key = issue.key.as_str();
+        let marker = plan::marker(reason);
+        let marker = if reason == SkipReason::RepositoryRejected {
+            plan::marker(SkipReason::NoRepository)
+        } else {
+            marker
+        };
+        let existing = self
+            .jira
+            .find_comment(key, &marker)
+            .await
+            .map_err(Self::jira_err(source, format!("read comments of {key}")))?;
+        if existing.is_none() {
+            self.jira
+                .add_comment(key, text)
+                .await
+                .map_err(Self::jira_err(source, format!("comment on {key}")))?;
+        }
+        self.jira
+            .add_labels(key, &[label])
+            .await
+            .map_err(Self::jira_err(source, format!("label {key}")))?;
+        info!(
+            ticket = key,
+            reason = reason.as_str(),
+            "ticket skipped with a comment"
+        );
+        Ok(())
+    }
+
+    async fn resume_claim(
+        &self,
+        source: &SourceConfig,
+        bot: &User,
+        key: &str,
+        task: &AgentTask,
+        state: &TermState,
+    ) -> Result<(), SourceError> {
+        let (issue, histories) = self
+            .jira
+            .issue_with_changelog(key, plan::CLAIM_FIELDS)
+            .await
+            .map_err(Self::jira_err(source, format!("read ticket {key}")))?;
+        self.claim(source, bot, key, task, issue, histories, state)
+            .await
+    }
+
+    /// Drives the claim to its end from the ticket as last read.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        source: &SourceConfig,
+        bot: &User,
+        key: &str,
+        task: &AgentTask,
+        mut issue: Issue,
+        mut histories: Vec<ChangeHistory>,
+        state: &TermState,
+    ) -> Result<(), SourceError> {
+        let trigger = task
+            .annotations()
+            .get(decide::TRIGGER_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| decide::CREATED.into());
+        let mut remove: Vec<String> = source.claim.remove_labels.clone();
+        for skip in [
+            &source.skip_labels.no_repository,
+            &source.skip_labels.not_allowed,
+        ] {
+            if issue.fields.labels.contains(skip) && !remove.contains(skip) {
+                remove.push(skip.clone());
+            }
+        }
+        let label = SourceMetrics::source(&source.name);
+        let mut transitioned = false;
+        let mut rereads = 0;
+        loop {
+            let facts = ClaimFacts {
+                histories: &histories,
+                trigger: &trigger,
+                bot,
+                assignee: issue.fields.assignee.as_ref(),
+                labels: &issue.fields.labels,
+            };
+            let mut step = decide::claim_step(
+                &facts,
+                source.claim.assign,
+                &source.claim.add_labels,
+                &remove,
+            );
+            if transitioned && step == ClaimStep::Transition {
+                // Our transition succeeded but this copy of the ticket predates it.
+                step = ClaimStep::Edit {
+                    assign: source.claim.assign
+                        && issue
+                            .fields
+                            .assignee
+                            .as_ref()
+                            .is_none_or(|a| a.id() != bot.id()),
+                };
+            }
+            match step {
+                ClaimStep::Transition => {
+                    let available = self
+                        .jira
+                        .transitions(key)
+                        .await
+                        .map_err(Self::jira_err(source, format!("list transitions of {key}")))?;
+                    let chosen = match recac_jira::transition::resolve(
+                        &source.claim.transition,
+                        &available,
+                    ) {
+                        Ok(t) => t.id.clone(),
+                        Err(_) if rereads < 2 => {
+                            // The ticket changed since it was read: decide on a fresh copy,
+                            // which names who took it.
+                            rereads += 1;
+                            (issue, histories) = self
+                                .jira
+                                .issue_with_changelog(key, plan::CLAIM_FIELDS)
+                                .await
+                                .map_err(Self::jira_err(source, format!("re-read ticket {key}")))?;
+                            continue;
+                        }
+                        Err(list) => {
+                            let status = issue.status_name().unwrap_or("?").to_string();
+                            let why = format!(
+                                "the claim transition {:?} is not available on {key} in status {status:?} (available: {}); someone else may have taken the ticket",
+                                source.claim.transition,
+                                if list.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    list.join("; ")
+                                }
+                            );
+                            return self.settle_lost(source, task, &why, state).await;
+                        }
+                    };
+                    match self.jira.transition_by_id(key, &chosen).await {
+                        Ok(()) => {
+                            transitioned = true;
+                            self.step("after-transition");
+                        }
+                        Err(e) if matches!(e.status(), Some(400 | 409)) && rereads < 2 => {
+                            self.metrics.conflicts.get_or_create(&label).inc();
+                            rereads += 1;
+                            (issue, histories) = self
+                                .jira
+                                .issue_with_changelog(key, plan::CLAIM_FIELDS)
+                                .await
+                                .map_err(Self::jira_err(source, format!("re-read ticket {key}")))?;
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(Self::jira_err(source, format!("transition {key}"))(e));
+                        }
+                    }
+                }
+                ClaimStep::Edit { assign } => {
+                    let add: Vec<&str> =
+                        source.claim.add_labels.iter().map(String::as_str).collect();
+                    let rm: Vec<&str> = remove.iter().map(String::as_str).collect();
+                    self.jira
+                        .assign_and_label(key, assign.then_some(bot), &add, &rm)
+                        .await
+                        .map_err(Self::jira_err(source, format!("assign and label {key}")))?;
+                    self.step("after-edit");
+                    return self.settle_claimed(source, task, key, state).await;
+                }
+                ClaimStep::Done => return self.settle_claimed(source, task, key, state).await,
+                ClaimStep::Lost(why) => return self.settle_lost(source, task, &why, state).await,
+            }
+        }
+    }
+
+    async fn mark(
+        &self,
+        source: &SourceConfig,
+        task: &AgentTask,
+        claim: ClaimState,
+        message: Option<&str>,
+    ) -> Result<(), SourceError> {
+        let ns = task.namespace().unwrap_or_else(|| source.namespace.clone());
+        let api: Api<AgentTask> = Api::namespaced(self.client.clone(), &ns);
+        let mut annotations = json!({ CLAIM_ANNOTATION: claim.as_str() });
+        if let Some(m) = message {
+            annotations[CLAIM_MESSAGE_ANNOTATION] = json!(m);
+        }
+        api.patch(
+            &task.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .map_err(|error| SourceError::Kube {
+            source_name: source.name.clone(),
+            action: format!("mark {}", claim.as_str()),
+            task: task.name_any(),
+            error,
+        })?;
+        Ok(())
+    }
+
+    async fn settle_claimed(
+        &self,
+        source: &SourceConfig,
+        task: &AgentTask,
+        key: &str,
+        state: &TermState,
+    ) -> Result<(), SourceError> {
+        self.mark(source, task, ClaimState::Claimed, None).await?;
+        if let Ok(mut s) = state.settled.lock() {
+            s.insert(format!(
+                "{}/{}",
+                task.namespace().unwrap_or_default(),
+                task.name_any()
+            ));
+        }
+        self.metrics
+            .claimed
+            .get_or_create(&SourceMetrics::source(&source.name))
+            .inc();
+        self.publish(
+            task,
+            EventType::Normal,
+            "Claimed",
+            &format!("claimed Jira ticket {key}; the task may run"),
+        )
+        .await;
+        self.step("after-claim");
+        info!(ticket = key, task = %task.name_any(), "ticket claimed");
+        Ok(())
+    }
+
+    async fn settle_lost(
+        &self,
+        source: &SourceConfig,
+        task: &AgentTask,
+        why: &str,
+        state: &TermState,
+    ) -> Result<(), SourceError> {
+        self.mark(source, task, ClaimState::Lost, Some(why)).await?;
+        if let Ok(mut s) = state.settled.lock() {
+            s.insert(format!(
+                "{}/{}",
+                task.namespace().unwrap_or_default(),
+                task.name_any()
+            ));
+        }
+        self.metrics
+            .conflicts
+            .get_or_create(&SourceMetrics::source(&source.name))
+            .inc();
+        self.publish(
+            task,
+            EventType::Warning,
+            "ClaimLost",
+            &format!("the task will not run: {why}"),
+        )
+        .await;
+        warn!(task = %task.name_any(), why, "claim lost");
+        Ok(())
+    }
+
+    async fn publish(&self, task: &AgentTask, type_: EventType, reason: &str, note: &str) {
+        let reference = task.object_ref(&());
+        if let Err(e) = self.events.publish(&reference, type_, reason, note).await {
+            debug!(error = %e, "event not published");
+        }
+    }
+}
+
+fn task_id(view: &TaskView) -> String {
+    format!("{}/{}", view.namespace, view.name)
+}
+
+impl Component for SourceController {
+    fn name(&self) -> &str {
+        "source-controller"
+    }
+
+    fn run(self: Arc<Self>, term: Term) -> BoxFuture<'static, Result<(), ComponentError>> {
+        Box::pin(self.run_term(term))
+    }
+}

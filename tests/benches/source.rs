@@ -1,0 +1,339 @@
+//! Jira source benchmark: the real `recac orchestrate` binary (release build) against a real
+//! kube-apiserver and the Jira simulator (in this process). Run with `make bench` or
+//! `cargo bench -p recac-tests --bench source`. Prints figures; asserts only correctness.
+//!
+//! - **burst** (`BENCH_SOURCE_BURST`, default 1000): that many labelled tickets → that many
+//!   Jobs. Seconds until the last Job exists, Jira requests (reads, writes, writes per claim),
+//!   the operator's peak RSS.
+//! - **large** (`BENCH_SOURCE_LARGE`, default 5000): every ticket becomes a task (no page or
+//!   result cap); then, idle, the Jira requests per poll interval.
+//! - **latency** (`BENCH_SOURCE_SAMPLES`, default 30): from a ticket becoming ready to its Job
+//!   existing, p50/p99, in webhook mode and in poll mode (interval 2 s).
+//!
+//! The feedback controller is switched off so that the Jira figures are the source's alone.
+//! There is no kubelet: Jobs are created but never run.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ListParams};
+use recac_api::AgentTask;
+use recac_jira_sim::{IssueSeed, JiraSim, Seed};
+use recac_testenv::{ControlPlane, ControlPlaneOptions, shared_control_plane};
+
+const REPO: &str = "https://git.example.com/org/repo.git";
+const SECRET: &str = "bench-webhook-secret";
+
+fn recac_binary() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("RECAC_BIN") {
+        return path.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release/recac")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Operator {
+    process: KillOnDrop,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_operator(
+    plane: &ControlPlane,
+    ns: &str,
+    sim: &JiraSim,
+    poll: u64,
+    cap: usize,
+) -> Operator {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\n\
+             taskController:\n  maxConcurrentTasks: {cap}\n  workers: 16\n\
+             jira:\n  url: {url}\n  auth: {{type: basic, email: {email}, tokenEnv: BENCH_JIRA_TOKEN}}\n\
+             sources:\n  - name: ops\n    project: OPS\n    label: recac-agent\n    namespace: {ns}\n    pollIntervalSeconds: {poll}\n    maxTicketsPerPoll: 100000\n    maxInFlight: 100000\n\
+             jiraWebhook:\n  secretEnv: BENCH_WEBHOOK_SECRET\n\
+             feedback:\n  enabled: false\n",
+            url = sim.url(),
+            email = recac_jira_sim::BOT_EMAIL,
+        ),
+    )
+    .expect("config written");
+    let binary = recac_binary();
+    let process = Command::new(&binary)
+        .args(["orchestrate", "--config"])
+        .arg(&config)
+        .env("KUBECONFIG", plane.kubeconfig_path())
+        .env("BENCH_JIRA_TOKEN", recac_jira_sim::BOT_TOKEN)
+        .env("BENCH_WEBHOOK_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (run `make bench`)", binary.display()));
+    let process = KillOnDrop(process);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let probe = recac_tests::try_http_get(([127, 0, 0, 1], port).into(), "/readyz").await;
+        if probe.is_some_and(|(code, _)| code == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "operator not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Operator {
+        process,
+        port,
+        _dir: dir,
+    }
+}
+
+async fn plane() -> &'static ControlPlane {
+    let plane = shared_control_plane(ControlPlaneOptions::default())
+        .await
+        .expect("control plane");
+    plane
+        .install_crds(&[<AgentTask as kube::CustomResourceExt>::crd()])
+        .await
+        .expect("crds");
+    plane
+}
+
+fn add_tickets(sim: &JiraSim, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            sim.add_issue(IssueSeed {
+                project: "OPS".into(),
+                summary: format!("bench ticket {i}"),
+                description: Some(format!("Repo: {REPO}")),
+                labels: vec!["recac-agent".into()],
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+fn job_name(key: &str) -> String {
+    format!("{}-a1", recac_source::task::task_name(key, 1))
+}
+
+async fn count(api: &Api<Job>) -> usize {
+    api.list_metadata(&ListParams::default().labels("app=recac-agent"))
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0)
+}
+
+async fn claimed_tasks(api: &Api<AgentTask>) -> usize {
+    api.list_metadata(&ListParams::default().labels("recac.io/source=ops"))
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|t| {
+                    t.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("recac.io/claim"))
+                        .is_some_and(|c| c == "claimed")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn is_write(c: &recac_jira_sim::CallRecord) -> bool {
+    !(c.method == "GET" || (c.method == "POST" && c.path.contains("/search")))
+}
+
+async fn burst(plane: &ControlPlane, n: usize) {
+    let ns = plane
+        .namespace(&format!("bench-src-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let sim = JiraSim::start(Seed::default()).await.expect("sim");
+    sim.set_write_limits(None);
+    add_tickets(&sim, n);
+    let started = Instant::now();
+    let op = start_operator(plane, &ns, &sim, 30, n + 10).await;
+    let jobs: Api<Job> = Api::namespaced(client, &ns);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while count(&jobs).await < n {
+        assert!(Instant::now() < deadline, "not every ticket got its Job");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = sim.calls();
+    let writes = calls.iter().filter(|c| is_write(c)).count();
+    let reads = calls.len() - writes;
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in &calls {
+        let tail = c.path.rsplit('/').next().unwrap_or("");
+        let what = if tail.starts_with("OPS-") {
+            "issue"
+        } else {
+            tail
+        };
+        *kinds
+            .entry(format!("{} {what} {}", c.method, c.status))
+            .or_default() += 1;
+    }
+    println!("burst {n}: Jira requests by method, resource and status: {kinds:?}");
+    println!(
+        "burst {n}: last Job after {elapsed:.2} s (from operator start); Jira requests: {reads} reads, {writes} writes ({:.2} writes per claim, {:.2} reads per ticket); operator peak RSS {:.1} MiB",
+        writes as f64 / n as f64,
+        reads as f64 / n as f64,
+        peak_rss_mib(op.process.0.id()),
+    );
+}
+
+async fn large(plane: &ControlPlane, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let ns = plane
+        .namespace(&format!("bench-src-large-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let sim = JiraSim::start(Seed::default()).await.expect("sim");
+    sim.set_write_limits(None);
+    add_tickets(&sim, n);
+    let started = Instant::now();
+    let op = start_operator(plane, &ns, &sim, 2, 10).await;
+    let tasks: Api<AgentTask> = Api::namespaced(client, &ns);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while claimed_tasks(&tasks).await < n {
+        assert!(Instant::now() < deadline, "not every ticket became a task");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sim.clear_calls();
+    let idle = Duration::from_secs(10);
+    tokio::time::sleep(idle).await;
+    let calls = sim.calls();
+    let searches = calls.iter().filter(|c| c.path.contains("/search")).count();
+    let others = calls.len() - searches;
+    println!(
+        "large {n}: every ticket a claimed task after {elapsed:.1} s; idle for {}s with a 2 s interval: {searches} searches, {others} other Jira requests; operator peak RSS {:.1} MiB",
+        idle.as_secs(),
+        peak_rss_mib(op.process.0.id()),
+    );
+    assert_eq!(others, 0, "an idle source makes no request but its search");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+async fn post_webhook(port: u16, key: &str, id: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(
+        r#"{{"webhookEvent":"jira:issue_updated","issue":{{"key":"{key}","fields":{{"project":{{"key":"OPS"}}}}}}}}"#
+    );
+    let signature = recac_source::webhook::sign(SECRET.as_bytes(), body.as_bytes());
+    let request = format!(
+        "POST /webhooks/jira HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nX-Hub-Signature: {signature}\r\nX-Atlassian-Webhook-Identifier: bench-{id}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink).await;
+    }
+}
+
+async fn latency(plane: &ControlPlane, samples: usize, webhook: bool) {
+    if samples == 0 {
+        return;
+    }
+    let mode = if webhook { "webhook" } else { "poll" };
+    let interval = if webhook { 3600 } else { 2 };
+    let ns = plane
+        .namespace(&format!("bench-src-lat-{mode}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let sim = JiraSim::start(Seed::default()).await.expect("sim");
+    sim.add_project("OPS", "Operations");
+    let op = start_operator(plane, &ns, &sim, interval, samples + 10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let jobs: Api<Job> = Api::namespaced(client, &ns);
+    let mut seconds = Vec::new();
+    for i in 0..samples {
+        // Spread the tickets over the poll interval.
+        tokio::time::sleep(Duration::from_millis(if webhook { 50 } else { 370 })).await;
+        let key = add_tickets(&sim, 1).remove(0);
+        let ready = Instant::now();
+        if webhook {
+            post_webhook(op.port, &key, i).await;
+        }
+        let name = job_name(&key);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while jobs.get_metadata_opt(&name).await.ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "no Job for {key}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seconds.push(ready.elapsed().as_secs_f64());
+    }
+    seconds.sort_by(f64::total_cmp);
+    println!(
+        "latency {mode} (interval {interval} s, {samples} tickets): ticket ready → Job exists p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        percentile(&seconds, 0.5),
+        percentile(&seconds, 0.99),
+        seconds.last().copied().unwrap_or(f64::NAN),
+    );
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let plane = plane().await;
+    burst(plane, env_usize("BENCH_SOURCE_BURST", 1000)).await;
+    large(plane, env_usize("BENCH_SOURCE_LARGE", 5000)).await;
+    let samples = env_usize("BENCH_SOURCE_SAMPLES", 30);
+    latency(plane, samples, true).await;
+    latency(plane, samples, false).await;
+}

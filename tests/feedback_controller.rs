@@ -1,0 +1,1185 @@
+//! The feedback controller against a real kube-apiserver, kube-controller-manager's job
+//! controller, the local node agent (which runs each agent pod's command as a process) and
+//! the Jira simulator. Comments are counted from the simulator's call log.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use recac_api::{AgentTask, AgentTaskStatus, FeedbackStatus, TaskPhase};
+use recac_feedback::{FeedbackConfig, FeedbackSetup};
+use recac_jira::{Credentials, Flavor, JiraClient, JiraConfig, Secret};
+use recac_jira_sim::{CallRecord, Fault, IssueSeed, JiraSim};
+use recac_operator::OperatorSetup;
+use recac_runtime::Leadership;
+use recac_runtime::config::OperatorSettings;
+use recac_task_controller::{AgentDefaults, TaskControllerConfig};
+use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
+use recac_tests::{control_plane, http_get, kubectl, text, wait_for};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent.
+const FAKE_AGENT: &str = r#"
+echo "agent: task=$RECAC_TASK attempt=$RECAC_ATTEMPT ticket=$RECAC_TICKET"
+case "$FAKE_MODE" in
+  fail)
+    i=0; while [ $i -lt 70 ]; do echo "step $i: compiling"; i=$((i+1)); done
+    echo "error: tests failed in attempt $RECAC_ATTEMPT"
+    exit 1 ;;
+  leak)
+    echo "using token ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2"
+    echo "anthropic: sk-ant-api03-PLANTEDsecretVALUEabcdefghij0123456789"
+    echo "aws: AKIAPLANTEDKEY123456"
+    echo "cloning https://bot:planted-url-password-77@git.example.com/org/repo.git"
+    printf 'sk-ant-api03-BASE64plantedSECRETvalue0123456789xyz' | base64
+    printf 'ghp_FOLDEDplantedTOKENabcdefghijklmnop0123\n' | fold -w 9
+    echo "internal id corp-424242"
+    echo "error: the build failed"
+    exit 1 ;;
+  give-up) printf '{"outcome":"gaveUp","summary":"the repository does not exist"}' > "$RECAC_RESULT_PATH"; exit 3 ;;
+  sleep) sleep 300 ;;
+  timed) printf '{"outcome":"succeeded","summary":"agent finished at %s"}' "$(date +%s.%N)" > "$RECAC_RESULT_PATH"; exit 0 ;;
+esac
+printf '{"outcome":"succeeded","branch":"%s","commit":"c0ffee%s","pullRequestUrl":"https://github.com/org/repo/pull/%s","testsPassed":true,"summary":"Made the login timeout configurable.","tokenUsage":{"inputTokens":51234,"outputTokens":2345}}' "$RECAC_BRANCH" "$RECAC_ATTEMPT" "$RECAC_ATTEMPT" > "$RECAC_RESULT_PATH"
+"#;
+
+/// Every planted credential, and each piece a line-based redactor could miss.
+const PLANTED: &[&str] = &[
+    "ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2",
+    "PLANTEDsecretVALUE",
+    "AKIAPLANTEDKEY123456",
+    "planted-url-password-77",
+    "BASE64plantedSECRET",
+    // `printf sk-ant-api03-BASE64plantedSECRETvalue0123456789xyz | base64`, first 24 chars.
+    "c2stYW50LWFwaTAzLUJBU0U2",
+    // `fold -w 9` of ghp_FOLDEDplantedTOKENabcdefghijklmnop0123.
+    "ghp_FOLDE",
+    "DplantedT",
+    "OKENabcde",
+    "fghijklmn",
+    "corp-424242",
+];
+
+const LONG: Duration = Duration::from_secs(90);
+
+struct Operator {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+    http: SocketAddr,
+}
+
+impl Operator {
+    async fn start(config: kube::Config, namespace: &str, feedback: FeedbackSetup) -> Self {
+        Self::start_with(config, namespace, Some(feedback)).await
+    }
+
+    /// The task controller alone.
+    async fn start_tasks_only(config: kube::Config, namespace: &str) -> Self {
+        Self::start_with(config, namespace, None).await
+    }
+
+    async fn start_with(
+        config: kube::Config,
+        namespace: &str,
+        feedback: Option<FeedbackSetup>,
+    ) -> Self {
+        let setup = OperatorSetup {
+            operator: OperatorSettings {
+                namespaces: vec![namespace.to_string()],
+                ..Default::default()
+            },
+            task_controller: TaskControllerConfig {
+                retry_backoff_seconds: 1,
+                max_retry_backoff_seconds: 2,
+                queue_poll_seconds: 1,
+                ..Default::default()
+            },
+            agent: AgentDefaults {
+                command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
+                ..Default::default()
+            },
+            instance: "test".into(),
+            feedback,
+            ..Default::default()
+        };
+        let operator =
+            recac_operator::Operator::build(config, setup, Leadership::always()).expect("builds");
+        let (stop, mut stop_rx) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let http = listener.local_addr().expect("address");
+        let handle = tokio::spawn(async move {
+            let outcome = operator
+                .run(listener, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            assert_eq!(outcome, Ok(()), "the operator stops cleanly");
+        });
+        Self { stop, handle, http }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let stopped = tokio::time::timeout(Duration::from_secs(15), self.handle).await;
+        assert!(stopped.is_ok(), "the operator did not stop in time");
+    }
+
+    /// A crash: everything stops at once, nothing is cleaned up.
+    async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}
+
+struct Setup {
+    plane: &'static ControlPlane,
+    client: Client,
+    config: kube::Config,
+    ns: String,
+    _node: NodeAgent,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let plane = control_plane(ControlPlaneOptions {
+        controller_manager: true,
+    })
+    .await;
+    let ns = plane.namespace(prefix).await.expect("namespace");
+    let client = plane.client().await.expect("client");
+    let config = plane.config().await.expect("client config");
+    let node = NodeAgent::start(
+        client.clone(),
+        NodeAgentOptions {
+            namespaces: vec![ns.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("node agent starts");
+    Setup {
+        plane,
+        client,
+        config,
+        ns,
+        _node: node,
+    }
+}
+
+fn jira_client(sim: &JiraSim, flavor: Flavor) -> JiraClient {
+    let config = JiraConfig {
+        url: sim.url().to_string(),
+        flavor,
+        request_timeout_seconds: 5,
+        max_retries: 1,
+        max_retry_after_seconds: 5,
+        ..JiraConfig::default()
+    };
+    let credentials = match flavor {
+        Flavor::Cloud => Credentials::Basic {
+            user: recac_jira_sim::BOT_EMAIL.into(),
+            token: Secret::new(recac_jira_sim::BOT_TOKEN),
+        },
+        Flavor::Datacenter => Credentials::Bearer {
+            token: Secret::new(recac_jira_sim::BOT_PAT),
+        },
+    };
+    JiraClient::with_credentials(&config, credentials).expect("jira client")
+}
+
+fn feedback_config() -> FeedbackConfig {
+    FeedbackConfig {
+        retry_seconds: 1,
+        max_retry_seconds: 2,
+        redact_patterns: vec!["corp-[0-9]{6}".into()],
+        dashboard_url: Some("https://dash.example/tasks/{namespace}/{name}".into()),
+        ..FeedbackConfig::default()
+    }
+}
+
+fn feedback(sim: &JiraSim, flavor: Flavor, config: FeedbackConfig) -> FeedbackSetup {
+    FeedbackSetup::new(config, jira_client(sim, flavor)).expect("feedback setup")
+}
+
+/// A ticket in progress, labelled as the source controller would find it.
+fn ticket(sim: &JiraSim) -> String {
+    sim.add_issue(IssueSeed {
+        project: "OPS".into(),
+        summary: "Make the login timeout configurable".into(),
+        labels: vec!["recac-agent".into()],
+        status: Some("In Progress".into()),
+        ..Default::default()
+    })
+}
+
+fn task_yaml(
+    name: &str,
+    ticket: Option<&str>,
+    mode: &str,
+    max_retries: i32,
+    extra: &str,
+) -> String {
+    let ticket = ticket
+        .map(|key| format!("  ticket: {{source: jira, key: {key}}}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+apiVersion: recac.io/v1alpha1
+kind: AgentTask
+metadata:
+  name: {name}
+spec:
+  prompt: make the login timeout configurable
+{ticket}  repository:
+    url: https://git.example.com/org/repo.git
+  maxRetries: {max_retries}
+  agent:
+    env:
+      - name: FAKE_MODE
+        value: "{mode}"
+{extra}"#
+    )
+}
+
+async fn create_task(s: &Setup, yaml: &str) -> AgentTask {
+    let task: AgentTask = serde_saphyr::from_str(yaml).expect("task yaml");
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    api.create(&PostParams::default(), &task)
+        .await
+        .expect("task created")
+}
+
+async fn task_where(
+    s: &Setup,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&AgentTask) -> bool,
+) -> AgentTask {
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for(what, LONG, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let task = api.get(name).await.ok()?;
+            pred(&task).then_some(task)
+        }
+    })
+    .await
+}
+
+fn reported(task: &AgentTask) -> Vec<String> {
+    task.status
+        .as_ref()
+        .and_then(|s| s.feedback.as_ref())
+        .map(|f| f.reported.clone())
+        .unwrap_or_default()
+}
+
+fn has_reported(task: &AgentTask, key: &str) -> bool {
+    reported(task).iter().any(|k| k == key)
+}
+
+fn condition(task: &AgentTask, type_: &str) -> Option<(String, String, String)> {
+    task.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Comments created on `key`, from the call log (status 201).
+fn comment_posts(sim: &JiraSim, key: &str) -> Vec<CallRecord> {
+    sim.calls()
+        .into_iter()
+        .filter(|c| {
+            c.method == "POST"
+                && c.status == 201
+                && c.path.ends_with(&format!("/issue/{key}/comment"))
+        })
+        .collect()
+}
+
+/// The comment bodies on `key` as text (ADF as its JSON, wiki as is).
+fn bodies(sim: &JiraSim, key: &str) -> Vec<String> {
+    sim.issue(key)
+        .expect("issue")
+        .comments
+        .iter()
+        .map(|c| match &c.body {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+async fn wait_comments(sim: &JiraSim, key: &str, n: usize) -> Vec<String> {
+    wait_for(&format!("{n} comments on {key}"), LONG, || async {
+        let b = bodies(sim, key);
+        (b.len() >= n).then_some(b)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_is_reported_once_with_its_pull_request_link_and_moves_the_ticket() {
+    let s = setup("fb-success").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    let mut config = feedback_config();
+    config.succeeded.transition = Some("In Review".into());
+    config.succeeded.remove_labels = vec!["recac-agent".into()];
+    config.succeeded.add_labels = vec!["recac-done".into()];
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    create_task(&s, &task_yaml("ok", Some(&key), "succeed", 2, "")).await;
+
+    let task = task_where(&s, "ok", "the outcome recorded", |t| {
+        has_reported(t, "succeeded/1")
+    })
+    .await;
+    assert_eq!(reported(&task), ["pickedUp/1", "succeeded/1"]);
+    let fb = task
+        .status
+        .clone()
+        .and_then(|s| s.feedback)
+        .expect("feedback");
+    assert_eq!(fb.reported_attempt, Some(1));
+    assert!(fb.comment_id.is_some() && fb.reported_at.is_some());
+    assert_eq!(fb.ticket_updated.as_deref(), Some("succeeded/1"));
+    assert_eq!(
+        condition(&task, "TicketUpdated").map(|c| c.0),
+        Some("True".into())
+    );
+
+    let bodies = bodies(&sim, &key);
+    assert_eq!(bodies.len(), 2, "{bodies:#?}");
+    assert!(bodies[0].contains("picked up this ticket"), "{}", bodies[0]);
+    assert!(bodies[0].contains("kubectl get at ok -n"), "{}", bodies[0]);
+    assert!(
+        bodies[0].contains(&format!(
+            "\"href\":\"https://dash.example/tasks/{}/ok\"",
+            s.ns
+        )),
+        "{}",
+        bodies[0]
+    );
+    let done = &bodies[1];
+    for part in [
+        "recac finished this ticket",
+        r#""href":"https://github.com/org/repo/pull/1""#,
+        "recac/OPS-1",
+        "c0ffee1",
+        "passed",
+        "53,579 (51,234 in, 2,345 out)",
+        "Made the login timeout configurable.",
+    ] {
+        assert!(done.contains(part), "{part} missing in {done}");
+    }
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.status, "In Review");
+    assert_eq!(issue.labels, ["recac-done"]);
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("a Reported event per comment", LONG, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let reported = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Reported"))
+            .count();
+        (reported == 2).then_some(())
+    })
+    .await;
+
+    // Nothing more is posted: restarts find everything recorded.
+    operator.stop().await;
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, feedback_config()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(comment_posts(&sim, &key).len(), 2);
+    let (code, metrics) = http_get(operator.http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("recac_feedback_pending 0"), "{metrics}");
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_quotes_the_log_tail_without_any_planted_secret() {
+    let s = setup("fb-failure").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    let mut config = feedback_config();
+    config.failed.transition = Some("To Do".into());
+    config.failed.add_labels = vec!["recac-failed".into()];
+    config.failed.remove_labels = vec!["recac-agent".into()];
+    config.log_tail_lines = 30;
+    // The shipped RBAC (pods/log included) is enough.
+    let sa = operator_service_account_config(s.plane).await;
+    let operator = Operator::start(sa, &s.ns, feedback(&sim, Flavor::Cloud, config)).await;
+    create_task(&s, &task_yaml("leaky", Some(&key), "leak", 0, "")).await;
+    let long_key = ticket(&sim);
+    create_task(&s, &task_yaml("long", Some(&long_key), "fail", 1, "")).await;
+
+    task_where(&s, "leaky", "the failure recorded", |t| {
+        has_reported(t, "failed/1")
+    })
+    .await;
+    let bodies = bodies(&sim, &key);
+    assert_eq!(bodies.len(), 2, "{bodies:#?}");
+    let failed = &bodies[1];
+    assert!(
+        failed.contains("recac could not finish this ticket: every attempt failed"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("lines of the agent's log (credentials removed)"),
+        "{failed}"
+    );
+    assert!(failed.contains("\"codeBlock\""), "{failed}");
+    assert!(failed.contains("error: the build failed"), "{failed}");
+    assert!(failed.contains("[REDACTED]"), "{failed}");
+    // No planted secret in any comment, nor in any request the operator sent to Jira.
+    let everything: String = sim
+        .calls()
+        .iter()
+        .map(|c| format!("{} {} {:?}\n", c.path, c.query, c.body))
+        .collect();
+    for planted in PLANTED {
+        assert!(
+            !everything.contains(planted),
+            "{planted} reached Jira:\n{failed}"
+        );
+    }
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.status, "To Do");
+    assert_eq!(issue.labels, ["recac-failed"]);
+
+    // Two attempts of 71 lines: the comment quotes the last 30 of the last attempt.
+    let task = task_where(&s, "long", "the failure recorded", |t| {
+        has_reported(t, "failed/2")
+    })
+    .await;
+    assert_eq!(reported(&task), ["pickedUp/1", "failed/2"]);
+    let bodies = bodies_of(&sim, &long_key, 2).await;
+    let failed = &bodies[1];
+    assert!(failed.contains("The last 30 lines"), "{failed}");
+    assert!(
+        failed.contains("step 69: compiling") && !failed.contains("step 40: compiling"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("error: tests failed in attempt 2"),
+        "{failed}"
+    );
+    assert!(failed.contains("Attempts: "), "{failed}");
+    operator.stop().await;
+}
+
+async fn bodies_of(sim: &JiraSim, key: &str, n: usize) -> Vec<String> {
+    let b = wait_comments(sim, key, n).await;
+    assert_eq!(b.len(), n, "{b:#?}");
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_and_the_deadline_are_said_in_words() {
+    let s = setup("fb-words").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let gave_up = ticket(&sim);
+    let deadline = ticket(&sim);
+    let mut config = feedback_config();
+    config.comment_on_dispatch = false;
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    create_task(&s, &task_yaml("gives-up", Some(&gave_up), "give-up", 2, "")).await;
+    create_task(
+        &s,
+        &task_yaml(
+            "too-slow",
+            Some(&deadline),
+            "sleep",
+            0,
+            "  timeoutSeconds: 60\n",
+        ),
+    )
+    .await;
+
+    task_where(&s, "gives-up", "reported", |t| has_reported(t, "failed/1")).await;
+    let b = bodies_of(&sim, &gave_up, 1).await;
+    assert!(b[0].contains("the agent gave up"), "{}", b[0]);
+    assert!(b[0].contains("the repository does not exist"), "{}", b[0]);
+
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("the deadline report", Duration::from_secs(150), || async {
+        let t = api.get("too-slow").await.ok()?;
+        has_reported(&t, "failed/1").then_some(())
+    })
+    .await;
+    let b = bodies_of(&sim, &deadline, 1).await;
+    assert!(b[0].contains("ran past its deadline of 1m 0s"), "{}", b[0]);
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_or_suspending_a_running_task_says_cancelled_once() {
+    let s = setup("fb-cancel").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let deleted = ticket(&sim);
+    let suspended = ticket(&sim);
+    let mut config = feedback_config();
+    config.cancelled.add_labels = vec!["recac-cancelled".into()];
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    create_task(&s, &task_yaml("gone", Some(&deleted), "sleep", 0, "")).await;
+    create_task(&s, &task_yaml("held", Some(&suspended), "sleep", 0, "")).await;
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    for name in ["gone", "held"] {
+        task_where(&s, name, "running and announced", |t| {
+            t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Running)
+                && has_reported(t, "pickedUp/1")
+        })
+        .await;
+    }
+    api.delete("gone", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .expect("suspended");
+
+    let b = bodies_of(&sim, &deleted, 2).await;
+    assert!(
+        b[1].contains("its task was deleted during attempt 1"),
+        "{}",
+        b[1]
+    );
+    wait_for("the cancelled label", LONG, || async {
+        let labels = sim.issue(&deleted)?.labels;
+        (labels == ["recac-agent", "recac-cancelled"]).then_some(())
+    })
+    .await;
+    task_where(&s, "held", "the suspension reported", |t| {
+        has_reported(t, "cancelled/1")
+    })
+    .await;
+    let b = bodies_of(&sim, &suspended, 2).await;
+    assert!(
+        b[1].contains("its task was suspended during attempt 1"),
+        "{}",
+        b[1]
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(comment_posts(&sim, &deleted).len(), 2);
+    assert_eq!(comment_posts(&sim, &suspended).len(), 2);
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jira_errors_and_rate_limits_delay_feedback_without_duplicates() {
+    let s = setup("fb-outage").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    // Jira is down for comments: the report waits, visibly.
+    sim.inject(
+        Fault::status(503)
+            .on_method("POST")
+            .on_path("/comment")
+            .always(),
+    );
+    let mut config = feedback_config();
+    config.comment_on_dispatch = false;
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    create_task(&s, &task_yaml("patient", Some(&key), "succeed", 0, "")).await;
+    let task = task_where(&s, "patient", "feedback pending", |t| {
+        condition(t, "FeedbackPending").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let (_, _, message) = condition(&task, "FeedbackPending").expect("condition");
+    assert!(message.contains("503"), "{message}");
+    let (_, metrics) = http_get(operator.http, "/metrics").await;
+    assert!(metrics.contains("recac_feedback_pending 1"), "{metrics}");
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("a FeedbackDelayed event", LONG, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FeedbackDelayed"))
+            .then_some(())
+    })
+    .await;
+
+    // Back up, but a 500, rate limits and a reply lost after the comment was made (an
+    // ambiguous POST) on the way: each report still lands once.
+    sim.clear_faults();
+    sim.inject(Fault::status(500).on_method("POST").on_path("/comment"));
+    sim.inject(
+        Fault::rate_limited(1)
+            .on_method("POST")
+            .on_path("/comment")
+            .times(3),
+    );
+    sim.inject(
+        Fault::malformed_json()
+            .on_method("POST")
+            .on_path("/comment"),
+    );
+    let task = task_where(&s, "patient", "delivered", |t| {
+        has_reported(t, "succeeded/1")
+    })
+    .await;
+    assert_eq!(
+        condition(&task, "FeedbackPending").map(|c| (c.0, c.1)),
+        Some(("False".into(), "Delivered".into()))
+    );
+    let bodies = bodies(&sim, &key);
+    assert_eq!(bodies.len(), 1, "{bodies:#?}");
+    assert!(
+        bodies[0].contains("recac finished this ticket"),
+        "{}",
+        bodies[0]
+    );
+    let (_, metrics) = http_get(operator.http, "/metrics").await;
+    assert!(metrics.contains("recac_feedback_pending 0"), "{metrics}");
+    assert!(
+        metrics.contains("recac_feedback_already_posted_total 1"),
+        "{metrics}"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_cannot_be_recorded_is_never_posted_twice() {
+    let s = setup("fb-crash").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    let mut config = feedback_config();
+    config.comment_on_dispatch = false;
+    // The operator's status writes are refused, so the first operator posts and cannot
+    // record (as if killed right after posting); then it is killed.
+    let blind = no_status_writes_config(&s).await;
+    let operator =
+        Operator::start(blind, &s.ns, feedback(&sim, Flavor::Cloud, config.clone())).await;
+    let task_operator = Operator::start_tasks_only(s.config.clone(), &s.ns).await;
+    create_task(&s, &task_yaml("crashy", Some(&key), "succeed", 0, "")).await;
+    wait_comments(&sim, &key, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    operator.kill().await;
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let task = api.get("crashy").await.expect("task");
+    assert!(
+        reported(&task).is_empty(),
+        "the first operator recorded nothing"
+    );
+
+    task_operator.stop().await;
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    task_where(&s, "crashy", "recorded", |t| has_reported(t, "succeeded/1")).await;
+    assert_eq!(comment_posts(&sim, &key).len(), 1);
+    operator.stop().await;
+}
+
+/// A client for a ServiceAccount that may read everything the operator reads but not write
+/// AgentTask status.
+async fn no_status_writes_config(s: &Setup) -> kube::Config {
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: no-status, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: no-status, namespace: {ns}}}
+rules:
+  - {{apiGroups: [recac.io], resources: [agenttasks], verbs: [get, list, watch]}}
+  - {{apiGroups: [batch], resources: [jobs], verbs: [get, list, watch]}}
+  - {{apiGroups: [""], resources: [pods, pods/log], verbs: [get, list]}}
+  - {{apiGroups: [events.k8s.io], resources: [events], verbs: [create]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: no-status, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: no-status}}
+subjects: [{{kind: ServiceAccount, name: no-status, namespace: {ns}}}]
+"#,
+        ns = s.ns
+    );
+    let out = recac_tests::kubectl_stdin(s.plane, &["apply", "-f", "-"], &manifest);
+    assert!(out.status.success(), "apply: {}", text(&out.stderr));
+    token_config(s.plane, "no-status", &s.ns).await
+}
+
+async fn token_config(plane: &ControlPlane, account: &str, ns: &str) -> kube::Config {
+    let out = kubectl(plane, &["create", "token", account, "-n", ns]);
+    assert!(out.status.success(), "create token: {}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let admin = std::fs::read_to_string(plane.kubeconfig_path()).expect("kubeconfig");
+    let mut kubeconfig: Value = serde_saphyr::from_str(&admin).expect("yaml");
+    kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
+    let yaml = serde_json::to_string(&kubeconfig).expect("json is yaml");
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config")
+}
+
+/// A client that authenticates as the operator's ServiceAccount, bound by the shipped RBAC.
+async fn operator_service_account_config(plane: &ControlPlane) -> kube::Config {
+    let root = recac_tests::repo_root();
+    let _ = kubectl(plane, &["create", "namespace", "recac-system"]);
+    let rbac = root.join("config/rbac");
+    let out = kubectl(plane, &["apply", "-k", rbac.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "apply rbac: {}", text(&out.stderr));
+    token_config(plane, "recac-operator", "recac-system").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_transition_is_an_event_and_a_condition_not_a_retry_storm() {
+    let s = setup("fb-transition").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    let mut config = feedback_config();
+    config.comment_on_dispatch = false;
+    config.succeeded.transition = Some("Deployed".into());
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    create_task(&s, &task_yaml("nowhere", Some(&key), "succeed", 0, "")).await;
+    let task = task_where(&s, "nowhere", "reported", |t| {
+        has_reported(t, "succeeded/1")
+    })
+    .await;
+    let (status, reason, message) = condition(&task, "TicketUpdated").expect("condition");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "TransitionUnavailable")
+    );
+    assert!(
+        message.contains("\"Deployed\"") && message.contains("Request Review"),
+        "{message}"
+    );
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("a TransitionUnavailable event", LONG, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("TransitionUnavailable"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let transition_reads = sim
+        .calls()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.ends_with("/transitions"))
+        .count();
+    assert_eq!(transition_reads, 1, "looked once, not again and again");
+    assert_eq!(comment_posts(&sim, &key).len(), 1);
+    assert_eq!(sim.issue(&key).expect("issue").status, "In Progress");
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_center_gets_wiki_markup_with_real_links() {
+    let s = setup("fb-dc").await;
+    let sim = JiraSim::datacenter().await.expect("sim");
+    let key = ticket(&sim);
+    let mut config = feedback_config();
+    config.succeeded.transition = Some("Request Review".into());
+    config.comment_on_dispatch = false;
+    // Tasks of the source "ops" get their own headline.
+    config.source_templates.insert(
+        "ops".into(),
+        recac_feedback::config::Templates {
+            succeeded: Some("Done on {ticket}: {pullRequest} ({attempt} of {attempts})".into()),
+            ..Default::default()
+        },
+    );
+    // The comment's reply is lost after Jira made it: its wiki marker is found.
+    sim.inject(
+        Fault::malformed_json()
+            .on_method("POST")
+            .on_path("/comment"),
+    );
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Datacenter, config),
+    )
+    .await;
+    let yaml = task_yaml("dc", Some(&key), "succeed", 0, "").replace(
+        "  name: dc\n",
+        "  name: dc\n  labels: {recac.io/source: ops}\n",
+    );
+    create_task(&s, &yaml).await;
+    task_where(&s, "dc", "reported", |t| has_reported(t, "succeeded/1")).await;
+    let b = bodies_of(&sim, &key, 1).await;
+    assert!(
+        b[0].starts_with("Done on OPS-1: https://github.com/org/repo/pull/1 (1 of 1)"),
+        "{}",
+        b[0]
+    );
+    assert!(
+        b[0].contains("[https://github.com/org/repo/pull/1|https://github.com/org/repo/pull/1]"),
+        "{}",
+        b[0]
+    );
+    assert!(b[0].contains("{{recac/OPS-1}}"), "{}", b[0]);
+    assert!(
+        comment_posts(&sim, &key)
+            .iter()
+            .all(|c| c.path.starts_with("/rest/api/2/"))
+    );
+    assert_eq!(sim.issue(&key).expect("issue").status, "In Review");
+    let (_, metrics) = http_get(operator.http, "/metrics").await;
+    assert!(
+        metrics.contains("recac_feedback_already_posted_total 1"),
+        "{metrics}"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_without_a_ticket_gets_nothing_posted() {
+    let s = setup("fb-noticket").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, feedback_config()),
+    )
+    .await;
+    create_task(&s, &task_yaml("plain", None, "succeed", 0, "")).await;
+    task_where(&s, "plain", "succeeded", |t| {
+        t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(sim.calls().is_empty(), "{:#?}", sim.calls());
+    let task = Api::<AgentTask>::namespaced(s.client.clone(), &s.ns)
+        .get("plain")
+        .await
+        .expect("task");
+    assert!(task.status.and_then(|s| s.feedback).is_none());
+    operator.stop().await;
+}
+
+/// The task controller and the feedback controller write the same task's status at once,
+/// each under its own field manager: neither loses the other's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_status_writes_of_both_controllers_lose_nothing() {
+    let plane = control_plane(ControlPlaneOptions {
+        controller_manager: false,
+    })
+    .await;
+    let ns = plane.namespace("fb-ssa").await.expect("namespace");
+    let client = plane.client().await.expect("client");
+    let api: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
+    let yaml = task_yaml("shared", Some("OPS-9"), "succeed", 0, "");
+    let task: AgentTask = serde_saphyr::from_str(&yaml).expect("yaml");
+    let task = api
+        .create(&PostParams::default(), &task)
+        .await
+        .expect("created");
+    let mut unversioned = task.clone();
+    unversioned.metadata.resource_version = None;
+    const ROUNDS: i32 = 40;
+    let tasks_side = {
+        let api = api.clone();
+        let task = unversioned.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=ROUNDS {
+                let status = AgentTaskStatus {
+                    phase: Some(TaskPhase::Running),
+                    attempt: Some(attempt),
+                    message: Some(format!("attempt {attempt}")),
+                    conditions: vec![cond("Dispatched", attempt)],
+                    ..Default::default()
+                };
+                recac_task_controller::controller::write_owned_status(&api, &task, &status)
+                    .await
+                    .expect("task controller writes");
+            }
+        })
+    };
+    let feedback_side = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=ROUNDS {
+                let feedback = FeedbackStatus {
+                    reported: (1..=attempt).map(|a| format!("retrying/{a}")).collect(),
+                    ..Default::default()
+                };
+                let owned = serde_json::json!({
+                    "feedback": feedback,
+                    "conditions": [cond("FeedbackPending", attempt)],
+                });
+                recac_runtime::status::apply_status(
+                    &api,
+                    "shared",
+                    None,
+                    recac_feedback::FIELD_MANAGER,
+                    &owned,
+                )
+                .await
+                .expect("feedback controller writes");
+            }
+        })
+    };
+    tasks_side.await.expect("joins");
+    feedback_side.await.expect("joins");
+    let status = api
+        .get("shared")
+        .await
+        .expect("task")
+        .status
+        .expect("status");
+    assert_eq!(status.attempt, Some(ROUNDS));
+    assert_eq!(
+        status.message.as_deref(),
+        Some(format!("attempt {ROUNDS}").as_str())
+    );
+    assert_eq!(
+        status.feedback.expect("feedback").reported.len(),
+        ROUNDS as usize
+    );
+    let mut types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    types.sort();
+    assert_eq!(types, ["Dispatched", "FeedbackPending"]);
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.message == format!("round {ROUNDS}"))
+    );
+}
+
+fn cond(type_: &str, round: i32) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: "Test".into(),
+        message: format!("round {round}"),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        observed_generation: None,
+    }
+}
+
+/// The `recac` binary next to this test's target folder, built if needed.
+fn recac_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    // target/<profile>/deps/<test> → target/<profile>/recac
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target folder");
+    let target_dir = profile_dir.parent().expect("target root");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "-q", "-p", "recac"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(recac_tests::repo_root());
+    if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building the recac binary failed");
+    profile_dir.join("recac")
+}
+
+/// `recac orchestrate` killed by a failpoint right after posting (before recording) posts
+/// nothing more when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_operator_killed_right_after_posting_posts_once() {
+    let s = setup("fb-kill").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    let folder = tempfile::tempdir().expect("temp folder");
+    let config_path = folder.path().join("config.yaml");
+    let agent_command = serde_json::to_string(&["sh", "-c", FAKE_AGENT]).expect("json");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"operator:
+  namespaces: [{ns}]
+  adminAddress: 127.0.0.1:0
+taskController:
+  retryBackoffSeconds: 1
+  maxRetryBackoffSeconds: 2
+agent:
+  command: {agent_command}
+jira:
+  url: {url}
+  auth: {{type: basic, emailEnv: FB_JIRA_EMAIL, tokenEnv: FB_JIRA_TOKEN}}
+feedback:
+  commentOnDispatch: false
+  retrySeconds: 1
+  maxRetrySeconds: 2
+"#,
+            ns = s.ns,
+            url = sim.url(),
+        ),
+    )
+    .expect("config written");
+    let binary = recac_binary();
+    let run = |failpoints: &str| {
+        std::process::Command::new(&binary)
+            .args(["orchestrate", "--config"])
+            .arg(&config_path)
+            .env("KUBECONFIG", s.plane.kubeconfig_path())
+            .env("FB_JIRA_EMAIL", recac_jira_sim::BOT_EMAIL)
+            .env("FB_JIRA_TOKEN", recac_jira_sim::BOT_TOKEN)
+            .env("RECAC_FAILPOINTS", failpoints)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("recac orchestrate starts")
+    };
+    let mut first = run("feedback.after-post=exit");
+    create_task(&s, &task_yaml("killed", Some(&key), "succeed", 0, "")).await;
+    let exited = wait_for("the failpoint to end the operator", LONG, || {
+        let status = first.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await;
+    assert_eq!(exited.code(), Some(86), "exited through the failpoint");
+    assert_eq!(comment_posts(&sim, &key).len(), 1);
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let task = api.get("killed").await.expect("task");
+    assert!(reported(&task).is_empty(), "killed before recording");
+
+    let mut second = run("");
+    let recorded = wait_for("the report recorded", LONG, || {
+        let api = api.clone();
+        async move {
+            let t = api.get("killed").await.ok()?;
+            has_reported(&t, "succeeded/1").then_some(t)
+        }
+    })
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(
+        comment_posts(&sim, &key).len(),
+        1,
+        "the restart found the marker"
+    );
+    let comment_id = recorded
+        .status
+        .and_then(|s| s.feedback)
+        .and_then(|f| f.comment_id);
+    assert_eq!(
+        comment_id,
+        sim.issue(&key)
+            .expect("issue")
+            .comments
+            .first()
+            .map(|c| c.id.clone())
+    );
+}
+
+/// Figures for the README: seconds from the agent finishing to its outcome comment existing
+/// (p50/p99 over 100 tasks) and Jira requests per finished task. Run with
+/// `cargo test -p recac-tests --test feedback_controller -- --ignored --nocapture figures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (about a minute), not a check"]
+async fn figures_for_100_tasks() {
+    const TASKS: usize = 100;
+    let s = setup("fb-figures").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, feedback_config()),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut keys = Vec::new();
+    for i in 0..TASKS {
+        let key = ticket(&sim);
+        create_task(&s, &task_yaml(&format!("t{i}"), Some(&key), "timed", 0, "")).await;
+        keys.push(key);
+    }
+    let mut latencies: Vec<f64> = Vec::new();
+    for key in &keys {
+        let bodies = wait_for(
+            &format!("the outcome on {key}"),
+            Duration::from_secs(600),
+            || async {
+                let issue = sim.issue(key)?;
+                let done = issue
+                    .comments
+                    .iter()
+                    .find(|c| c.body.to_string().contains("agent finished at"))?;
+                Some((done.body.to_string(), done.created))
+            },
+        )
+        .await;
+        let (body, created) = bodies;
+        let finished: f64 = body
+            .split("agent finished at ")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|t| t.trim().parse().ok())
+            .expect("the agent's finishing time");
+        latencies.push(created.as_millisecond() as f64 / 1000.0 - finished);
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    let requests = sim.calls().len();
+    let posts = sim.calls().iter().filter(|c| c.method == "POST").count();
+    println!(
+        "feedback figures: {TASKS} tasks in {:.1}s; agent finished -> outcome comment: p50 {:.2}s, p99 {:.2}s, max {:.2}s; Jira requests {requests} ({:.2} per finished task, {posts} POSTs)",
+        elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or_default(),
+        requests as f64 / TASKS as f64,
+    );
+    for key in &keys {
+        assert_eq!(comment_posts(&sim, key).len(), 2, "{key}");
+    }
+    operator.stop().await;
+}

