@@ -32,8 +32,10 @@ pub fn run(args: OrchestrateArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for warning in &config.warnings {
-        warn!("{warning}");
+    if !args.check_config {
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
     }
     if args.check_config {
         for warning in &config.warnings {
