@@ -20,6 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
 use recac_runtime::events::{EventPublisher, EventType as KubeEventType};
+use recac_runtime::kinds::CachedJob;
 use recac_runtime::{Cache, CacheHook, Component, ComponentError, Term, failpoint, status};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -117,7 +118,7 @@ pub async fn write_owned_status(
 pub struct TaskControllerParts {
     pub client: Client,
     pub tasks: Cache<AgentTask>,
-    pub jobs: Cache<Job>,
+    pub jobs: Cache<CachedJob>,
     pub queue: Arc<AdmissionQueue>,
     pub metrics: TaskMetrics,
     pub config: TaskControllerConfig,
@@ -130,7 +131,7 @@ pub struct TaskControllerParts {
 pub struct TaskController {
     client: Client,
     tasks: Cache<AgentTask>,
-    jobs: Cache<Job>,
+    jobs: Cache<CachedJob>,
     queue: Arc<AdmissionQueue>,
     metrics: TaskMetrics,
     config: TaskControllerConfig,
@@ -346,7 +347,7 @@ async fn observe(
         .store()
         .get(&ObjectRef::new(&job_name).within(&id.namespace));
     let job = match cached {
-        Some(job) => Some(job),
+        Some(job) => Some(Arc::new(job.to_job())),
         None if ctx.recently_dispatched(&id.uid, attempt) => return Ok(Seen::CacheBehind),
         None => {
             // Not cached: make sure before concluding it was deleted.
