@@ -2,7 +2,6 @@
 //! controller, the local node agent (which runs each agent pod's command as a process) and
 //! the Jira simulator. Comments are counted from the simulator's call log.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;
@@ -14,14 +13,11 @@ use recac_feedback::{FeedbackConfig, FeedbackSetup};
 use recac_jira::{Credentials, Flavor, JiraClient, JiraConfig, Secret};
 use recac_jira_sim::{CallRecord, Fault, IssueSeed, JiraSim};
 use recac_operator::OperatorSetup;
-use recac_runtime::Leadership;
 use recac_runtime::config::OperatorSettings;
 use recac_task_controller::{AgentDefaults, TaskControllerConfig};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
-use recac_tests::{control_plane, http_get, kubectl, text, wait_for};
+use recac_tests::{RunningOperator, control_plane, http_get, kubectl, text, wait_for};
 use serde_json::Value;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent.
 const FAKE_AGENT: &str = r#"
@@ -67,19 +63,19 @@ const PLANTED: &[&str] = &[
 
 const LONG: Duration = Duration::from_secs(90);
 
-struct Operator {
-    stop: watch::Sender<bool>,
-    handle: JoinHandle<()>,
-    http: SocketAddr,
-}
+struct Operator;
 
 impl Operator {
-    async fn start(config: kube::Config, namespace: &str, feedback: FeedbackSetup) -> Self {
+    async fn start(
+        config: kube::Config,
+        namespace: &str,
+        feedback: FeedbackSetup,
+    ) -> RunningOperator {
         Self::start_with(config, namespace, Some(feedback)).await
     }
 
     /// The task controller alone.
-    async fn start_tasks_only(config: kube::Config, namespace: &str) -> Self {
+    async fn start_tasks_only(config: kube::Config, namespace: &str) -> RunningOperator {
         Self::start_with(config, namespace, None).await
     }
 
@@ -87,7 +83,7 @@ impl Operator {
         config: kube::Config,
         namespace: &str,
         feedback: Option<FeedbackSetup>,
-    ) -> Self {
+    ) -> RunningOperator {
         let setup = OperatorSetup {
             operator: OperatorSettings {
                 namespaces: vec![namespace.to_string()],
@@ -107,34 +103,7 @@ impl Operator {
             feedback,
             ..Default::default()
         };
-        let operator =
-            recac_operator::Operator::build(config, setup, Leadership::always()).expect("builds");
-        let (stop, mut stop_rx) = watch::channel(false);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binds");
-        let http = listener.local_addr().expect("address");
-        let handle = tokio::spawn(async move {
-            let outcome = operator
-                .run(listener, async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .await;
-            assert_eq!(outcome, Ok(()), "the operator stops cleanly");
-        });
-        Self { stop, handle, http }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let stopped = tokio::time::timeout(Duration::from_secs(15), self.handle).await;
-        assert!(stopped.is_ok(), "the operator did not stop in time");
-    }
-
-    /// A crash: everything stops at once, nothing is cleaned up.
-    async fn kill(self) {
-        self.handle.abort();
-        let _ = self.handle.await;
+        RunningOperator::start(config, setup, Duration::from_secs(15)).await
     }
 }
 

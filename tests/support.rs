@@ -122,3 +122,63 @@ pub async fn try_http_get(address: std::net::SocketAddr, path: &str) -> Option<(
         .unwrap_or_default();
     Some((code, body))
 }
+
+/// An operator (every controller, as `recac orchestrate` assembles them) running in this
+/// test process, with its admin server on a free loopback port.
+pub struct RunningOperator {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+    /// The admin server (`/metrics`, `/healthz`, `/readyz`).
+    pub http: std::net::SocketAddr,
+    stop_within: std::time::Duration,
+}
+
+impl RunningOperator {
+    /// Builds and starts the operator; [`RunningOperator::stop`] must return within
+    /// `stop_within` of its signal.
+    pub async fn start(
+        config: kube::Config,
+        setup: recac_operator::OperatorSetup,
+        stop_within: std::time::Duration,
+    ) -> Self {
+        let operator =
+            recac_operator::Operator::build(config, setup, recac_runtime::Leadership::always())
+                .expect("builds");
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let http = listener.local_addr().expect("address");
+        let handle = tokio::spawn(async move {
+            let outcome = operator
+                .run(listener, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            assert_eq!(outcome, Ok(()), "the operator stops cleanly");
+        });
+        Self {
+            stop,
+            handle,
+            http,
+            stop_within,
+        }
+    }
+
+    /// A clean stop, as on shutdown or losing leadership.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let stopped = tokio::time::timeout(self.stop_within, self.handle).await;
+        assert!(
+            stopped.is_ok(),
+            "the operator did not stop within {:?} of its shutdown signal",
+            self.stop_within
+        );
+    }
+
+    /// A crash: everything stops at once, nothing is cleaned up.
+    pub async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}

@@ -2,7 +2,6 @@
 //! controller and the local node agent, which runs each agent pod's command as a process.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -12,13 +11,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use recac_api::{AgentTask, TaskPhase};
 use recac_operator::OperatorSetup;
-use recac_runtime::Leadership;
 use recac_runtime::config::OperatorSettings;
 use recac_task_controller::{AgentDefaults, TaskControllerConfig};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
-use recac_tests::{control_plane, http_get, kubectl, text, wait_for};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use recac_tests::{RunningOperator, control_plane, http_get, kubectl, text, wait_for};
 
 /// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent.
 const FAKE_AGENT: &str = r#"
@@ -36,14 +32,10 @@ printf '{"outcome":"succeeded","branch":"%s","commit":"c0ffee%s","summary":"done
 
 const LONG: Duration = Duration::from_secs(60);
 
-struct Operator {
-    stop: watch::Sender<bool>,
-    handle: JoinHandle<()>,
-    http: SocketAddr,
-}
+struct Operator;
 
 impl Operator {
-    async fn start(config: kube::Config, namespace: &str, cap: usize) -> Self {
+    async fn start(config: kube::Config, namespace: &str, cap: usize) -> RunningOperator {
         let setup = OperatorSetup {
             operator: OperatorSettings {
                 namespaces: vec![namespace.to_string()],
@@ -64,38 +56,7 @@ impl Operator {
             feedback: None,
             sources: None,
         };
-        let operator =
-            recac_operator::Operator::build(config, setup, Leadership::always()).expect("builds");
-        let (stop, mut stop_rx) = watch::channel(false);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binds");
-        let http = listener.local_addr().expect("address");
-        let handle = tokio::spawn(async move {
-            let outcome = operator
-                .run(listener, async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .await;
-            assert_eq!(outcome, Ok(()), "the operator stops cleanly");
-        });
-        Self { stop, handle, http }
-    }
-
-    /// A clean stop, as on losing leadership.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let stopped = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
-        assert!(
-            stopped.is_ok(),
-            "the operator did not stop within 10 s of its shutdown signal"
-        );
-    }
-
-    /// A crash: everything stops at once, nothing is cleaned up.
-    async fn kill(self) {
-        self.handle.abort();
-        let _ = self.handle.await;
+        RunningOperator::start(config, setup, Duration::from_secs(10)).await
     }
 }
 
