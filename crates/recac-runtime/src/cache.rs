@@ -16,11 +16,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
-use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
@@ -364,18 +364,18 @@ where
     }
 }
 
-/// Names for log lines: `namespace/name`.
-pub fn key_of<K: Resource>(object: &K) -> String {
-    format!(
-        "{}/{}",
-        object.namespace().unwrap_or_default(),
-        object.name_any()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
+
+    fn key_of<K: Resource>(object: &K) -> String {
+        format!(
+            "{}/{}",
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        )
+    }
     use k8s_openapi::api::core::v1::ConfigMap;
 
     fn object(ns: &str, name: &str) -> ConfigMap {

@@ -71,18 +71,6 @@ impl Term {
     pub fn is_stopped(&self) -> bool {
         self.stop.is_cancelled()
     }
-
-    /// A term for tests and one-shot runs, with the token that ends it.
-    pub fn standalone(number: u64) -> (Self, CancellationToken) {
-        let stop = CancellationToken::new();
-        (
-            Self {
-                number,
-                stop: stop.clone(),
-            },
-            stop,
-        )
-    }
 }
 
 /// A part of the operator that writes: runs one term at a time.
