@@ -39,10 +39,13 @@ bench:
 	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) bench -p recac-tests --bench dispatch && \
 	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) bench -p recac-tests --bench source
 
+# `recac crd` prints every CRD, one YAML document each, in the order of
+# recac_api::crd_files(): each document goes to its own file.
 crds:
-	$(CARGO) run --quiet -p recac -- crd > crds/agenttask.yaml.new
-	mv crds/agenttask.yaml.new crds/agenttask.yaml
-	cp crds/agenttask.yaml config/crd/agenttask.yaml
+	$(CARGO) run --quiet -p recac -- crd > crds/all.yaml.new
+	awk 'BEGIN { split("agenttask.yaml agenttaskschedule.yaml", f, " ") } /^---$$/ { n++ } { print > ("crds/" f[n] ".new") }' crds/all.yaml.new
+	rm crds/all.yaml.new
+	for f in agenttask.yaml agenttaskschedule.yaml; do mv crds/$$f.new crds/$$f && cp crds/$$f config/crd/$$f; done
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -9,13 +9,19 @@ use recac_tests::{control_plane, kubectl, kubectl_stdin, repo_root, text};
 
 #[test]
 fn crd_file_matches_generated_crd() {
-    let generated = recac_api::crds_yaml().expect("CRDs render");
-    let on_disk = std::fs::read_to_string(repo_root().join("crds/agenttask.yaml"))
-        .expect("crds/agenttask.yaml exists");
-    assert!(
-        generated == on_disk,
-        "crds/agenttask.yaml is stale: run `make crds` and commit the result"
-    );
+    let files = recac_api::crd_files().expect("CRDs render");
+    assert_eq!(files.len(), 2, "every CRD has its file");
+    for (file, generated) in files {
+        for dir in ["crds", "config/crd"] {
+            let path = format!("{dir}/{file}");
+            let on_disk = std::fs::read_to_string(repo_root().join(&path))
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(
+                generated == on_disk,
+                "{path} is stale: run `make crds` and commit the result"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -735,7 +735,7 @@ async fn operator_service_account_config(plane: &ControlPlane) -> kube::Config {
     let rbac = root.join("config/rbac");
     let out = kubectl(plane, &["apply", "-k", rbac.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "apply rbac: {}", text(&out.stderr));
-    token_config(plane, "recac-operator", "recac-system").await
+    token_config(plane, "recac-operator-sa", "recac-system").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1012,6 +1012,7 @@ async fn the_real_operator_killed_right_after_posting_posts_once() {
             r#"operator:
   namespaces: [{ns}]
   adminAddress: 127.0.0.1:0
+  leaderElection: {{enabled: false}}
 taskController:
   retryBackoffSeconds: 1
   maxRetryBackoffSeconds: 2

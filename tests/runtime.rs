@@ -51,7 +51,7 @@ fn start_operator(
     std::fs::write(
         &config,
         format!(
-            "operator:\n  namespaces: [{namespace}]\n  adminAddress: 127.0.0.1:{port}\n  stopTimeoutSeconds: 5\nagent:\n  command: [sh, -c, 'exit 0']\n"
+            "operator:\n  namespaces: [{namespace}]\n  adminAddress: 127.0.0.1:{port}\n  stopTimeoutSeconds: 5\n  leaderElection: {{enabled: false}}\nagent:\n  command: [sh, -c, 'exit 0']\n"
         ),
     )
     .expect("config written");
@@ -87,6 +87,16 @@ async fn a_component_that_panics_ends_the_process_with_a_message() {
         port,
         "task-controller.reconcile=panic",
     );
+    // Read stderr while the process runs: a panic's backtrace (RUST_BACKTRACE=1) can
+    // outgrow the pipe's buffer and block the process on its write.
+    let reader = operator.0.stderr.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = operator.0.try_wait().expect("wait") {
@@ -98,11 +108,7 @@ async fn a_component_that_panics_ends_the_process_with_a_message() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = operator.0.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
+    let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
     assert_eq!(status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(

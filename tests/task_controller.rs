@@ -642,7 +642,7 @@ async fn operator_service_account_config(plane: &ControlPlane) -> kube::Config {
     assert!(out.status.success(), "apply rbac: {}", text(&out.stderr));
     let out = kubectl(
         plane,
-        &["create", "token", "recac-operator", "-n", "recac-system"],
+        &["create", "token", "recac-operator-sa", "-n", "recac-system"],
     );
     assert!(out.status.success(), "create token: {}", text(&out.stderr));
     let token = text(&out.stdout).trim().to_string();

@@ -13,6 +13,10 @@
 //!   all but 10 queue. Prints admission decisions per second (reconciles until every task
 //!   shows `Queued` or has its Job), and the operator's RSS with every task cached.
 //!
+//! - **high availability** (`BENCH_HA`, default 10000): that many tasks and two replicas with
+//!   leader election; once every Job exists, each replica's RSS, and the API requests of a
+//!   quiet minute by verb and resource (writes other than the Lease's, and Lease requests).
+//!
 //! There is no kubelet: Jobs are created but never run, so they all stay live.
 
 use std::collections::BTreeMap;
@@ -131,13 +135,17 @@ struct Running {
 }
 
 async fn start_operator(plane: &ControlPlane, ns: &str, cap: usize) -> Running {
+    start_replica(plane, ns, cap, "{enabled: false}").await
+}
+
+async fn start_replica(plane: &ControlPlane, ns: &str, cap: usize, election: &str) -> Running {
     let port = free_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
         format!(
-            "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\ntaskController:\n  maxConcurrentTasks: {cap}\n  workers: 16\n"
+            "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\n  leaderElection: {election}\ntaskController:\n  maxConcurrentTasks: {cap}\n  workers: 16\n"
         ),
     )
     .expect("config written");
@@ -366,6 +374,83 @@ async fn admission(n: usize) {
     );
 }
 
+/// Two elected replicas with `n` tasks and their Jobs cached: RSS of each, and the API
+/// requests an idle cluster costs.
+async fn high_availability(n: usize) {
+    let plane = plane().await;
+    let ns = plane
+        .namespace(&format!("bench-ha-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let tasks: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    create_tasks(&tasks, n).await;
+    let election = format!("{{leaseNamespace: {ns}, leaseName: bench}}");
+    let replicas = [
+        start_replica(plane, &ns, n + 10, &election).await,
+        start_replica(plane, &ns, n + 10, &election).await,
+    ];
+    let start = Instant::now();
+    while count_jobs(&jobs).await < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "Jobs not all created after 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the last status writes and Events settle, then measure a quiet minute.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    const IDLE: Duration = Duration::from_secs(60);
+    let mut before = Vec::new();
+    for r in &replicas {
+        before.push(scrape(r.port).await.0);
+    }
+    tokio::time::sleep(IDLE).await;
+    println!("high availability: 2 elected replicas, N={n} tasks and Jobs cached");
+    for (i, r) in replicas.iter().enumerate() {
+        let (after, _) = scrape(r.port).await;
+        let (_, body) = recac_tests::http_get(([127, 0, 0, 1], r.port).into(), "/metrics").await;
+        let leader = body
+            .lines()
+            .find(|l| l.starts_with("recac_leader "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string();
+        let mut idle: Vec<String> = Vec::new();
+        let (mut writes, mut lease, mut all) = (0u64, 0u64, 0u64);
+        for (series, value) in &after {
+            let delta = value - before[i].get(series).copied().unwrap_or(0);
+            if delta == 0 {
+                continue;
+            }
+            all += delta;
+            if series.ends_with(" leases") {
+                lease += delta;
+            } else if ["create ", "update ", "patch ", "delete "]
+                .iter()
+                .any(|v| series.starts_with(v))
+            {
+                writes += delta;
+            }
+            idle.push(format!("{series}: {delta}"));
+        }
+        let (peak, current) = rss_kib(r.process.0.id());
+        let secs = IDLE.as_secs_f64();
+        println!(
+            "  replica {} (recac_leader {leader}): RSS {:.1} MiB (peak {:.1} MiB); idle {:.0} s: {:.2} requests/s, {} writes other than the Lease, {:.2} Lease requests/s [{}]",
+            i + 1,
+            current as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            secs,
+            all as f64 / secs,
+            writes,
+            lease as f64 / secs,
+            idle.join(", ")
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
@@ -382,5 +467,12 @@ async fn main() {
         .unwrap_or(10_000);
     if queue > 0 {
         admission(queue).await;
+    }
+    let ha: usize = std::env::var("BENCH_HA")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    if ha > 0 {
+        high_availability(ha).await;
     }
 }

@@ -4,8 +4,10 @@
 pub mod agent_contract;
 mod agent_task;
 pub mod git_ref;
+mod schedule;
 
 pub use agent_task::*;
+pub use schedule::*;
 
 use kube::CustomResourceExt;
 
@@ -16,13 +18,29 @@ pub enum CrdError {
     Render { name: String, message: String },
 }
 
-/// Every CustomResourceDefinition recac serves, as one multi-document YAML stream.
+/// Every CustomResourceDefinition recac serves, as one multi-document YAML stream (the
+/// files of [`crd_files`], in order).
 pub fn crds_yaml() -> Result<String, CrdError> {
-    let crd = AgentTask::crd();
-    let name = crd.metadata.name.clone().unwrap_or_default();
-    let yaml = serde_saphyr::to_string(&crd).map_err(|e| CrdError::Render {
-        name,
-        message: e.to_string(),
-    })?;
-    Ok(format!("---\n{yaml}"))
+    Ok(crd_files()?
+        .into_iter()
+        .map(|(_, yaml)| yaml)
+        .collect::<String>())
+}
+
+/// Each CustomResourceDefinition as the file `crds/<file>` holds it: `(file, YAML)`.
+pub fn crd_files() -> Result<Vec<(&'static str, String)>, CrdError> {
+    [
+        ("agenttask.yaml", AgentTask::crd()),
+        ("agenttaskschedule.yaml", AgentTaskSchedule::crd()),
+    ]
+    .into_iter()
+    .map(|(file, crd)| {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let yaml = serde_saphyr::to_string(&crd).map_err(|e| CrdError::Render {
+            name,
+            message: e.to_string(),
+        })?;
+        Ok((file, format!("---\n{yaml}")))
+    })
+    .collect()
 }

@@ -19,7 +19,7 @@ pub enum FaultKind {
 }
 
 /// A fault and the calls it applies to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Fault {
     pub kind: FaultKind,
     /// Only calls with this method (`GET`, `POST`…); `None` for any.
@@ -28,6 +28,8 @@ pub struct Fault {
     pub path_contains: Option<String>,
     /// How many calls it hits; `None` for every call.
     pub times: Option<u32>,
+    /// The chance (0 to 1) that a matching call is hit; `None` for every one.
+    pub probability: Option<f64>,
 }
 
 impl Fault {
@@ -37,6 +39,7 @@ impl Fault {
             method: None,
             path_contains: None,
             times: Some(1),
+            probability: None,
         }
     }
 
@@ -88,6 +91,13 @@ impl Fault {
         self
     }
 
+    /// Hits each matching call with chance `p` (for random failure rates; combine with
+    /// [`Fault::always`]).
+    pub fn sometimes(mut self, p: f64) -> Fault {
+        self.probability = Some(p.clamp(0.0, 1.0));
+        self
+    }
+
     pub fn on_method(mut self, method: &str) -> Fault {
         self.method = Some(method.to_ascii_uppercase());
         self
@@ -105,5 +115,6 @@ impl Fault {
                 .path_contains
                 .as_deref()
                 .is_none_or(|p| path.contains(p))
+            && self.probability.is_none_or(|p| rand::random::<f64>() < p)
     }
 }

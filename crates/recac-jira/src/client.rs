@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -31,7 +32,11 @@ pub struct JiraClient {
     auth: HeaderValue,
     policy: RetryPolicy,
     page_size: u32,
+    write_gate: Option<WriteGate>,
 }
+
+/// Says whether a write may be sent now (see [`JiraClient::with_write_gate`]).
+pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl fmt::Debug for JiraClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -41,6 +46,7 @@ impl fmt::Debug for JiraClient {
             .field("auth", &"***")
             .field("policy", &self.policy)
             .field("page_size", &self.page_size)
+            .field("write_gate", &self.write_gate.is_some())
             .finish()
     }
 }
@@ -56,6 +62,11 @@ struct Req<'a> {
 }
 
 impl Req<'_> {
+    /// Changes something in Jira (POST search is a read).
+    fn writes(&self) -> bool {
+        self.method != Method::GET && self.op != "search"
+    }
+
     fn idempotent(&self) -> bool {
         // POST search is a read; other POSTs (comment, transition) are not.
         self.method != Method::POST || self.op == "search"
@@ -150,7 +161,16 @@ impl JiraClient {
                 ..RetryPolicy::default()
             },
             page_size: cfg.page_size,
+            write_gate: None,
         })
+    }
+
+    /// Sends a write (a comment, transition, edit, property) only while `gate` says so,
+    /// checked before every attempt; otherwise the call fails with
+    /// [`JiraError::NotLeader`] without reaching Jira. Reads are never gated.
+    pub fn with_write_gate(mut self, gate: WriteGate) -> JiraClient {
+        self.write_gate = Some(gate);
+        self
     }
 
     /// Replaces the retry policy (tests use short backoff steps).
@@ -197,6 +217,14 @@ impl JiraClient {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            if req.writes()
+                && let Some(gate) = &self.write_gate
+                && !gate()
+            {
+                return Err(JiraError::NotLeader {
+                    ctx: ctx(req.op, req.issue),
+                });
+            }
             let mut builder = self
                 .http
                 .request(req.method.clone(), url.clone())

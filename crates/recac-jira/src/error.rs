@@ -118,6 +118,9 @@ pub enum JiraError {
     /// The caller passed something that cannot be sent.
     #[error("{ctx}: invalid input: {message}")]
     InvalidInput { ctx: Context, message: String },
+    /// A write not sent because this replica may not write (it does not lead).
+    #[error("{ctx}: not sent: this replica is not the leader")]
+    NotLeader { ctx: Context },
 }
 
 impl JiraError {
@@ -137,7 +140,8 @@ impl JiraError {
             | JiraError::Transport { ctx, .. }
             | JiraError::Malformed { ctx, .. }
             | JiraError::RetriesExhausted { ctx, .. }
-            | JiraError::InvalidInput { ctx, .. } => ctx.issue.as_deref(),
+            | JiraError::InvalidInput { ctx, .. }
+            | JiraError::NotLeader { ctx } => ctx.issue.as_deref(),
             JiraError::NoSuchTransition { issue, .. } => Some(issue),
             JiraError::Config(_) => None,
         }

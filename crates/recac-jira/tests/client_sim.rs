@@ -616,3 +616,38 @@ async fn jql_quoting_round_trips_through_the_server() {
     ]);
     assert_eq!(c.search_all(&q, &[]).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_closed_write_gate_sends_no_write_and_still_reads() {
+    let sim = sim(Flavor::Cloud).await;
+    sim.add_project("OPS", "Operations");
+    let key = seed_issue(&sim, "Fenced", &["recac-agent"]);
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate_open = open.clone();
+    let c = client(&sim, Flavor::Cloud).with_write_gate(std::sync::Arc::new(move || {
+        gate_open.load(std::sync::atomic::Ordering::SeqCst)
+    }));
+    sim.clear_calls();
+    let refused = c
+        .add_comment(&key, "not while following")
+        .await
+        .expect_err("refused");
+    assert!(matches!(refused, JiraError::NotLeader { .. }), "{refused}");
+    assert!(refused.to_string().contains("not the leader"), "{refused}");
+    assert!(
+        sim.calls().is_empty(),
+        "nothing reached Jira: {:?}",
+        sim.calls()
+    );
+    let found = c
+        .search_all(&jql::eq("project", "OPS"), &["summary"])
+        .await
+        .expect("reads are not gated");
+    assert_eq!(found.len(), 1);
+
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    c.add_comment(&key, "now leading")
+        .await
+        .expect("sent once the gate opens");
+    assert_eq!(sim.issue(&key).expect("issue").comments.len(), 1);
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use recac_runtime::admin::{self, AdminState, Readiness};
 use recac_runtime::config::OperatorSettings;
+use recac_runtime::election::{LeaderElection, OwnPod, process_identity};
 use recac_runtime::metrics::ApiRequestCounter;
 use recac_runtime::{Cache, Fatal, Health, Leadership, MetricsRegistry, Supervisor, kinds};
 use recac_task_controller::admission::AdmissionQueue;
@@ -15,7 +16,8 @@ use recac_task_controller::metrics::TaskMetrics;
 use recac_task_controller::{
     AgentDefaults, TaskController, TaskControllerConfig, TaskControllerParts,
 };
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 /// What the operator is built from (the configuration file's sections).
 #[derive(Clone, Debug, Default)]
@@ -42,11 +44,17 @@ pub struct Operator {
     pub health: Health,
     /// Every cache's state (`/readyz`).
     pub readiness: Readiness,
+    /// Whether this replica may write (always, or while it holds the leader Lease).
+    pub leadership: Leadership,
+    election: Option<LeaderElection>,
+    /// The schedule controller's clock: the system's, unless a test sets its own.
+    schedule_clock: recac_schedule::ClockCell,
 }
 
 impl Operator {
-    /// Builds every part. `kube_config` is used for one shared client whose requests are
-    /// counted in `recac_api_requests_total`.
+    /// Builds every part, writing whenever `leadership` allows. `kube_config` is used for
+    /// one shared client whose requests are counted in `recac_api_requests_total` and whose
+    /// writes (and the Jira clients' writes) are refused while `leadership` does not allow them.
     pub fn build(
         kube_config: kube::Config,
         setup: OperatorSetup,
@@ -54,7 +62,61 @@ impl Operator {
     ) -> Result<Self, kube::Error> {
         let registry = MetricsRegistry::default();
         let requests = ApiRequestCounter::register(&registry);
-        let client = recac_runtime::client::counted_client(kube_config, requests)?;
+        Self::assemble(kube_config, setup, registry, requests, leadership, None)
+    }
+
+    /// Builds every part as the configuration says: with `operator.leaderElection.enabled`,
+    /// this replica competes for the leader Lease and writes only while it holds it;
+    /// otherwise it always writes.
+    pub fn from_config(
+        kube_config: kube::Config,
+        setup: OperatorSetup,
+    ) -> Result<Self, kube::Error> {
+        let settings = setup.operator.leader_election.clone();
+        if !settings.enabled {
+            return Self::build(kube_config, setup, Leadership::always());
+        }
+        let registry = MetricsRegistry::default();
+        let requests = ApiRequestCounter::register(&registry);
+        // The Lease is written while following, so its client is not fenced.
+        let lease_client =
+            recac_runtime::client::counted_client(kube_config.clone(), requests.clone())?;
+        let election = LeaderElection::new(
+            lease_client,
+            settings,
+            process_identity(&setup.instance),
+            OwnPod::from_env(),
+            &registry,
+        );
+        let leadership = election.leadership();
+        Self::assemble(
+            kube_config,
+            setup,
+            registry,
+            requests,
+            leadership,
+            Some(election),
+        )
+    }
+
+    fn assemble(
+        kube_config: kube::Config,
+        mut setup: OperatorSetup,
+        registry: MetricsRegistry,
+        requests: ApiRequestCounter,
+        leadership: Leadership,
+        election: Option<LeaderElection>,
+    ) -> Result<Self, kube::Error> {
+        let client =
+            recac_runtime::client::fenced_client(kube_config, requests, leadership.clone())?;
+        let gate_leadership = leadership.clone();
+        let gate: recac_jira::WriteGate = Arc::new(move || gate_leadership.is_allowed());
+        if let Some(feedback) = setup.feedback.as_mut() {
+            feedback.jira = feedback.jira.clone().with_write_gate(gate.clone());
+        }
+        if let Some(sources) = setup.sources.as_mut() {
+            sources.jira = sources.jira.clone().with_write_gate(gate);
+        }
         let namespaces = &setup.operator.namespaces;
 
         let queue = Arc::new(AdmissionQueue::new(
@@ -98,6 +160,23 @@ impl Operator {
                 &setup.instance,
             )
         });
+        // Schedules: their cache starts once the AgentTaskSchedule CRD is served.
+        let (schedules, schedules_driver) = recac_schedule::ScheduleCache::new(&client, namespaces);
+        readiness.add(
+            format!("cache {}", schedules.name()),
+            schedules.readiness_probe(),
+        );
+        let schedule_clock = recac_schedule::ClockCell::system();
+        let schedule_controller = Arc::new(recac_schedule::ScheduleController::new(
+            recac_schedule::ScheduleParts {
+                client: client.clone(),
+                schedules: schedules.clone(),
+                tasks: tasks.clone(),
+                metrics: recac_schedule::ScheduleMetrics::register(&registry),
+                instance: setup.instance.clone(),
+                clock: Arc::new(schedule_clock.clone()),
+            },
+        ));
         let task_controller = Arc::new(TaskController::new(TaskControllerParts {
             client,
             tasks: tasks.clone(),
@@ -110,18 +189,21 @@ impl Operator {
         }));
 
         let mut supervisor = Supervisor::new(
-            leadership,
+            leadership.clone(),
             health.clone(),
             Duration::from_secs(setup.operator.stop_timeout_seconds),
         );
         supervisor.background(format!("cache {}", tasks.name()), tasks_driver);
         supervisor.background(format!("cache {}", jobs.name()), jobs_driver);
+        supervisor.background(format!("cache {}", schedules.name()), schedules_driver);
         // No term decides on a cold cache.
         supervisor.start_terms_after(async move {
             tasks.wait_ready().await;
             jobs.wait_ready().await;
         });
         supervisor.component(task_controller);
+        // Its terms wait for the schedule cache themselves (it stays cold without the CRD).
+        supervisor.component(schedule_controller);
         if let Some(feedback) = feedback {
             supervisor.component(feedback);
         }
@@ -142,7 +224,17 @@ impl Operator {
             metrics: registry,
             health,
             readiness,
+            leadership,
+            election,
+            schedule_clock,
         })
+    }
+
+    /// Makes the schedule controller read `clock` instead of the system clock (tests move a
+    /// [`recac_schedule::ManualClock`] by hand). Call before [`Operator::run`].
+    pub fn with_schedule_clock(self, clock: Arc<dyn recac_schedule::Clock>) -> Self {
+        self.schedule_clock.set(clock);
+        self
     }
 
     /// Runs until `shutdown` completes, serving the admin endpoints on `admin_listener`.
@@ -160,7 +252,34 @@ impl Operator {
                 .await
                 .map_err(|e| e.to_string())
         });
+        let release = CancellationToken::new();
+        let election = match self.election {
+            Some(election) => {
+                let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+                let run = election.run(release.clone());
+                let task = tokio::spawn(async move {
+                    run.await;
+                    drop(ended_tx);
+                });
+                supervisor.background("leader election", async move {
+                    let _ = ended_rx.await;
+                    Err("the leader election stopped".to_string())
+                });
+                Some(task)
+            }
+            None => None,
+        };
         info!(admin = ?address, "recac operator running");
-        supervisor.run(shutdown).await
+        // Components stop (and stop writing) before the Lease is released.
+        let outcome = supervisor.run(shutdown).await;
+        release.cancel();
+        if let Some(task) = election
+            && tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+        {
+            warn!("the leader election did not end within 10s");
+        }
+        outcome
     }
 }

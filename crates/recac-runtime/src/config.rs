@@ -13,6 +13,8 @@ pub struct OperatorSettings {
     pub admin_address: String,
     /// How long a component may take to stop once told (shutdown, or leadership lost).
     pub stop_timeout_seconds: u64,
+    /// Leader election among replicas (`operator.leaderElection`).
+    pub leader_election: crate::election::LeaderElectionSettings,
 }
 
 impl Default for OperatorSettings {
@@ -21,6 +23,7 @@ impl Default for OperatorSettings {
             namespaces: Vec::new(),
             admin_address: "0.0.0.0:8080".into(),
             stop_timeout_seconds: 10,
+            leader_election: Default::default(),
         }
     }
 }
@@ -80,6 +83,8 @@ impl OperatorSettings {
                 "must be between 1 and 300",
             ));
         }
+        self.leader_election
+            .validate(&format!("{section}.leaderElection"))?;
         for (i, ns) in self.namespaces.iter().enumerate() {
             if !is_dns_label(ns) {
                 return Err(invalid(

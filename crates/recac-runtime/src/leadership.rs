@@ -48,8 +48,9 @@ impl Leadership {
         (Self::from_receiver(rx), LeadershipControl(tx))
     }
 
+    /// Whether writing is allowed now; never once the signal's sender is gone.
     pub fn is_allowed(&self) -> bool {
-        *self.allowed.borrow()
+        self.allowed.has_changed().is_ok() && *self.allowed.borrow()
     }
 
     /// Completes once writing is allowed; never, if the signal's sender is gone.

@@ -5,6 +5,8 @@
 //! - [`supervisor`]: runs the caches, the admin server and every [`Component`], each in terms
 //!   granted by the [`Leadership`] signal, and turns any part's unexpected end into a clean,
 //!   non-zero exit;
+//! - [`election`]: leader election over a Lease, feeding the [`Leadership`] signal and the
+//!   write fences of [`client`];
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`metrics`]: the shared registry and the kube client layer that counts API requests;
 //! - [`events`], [`logging`], [`failpoint`], [`config`]: small shared pieces.
@@ -13,6 +15,7 @@ pub mod admin;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod election;
 pub mod events;
 pub mod failpoint;
 pub mod kinds;

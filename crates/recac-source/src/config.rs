@@ -61,6 +61,67 @@ pub struct SourceConfig {
     /// Labels that mark tickets this source skipped (see `docs/jira.md`).
     #[serde(default)]
     pub skip_labels: SkipLabels,
+    /// What happens to a ticket this source claimed whose AgentTask is gone.
+    #[serde(default)]
+    pub stranded_claims: StrandedClaims,
+}
+
+/// A ticket the bot claimed (assigned, labelled, moved on) whose AgentTask no longer exists
+/// and whose result was never reported: the task was deleted before it finished, or lost
+/// while no operator ran. Looked for each time a replica starts leading.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StrandedClaims {
+    /// `handBack` (default), `rerun` or `ignore`.
+    #[serde(default)]
+    pub action: StrandedAction,
+    /// The transition that hands the ticket back: id, name or target status. Default "To Do".
+    #[serde(default = "default_hand_back_transition")]
+    pub transition: String,
+    /// The search that finds this source's claimed tickets. Default: the source's project
+    /// and label, every claim mark (assignee, claim labels) and a status not Done. Required
+    /// for a `jql` source unless `action` is `ignore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jql: Option<String>,
+}
+
+/// What to do with a stranded claim. Every action posts one comment saying what happened.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum StrandedAction {
+    /// Unassign, remove the claim labels and the trigger label, transition back: people
+    /// decide what happens next.
+    #[default]
+    HandBack,
+    /// Unassign, remove the claim labels, transition back, keep the trigger label: the next
+    /// poll takes the ticket again as a new run.
+    Rerun,
+    /// Leave the ticket as it is.
+    Ignore,
+}
+
+impl StrandedAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrandedAction::HandBack => "handBack",
+            StrandedAction::Rerun => "rerun",
+            StrandedAction::Ignore => "ignore",
+        }
+    }
+}
+
+fn default_hand_back_transition() -> String {
+    "To Do".into()
+}
+
+impl Default for StrandedClaims {
+    fn default() -> Self {
+        Self {
+            action: StrandedAction::default(),
+            transition: default_hand_back_transition(),
+            jql: None,
+        }
+    }
 }
 
 fn default_poll_interval() -> u64 {
@@ -337,6 +398,7 @@ impl SourceConfig {
             max_in_flight: default_max_in_flight(),
             max_prompt_chars: default_max_prompt_chars(),
             skip_labels: SkipLabels::default(),
+            stranded_claims: StrandedClaims::default(),
         }
     }
 
@@ -397,6 +459,27 @@ impl SourceConfig {
                 if self.status.as_deref().is_some_and(|s| s.trim().is_empty()) {
                     return Err(invalid(&key("status"), "is empty"));
                 }
+            }
+        }
+        let stranded = &self.stranded_claims;
+        if stranded.action != StrandedAction::Ignore {
+            if stranded.transition.trim().is_empty() {
+                return Err(invalid(&key("strandedClaims.transition"), "is empty"));
+            }
+            if stranded.jql.as_deref().is_some_and(|q| q.trim().is_empty()) {
+                return Err(invalid(&key("strandedClaims.jql"), "is empty"));
+            }
+            if self.jql.is_some() && stranded.jql.is_none() {
+                return Err(invalid(
+                    &key("strandedClaims.jql"),
+                    "required for a source with `jql` (or set strandedClaims.action: ignore): the search for this source's claimed tickets cannot be derived from a free-form query",
+                ));
+            }
+            if stranded.jql.is_none() && !self.claim.assign && self.claim.add_labels.is_empty() {
+                return Err(invalid(
+                    &key("strandedClaims.action"),
+                    "claims leave no mark to search by (claim.assign is false and claim.addLabels is empty): set strandedClaims.jql, or action: ignore",
+                ));
             }
         }
         if !is_dns_label(&self.namespace) {

@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::config::SourceConfig;
+use crate::config::{SourceConfig, StrandedAction};
 use crate::decide::{
     self, CLAIM_ANNOTATION, CLAIM_MESSAGE_ANNOTATION, ClaimFacts, ClaimState, ClaimStep,
     SkipReason, TaskView,
@@ -187,6 +187,15 @@ impl SourceController {
         let notify = self.triggers.notify(&source.name);
         let interval = Duration::from_secs(source.poll_interval_seconds);
         let label = SourceMetrics::source(&source.name);
+        // A new leader first looks for claims whose task was lost before it took over.
+        tokio::select! {
+            _ = term.stopped() => return,
+            outcome = self.recover_stranded(source, bot) => {
+                if let Err(e) = outcome {
+                    warn!(source = %source.name, error = %e, "looking for stranded claims failed; the next term looks again");
+                }
+            }
+        }
         loop {
             if term.is_stopped() {
                 return;
@@ -708,6 +717,134 @@ impl SourceController {
         )
         .await;
         warn!(task = %task.name_any(), why, "claim lost");
+        Ok(())
+    }
+
+    /// Finds this source's claimed tickets that have no AgentTask and no reported result, and
+    /// acts on each as `strandedClaims.action` says: one comment (found again by its marker,
+    /// so a crash never posts it twice), then unassign, unlabel and transition back.
+    async fn recover_stranded(&self, source: &SourceConfig, bot: &User) -> Result<(), SourceError> {
+        let action = source.stranded_claims.action;
+        if action == StrandedAction::Ignore {
+            return Ok(());
+        }
+        let Some(jql) = crate::query::claimed_jql(source) else {
+            return Ok(());
+        };
+        let claimed = self
+            .jira
+            .search_all(&jql, plan::CLAIM_FIELDS)
+            .await
+            .map_err(Self::jira_err(source, "search claimed tickets"))?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let index = self.index();
+        let tasks: Api<AgentTask> = Api::namespaced(self.client.clone(), &source.namespace);
+        for issue in claimed {
+            let key = issue.key.as_str();
+            if index.contains_key(key) {
+                continue;
+            }
+            // The cache may lag a task created moments ago: ask the API before acting.
+            let live = tasks
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels(&format!("{}={key}", decide::TICKET_LABEL)),
+                )
+                .await
+                .map_err(|error| SourceError::Kube {
+                    source_name: source.name.clone(),
+                    action: format!("list the tasks of {key}"),
+                    task: String::new(),
+                    error,
+                })?;
+            if !live.items.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.hand_back(source, bot, key).await {
+                warn!(ticket = key, error = %e, "stranded claim not handed back; the next term retries");
+            }
+        }
+        Ok(())
+    }
+
+    async fn hand_back(
+        &self,
+        source: &SourceConfig,
+        bot: &User,
+        key: &str,
+    ) -> Result<(), SourceError> {
+        let settings = &source.stranded_claims;
+        let (issue, histories) = self
+            .jira
+            .issue_with_changelog(key, plan::CLAIM_FIELDS)
+            .await
+            .map_err(Self::jira_err(source, format!("read ticket {key}")))?;
+        let comments = self
+            .jira
+            .comments(key)
+            .await
+            .map_err(Self::jira_err(source, format!("read comments of {key}")))?;
+        let claim = match decide::stranding(&histories, &comments, bot, &source.claim.add_labels) {
+            decide::Stranding::Stranded { claim } => claim,
+            other => {
+                debug!(ticket = key, verdict = ?other, "claimed ticket without a task is not stranded");
+                return Ok(());
+            }
+        };
+        let marker = decide::stranded_marker(&claim);
+        if !comments.iter().any(|c| c.text().contains(&marker)) {
+            let next = match settings.action {
+                StrandedAction::Rerun => "It goes back to the queue and runs again as a new task.",
+                _ => {
+                    "It is handed back: assign it or add the label again to have the agent work on it."
+                }
+            };
+            let text = format!(
+                "recac claimed this ticket, but its AgentTask no longer exists and no result was reported (the task was deleted before it finished, or lost while no operator ran). {next} {marker}"
+            );
+            self.jira
+                .add_comment(key, &text)
+                .await
+                .map_err(Self::jira_err(source, format!("comment on {key}")))?;
+        }
+        let mut remove: Vec<&str> = source.claim.add_labels.iter().map(String::as_str).collect();
+        if settings.action == StrandedAction::HandBack
+            && let Some(label) = &source.label
+        {
+            remove.push(label);
+        }
+        remove.retain(|l| issue.fields.labels.iter().any(|have| have == l));
+        if !remove.is_empty() {
+            self.jira
+                .remove_labels(key, &remove)
+                .await
+                .map_err(Self::jira_err(source, format!("unlabel {key}")))?;
+        }
+        if issue
+            .fields
+            .assignee
+            .as_ref()
+            .is_some_and(|a| a.id().is_some() && a.id() == bot.id())
+        {
+            self.jira
+                .assign(key, None)
+                .await
+                .map_err(Self::jira_err(source, format!("unassign {key}")))?;
+        }
+        let outcome = match self.jira.transition(key, &settings.transition).await {
+            Ok(_) => settings.action.as_str(),
+            Err(JiraError::NoSuchTransition { .. }) => "transition_unavailable",
+            Err(e) => return Err(Self::jira_err(source, format!("transition {key} back"))(e)),
+        };
+        self.metrics.stranded(&source.name, outcome);
+        warn!(
+            ticket = key,
+            action = settings.action.as_str(),
+            outcome,
+            "a claimed ticket had lost its AgentTask; handed back with a comment"
+        );
         Ok(())
     }
 

@@ -259,6 +259,71 @@ fn same_user(a: &User, b: &User) -> bool {
     }
 }
 
+/// Whether a ticket the bot claimed, now without any AgentTask, was left stranded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stranding {
+    /// The changelog shows no claim by the bot: not this operator's to hand back.
+    NotClaimedByBot,
+    /// A final result was reported after the bot's last claim: the work ended and its task
+    /// was cleaned up afterwards.
+    Reported,
+    /// Stranded. `claim` is the changelog entry of the bot's last claim; it makes the
+    /// hand-back comment's marker, so that one stranding gets one comment.
+    Stranded { claim: String },
+}
+
+/// Where the feedback controller's comments link to (their hidden marker).
+pub const FEEDBACK_MARKER: &str = "#recac-feedback/";
+
+/// Decides from the changelog (oldest first) and the comments whether a claimed ticket
+/// without a task is stranded: the bot's last claim (it assigned itself or added a claim
+/// label) has no final report (`succeeded`, `failed`, `cancelled`) after it.
+pub fn stranding(
+    histories: &[ChangeHistory],
+    comments: &[recac_jira::Comment],
+    bot: &User,
+    claim_labels: &[String],
+) -> Stranding {
+    let claims_by_bot = |h: &&ChangeHistory| {
+        h.author.as_ref().is_some_and(|a| same_user(a, bot))
+            && h.items.iter().any(|item| match item.field.as_str() {
+                "assignee" => item.to.as_deref().is_some_and(|to| Some(to) == bot.id()),
+                "labels" => {
+                    let before = item.labels_before();
+                    item.labels_after()
+                        .iter()
+                        .any(|l| claim_labels.iter().any(|c| c == l) && !before.contains(l))
+                }
+                _ => false,
+            })
+    };
+    let Some(claim) = histories.iter().rev().find(claims_by_bot) else {
+        return Stranding::NotClaimedByBot;
+    };
+    let claimed_at = claim.created.as_deref().unwrap_or("");
+    let reported = comments.iter().any(|c| {
+        let body = c.body.to_string();
+        c.author.as_ref().is_some_and(|a| same_user(a, bot))
+            && c.created.as_deref().unwrap_or("") >= claimed_at
+            && body.contains(FEEDBACK_MARKER)
+            && ["/succeeded/", "/failed/", "/cancelled/"]
+                .iter()
+                .any(|kind| body.contains(kind))
+    });
+    if reported {
+        Stranding::Reported
+    } else {
+        Stranding::Stranded {
+            claim: claim.id.clone(),
+        }
+    }
+}
+
+/// The hidden marker of the comment that hands back the stranding of `claim`.
+pub fn stranded_marker(claim: &str) -> String {
+    format!("[recac:stranded:{claim}]")
+}
+
 /// The claim's next step, from the changelog after the trigger (see the module docs).
 pub fn claim_step(
     facts: &ClaimFacts<'_>,
@@ -512,5 +577,69 @@ mod tests {
             claim_step(&facts(log, None, &[]), true, &add, &[]),
             ClaimStep::Transition
         );
+    }
+
+    fn comment(who: &str, at_second: u32, body: &str) -> recac_jira::Comment {
+        recac_jira::Comment {
+            id: format!("c{at_second}"),
+            body: serde_json::Value::String(body.into()),
+            author: Some(user(who)),
+            created: Some(format!("2026-01-01T00:00:{at_second:02}.000+0000")),
+        }
+    }
+
+    #[test]
+    fn a_claim_without_a_later_report_is_stranded() {
+        let bot = user("bot");
+        let claim_labels = vec!["recac-claimed".to_string()];
+        let log = vec![
+            h("1", "alice", "labels", "", "recac-agent"),
+            h("2", "bot", "status", "To Do", "In Progress"),
+            h("3", "bot", "assignee", "", "bot"),
+        ];
+        assert_eq!(
+            stranding(&log, &[], &bot, &claim_labels),
+            Stranding::Stranded { claim: "3".into() }
+        );
+        let reported =
+            format!("[done|https://github.com/recac-io/recac{FEEDBACK_MARKER}uid/succeeded/1]");
+        assert_eq!(
+            stranding(&log, &[comment("bot", 9, &reported)], &bot, &claim_labels),
+            Stranding::Reported
+        );
+        // A report from an earlier run does not cover a later claim.
+        assert_eq!(
+            stranding(&log, &[comment("bot", 2, &reported)], &bot, &claim_labels),
+            Stranding::Stranded { claim: "3".into() }
+        );
+        // Neither does a report-like comment by someone else.
+        assert_eq!(
+            stranding(
+                &log,
+                &[comment("mallory", 9, &reported)],
+                &bot,
+                &claim_labels
+            ),
+            Stranding::Stranded { claim: "3".into() }
+        );
+        // A claim label added by the bot counts as a claim too.
+        let labelled = vec![h(
+            "4",
+            "bot",
+            "labels",
+            "recac-agent",
+            "recac-agent recac-claimed",
+        )];
+        assert_eq!(
+            stranding(&labelled, &[], &bot, &claim_labels),
+            Stranding::Stranded { claim: "4".into() }
+        );
+        // Assigned to the bot by a person: not this operator's claim.
+        let by_person = vec![h("5", "alice", "assignee", "", "bot")];
+        assert_eq!(
+            stranding(&by_person, &[], &bot, &claim_labels),
+            Stranding::NotClaimedByBot
+        );
+        assert_eq!(stranded_marker("3"), "[recac:stranded:3]");
     }
 }

@@ -18,6 +18,13 @@ pub struct SkipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StrandedLabels {
+    pub source: String,
+    /// handBack, rerun, or transition_unavailable (handed back but left in its status).
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
 }
@@ -40,6 +47,7 @@ pub struct SourceMetrics {
     pub poll_duration: Family<SourceLabel, Histogram>,
     pub latency: Family<SourceLabel, Histogram>,
     pub webhook: Family<OutcomeLabel, Counter>,
+    pub stranded: Family<StrandedLabels, Counter>,
 }
 
 impl SourceMetrics {
@@ -55,6 +63,7 @@ impl SourceMetrics {
             poll_duration: Family::new_with_constructor(seconds_histogram),
             latency: Family::new_with_constructor(seconds_histogram),
             webhook: Family::default(),
+            stranded: Family::default(),
         }
     }
 
@@ -93,7 +102,21 @@ impl SourceMetrics {
         );
         registry.register("recac_source_ticket_to_task_seconds", "From the ticket becoming ready (its trigger in the changelog) to its AgentTask existing.", m.latency.clone());
         registry.register("recac_source_webhook_deliveries", "Jira webhook deliveries by outcome (accepted, duplicate, ignored, unauthorized, too_large, malformed).", m.webhook.clone());
+        registry.register(
+            "recac_source_stranded_claims",
+            "Claimed tickets found without their AgentTask when a replica started leading, by the action taken.",
+            m.stranded.clone(),
+        );
         m
+    }
+
+    pub fn stranded(&self, source: &str, action: &str) {
+        self.stranded
+            .get_or_create(&StrandedLabels {
+                source: source.into(),
+                action: action.into(),
+            })
+            .inc();
     }
 
     pub fn source(name: &str) -> SourceLabel {

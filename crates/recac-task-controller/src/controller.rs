@@ -5,7 +5,7 @@
 //! lives in its [`TermContext`] and starts fresh each term; the caches and the admission
 //! index outlive terms.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as RequeueAction, Config as RunConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
@@ -32,6 +32,7 @@ use crate::job_builder;
 use crate::metrics::TaskMetrics;
 use crate::naming::TaskIdentity;
 use crate::observe;
+use crate::orphans;
 
 /// The field manager of the task controller's status writes.
 pub const FIELD_MANAGER: &str = "recac-task-controller";
@@ -194,6 +195,7 @@ impl TaskController {
             })
         };
         info!(term = term.number, "task controller term starts");
+        self.delete_orphaned_jobs().await;
         Controller::for_shared_stream(self.tasks.triggers(), self.tasks.store())
             .owns_shared_stream(self.jobs.triggers())
             .reconcile_on(futures::stream::unfold(wake_rx, |mut rx| async move {
@@ -222,6 +224,62 @@ impl TaskController {
             Err(ComponentError::new(
                 "its controller loop ended: a cache's change stream closed",
             ))
+        }
+    }
+}
+
+impl TaskController {
+    /// Deletes agent Jobs whose task is gone (see [`crate::orphans`]); each suspect from
+    /// the caches is confirmed against the API first. Failures are logged; the next term
+    /// looks again.
+    async fn delete_orphaned_jobs(&self) {
+        let live: HashSet<String> = self
+            .tasks
+            .store()
+            .state()
+            .iter()
+            .filter_map(|t| t.uid())
+            .collect();
+        let jobs = self.jobs.store().state();
+        for suspect in orphans::suspects(jobs.iter().map(|j| j.as_ref()), &live) {
+            let tasks: Api<AgentTask> = Api::namespaced(self.client.clone(), &suspect.namespace);
+            let now = match &suspect.task {
+                Some(name) => match tasks.get_opt(name).await {
+                    Ok(task) => task.and_then(|t| t.uid()),
+                    Err(err) => {
+                        warn!(job = %suspect.job, error = %err, "cannot read the task of a possibly orphaned Job");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if !orphans::is_orphan(&suspect, now.as_deref()) {
+                continue;
+            }
+            let jobs: Api<Job> = Api::namespaced(self.client.clone(), &suspect.namespace);
+            let params = DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Background),
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(suspect.job_uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match jobs.delete(&suspect.job, &params).await {
+                Ok(_) => {
+                    self.metrics.orphan_deleted();
+                    warn!(
+                        namespace = %suspect.namespace,
+                        job = %suspect.job,
+                        task = suspect.task.as_deref().unwrap_or("?"),
+                        "deleted an agent Job whose AgentTask is gone"
+                    );
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(err) => {
+                    warn!(job = %suspect.job, error = %err, "cannot delete an orphaned agent Job")
+                }
+            }
         }
     }
 }

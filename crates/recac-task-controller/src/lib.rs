@@ -14,6 +14,7 @@ pub mod job_builder;
 pub mod metrics;
 pub mod naming;
 pub mod observe;
+pub mod orphans;
 
 pub use config::{AgentDefaults, TaskControllerConfig};
 pub use controller::{FIELD_MANAGER, TaskController, TaskControllerParts, owned_status};

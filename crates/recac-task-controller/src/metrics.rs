@@ -39,6 +39,7 @@ pub struct TaskMetrics {
     event_errors: Counter,
     dispatch_latency: Histogram,
     queued: Gauge,
+    orphans_deleted: Counter,
 }
 
 impl TaskMetrics {
@@ -50,6 +51,7 @@ impl TaskMetrics {
             event_errors: Counter::default(),
             dispatch_latency: Histogram::new(LATENCY_BUCKETS),
             queued: Gauge::default(),
+            orphans_deleted: Counter::default(),
         };
         registry.register(
             "recac_reconciles",
@@ -81,7 +83,16 @@ impl TaskMetrics {
             "Tasks waiting for a slot under taskController.maxConcurrentTasks.",
             metrics.queued.clone(),
         );
+        registry.register(
+            "recac_orphan_jobs_deleted",
+            "Agent Jobs deleted because their AgentTask was gone (checked when a term starts).",
+            metrics.orphans_deleted.clone(),
+        );
         metrics
+    }
+
+    pub fn orphan_deleted(&self) {
+        self.orphans_deleted.inc();
     }
 
     /// Registers `recac_tasks{phase}`, counted from `tasks` at each scrape.

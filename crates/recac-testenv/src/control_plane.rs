@@ -36,6 +36,7 @@ pub struct ControlPlane {
     server: String,
     kubeconfig_path: PathBuf,
     kubeconfig_yaml: String,
+    apiserver_args: Vec<String>,
     // Stopped in reverse start order: controller-manager, apiserver, etcd.
     processes: Mutex<Vec<ManagedProcess>>,
 }
@@ -117,6 +118,7 @@ impl ControlPlane {
             server: String::new(),
             kubeconfig_path: folder.join("kubeconfig"),
             kubeconfig_yaml: String::new(),
+            apiserver_args: Vec::new(),
             processes: Mutex::new(Vec::new()),
         };
 
@@ -187,6 +189,7 @@ impl ControlPlane {
             &apiserver_args,
             &folder.join("kube-apiserver.log"),
         )?;
+        plane.apiserver_args = apiserver_args;
 
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
         plane.kubeconfig_yaml = format!(
@@ -205,6 +208,36 @@ impl ControlPlane {
             plane.start_controller_manager().await?;
         }
         Ok(plane)
+    }
+
+    /// Stops kube-apiserver (etcd keeps the data), waits `down_for`, and starts it again
+    /// on the same address; returns once it is ready.
+    pub async fn restart_apiserver(&self, down_for: Duration) -> Result<()> {
+        let stopped = self.processes.lock().ok().and_then(|mut processes| {
+            let index = processes.iter().position(|p| p.name() == "kube-apiserver");
+            index.map(|i| processes.remove(i))
+        });
+        if let Some(mut apiserver) = stopped {
+            apiserver.stop();
+        }
+        tokio::time::sleep(down_for).await;
+        let bin = binary(&self.bin_dir, "kube-apiserver")?;
+        let mut apiserver = ManagedProcess::spawn(
+            "kube-apiserver",
+            &bin,
+            &self.apiserver_args,
+            &self.folder.join("kube-apiserver.restarted.log"),
+        )?;
+        let wait = wait_for_apiserver(self, &mut apiserver).await;
+        // Keep the stop order: the apiserver goes before etcd, after the controller-manager.
+        if let Ok(mut processes) = self.processes.lock() {
+            let at = processes
+                .iter()
+                .position(|p| p.name() == "etcd")
+                .map_or(processes.len(), |i| i + 1);
+            processes.insert(at, apiserver);
+        }
+        wait
     }
 
     fn push(&self, process: ManagedProcess) {

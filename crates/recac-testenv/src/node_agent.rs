@@ -422,7 +422,8 @@ impl Shared {
             .unwrap_or_default();
         if node.is_empty() {
             if self.options.bind_unscheduled && pod.metadata.deletion_timestamp.is_none() {
-                self.bind(&namespace, &name, &uid).await;
+                let shared = self.clone();
+                tokio::spawn(async move { shared.bind(&namespace, &name, &uid).await });
             }
             return;
         }
@@ -505,20 +506,34 @@ impl Shared {
                 ..Default::default()
             },
         };
-        let result: kube::Result<Value> = self
-            .pod_api(namespace)
-            .create_subresource("binding", name, &PostParams::default(), &binding)
-            .await;
-        match result {
-            Ok(_) => {
-                tracing::debug!(pod = %name, namespace = %namespace, node = %self.node_name, "bound pod")
+        // Retried like the scheduler would while the apiserver is unreachable: no later
+        // event may come for this pod to try again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let result: kube::Result<Value> = self
+                .pod_api(namespace)
+                .create_subresource("binding", name, &PostParams::default(), &binding)
+                .await;
+            match result {
+                Ok(_) => {
+                    tracing::debug!(pod = %name, namespace = %namespace, node = %self.node_name, "bound pod");
+                    return;
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 || status.is_not_found() => {
+                    tracing::debug!(pod = %name, "pod was bound or deleted meanwhile");
+                    return;
+                }
+                Err(e) => {
+                    let retry = !matches!(&e, kube::Error::Api(status) if status.code < 500);
+                    if !retry || std::time::Instant::now() > deadline {
+                        tracing::warn!(error = %e, pod = %name, namespace = %namespace, "node agent: binding failed");
+                        return;
+                    }
+                }
             }
-            Err(kube::Error::Api(status)) if status.code == 409 || status.is_not_found() => {
-                tracing::debug!(pod = %name, "pod was bound or deleted meanwhile");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, pod = %name, namespace = %namespace, "node agent: binding failed");
-            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -582,17 +597,30 @@ impl Shared {
         }
     }
 
+    /// Patches a pod's status, retrying (like a kubelet) while the apiserver cannot be
+    /// reached or answers 5xx, for up to a minute; a pod's patches are sent in order.
     async fn patch_status(&self, namespace: &str, name: &str, patch: Value) {
-        let result = self
-            .pod_api(namespace)
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(e) => {
-                tracing::warn!(error = %e, pod = %name, namespace = %namespace, "node agent: status update failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let result = self
+                .pod_api(namespace)
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            let retry = match &result {
+                Ok(_) => return,
+                Err(kube::Error::Api(status)) if status.is_not_found() => return,
+                Err(kube::Error::Api(status)) => status.code >= 500,
+                Err(_) => true,
+            };
+            if !retry || std::time::Instant::now() > deadline {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, pod = %name, namespace = %namespace, "node agent: status update failed");
+                }
+                return;
             }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
         }
     }
 

@@ -3,7 +3,6 @@
 
 use clap::Args;
 use recac_operator::{Operator, OperatorSetup};
-use recac_runtime::Leadership;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, info, warn};
@@ -152,12 +151,13 @@ async fn orchestrate(config: OperatorConfig) -> Result<(), String> {
         feedback: feedback_setup(&config)?,
         sources: sources_setup(&config)?,
     };
-    let operator = Operator::build(kube_config, setup, Leadership::always())
+    let operator = Operator::from_config(kube_config, setup)
         .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
     info!(
         address = %address,
         namespaces = ?config.operator.namespaces,
         max_concurrent_tasks = config.task_controller.max_concurrent_tasks,
+        leader_election = config.operator.leader_election.enabled,
         "recac operator starting"
     );
     operator
