@@ -762,3 +762,83 @@ async fn a_preview_only_reads() {
         assert!(e.sim.issue(&key).expect("issue").history.is_empty());
     }
 }
+
+/// `recac orchestrate` ended by a failpoint (exit, as a SIGKILL would leave things) at each
+/// step of taking a ticket, then started again: one task, one transition, one assignment
+/// and no comment, in both flavours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_operator_killed_at_each_step_takes_each_ticket_once() {
+    let binary = recac_tests::recac_binary();
+    for flavor in FLAVORS {
+        let e = env("src-kill", flavor, false).await;
+        let plane = control_plane(ControlPlaneOptions {
+            controller_manager: true,
+        })
+        .await;
+        let folder = tempfile::tempdir().expect("temp folder");
+        let config_path = folder.path().join("config.yaml");
+        let (flavor_name, auth) = match flavor {
+            Flavor::Cloud => (
+                "cloud",
+                "{type: basic, emailEnv: SRC_JIRA_USER, tokenEnv: SRC_JIRA_TOKEN}",
+            ),
+            Flavor::Datacenter => ("datacenter", "{type: bearer, tokenEnv: SRC_JIRA_TOKEN}"),
+        };
+        let agent_command = serde_json::to_string(&["sh", "-c", FAKE_AGENT]).expect("json");
+        std::fs::write(
+            &config_path,
+            format!(
+                "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:0\n  leaderElection: {{enabled: false}}\nagent:\n  command: {agent_command}\njira:\n  url: {url}\n  flavor: {flavor_name}\n  auth: {auth}\nsources:\n  - name: ops\n    project: OPS\n    label: recac-agent\n    namespace: {ns}\n    pollIntervalSeconds: 1\n    claim: {{addLabels: [recac-claimed]}}\nfeedback:\n  enabled: false\n",
+                ns = e.ns,
+                url = e.sim.url(),
+            ),
+        )
+        .expect("config written");
+        let token = match flavor {
+            Flavor::Cloud => BOT_TOKEN,
+            Flavor::Datacenter => BOT_PAT,
+        };
+        let run = |failpoints: &str| {
+            std::process::Command::new(&binary)
+                .args(["orchestrate", "--config"])
+                .arg(&config_path)
+                .env("KUBECONFIG", plane.kubeconfig_path())
+                .env("SRC_JIRA_USER", BOT_EMAIL)
+                .env("SRC_JIRA_TOKEN", token)
+                .env("RECAC_FAILPOINTS", failpoints)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("recac orchestrate starts")
+        };
+        for step in [
+            "after-create",
+            "after-transition",
+            "after-edit",
+            "after-claim",
+        ] {
+            let key = ticket(&e, &format!("killed {step}"), &format!("Repo: {REPO}"));
+            let mut killed = run(&format!("source.{step}=exit"));
+            let status = wait_for("the failpoint to end the operator", LONG, || {
+                let status = killed.try_wait().ok().flatten();
+                async move { status }
+            })
+            .await;
+            assert_eq!(status.code(), Some(86), "{flavor:?} {step}");
+            let mut restarted = run("");
+            wait_claimed(&e, &key, 1).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = restarted.kill();
+            let _ = restarted.wait();
+            assert_eq!(tasks_of(&e, &key).await.len(), 1, "{flavor:?} {step}");
+            assert_eq!(transitions(&e, &key), 1, "{flavor:?} {step}");
+            assert_eq!(assignments(&e, &key), 1, "{flavor:?} {step}");
+            let issue = e.sim.issue(&key).expect("issue");
+            assert!(issue.comments.is_empty(), "{flavor:?} {step}");
+            assert!(
+                issue.labels.iter().any(|l| l == "recac-claimed"),
+                "{flavor:?} {step}: claimed label"
+            );
+        }
+    }
+}
