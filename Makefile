@@ -6,8 +6,9 @@
 #   make envtest   build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
 #   make lint      cargo fmt --check and clippy with warnings as errors
 #   make bench     benchmarks against a real apiserver: dispatch (N = 100 and 1000), admission
-#                  with 10,000 queued tasks (BENCH_SIZES / BENCH_QUEUE change the sizes), and
-#                  the Jira source controller (tickets on the simulator to Jobs)
+#                  with 10,000 queued tasks, two elected replicas with 10,000 tasks cached
+#                  (BENCH_SIZES / BENCH_QUEUE / BENCH_HA change the sizes), and the Jira
+#                  source controller (tickets on the simulator to Jobs)
 
 CARGO ?= cargo
 K8S_VERSION ?= 1.37.2
@@ -31,8 +32,9 @@ test:
 	  echo "control plane binaries: $$assets" && \
 	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) test --workspace --no-fail-fast
 
-# Benchmarks against a real apiserver: dispatch (BENCH_SIZES="100 1000" by default) and
-# admission with BENCH_QUEUE queued tasks (10000 by default; 0 skips it).
+# Benchmarks against a real apiserver: dispatch (BENCH_SIZES="100 1000" by default),
+# admission with BENCH_QUEUE queued tasks (10000 by default; 0 skips it), two elected
+# replicas with BENCH_HA tasks cached (10000 by default; 0 skips it), and the Jira source.
 bench:
 	$(CARGO) build --release -p recac
 	@assets="$$(hack/envtest.sh | tail -n 1)" && \

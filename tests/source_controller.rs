@@ -842,3 +842,65 @@ async fn the_real_operator_killed_at_each_step_takes_each_ticket_once() {
         }
     }
 }
+
+/// The repository comes from a custom field or a component when the description names none,
+/// in both flavours; a URL off the allow-list is refused with one comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_comes_from_a_custom_field_or_a_component() {
+    for flavor in FLAVORS {
+        let e = env("src-repo", flavor, false).await;
+        let mut s = source(&e);
+        s.repository.custom_field = Some("customfield_10050".into());
+        s.repository.by_component = [(
+            "web".to_string(),
+            "https://git.example.com/org/web.git".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        s.repository.allowed = vec!["git.example.com/org".into()];
+        let seed = |summary: &str, components: &[&str], field: Option<&str>| {
+            e.sim.add_issue(IssueSeed {
+                project: "OPS".into(),
+                summary: summary.into(),
+                labels: vec!["recac-agent".into()],
+                reporter: Some("alice".into()),
+                components: components.iter().map(|c| c.to_string()).collect(),
+                custom_fields: field
+                    .map(|url| [("customfield_10050".to_string(), serde_json::json!(url))])
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                ..Default::default()
+            })
+        };
+        let by_field = seed(
+            "from the field",
+            &["web"],
+            Some("https://git.example.com/org/field.git"),
+        );
+        let by_component = seed("from the component", &["web", "api"], None);
+        let refused = seed(
+            "off the list",
+            &[],
+            Some("https://elsewhere.example.net/org/x.git"),
+        );
+        let op = Running::start(&e, s, None).await;
+        let field_task = wait_claimed(&e, &by_field, 1).await;
+        let component_task = wait_claimed(&e, &by_component, 1).await;
+        assert_eq!(
+            field_task.spec.repository.url, "https://git.example.com/org/field.git",
+            "{flavor:?}: the custom field wins over the component"
+        );
+        assert_eq!(
+            component_task.spec.repository.url, "https://git.example.com/org/web.git",
+            "{flavor:?}"
+        );
+        wait_for("the refusal comment", LONG, || async {
+            let issue = e.sim.issue(&refused)?;
+            (issue.comments.len() == 1).then_some(())
+        })
+        .await;
+        op.stop().await;
+        assert!(tasks_of(&e, &refused).await.is_empty(), "{flavor:?}");
+    }
+}

@@ -126,7 +126,10 @@ async fn plane() -> &'static ControlPlane {
         .await
         .expect("control plane");
     plane
-        .install_crds(&[<AgentTask as kube::CustomResourceExt>::crd()])
+        .install_crds(&[
+            <AgentTask as kube::CustomResourceExt>::crd(),
+            <recac_api::AgentTaskSchedule as kube::CustomResourceExt>::crd(),
+        ])
         .await
         .expect("crds");
     plane

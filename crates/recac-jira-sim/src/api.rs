@@ -202,6 +202,23 @@ fn issue_json(ctx: &Ctx, st: &State, issue: &IssueRec, sel: &FieldSel, extras: &
                 .unwrap_or(Value::Null),
         );
     }
+    if sel.wants("components") {
+        let components: Vec<Value> = issue
+            .components
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let id = 10_000 + i;
+                json!({"self": ctx.rest(&format!("component/{id}")), "id": id.to_string(), "name": name})
+            })
+            .collect();
+        out.insert("components".into(), json!(components));
+    }
+    for (field, value) in &issue.custom_fields {
+        if sel.wants(field) {
+            out.insert(field.clone(), value.clone());
+        }
+    }
     if sel.wants("created") {
         out.insert("created".into(), json!(jira_time(issue.created)));
     }

@@ -297,6 +297,8 @@ impl JiraSim {
                 transition_in_flight: false,
                 reporter,
                 history: Vec::new(),
+                components: seed.components,
+                custom_fields: seed.custom_fields,
             },
         );
         key

@@ -217,6 +217,12 @@ pub struct IssueSeed {
     /// Who created the issue (accountId, name or e-mail); default the first user.
     #[serde(default)]
     pub reporter: Option<String>,
+    /// Component names (`fields.components[].name`).
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// Custom field values by field id (`customfield_10050`), returned as given.
+    #[serde(default)]
+    pub custom_fields: BTreeMap<String, Value>,
 }
 
 /// Everything to load into a simulator: a YAML/JSON seed file has this shape.
@@ -278,6 +284,8 @@ pub(crate) struct IssueRec {
     pub reporter: Option<String>,
     /// The changelog, oldest first.
     pub history: Vec<HistoryRec>,
+    pub components: Vec<String>,
+    pub custom_fields: BTreeMap<String, Value>,
 }
 
 /// One changelog entry: who changed what, when.
