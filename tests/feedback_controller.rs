@@ -16,7 +16,10 @@ use recac_operator::OperatorSetup;
 use recac_runtime::config::OperatorSettings;
 use recac_task_controller::{AgentDefaults, TaskControllerConfig};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
-use recac_tests::{RunningOperator, control_plane, http_get, kubectl, text, wait_for};
+use recac_tests::{
+    RunningOperator, control_plane, http_get, operator_service_account_config, text, token_config,
+    wait_for,
+};
 use serde_json::Value;
 
 /// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent.
@@ -712,30 +715,6 @@ subjects: [{{kind: ServiceAccount, name: no-status, namespace: {ns}}}]
     let out = recac_tests::kubectl_stdin(s.plane, &["apply", "-f", "-"], &manifest);
     assert!(out.status.success(), "apply: {}", text(&out.stderr));
     token_config(s.plane, "no-status", &s.ns).await
-}
-
-async fn token_config(plane: &ControlPlane, account: &str, ns: &str) -> kube::Config {
-    let out = kubectl(plane, &["create", "token", account, "-n", ns]);
-    assert!(out.status.success(), "create token: {}", text(&out.stderr));
-    let token = text(&out.stdout).trim().to_string();
-    let admin = std::fs::read_to_string(plane.kubeconfig_path()).expect("kubeconfig");
-    let mut kubeconfig: Value = serde_saphyr::from_str(&admin).expect("yaml");
-    kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
-    let yaml = serde_json::to_string(&kubeconfig).expect("json is yaml");
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
-    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config")
-}
-
-/// A client that authenticates as the operator's ServiceAccount, bound by the shipped RBAC.
-async fn operator_service_account_config(plane: &ControlPlane) -> kube::Config {
-    let root = recac_tests::repo_root();
-    let _ = kubectl(plane, &["create", "namespace", "recac-system"]);
-    let rbac = root.join("config/rbac");
-    let out = kubectl(plane, &["apply", "-k", rbac.to_str().expect("utf-8 path")]);
-    assert!(out.status.success(), "apply rbac: {}", text(&out.stderr));
-    token_config(plane, "recac-operator-sa", "recac-system").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,6 +247,22 @@ impl<'a> Cluster<'a> {
             .expect("task created");
     }
 
+    /// A node agent running this cluster's pods, and a Jira simulator with project OPS.
+    async fn with_node_and_jira(&self) -> (NodeAgent, JiraSim) {
+        let node = NodeAgent::start(
+            self.client.clone(),
+            NodeAgentOptions {
+                namespaces: vec![self.ns.clone()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("node agent starts");
+        let sim = JiraSim::cloud().await.expect("simulator");
+        sim.add_project("OPS", "Operations");
+        (node, sim)
+    }
+
     async fn jobs_of(&self, task: &str) -> Vec<Job> {
         let api: Api<Job> = Api::namespaced(self.client.clone(), &self.ns);
         api.list(&ListParams::default().labels(&format!("recac.io/task={task}")))
@@ -259,6 +275,18 @@ impl<'a> Cluster<'a> {
         let api: Api<AgentTask> = Api::namespaced(self.client.clone(), &self.ns);
         api.get(name).await.expect("task")
     }
+}
+
+/// How the replicas reach the simulator as the bot.
+const JIRA_ENV: [(&str, &str); 2] = [("HA_JIRA_EMAIL", BOT_EMAIL), ("HA_JIRA_TOKEN", BOT_TOKEN)];
+
+/// The `jira:`, `sources:` and `feedback:` sections for a replica; `jira_extra` and
+/// `source_extra` are lines added to the `jira:` section and to the source.
+fn jira_config(sim: &JiraSim, ns: &str, jira_extra: &str, source_extra: &str) -> String {
+    format!(
+        "jira:\n  url: {url}\n{jira_extra}  auth: {{type: basic, emailEnv: HA_JIRA_EMAIL, tokenEnv: HA_JIRA_TOKEN}}\nsources:\n  - name: ops\n    project: OPS\n    label: recac-agent\n    namespace: {ns}\n    pollIntervalSeconds: 1\n    repository: {{default: https://git.example.com/org/repo.git}}\n{source_extra}feedback:\n  commentOnDispatch: false\n  retrySeconds: 1\n  maxRetrySeconds: 2\n",
+        url = sim.url(),
+    )
 }
 
 fn rand_suffix() -> u32 {
@@ -624,17 +652,7 @@ async fn a_partitioned_leader_steps_down_in_time_and_writes_nothing_when_it_retu
 /// and one feedback comment.
 async fn burst(c: &mut Cluster<'_>, kills: usize, jira_faults: bool, restart_apiserver: bool) {
     const TICKETS: usize = 200;
-    let _node = NodeAgent::start(
-        c.client.clone(),
-        NodeAgentOptions {
-            namespaces: vec![c.ns.clone()],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("node agent starts");
-    let sim = JiraSim::cloud().await.expect("simulator");
-    sim.add_project("OPS", "Operations");
+    let (_node, sim) = c.with_node_and_jira().await;
     let keys = sim.add_issues("OPS", "burst", &["recac-agent"], TICKETS);
     if jira_faults {
         use recac_jira_sim::Fault;
@@ -651,15 +669,8 @@ async fn burst(c: &mut Cluster<'_>, kills: usize, jira_faults: bool, restart_api
             sim.inject(fault.always());
         }
     }
-    c.extra_config = format!(
-        "jira:\n  url: {url}\n  requestTimeoutSeconds: 2\n  auth: {{type: basic, emailEnv: HA_JIRA_EMAIL, tokenEnv: HA_JIRA_TOKEN}}\nsources:\n  - name: ops\n    project: OPS\n    label: recac-agent\n    namespace: {ns}\n    pollIntervalSeconds: 1\n    repository: {{default: https://git.example.com/org/repo.git}}\nfeedback:\n  commentOnDispatch: false\n  retrySeconds: 1\n  maxRetrySeconds: 2\n",
-        url = sim.url(),
-        ns = c.ns,
-    );
-    let env = [
-        ("HA_JIRA_EMAIL", BOT_EMAIL.to_string()),
-        ("HA_JIRA_TOKEN", BOT_TOKEN.to_string()),
-    ];
+    c.extra_config = jira_config(&sim, &c.ns, "  requestTimeoutSeconds: 2\n", "");
+    let env = JIRA_ENV.map(|(k, v)| (k, v.to_string()));
     let kubeconfig = c.plane.kubeconfig_path().to_path_buf();
     let names = ["replica-a", "replica-b", "replica-c"];
     let mut replicas: BTreeMap<String, Replica> = names
@@ -907,36 +918,16 @@ async fn an_apiserver_restart_mid_burst_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rbac_is_enough_for_leader_election_and_no_more() {
     let mut c = Cluster::new("ha-rbac", false).await;
-    let _ = recac_tests::kubectl(c.plane, &["create", "namespace", "recac-system"]);
-    let rbac = recac_tests::repo_root().join("config/rbac");
-    let out = recac_tests::kubectl(c.plane, &["apply", "-k", rbac.to_str().expect("utf-8")]);
-    assert!(
-        out.status.success(),
-        "apply rbac: {}",
-        recac_tests::text(&out.stderr)
-    );
+    let account = recac_tests::operator_service_account(c.plane);
     c.system = "recac-system".into();
     c.lease = format!("rbac-{}", rand_suffix());
     let pod = format!("replica-rbac-{}", rand_suffix());
     c.pod_object(&pod).await;
 
-    let out = recac_tests::kubectl(
-        c.plane,
-        &["create", "token", "recac-operator-sa", "-n", "recac-system"],
-    );
-    assert!(
-        out.status.success(),
-        "create token: {}",
-        recac_tests::text(&out.stderr)
-    );
-    let token = recac_tests::text(&out.stdout).trim().to_string();
-    let admin = std::fs::read_to_string(c.plane.kubeconfig_path()).expect("kubeconfig");
-    let mut kubeconfig: serde_json::Value = serde_saphyr::from_str(&admin).expect("yaml");
-    kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
     let sa_kubeconfig = c.dir.path().join("kubeconfig-sa");
     std::fs::write(
         &sa_kubeconfig,
-        serde_json::to_string(&kubeconfig).expect("json"),
+        recac_tests::token_kubeconfig(c.plane, &account, "recac-system"),
     )
     .expect("kubeconfig written");
 
@@ -957,13 +948,7 @@ async fn the_shipped_rbac_is_enough_for_leader_election_and_no_more() {
         replica.log_tail()
     );
 
-    let yaml = serde_json::to_string(&kubeconfig).expect("json");
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig"),
-        &Default::default(),
-    )
-    .await
-    .expect("config");
+    let config = recac_tests::token_config(c.plane, &account, "recac-system").await;
     let sa = Client::try_from(config).expect("client");
     let elsewhere: Api<Lease> = Api::namespaced(sa.clone(), &c.ns);
     assert!(
@@ -991,26 +976,9 @@ async fn the_shipped_rbac_is_enough_for_leader_election_and_no_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_recovers_what_the_old_one_left() {
     let mut c = Cluster::new("ha-orphans", true).await;
-    let _node = NodeAgent::start(
-        c.client.clone(),
-        NodeAgentOptions {
-            namespaces: vec![c.ns.clone()],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("node agent starts");
-    let sim = JiraSim::cloud().await.expect("simulator");
-    sim.add_project("OPS", "Operations");
-    c.extra_config = format!(
-        "jira:\n  url: {url}\n  auth: {{type: basic, emailEnv: HA_JIRA_EMAIL, tokenEnv: HA_JIRA_TOKEN}}\nsources:\n  - name: ops\n    project: OPS\n    label: recac-agent\n    namespace: {ns}\n    pollIntervalSeconds: 1\n    repository: {{default: https://git.example.com/org/repo.git}}\n    template: {{timeoutSeconds: 600}}\nfeedback:\n  commentOnDispatch: false\n  retrySeconds: 1\n  maxRetrySeconds: 2\n",
-        url = sim.url(),
-        ns = c.ns,
-    );
-    let env = vec![
-        ("HA_JIRA_EMAIL", BOT_EMAIL.to_string()),
-        ("HA_JIRA_TOKEN", BOT_TOKEN.to_string()),
-    ];
+    let (_node, sim) = c.with_node_and_jira().await;
+    c.extra_config = jira_config(&sim, &c.ns, "", "    template: {timeoutSeconds: 600}\n");
+    let env = JIRA_ENV.map(|(k, v)| (k, v.to_string())).to_vec();
     let kubeconfig = c.plane.kubeconfig_path().to_path_buf();
     let tasks: Api<AgentTask> = Api::namespaced(c.client.clone(), &c.ns);
     let jobs: Api<Job> = Api::namespaced(c.client.clone(), &c.ns);

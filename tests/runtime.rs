@@ -12,7 +12,7 @@ use recac_api::{AgentTask, AgentTaskStatus, FeedbackStatus, TaskPhase};
 use recac_runtime::status::apply_status;
 use recac_task_controller::controller::write_owned_status;
 use recac_testenv::{ControlPlane, ControlPlaneOptions};
-use recac_tests::{control_plane, kubectl, recac_binary, text, try_http_get};
+use recac_tests::{control_plane, kubectl, recac_binary, text, token_kubeconfig, try_http_get};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -126,18 +126,8 @@ async fn a_component_that_panics_ends_the_process_with_a_message() {
 async fn powerless_kubeconfig(plane: &ControlPlane, ns: &str) -> tempfile::NamedTempFile {
     let out = kubectl(plane, &["create", "serviceaccount", "nobody", "-n", ns]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = kubectl(plane, &["create", "token", "nobody", "-n", ns]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let token = text(&out.stdout).trim().to_string();
-    let admin = std::fs::read_to_string(plane.kubeconfig_path()).expect("kubeconfig");
-    let mut kubeconfig: serde_json::Value = serde_saphyr::from_str(&admin).expect("yaml");
-    kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
     let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(
-        file.path(),
-        serde_json::to_string(&kubeconfig).expect("json is yaml"),
-    )
-    .expect("kubeconfig written");
+    std::fs::write(file.path(), token_kubeconfig(plane, "nobody", ns)).expect("kubeconfig written");
     file
 }
 

@@ -21,7 +21,10 @@ use recac_schedule::decide::run_name;
 use recac_schedule::{Clock, ManualClock};
 use recac_task_controller::{AgentDefaults, TaskControllerConfig};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
-use recac_tests::{control_plane, http_get, kubectl, kubectl_stdin, repo_root, text, wait_for};
+use recac_tests::{
+    RunningOperator, control_plane, http_get, kubectl, kubectl_stdin,
+    operator_service_account_config, repo_root, text, wait_for,
+};
 
 /// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent.
 const FAKE_AGENT: &str = r#"
@@ -36,14 +39,14 @@ printf '{"outcome":"succeeded","branch":"%s","commit":"c0ffee%s","summary":"done
 const LONG: Duration = Duration::from_secs(60);
 
 /// The operator running in this test, with its schedule controller on `clock`.
-struct Running {
-    stop: tokio::sync::watch::Sender<bool>,
-    handle: tokio::task::JoinHandle<()>,
-    http: std::net::SocketAddr,
-}
+struct Running;
 
 impl Running {
-    async fn start(config: kube::Config, namespace: &str, clock: Arc<ManualClock>) -> Self {
+    async fn start(
+        config: kube::Config,
+        namespace: &str,
+        clock: Arc<ManualClock>,
+    ) -> RunningOperator {
         Self::start_with(config, namespace, clock, Leadership::always()).await
     }
 
@@ -53,7 +56,7 @@ impl Running {
         namespace: &str,
         clock: Arc<ManualClock>,
         leadership: Leadership,
-    ) -> Self {
+    ) -> RunningOperator {
         let setup = OperatorSetup {
             operator: OperatorSettings {
                 namespaces: vec![namespace.to_string()],
@@ -75,32 +78,7 @@ impl Running {
         let operator = Operator::build(config, setup, leadership)
             .expect("builds")
             .with_schedule_clock(clock);
-        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binds");
-        let http = listener.local_addr().expect("address");
-        let handle = tokio::spawn(async move {
-            let outcome = operator
-                .run(listener, async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .await;
-            assert_eq!(outcome, Ok(()), "the operator stops cleanly");
-        });
-        Self { stop, handle, http }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let stopped = tokio::time::timeout(Duration::from_secs(15), self.handle).await;
-        assert!(stopped.is_ok(), "the operator did not stop in time");
-    }
-
-    /// A crash: everything stops at once.
-    async fn kill(self) {
-        self.handle.abort();
-        let _ = self.handle.await;
+        RunningOperator::run(operator, Duration::from_secs(15)).await
     }
 }
 
@@ -1046,31 +1024,6 @@ async fn the_example_applies_and_kubectl_shows_columns_and_docs() {
         ],
     );
     assert!(out.status.success(), "patch: {}", text(&out.stderr));
-}
-
-/// A client that authenticates as the operator's ServiceAccount, bound by the shipped RBAC.
-async fn operator_service_account_config(plane: &ControlPlane) -> kube::Config {
-    let root = repo_root();
-    let _ = kubectl(plane, &["create", "namespace", "recac-system"]);
-    let rbac = root.join("config/rbac");
-    let out = kubectl(plane, &["apply", "-k", rbac.to_str().expect("utf-8 path")]);
-    assert!(out.status.success(), "apply rbac: {}", text(&out.stderr));
-    let account: serde_json::Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(rbac.join("service_account.yaml")).expect("service account"),
-    )
-    .expect("yaml");
-    let name = account["metadata"]["name"].as_str().expect("a name");
-    let out = kubectl(plane, &["create", "token", name, "-n", "recac-system"]);
-    assert!(out.status.success(), "create token: {}", text(&out.stderr));
-    let token = text(&out.stdout).trim().to_string();
-    let admin = std::fs::read_to_string(plane.kubeconfig_path()).expect("kubeconfig");
-    let mut kubeconfig: serde_json::Value = serde_saphyr::from_str(&admin).expect("yaml");
-    kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
-    let yaml = serde_json::to_string(&kubeconfig).expect("json is yaml");
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
-    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

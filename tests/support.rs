@@ -76,6 +76,50 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The plane's kubeconfig (YAML) with its user replaced by a fresh token of ServiceAccount
+/// `account` in `namespace`.
+pub fn token_kubeconfig(plane: &ControlPlane, account: &str, namespace: &str) -> String {
+    let out = kubectl(plane, &["create", "token", account, "-n", namespace]);
+    assert!(out.status.success(), "create token: {}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let admin = std::fs::read_to_string(plane.kubeconfig_path()).expect("kubeconfig");
+    let mut kubeconfig: serde_json::Value = serde_saphyr::from_str(&admin).expect("yaml");
+    kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
+    serde_json::to_string(&kubeconfig).expect("JSON is YAML")
+}
+
+/// A client config that authenticates as ServiceAccount `account` in `namespace`.
+pub async fn token_config(plane: &ControlPlane, account: &str, namespace: &str) -> kube::Config {
+    let yaml = token_kubeconfig(plane, account, namespace);
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config")
+}
+
+/// The operator's ServiceAccount (named by `config/rbac/service_account.yaml`), after
+/// applying the shipped RBAC (`config/rbac`), so that a test proves those permissions enough.
+pub fn operator_service_account(plane: &ControlPlane) -> String {
+    let _ = kubectl(plane, &["create", "namespace", "recac-system"]);
+    let rbac = repo_root().join("config/rbac");
+    let out = kubectl(plane, &["apply", "-k", rbac.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "apply rbac: {}", text(&out.stderr));
+    let account: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(rbac.join("service_account.yaml")).expect("service account"),
+    )
+    .expect("yaml");
+    account["metadata"]["name"]
+        .as_str()
+        .expect("the ServiceAccount has a name")
+        .to_string()
+}
+
+/// A client config for the operator's ServiceAccount, bound by the shipped RBAC.
+pub async fn operator_service_account_config(plane: &ControlPlane) -> kube::Config {
+    let account = operator_service_account(plane);
+    token_config(plane, &account, "recac-system").await
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
 where
@@ -144,6 +188,11 @@ impl RunningOperator {
         let operator =
             recac_operator::Operator::build(config, setup, recac_runtime::Leadership::always())
                 .expect("builds");
+        Self::run(operator, stop_within).await
+    }
+
+    /// Starts an operator built by the caller (a clock or leadership of its own).
+    pub async fn run(operator: recac_operator::Operator, stop_within: std::time::Duration) -> Self {
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

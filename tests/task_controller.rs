@@ -14,7 +14,10 @@ use recac_operator::OperatorSetup;
 use recac_runtime::config::OperatorSettings;
 use recac_task_controller::{AgentDefaults, TaskControllerConfig};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
-use recac_tests::{RunningOperator, control_plane, http_get, kubectl, text, wait_for};
+use recac_tests::{
+    RunningOperator, control_plane, http_get, kubectl, operator_service_account_config, text,
+    wait_for,
+};
 
 /// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent.
 const FAKE_AGENT: &str = r#"
@@ -630,31 +633,6 @@ async fn deleting_a_task_removes_its_jobs_and_pods() {
     .await;
     operator.stop().await;
     s.node.shutdown().await.expect("node agent stops");
-}
-
-/// A client that authenticates as the operator's ServiceAccount, bound by the shipped RBAC
-/// (`config/rbac`), so the test proves those permissions are enough.
-async fn operator_service_account_config(plane: &ControlPlane) -> kube::Config {
-    let root = recac_tests::repo_root();
-    let _ = kubectl(plane, &["create", "namespace", "recac-system"]);
-    let rbac = root.join("config/rbac");
-    let out = kubectl(plane, &["apply", "-k", rbac.to_str().expect("utf-8 path")]);
-    assert!(out.status.success(), "apply rbac: {}", text(&out.stderr));
-    let out = kubectl(
-        plane,
-        &["create", "token", "recac-operator-sa", "-n", "recac-system"],
-    );
-    assert!(out.status.success(), "create token: {}", text(&out.stderr));
-    let token = text(&out.stdout).trim().to_string();
-
-    let admin = std::fs::read_to_string(plane.kubeconfig_path()).expect("kubeconfig");
-    let mut kubeconfig: serde_json::Value = serde_saphyr::from_str(&admin).expect("yaml");
-    kubeconfig["users"][0]["user"] = serde_json::json!({ "token": token });
-    let yaml = serde_json::to_string(&kubeconfig).expect("json is yaml");
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig");
-    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
