@@ -641,8 +641,15 @@ async fn jira_errors_and_rate_limits_delay_feedback_without_duplicates() {
         "{}",
         bodies[0]
     );
-    let (_, metrics) = http_get(operator.http, "/metrics").await;
-    assert!(metrics.contains("recac_feedback_pending 0"), "{metrics}");
+    // The gauge drops once the delivery returns, a moment after the status write the
+    // wait above saw.
+    let metrics = wait_for("recac_feedback_pending 0", LONG, || async {
+        let (_, metrics) = http_get(operator.http, "/metrics").await;
+        metrics
+            .contains("recac_feedback_pending 0")
+            .then_some(metrics)
+    })
+    .await;
     assert!(
         metrics.contains("recac_feedback_already_posted_total 1"),
         "{metrics}"
