@@ -212,34 +212,36 @@ impl<'a> Cluster<'a> {
     }
 
     async fn create_task(&self, name: &str) {
-        let api: Api<AgentTask> = Api::namespaced(self.client.clone(), &self.ns);
-        let task: AgentTask = serde_json::from_value(serde_json::json!({
-            "apiVersion": "recac.io/v1alpha1",
-            "kind": "AgentTask",
-            "metadata": {"name": name},
-            "spec": {
-                "repository": {"url": "https://git.example.com/org/repo.git"},
-                "prompt": "say hello",
-            },
-        }))
-        .expect("task");
-        api.create(&PostParams::default(), &task)
+        self.create_task_with(name, serde_json::json!({"prompt": "say hello"}))
             .await
-            .expect("task created");
     }
 
     /// A task whose first attempt runs for a minute.
     async fn create_slow_task(&self, name: &str) {
+        self.create_task_with(
+            name,
+            serde_json::json!({
+                "prompt": "take your time",
+                "agent": {"env": [{"name": "FAKE_SLEEP", "value": "60"}]},
+            }),
+        )
+        .await
+    }
+
+    /// A task of `spec` (merged over the test repository).
+    async fn create_task_with(&self, name: &str, spec: serde_json::Value) {
+        let mut full = serde_json::json!({
+            "repository": {"url": "https://git.example.com/org/repo.git"},
+        });
+        if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+            full.extend(extra.clone());
+        }
         let api: Api<AgentTask> = Api::namespaced(self.client.clone(), &self.ns);
         let task: AgentTask = serde_json::from_value(serde_json::json!({
             "apiVersion": "recac.io/v1alpha1",
             "kind": "AgentTask",
             "metadata": {"name": name},
-            "spec": {
-                "repository": {"url": "https://git.example.com/org/repo.git"},
-                "prompt": "take your time",
-                "agent": {"env": [{"name": "FAKE_SLEEP", "value": "60"}]},
-            },
+            "spec": full,
         }))
         .expect("task");
         api.create(&PostParams::default(), &task)
