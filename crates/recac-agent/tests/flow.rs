@@ -4,6 +4,7 @@
 mod support;
 
 use recac_api::agent_contract::{AgentResult, Outcome};
+use recac_gitserver::{GitServer, GitServerOptions};
 use serde_json::json;
 use support::llm_sim::{LlmSim, Step, call, finish};
 use support::*;
@@ -465,9 +466,11 @@ async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
             &format!("PASSWORD={git_token}\nOTHER={other_shape}\n"),
         )],
     );
-    let server = support::git_http::GitHttp::start(served.clone(), git_token).await;
+    let server = GitServer::start(GitServerOptions::plain(&served, git_token))
+        .await
+        .expect("git server starts");
     let github = support::github_sim::GitHubSim::start(git_token).await;
-    let url = format!("{}/r.git", server.url);
+    let url = format!("{}/r.git", server.url());
     let sim = LlmSim::start(
         KEY,
         vec![

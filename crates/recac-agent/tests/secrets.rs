@@ -7,6 +7,7 @@ mod support;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use recac_api::agent_contract::{AgentResult, Outcome};
+use recac_gitserver::{GitServer, GitServerOptions};
 use serde_json::json;
 use support::llm_sim::{LlmSim, call};
 use support::*;
@@ -126,8 +127,10 @@ async fn secrets_from_files_configure_the_agent_and_never_leak() {
     std::fs::create_dir_all(&served).unwrap();
     let bare = bare_repo(&served, "r.git", &[]);
     // Only the token from the Secret file opens this remote.
-    let server = support::git_http::GitHttp::start(served.clone(), GIT_TOKEN).await;
-    let url = format!("{}/r.git", server.url);
+    let server = GitServer::start(GitServerOptions::plain(&served, GIT_TOKEN))
+        .await
+        .expect("git server starts");
+    let url = format!("{}/r.git", server.url());
     let script = printing_script(&dir);
     let summary = format!("Done. The database password is {DB_PASSWORD} and {SECOND_TOKEN}.");
     // The sim accepts only the key from the Secret file: the run works only if it was read.

@@ -2,7 +2,6 @@
 //! request API, and `git http-backend` behind basic auth). Only the tests use this.
 #![allow(dead_code)]
 
-pub mod git_http;
 pub mod github_sim;
 pub mod llm_sim;
 
