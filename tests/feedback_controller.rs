@@ -121,6 +121,7 @@ struct Setup {
 async fn setup(prefix: &str) -> Setup {
     let plane = control_plane(ControlPlaneOptions {
         controller_manager: true,
+        ..Default::default()
     })
     .await;
     let ns = plane.namespace(prefix).await.expect("namespace");
@@ -864,6 +865,7 @@ async fn a_task_without_a_ticket_gets_nothing_posted() {
 async fn concurrent_status_writes_of_both_controllers_lose_nothing() {
     let plane = control_plane(ControlPlaneOptions {
         controller_manager: false,
+        ..Default::default()
     })
     .await;
     let ns = plane.namespace("fb-ssa").await.expect("namespace");

@@ -101,7 +101,11 @@ struct Cluster<'a> {
 
 impl Cluster<'static> {
     async fn new(prefix: &str, controller_manager: bool) -> Self {
-        let plane = control_plane(ControlPlaneOptions { controller_manager }).await;
+        let plane = control_plane(ControlPlaneOptions {
+            controller_manager,
+            ..Default::default()
+        })
+        .await;
         Cluster::on(plane, prefix).await
     }
 }
@@ -901,6 +905,7 @@ async fn jira_failing_a_fifth_of_calls_during_a_burst_loses_and_duplicates_nothi
 async fn an_apiserver_restart_mid_burst_loses_and_duplicates_nothing() {
     let plane = ControlPlane::start(ControlPlaneOptions {
         controller_manager: true,
+        ..Default::default()
     })
     .await
     .expect("a control plane of its own");

@@ -94,6 +94,7 @@ struct Setup {
 async fn plane() -> &'static ControlPlane {
     let plane = control_plane(ControlPlaneOptions {
         controller_manager: true,
+        ..Default::default()
     })
     .await;
     plane

@@ -45,6 +45,7 @@ struct Env {
 async fn env(prefix: &str, flavor: Flavor, node: bool) -> Env {
     let plane = control_plane(ControlPlaneOptions {
         controller_manager: true,
+        ..Default::default()
     })
     .await;
     let ns = plane.namespace(prefix).await.expect("namespace");
@@ -773,6 +774,7 @@ async fn the_real_operator_killed_at_each_step_takes_each_ticket_once() {
         let e = env("src-kill", flavor, false).await;
         let plane = control_plane(ControlPlaneOptions {
             controller_manager: true,
+            ..Default::default()
         })
         .await;
         let folder = tempfile::tempdir().expect("temp folder");

@@ -74,6 +74,7 @@ struct Setup {
 async fn setup(prefix: &str) -> Setup {
     let plane = control_plane(ControlPlaneOptions {
         controller_manager: true,
+        ..Default::default()
     })
     .await;
     let ns = plane.namespace(prefix).await.expect("namespace");

@@ -25,6 +25,12 @@ pub struct ControlPlaneOptions {
     /// Start kube-controller-manager with the job, ttl-after-finished and
     /// garbage-collector controllers.
     pub controller_manager: bool,
+    /// The folder for certificates, etcd's data and logs (created if missing; removed
+    /// with the control plane unless `RECAC_TESTENV_KEEP` is set). Default: a new
+    /// temporary folder.
+    pub folder: Option<PathBuf>,
+    /// Leave the folder (data and logs) in place when the control plane stops.
+    pub keep_folder: bool,
 }
 
 /// etcd, kube-apiserver and optionally kube-controller-manager, running as local
@@ -102,15 +108,24 @@ impl ControlPlane {
         let bin_dir = binary_folder();
         let etcd_bin = binary(&bin_dir, "etcd")?;
         let apiserver_bin = binary(&bin_dir, "kube-apiserver")?;
-        let folder = tempfile::Builder::new()
-            .prefix("recac-testenv-")
-            .tempdir()
-            .map_err(|source| TestEnvError::Io {
-                path: std::env::temp_dir().display().to_string(),
-                source,
-            })?
-            .keep();
-        let keep_folder = std::env::var_os("RECAC_TESTENV_KEEP").is_some();
+        let folder = match &options.folder {
+            Some(folder) => {
+                std::fs::create_dir_all(folder).map_err(|source| TestEnvError::Io {
+                    path: folder.display().to_string(),
+                    source,
+                })?;
+                folder.clone()
+            }
+            None => tempfile::Builder::new()
+                .prefix("recac-testenv-")
+                .tempdir()
+                .map_err(|source| TestEnvError::Io {
+                    path: std::env::temp_dir().display().to_string(),
+                    source,
+                })?
+                .keep(),
+        };
+        let keep_folder = options.keep_folder || std::env::var_os("RECAC_TESTENV_KEEP").is_some();
         let mut plane = Self {
             folder: folder.clone(),
             keep_folder,
@@ -392,6 +407,20 @@ impl ControlPlane {
                     .map(|p| p.log_tail(max))
             })
             .unwrap_or_default()
+    }
+
+    /// The first component that is no longer running: its name, exit status and the end
+    /// of its log.
+    pub fn exited_component(&self) -> Option<(String, String, String)> {
+        let mut processes = self.processes.lock().ok()?;
+        processes.iter_mut().find_map(|process| {
+            let status = process.exited()?;
+            Some((
+                process.name().to_string(),
+                status.to_string(),
+                process.log_tail(4000),
+            ))
+        })
     }
 
     /// Stops every process and removes the folder.

@@ -13,8 +13,10 @@ mod control_plane;
 mod node_agent;
 mod process;
 
+pub use control_plane::binary_folder;
 pub use control_plane::{ControlPlane, ControlPlaneOptions, shared_control_plane};
 pub use node_agent::{NodeAgent, NodeAgentOptions};
+pub use process::ManagedProcess;
 
 /// Errors of the test environment. Each says what failed and what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -36,7 +36,10 @@
 //! `workingDir` (at the start of the string or after a character that cannot be
 //! part of a path, and followed by the end, `/` or such a character), it is
 //! replaced by the volume's folder (joined with `subPath`). The longest mount path
-//! wins and each position is rewritten once. The same is done for
+//! wins and each position is rewritten once. A value that is exactly a folder
+//! *above* mount paths (`RECAC_SECRETS_DIR=/var/run/recac/secrets` above the mounts
+//! `/var/run/recac/secrets/<secret>`) becomes a folder in which each of those mounts
+//! is a symbolic link to its volume. The same is done for
 //! `terminationMessagePath` (default `/dev/termination-log`), which maps to a
 //! per-container file; when the process exits its first 4096 bytes become the
 //! termination message (`FallbackToLogsOnError` uses the end of the log when that
@@ -129,6 +132,9 @@ pub struct NodeAgentOptions {
     /// The folder under which the agent creates its temporary folder (default: the
     /// system temporary folder).
     pub work_dir: Option<PathBuf>,
+    /// Variables every process gets, like a node's own settings (a trusted CA file, a
+    /// `PATH` holding the binaries the pods' commands name); the pod's env wins.
+    pub node_env: Vec<(String, String)>,
 }
 
 impl Default for NodeAgentOptions {
@@ -140,6 +146,7 @@ impl Default for NodeAgentOptions {
             max_grace_period: Duration::from_secs(3),
             inherit_env: true,
             work_dir: None,
+            node_env: Vec::new(),
         }
     }
 }
@@ -1014,6 +1021,7 @@ async fn run_pod(shared: Arc<Shared>, handle: Arc<PodHandle>, mut updates: watch
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             );
         }
+        command.envs(shared.options.node_env.iter().map(|(k, v)| (k, v)));
         command.env("HOSTNAME", &handle.name);
         command.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let label = format!("{}/{}/{}", handle.namespace, handle.name, spec.container);

@@ -14,6 +14,7 @@ use recac_testenv::{
 async fn setup(prefix: &str) -> (&'static ControlPlane, Client, String, NodeAgent) {
     let plane = shared_control_plane(ControlPlaneOptions {
         controller_manager: true,
+        ..Default::default()
     })
     .await
     .expect("control plane starts");

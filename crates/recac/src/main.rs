@@ -1,6 +1,7 @@
 //! The `recac` command: the operator, the agent and the tools around them.
 
 mod config;
+mod dev_cmd;
 mod jira_cmd;
 mod orchestrate_cmd;
 mod start_cmd;
@@ -36,6 +37,9 @@ enum Command {
     Start(Box<start_cmd::StartArgs>),
     /// Jira tools: check the connection, search, list transitions, run the simulator.
     Jira(jira_cmd::JiraArgs),
+    /// Run the whole loop on this machine: a local control plane, the Jira simulator with
+    /// demo tickets, a git server, the demo model, a node agent and two operator replicas.
+    Dev(dev_cmd::DevArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,11 @@ fn main() -> ExitCode {
             orchestrate_cmd::run(args)
         }
         Command::Start(args) => start_cmd::run(*args, log_format),
+        Command::Dev(args) => {
+            // The control plane is polled while it starts; its refusals are expected.
+            logging::init(log_format, "warn,kube_client=off", std::io::stderr);
+            dev_cmd::run(args)
+        }
         Command::Jira(args) => {
             logging::init(log_format, "warn", std::io::stderr);
             jira_cmd::run(args)

@@ -21,11 +21,20 @@ pub struct OrchestrateArgs {
     /// AgentTask that would be created (YAML), then exit; writes nothing to Jira or Kubernetes.
     #[arg(long)]
     pub dry_run: bool,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address instead of
+    /// `operator.adminAddress` (e.g. a second replica on the same machine).
+    #[arg(long, env = "RECAC_ADMIN_ADDRESS", value_name = "HOST:PORT")]
+    pub admin_address: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: OrchestrateArgs) -> ExitCode {
     let config = match OperatorConfig::load(args.config.as_deref()) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            if let Some(address) = args.admin_address {
+                config.operator.admin_address = address.to_string();
+            }
+            config
+        }
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(2);

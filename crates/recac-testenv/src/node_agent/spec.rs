@@ -246,6 +246,7 @@ async fn prepare_container(
             mounts.push((path, folder));
         }
     }
+    let ancestors = mount_ancestors(&mounts, &pod_dir.join(format!("{}.root", name.display())))?;
     let termination_log = pod_dir.join(format!("{}.termination-log", name.display()));
     std::fs::write(&termination_log, b"").map_err(|e| io_error("creating", &termination_log, e))?;
     let termination_path = container
@@ -268,6 +269,7 @@ async fn prepare_container(
         .flatten()
         .chain(container.args.iter().flatten())
         .map(|a| expand(a, &lookup))
+        .map(|a| substitute_ancestor(a, &ancestors))
         .map(|a| substitute(&a, &mounts))
         .collect();
     if container.command.as_ref().is_none_or(|c| c.is_empty()) {
@@ -279,7 +281,10 @@ async fn prepare_container(
     let program = argv.remove(0);
     let env: Vec<(String, String)> = env
         .iter()
-        .map(|(k, v)| (k.clone(), substitute(v, &mounts)))
+        .map(|(k, v)| {
+            let v = substitute_ancestor(v.clone(), &ancestors);
+            (k.clone(), substitute(&v, &mounts))
+        })
         .collect();
 
     let cwd = match container.working_dir.as_deref().filter(|w| !w.is_empty()) {
@@ -311,6 +316,55 @@ async fn prepare_container(
         fallback_to_logs: container.termination_message_policy.as_deref()
             == Some("FallbackToLogsOnError"),
     })
+}
+
+/// The folders above mount paths (`/var/run/recac/secrets` above
+/// `/var/run/recac/secrets/creds`), each mapped to a folder under `root` where every mount
+/// below it appears as a symbolic link to its volume folder, so a process handed the parent
+/// path can list and read the mounts in it. A mount nested in another mount is reached
+/// through that mount's folder and gets no link.
+fn mount_ancestors(
+    mounts: &[(String, PathBuf)],
+    root: &Path,
+) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    let is_mount = |path: &str| mounts.iter().any(|(m, _)| m == path);
+    let mut ancestors: Vec<(String, PathBuf)> = Vec::new();
+    for (path, folder) in mounts {
+        let parents: Vec<&str> = path
+            .match_indices('/')
+            .map(|(i, _)| &path[..i])
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parents.iter().any(|p| is_mount(p)) {
+            continue;
+        }
+        let link = root.join(path.trim_start_matches('/'));
+        if let Some(parent) = link.parent() {
+            create_dir(parent)?;
+        }
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(folder, &link).map_err(|e| io_error("linking", &link, e))?;
+        }
+        for parent in parents {
+            if !ancestors.iter().any(|(a, _)| a == parent) {
+                ancestors.push((
+                    parent.to_string(),
+                    root.join(parent.trim_start_matches('/')),
+                ));
+            }
+        }
+    }
+    Ok(ancestors)
+}
+
+/// A value that is exactly a folder above mount paths (optionally with a trailing `/`)
+/// becomes its mapped folder; anything else is left to [`substitute`].
+fn substitute_ancestor(value: String, ancestors: &[(String, PathBuf)]) -> String {
+    let trimmed = value.strip_suffix('/').unwrap_or(&value);
+    match ancestors.iter().find(|(path, _)| path == trimmed) {
+        Some((_, folder)) => folder.display().to_string(),
+        None => value,
+    }
 }
 
 fn first_mount_folder(container: &Container, mounts: &[(String, PathBuf)]) -> Option<PathBuf> {
@@ -527,6 +581,38 @@ mod tests {
         let env: HashMap<&str, &str> = [("A", "1"), ("B", "two")].into_iter().collect();
         assert_eq!(expand("x$(A)y$(B)", &env), "x1ytwo");
         assert_eq!(expand("$(C) $$(A) $5 $", &env), "$(C) $(A) $5 $");
+    }
+
+    #[test]
+    fn folders_above_mounts_list_the_mounts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let creds = dir.path().join("creds");
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&creds).expect("creds");
+        std::fs::create_dir_all(&other).expect("other");
+        std::fs::write(creds.join("TOKEN"), "t").expect("token");
+        let mounts = vec![
+            ("/var/run/recac/secrets/creds".to_string(), creds),
+            ("/var/run/recac/secrets/other".to_string(), other),
+            ("/workspace".to_string(), dir.path().join("ws")),
+        ];
+        let root = dir.path().join("root");
+        let ancestors = mount_ancestors(&mounts, &root).expect("linked");
+        let mapped = substitute_ancestor("/var/run/recac/secrets/".into(), &ancestors);
+        assert_eq!(PathBuf::from(&mapped), root.join("var/run/recac/secrets"));
+        let token = std::fs::read_to_string(PathBuf::from(&mapped).join("creds/TOKEN"));
+        assert_eq!(token.expect("readable through the link"), "t");
+        let mut names: Vec<String> = std::fs::read_dir(&mapped)
+            .expect("listable")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["creds", "other"]);
+        assert_eq!(
+            substitute_ancestor("/var/run/x".into(), &ancestors),
+            "/var/run/x",
+            "only whole values are rewritten"
+        );
     }
 
     #[test]

@@ -1,0 +1,243 @@
+//! `recac dev`: the whole loop on one machine, run as a user runs it (the `recac` binary),
+//! and its answers to bad input.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use recac_tests::{recac_binary, repo_root};
+
+/// The built-in dev configuration with its ports moved to `base`..`base + 4` (Jira
+/// simulator, admin, -, git server, demo model), so tests do not collide with a
+/// developer's `make dev` or with each other.
+fn config_on_ports(dir: &Path, base: u16) -> PathBuf {
+    let text = std::fs::read_to_string(repo_root().join("config/dev/config.yaml"))
+        .expect("config/dev/config.yaml");
+    let moved = (0..5u16).fold(text, |text, i| {
+        text.replace(&format!("1808{i}"), &(base + i).to_string())
+    });
+    let path = dir.join(format!("dev-{base}.yaml"));
+    std::fs::write(&path, moved).expect("config written");
+    path
+}
+
+fn dev(config: &Path, state: &Path, git_port: u16, extra: &[&str]) -> Command {
+    let mut command = Command::new(recac_binary());
+    command
+        .arg("dev")
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--git-port", &git_port.to_string()])
+        .args(extra)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("JIRA_URL");
+    command
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Processes whose command line mentions `needle` (e.g. a state folder).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if line.contains(needle) {
+            found.push(format!("{}: {line}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+fn git(repository: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(repository)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn once_runs_every_demo_ticket_to_its_comment_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_on_ports(dir.path(), 28080);
+    let state = dir.path().join("state");
+    let output = dev(
+        &config,
+        &state,
+        28083,
+        &["--once", "--timeout", "300", "--keep"],
+    )
+    .output()
+    .expect("recac dev runs");
+    let all = text(&output);
+    assert!(output.status.success(), "recac dev --once failed:\n{all}");
+    for expected in [
+        "result: DEMO-1: jira In Review, task demo-1-r1, phase Succeeded, attempt 1, job demo-1-r1-a1, branch recac/DEMO-1, comment succeeded/1",
+        "result: DEMO-2: jira In Review, task demo-2-r1, phase Succeeded, attempt 2, job demo-2-r1-a2, branch recac/DEMO-2, comment succeeded/2",
+        "result: DEMO-3: jira To Do, task -, phase -, attempt -, job -, branch -, comment needs repository",
+        "model: the DEMO model",
+        "export KUBECONFIG=",
+        "get at -n recac-demo -w",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+
+    // The agents pushed real commits over HTTPS: the retry fixed the first attempt.
+    let repository = state.join("git/demo.git");
+    let history = git(&repository, &["log", "--format=%s", "recac/DEMO-2"]);
+    let subjects: Vec<&str> = history.lines().collect();
+    assert_eq!(
+        subjects[..2],
+        [
+            "DEMO-2: [demo model] wrote \"Goodbye, and thanks for all the fish!\" to greetings/goodbye.txt",
+            "DEMO-2: [demo model] wrote \"Goodbye, and thanks for all the fish\" to greetings/goodbye.txt",
+        ],
+        "{history}"
+    );
+    assert_eq!(
+        git(&repository, &["show", "recac/DEMO-1:greetings/ada.txt"]),
+        "Hello, Ada!\n"
+    );
+    assert!(state.join("kept").is_file(), "--keep keeps the state");
+    assert!(state.join("logs/operator-1.log").is_file());
+    assert!(state.join("control-plane/kube-apiserver.log").is_file());
+    let left = processes_mentioning(&state.display().to_string());
+    assert!(left.is_empty(), "still running after exit: {left:?}");
+}
+
+#[test]
+fn a_port_in_use_is_named_with_the_fix_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_on_ports(dir.path(), 28180);
+    let _taken = TcpListener::bind("127.0.0.1:28180").expect("the test takes the port");
+    let state = dir.path().join("state");
+    let output = dev(&config, &state, 28183, &["--once"])
+        .output()
+        .expect("recac dev runs");
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(
+        all.contains("the Jira simulator cannot listen on 127.0.0.1:28180")
+            && all.contains("--config"),
+        "{all}"
+    );
+    assert!(!state.exists(), "nothing was started or written");
+}
+
+#[test]
+fn a_stale_state_folder_is_cleaned_and_a_live_one_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A wrong key stops the run right after the state folder is claimed.
+    let config = config_on_ports(dir.path(), 28280);
+    let broken = dir.path().join("broken.yaml");
+    let text_of_config = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &broken,
+        text_of_config.replace("maxConcurrentTasks: 4", "maxConcurrentTask: 4"),
+    )
+    .expect("written");
+
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("control-plane")).expect("stale content");
+    std::fs::write(state.join("owner"), "4194999\n").expect("owner of a dead run");
+    let output = dev(&broken, &state, 28283, &[])
+        .output()
+        .expect("recac dev runs");
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(all.contains("did not stop cleanly"), "{all}");
+    assert!(all.contains("taskController.maxConcurrentTask"), "{all}");
+    assert!(!state.exists(), "the folder of the failed run is removed");
+
+    // A folder owned by a live `recac dev` is left alone.
+    std::fs::create_dir_all(&state).expect("state");
+    let mut owner = Command::new("sh")
+        .args(["-c", "sleep 30", "recac", "dev"])
+        .spawn()
+        .expect("a stand-in owner");
+    std::fs::write(state.join("owner"), format!("{}\n", owner.id())).expect("owner");
+    let output = dev(&config, &state, 28283, &[])
+        .output()
+        .expect("recac dev runs");
+    let _ = owner.kill();
+    let _ = owner.wait();
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(
+        all.contains("in use by another `recac dev`") && all.contains("--state-dir"),
+        "{all}"
+    );
+    assert!(
+        state.join("owner").is_file(),
+        "the other run's folder stays"
+    );
+}
+
+#[test]
+fn missing_go_and_a_part_that_fails_to_start_are_explained_and_nothing_is_left() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_on_ports(dir.path(), 28380);
+    let state = dir.path().join("state");
+    let empty = dir.path().join("no-binaries");
+    std::fs::create_dir_all(&empty).expect("folder");
+
+    // No control-plane binaries and no Go on PATH.
+    let output = dev(&config, &state, 28383, &[])
+        .env("KUBEBUILDER_ASSETS", &empty)
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("recac dev runs");
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(
+        all.contains("Go is not installed") && all.contains("go.dev"),
+        "{all}"
+    );
+    assert!(!state.exists());
+
+    // etcd that dies at once: the error names it with its log, and nothing keeps running.
+    let broken = dir.path().join("broken-binaries");
+    std::fs::create_dir_all(&broken).expect("folder");
+    for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        let path = broken.join(name);
+        std::fs::write(
+            &path,
+            "#!/bin/sh\necho \"$0: this build is broken\"\nexit 3\n",
+        )
+        .expect("script");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    }
+    let output = dev(&config, &state, 28383, &[])
+        .env("KUBEBUILDER_ASSETS", &broken)
+        .output()
+        .expect("recac dev runs");
+    let all = text(&output);
+    assert!(!output.status.success(), "{all}");
+    assert!(
+        all.contains("the control plane did not start") && all.contains("this build is broken"),
+        "{all}"
+    );
+    assert!(!state.exists(), "the state of the failed run is removed");
+    let left = processes_mentioning(&state.display().to_string());
+    assert!(left.is_empty(), "still running: {left:?}");
+}
