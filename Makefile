@@ -1,7 +1,11 @@
 # recac: build, test and package.
 #
+#   make dev       the whole loop on this machine (`recac dev`): control plane, Jira
+#                  simulator with demo tickets, git server, demo model, two operators;
+#                  DEV_ARGS passes options, e.g. DEV_ARGS="--once" or "--keep"
 #   make build     build the recac binary (target/debug/recac)
 #   make test      build the control plane if not cached, then run every test
+#   make image     build the container image (IMAGE, default recac:dev) with docker
 #   make crds      regenerate crds/ from the Rust types
 #   make envtest   build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
 #   make lint      cargo fmt --check and clippy with warnings as errors
@@ -15,7 +19,15 @@ K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 export K8S_VERSION ETCD_VERSION
 
-.PHONY: build release test bench crds envtest lint fmt
+.PHONY: build release test bench crds envtest lint fmt dev image
+
+IMAGE ?= recac:dev
+
+dev:
+	$(CARGO) run --quiet -p recac -- dev $(DEV_ARGS)
+
+image:
+	docker build -t $(IMAGE) .
 
 build:
 	$(CARGO) build --workspace

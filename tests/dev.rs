@@ -241,3 +241,59 @@ fn missing_go_and_a_part_that_fails_to_start_are_explained_and_nothing_is_left()
     let left = processes_mentioning(&state.display().to_string());
     assert!(left.is_empty(), "still running: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jira_url_drives_the_loop_from_another_jira() {
+    use recac_jira_sim::{IssueSeed, JiraSim, ProjectDef, Seed};
+
+    // A Jira that `recac dev` did not start and does not seed: a simulator run here.
+    let jira = JiraSim::bind(
+        "127.0.0.1:0".parse().expect("address"),
+        Seed {
+            projects: vec![ProjectDef {
+                key: "DEMO".into(),
+                name: None,
+            }],
+            ..Seed::default()
+        },
+    )
+    .await
+    .expect("a Jira");
+    let (ticket, _) = recac_dev::demo::tickets("https://127.0.0.1:28583/demo.git")
+        .into_iter()
+        .next()
+        .expect("a demo ticket");
+    let key = jira.add_issue(IssueSeed { ..ticket });
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_on_ports(dir.path(), 28580);
+    let state = dir.path().join("state");
+    let mut command = dev(&config, &state, 28583, &["--once", "--timeout", "300"]);
+    command
+        .arg("--jira-url")
+        .arg(jira.url())
+        .env("JIRA_EMAIL", recac_jira_sim::BOT_EMAIL)
+        .env("JIRA_API_TOKEN", recac_jira_sim::BOT_TOKEN);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("joined")
+        .expect("recac dev runs");
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(
+        all.contains(&format!("Jira: {}", jira.url())) && !all.contains("Jira simulator:"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "result: {key}: jira -, task demo-1-r1, phase Succeeded"
+        )),
+        "{all}"
+    );
+    let issue = jira.issue(&key).expect("the ticket");
+    assert_eq!(issue.status, "In Review", "the configured transition");
+    assert!(
+        issue.comments.len() >= 2,
+        "picked up and succeeded comments"
+    );
+}

@@ -74,7 +74,9 @@ pub fn prepare(text: &str, jira_url: Option<&str>, model: &Model) -> Result<DevC
             .map(|o| o.entry("jira").or_insert_with(|| json!({})));
         if let Some(Value::Object(jira)) = jira {
             jira.insert("url".into(), json!(url));
-            jira.remove("allowInsecureHttp");
+            // Plain HTTP only to a Jira on this machine (a simulator run by hand).
+            let local_http = url.starts_with("http://") && loopback_address(url).is_some();
+            jira.insert("allowInsecureHttp".into(), json!(local_http));
         }
     }
     if let Model::Provider { provider, model } = model
@@ -199,7 +201,7 @@ mod tests {
         let root: Value = serde_saphyr::from_str(&config.text).expect("yaml");
         assert_eq!(root.pointer("/agent/provider"), Some(&json!("anthropic")));
         assert_eq!(root.pointer("/agent/env"), Some(&json!([])));
-        assert_eq!(root.pointer("/jira/allowInsecureHttp"), None);
+        assert_eq!(root.pointer("/jira/allowInsecureHttp"), Some(&json!(false)));
     }
 
     #[test]
