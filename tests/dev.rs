@@ -297,3 +297,126 @@ async fn jira_url_drives_the_loop_from_another_jira() {
         "picked up and succeeded comments"
     );
 }
+
+/// A running `recac dev` whose output lines arrive on a channel.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(mut command: Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("recac dev starts");
+        let (tx, lines) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`.
+    fn wait_for(&mut self, needle: &str, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while !self.seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no {needle:?} within {within:?}:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Waits for the exit and returns the status with every line printed.
+    fn exit(mut self, within: std::time::Duration) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                self.seen.extend(self.lines.try_iter());
+                return (status, self.seen.join("\n"));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "recac dev did not exit within {within:?}:\n{}",
+                self.seen.join("\n")
+            );
+            self.seen.extend(self.lines.try_iter());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[test]
+fn sigterm_stops_everything_and_a_dead_operator_is_named_with_its_log() {
+    let seconds = std::time::Duration::from_secs;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_on_ports(dir.path(), 28680);
+
+    // SIGTERM: a clean stop, the state folder removed, nothing left.
+    let state = dir.path().join("state-term");
+    let mut run = Running::start(dev(&config, &state, 28683, &[]));
+    run.wait_for("running; Ctrl-C stops everything", seconds(120));
+    signal(run.child.id(), "TERM");
+    let (status, all) = run.exit(seconds(60));
+    assert!(status.success(), "{all}");
+    assert!(
+        all.contains("recac dev: terminated") && all.contains("stopping"),
+        "{all}"
+    );
+    assert!(!state.exists(), "the state folder is removed");
+    let left = processes_mentioning(&state.display().to_string());
+    assert!(left.is_empty(), "still running: {left:?}");
+
+    // An operator that dies: recac dev names it, shows its log, stops the rest, fails.
+    let state = dir.path().join("state-dies");
+    let mut run = Running::start(dev(&config, &state, 28683, &[]));
+    run.wait_for("DEMO-1: jira In Progress", seconds(120));
+    let needle = format!("{}/config.yaml", state.display());
+    let operator: u32 = processes_mentioning(&needle)
+        .iter()
+        .find(|p| p.contains("--admin-address 127.0.0.1:28682"))
+        .and_then(|p| p.split(':').next()?.parse().ok())
+        .expect("operator replica 2 runs");
+    signal(operator, "KILL");
+    let (status, all) = run.exit(seconds(60));
+    assert!(!status.success(), "{all}");
+    assert!(
+        all.contains("operator replica 2 stopped unexpectedly")
+            && all.contains("logs/operator-2.log")
+            && all.contains("recac_runtime"),
+        "{all}"
+    );
+    let left = processes_mentioning(&state.display().to_string());
+    assert!(left.is_empty(), "still running: {left:?}");
+}

@@ -78,7 +78,7 @@ impl Parts {
                     part: format!("operator replica {}", i + 1),
                     status: status.to_string(),
                     log: format!("logs/operator-{}.log", i + 1),
-                    tail: operator.log_tail(3000),
+                    tail: whole_lines(&operator.log_tail(TAIL_BYTES)),
                 });
             }
         }
@@ -88,8 +88,25 @@ impl Parts {
             log: format!("control-plane/{name}.log"),
             part: name,
             status,
-            tail,
+            tail: whole_lines(&tail),
         })
+    }
+}
+
+/// How much of a dead part's log is shown.
+const TAIL_BYTES: usize = 3000;
+
+/// The end of a log cut to whole lines (a tail of [`TAIL_BYTES`] or more starts inside a
+/// line); a visible mark when it is empty.
+fn whole_lines(tail: &str) -> String {
+    let text = match tail.find('\n') {
+        Some(i) if tail.len() >= TAIL_BYTES && i + 1 < tail.len() => &tail[i + 1..],
+        _ => tail,
+    };
+    if text.trim().is_empty() {
+        "(the log is empty)".into()
+    } else {
+        text.trim_end().to_string()
     }
 }
 
