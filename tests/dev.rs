@@ -420,3 +420,47 @@ fn sigterm_stops_everything_and_a_dead_operator_is_named_with_its_log() {
     let left = processes_mentioning(&state.display().to_string());
     assert!(left.is_empty(), "still running: {left:?}");
 }
+
+#[test]
+fn absent_control_plane_binaries_are_built_first_with_visible_progress() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_on_ports(dir.path(), 28780);
+    let state = dir.path().join("state");
+    // A checkout whose hack/envtest.sh stands in for the real build: it reports progress
+    // on stderr and leaves binaries (that fail at once) in the cache folder.
+    let checkout = dir.path().join("checkout");
+    std::fs::create_dir_all(checkout.join("hack")).expect("hack/");
+    std::fs::write(
+        checkout.join("hack/envtest.sh"),
+        "#!/bin/sh\nbin=\"$RECAC_ENVTEST_DIR/k8s-v1.37.2-etcd-v3.6.16/bin\"\n\
+         echo 'envtest: building Kubernetes (stand-in)' >&2\nmkdir -p \"$bin\"\n\
+         for b in etcd kube-apiserver kube-controller-manager; do\n\
+           printf '#!/bin/sh\\necho stand-in binary\\nexit 3\\n' > \"$bin/$b\"; chmod +x \"$bin/$b\"\n\
+         done\necho \"$bin\"\n",
+    )
+    .expect("script");
+    let cache = dir.path().join("envtest-cache");
+    let output = dev(&config, &state, 28783, &[])
+        .current_dir(&checkout)
+        .env_remove("KUBEBUILDER_ASSETS")
+        .env("RECAC_ENVTEST_DIR", &cache)
+        .output()
+        .expect("recac dev runs");
+    let all = text(&output);
+    assert!(
+        all.contains("building the control plane's binaries with hack/envtest.sh")
+            && all.contains("envtest: building Kubernetes (stand-in)"),
+        "{all}"
+    );
+    assert!(
+        cache
+            .join("k8s-v1.37.2-etcd-v3.6.16/bin/kube-apiserver")
+            .is_file()
+    );
+    assert!(
+        all.contains("the control plane did not start") && all.contains("stand-in binary"),
+        "the built binaries were used: {all}"
+    );
+    assert!(!output.status.success());
+    assert!(!state.exists());
+}
