@@ -23,6 +23,15 @@ pub const DEFAULT_FIELDS: &[&str] = &["summary", "status", "labels", "assignee",
 /// Largest issue property value Jira accepts (32 KiB).
 pub const MAX_PROPERTY_BYTES: usize = 32 * 1024;
 
+/// An issue as a claim reads it: fields, changelog (oldest first) and the transitions it
+/// offers at the time of the read.
+#[derive(Clone, Debug)]
+pub struct TicketRead {
+    pub issue: Issue,
+    pub histories: Vec<ChangeHistory>,
+    pub transitions: Vec<Transition>,
+}
+
 /// A Jira client. Cheap to clone; `Debug` never shows the credentials.
 #[derive(Clone)]
 pub struct JiraClient {
@@ -469,7 +478,36 @@ impl JiraClient {
         key: &str,
         fields: &[&str],
     ) -> Result<(Issue, Vec<ChangeHistory>), JiraError> {
-        let op = "get issue with changelog";
+        let (issue, histories, _) = self.read_issue(key, fields, false).await?;
+        Ok((issue, histories))
+    }
+
+    /// The issue with its changelog and the transitions it offers now, in one request
+    /// (`expand=changelog,transitions`): what a claim decides on.
+    pub async fn issue_for_claim(
+        &self,
+        key: &str,
+        fields: &[&str],
+    ) -> Result<TicketRead, JiraError> {
+        let (issue, histories, transitions) = self.read_issue(key, fields, true).await?;
+        Ok(TicketRead {
+            issue,
+            histories,
+            transitions: transitions.unwrap_or_default(),
+        })
+    }
+
+    async fn read_issue(
+        &self,
+        key: &str,
+        fields: &[&str],
+        with_transitions: bool,
+    ) -> Result<(Issue, Vec<ChangeHistory>, Option<Vec<Transition>>), JiraError> {
+        let op = if with_transitions {
+            "get issue with changelog and transitions"
+        } else {
+            "get issue with changelog"
+        };
         let fields = if fields.is_empty() {
             DEFAULT_FIELDS
         } else {
@@ -478,8 +516,25 @@ impl JiraClient {
         let mut req = get(op, Some(key), vec!["issue", key]);
         req.query
             .extend(fields.iter().map(|f| ("fields", f.to_string())));
-        req.query.push(("expand", "changelog".into()));
+        let expand = if with_transitions {
+            "changelog,transitions"
+        } else {
+            "changelog"
+        };
+        req.query.push(("expand", expand.into()));
         let value = self.send_json(req).await?;
+        let transitions = if with_transitions {
+            Some(parse(
+                op,
+                Some(key),
+                value
+                    .get("transitions")
+                    .cloned()
+                    .unwrap_or(Value::Array(vec![])),
+            )?)
+        } else {
+            None
+        };
         let issue = Issue::from_value(&value).map_err(|message| JiraError::Malformed {
             ctx: ctx(op, Some(key)),
             status: 200,
@@ -501,7 +556,7 @@ impl JiraClient {
                 .cmp(&b.created)
                 .then_with(|| a.id.parse::<u64>().ok().cmp(&b.id.parse::<u64>().ok()))
         });
-        Ok((issue, histories))
+        Ok((issue, histories, transitions))
     }
 
     /// The names of the groups `user` belongs to: Cloud `GET /user/groups?accountId=`,

@@ -16,7 +16,7 @@ pub mod retry;
 pub mod secret;
 pub mod transition;
 
-pub use client::{DEFAULT_FIELDS, JiraClient, WriteGate};
+pub use client::{DEFAULT_FIELDS, JiraClient, TicketRead, WriteGate};
 pub use config::{AuthConfig, ConfigError, Credentials, Flavor, JiraConfig};
 pub use error::{JiraError, JiraErrorBody};
 pub use model::{ChangeHistory, ChangeItem, Comment, Issue, Status, Transition, User};

@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use recac_api::AgentTask;
-use recac_jira::{ChangeHistory, Issue, JiraClient, JiraError, User};
+use recac_jira::{ChangeHistory, Issue, JiraClient, JiraError, Transition, User};
 use recac_runtime::events::{EventPublisher, EventType};
 use recac_runtime::{Cache, Component, ComponentError, Term, failpoint};
 use serde_json::json;
@@ -33,7 +33,7 @@ use crate::plan::{self, Verdict};
 use crate::task;
 
 /// Tickets taken at once within one poll.
-const CONCURRENCY: usize = 32;
+const CONCURRENCY: usize = 64;
 
 /// A test hook called at each step of taking a ticket (`after-create`,
 /// `after-transition`, `after-edit`, `after-claim`); it may panic to simulate a crash.
@@ -275,21 +275,6 @@ impl SourceController {
         }
         let jql = crate::query::search_jql(source);
         let fields = plan::search_fields(source);
-        let mut issues: Vec<Issue> = Vec::new();
-        let mut pages = std::pin::pin!(self.jira.search_pages(&jql, &fields));
-        while let Some(page) = pages
-            .try_next()
-            .await
-            .map_err(Self::jira_err(source, "search"))?
-        {
-            self.metrics.poll_pages.get_or_create(&label).inc();
-            issues.extend(page);
-        }
-
-        self.metrics
-            .seen
-            .get_or_create(&label)
-            .inc_by(issues.len() as u64);
         let mut in_flight = index
             .values()
             .flatten()
@@ -300,32 +285,52 @@ impl SourceController {
             .lock()
             .map(|mut h| h.remove(&source.name).unwrap_or_default())
             .unwrap_or_default();
-        handled.retain(|key, _| issues.iter().any(|i| &i.key == key));
-        let mut candidates = Vec::new();
-        for issue in issues {
-            let views: Vec<TaskView> = index
-                .get(&issue.key)
-                .map(|list| list.iter().map(|(v, _)| v.clone()).collect())
-                .unwrap_or_default();
-            if let Some(reason) = decide::precheck(&views, &source.name) {
-                self.metrics.skip(&source.name, reason.as_str());
-                continue;
-            }
-            let updated = issue.fields.updated.clone().unwrap_or_default();
-            if handled.get(&issue.key) == Some(&updated) {
-                self.metrics
-                    .skip(&source.name, SkipReason::Unchanged.as_str());
-                continue;
-            }
-            if candidates.len() >= source.max_tickets_per_poll || in_flight >= source.max_in_flight
+        // Tickets are taken while later pages are still being read.
+        let (candidates, taking) = futures::channel::mpsc::unbounded::<(Issue, Vec<TaskView>)>();
+        let read_pages = async {
+            let candidates = candidates;
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut queued = 0usize;
+            let mut pages = std::pin::pin!(self.jira.search_pages(&jql, &fields));
+            while let Some(page) = pages
+                .try_next()
+                .await
+                .map_err(Self::jira_err(source, "search"))?
             {
-                self.metrics.skip(&source.name, SkipReason::Capped.as_str());
-                continue;
+                self.metrics.poll_pages.get_or_create(&label).inc();
+                self.metrics
+                    .seen
+                    .get_or_create(&label)
+                    .inc_by(page.len() as u64);
+                for issue in page {
+                    seen.insert(issue.key.clone());
+                    let views: Vec<TaskView> = index
+                        .get(&issue.key)
+                        .map(|list| list.iter().map(|(v, _)| v.clone()).collect())
+                        .unwrap_or_default();
+                    if let Some(reason) = decide::precheck(&views, &source.name) {
+                        self.metrics.skip(&source.name, reason.as_str());
+                        continue;
+                    }
+                    let updated = issue.fields.updated.clone().unwrap_or_default();
+                    if handled.get(&issue.key) == Some(&updated) {
+                        self.metrics
+                            .skip(&source.name, SkipReason::Unchanged.as_str());
+                        continue;
+                    }
+                    if queued >= source.max_tickets_per_poll || in_flight >= source.max_in_flight {
+                        self.metrics.skip(&source.name, SkipReason::Capped.as_str());
+                        continue;
+                    }
+                    in_flight += 1;
+                    queued += 1;
+                    // The receiver lives until every sent ticket is taken.
+                    let _ = candidates.unbounded_send((issue, views));
+                }
             }
-            in_flight += 1;
-            candidates.push((issue, views));
-        }
-        let results: Vec<(String, Option<String>)> = futures::stream::iter(candidates)
+            Ok::<_, SourceError>(seen)
+        };
+        let take_all = taking
             .map(|(issue, views)| async move {
                 let key = issue.key.clone();
                 let updated = issue.fields.updated.clone();
@@ -339,8 +344,12 @@ impl SourceController {
                 }
             })
             .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+            .collect::<Vec<(String, Option<String>)>>();
+        let (seen, results) = futures::join!(read_pages, take_all);
+        // A search that failed part-way saw only some tickets: forget none of the others.
+        if let Ok(seen) = &seen {
+            handled.retain(|key, _| seen.contains(key));
+        }
         for (key, updated) in results {
             if let Some(updated) = updated {
                 handled.insert(key, updated);
@@ -349,7 +358,7 @@ impl SourceController {
         if let Ok(mut h) = state.handled.lock() {
             h.insert(source.name.clone(), handled);
         }
-        Ok(())
+        seen.map(drop)
     }
 
     /// Acts on one ticket's verdict. `Ok(Some(reason))` when it was skipped in a way that
@@ -436,6 +445,7 @@ impl SourceController {
                     &created,
                     take.issue,
                     take.histories,
+                    Some(take.transitions),
                     state,
                 )
                 .await?;
@@ -494,13 +504,22 @@ impl SourceController {
         task: &AgentTask,
         state: &TermState,
     ) -> Result<(), SourceError> {
-        let (issue, histories) = self
+        let read = self
             .jira
-            .issue_with_changelog(key, plan::CLAIM_FIELDS)
+            .issue_for_claim(key, plan::CLAIM_FIELDS)
             .await
             .map_err(Self::jira_err(source, format!("read ticket {key}")))?;
-        self.claim(source, bot, key, task, issue, histories, state)
-            .await
+        self.claim(
+            source,
+            bot,
+            key,
+            task,
+            read.issue,
+            read.histories,
+            Some(read.transitions),
+            state,
+        )
+        .await
     }
 
     /// Drives the claim to its end from the ticket as last read.
@@ -513,6 +532,7 @@ impl SourceController {
         task: &AgentTask,
         mut issue: Issue,
         mut histories: Vec<ChangeHistory>,
+        mut offered: Option<Vec<Transition>>,
         state: &TermState,
     ) -> Result<(), SourceError> {
         let trigger = task
@@ -559,11 +579,14 @@ impl SourceController {
             }
             match step {
                 ClaimStep::Transition => {
-                    let available = self
-                        .jira
-                        .transitions(key)
-                        .await
-                        .map_err(Self::jira_err(source, format!("list transitions of {key}")))?;
+                    // The transitions read with this copy of the ticket, else a fresh list.
+                    let available = match offered.take() {
+                        Some(list) => list,
+                        None => self.jira.transitions(key).await.map_err(Self::jira_err(
+                            source,
+                            format!("list transitions of {key}"),
+                        ))?,
+                    };
                     let chosen = match recac_jira::transition::resolve(
                         &source.claim.transition,
                         &available,
@@ -573,11 +596,13 @@ impl SourceController {
                             // The ticket changed since it was read: decide on a fresh copy,
                             // which names who took it.
                             rereads += 1;
-                            (issue, histories) = self
+                            let read = self
                                 .jira
-                                .issue_with_changelog(key, plan::CLAIM_FIELDS)
+                                .issue_for_claim(key, plan::CLAIM_FIELDS)
                                 .await
                                 .map_err(Self::jira_err(source, format!("re-read ticket {key}")))?;
+                            (issue, histories, offered) =
+                                (read.issue, read.histories, Some(read.transitions));
                             continue;
                         }
                         Err(list) => {
@@ -602,11 +627,13 @@ impl SourceController {
                         Err(e) if matches!(e.status(), Some(400 | 409)) && rereads < 2 => {
                             self.metrics.conflicts.get_or_create(&label).inc();
                             rereads += 1;
-                            (issue, histories) = self
+                            let read = self
                                 .jira
-                                .issue_with_changelog(key, plan::CLAIM_FIELDS)
+                                .issue_for_claim(key, plan::CLAIM_FIELDS)
                                 .await
                                 .map_err(Self::jira_err(source, format!("re-read ticket {key}")))?;
+                            (issue, histories, offered) =
+                                (read.issue, read.histories, Some(read.transitions));
                             continue;
                         }
                         Err(e) => {
@@ -848,11 +875,17 @@ impl SourceController {
         Ok(())
     }
 
+    /// Publishes an Event in the background: a claim does not wait for it (the client's
+    /// write fence still stops it once leadership is lost).
     async fn publish(&self, task: &AgentTask, type_: EventType, reason: &str, note: &str) {
         let reference = task.object_ref(&());
-        if let Err(e) = self.events.publish(&reference, type_, reason, note).await {
-            debug!(error = %e, "event not published");
-        }
+        let events = self.events.clone();
+        let (reason, note) = (reason.to_string(), note.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = events.publish(&reference, type_, &reason, &note).await {
+                debug!(error = %e, "event not published");
+            }
+        });
     }
 }
 

@@ -2,7 +2,7 @@
 //! it, and what `recac jira preview` / `--dry-run` show.
 
 use recac_api::AgentTask;
-use recac_jira::{ChangeHistory, Issue, JiraClient, JiraError, User};
+use recac_jira::{ChangeHistory, Issue, JiraClient, JiraError, Transition, User};
 
 use crate::config::SourceConfig;
 use crate::decide::{self, Criteria, SkipReason, TaskView, Trigger};
@@ -58,6 +58,8 @@ pub struct Take {
     /// The ticket as read just now, with its changelog (the claim starts from it).
     pub issue: Issue,
     pub histories: Vec<ChangeHistory>,
+    /// The transitions the ticket offered in that same read.
+    pub transitions: Vec<Transition>,
 }
 
 /// The matching rule the changelog is read against.
@@ -102,7 +104,8 @@ pub async fn evaluate(
     if let Some(reason) = decide::precheck(tasks, &source.name) {
         return Ok(Verdict::Skip(reason));
     }
-    let (fresh, histories) = jira.issue_with_changelog(key, CLAIM_FIELDS).await?;
+    let read = jira.issue_for_claim(key, CLAIM_FIELDS).await?;
+    let (fresh, histories, transitions) = (read.issue, read.histories, read.transitions);
     let reporter: Option<User> = fresh
         .raw_fields
         .get("reporter")
@@ -229,6 +232,7 @@ pub async fn evaluate(
         repository_origin: origin,
         issue: fresh,
         histories,
+        transitions,
     })))
 }
 
