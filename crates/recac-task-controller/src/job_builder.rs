@@ -40,7 +40,7 @@ pub const PROMPT_ENV_LIMIT: usize = 32 * 1024;
 pub mod labels {
     pub const APP: &str = "app";
     pub const APP_VALUE: &str = "recac-agent";
-    pub const TASK: &str = "recac.io/task";
+    pub const TASK: &str = recac_runtime::kinds::TASK_LABEL;
     pub const ATTEMPT: &str = "recac.io/attempt";
     pub const TICKET: &str = "recac.io/ticket";
 }

@@ -42,7 +42,7 @@ pub fn suspects<'a>(
                 job_uid: job.uid().unwrap_or_default(),
                 task: owner
                     .map(|o| o.name.clone())
-                    .or_else(|| job.labels().get(crate::job_builder::labels::TASK).cloned()),
+                    .or_else(|| job.task_label.clone()),
                 owner_uid: owner.map(|o| o.uid.clone()),
             })
         })
@@ -71,11 +71,6 @@ mod tests {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
                 uid: Some(format!("job-{name}")),
-                labels: Some(
-                    [("recac.io/task".to_string(), "t".to_string())]
-                        .into_iter()
-                        .collect(),
-                ),
                 owner_references: owner.map(|(task, uid)| {
                     vec![OwnerReference {
                         api_version: "recac.io/v1alpha1".into(),
@@ -90,6 +85,7 @@ mod tests {
             },
             spec: Default::default(),
             status: None,
+            task_label: Some("t".into()),
         }
     }
 
