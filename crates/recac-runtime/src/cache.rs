@@ -321,7 +321,9 @@ where
     fn translate(&mut self, scope: usize, event: Event<K>, store: &Store<K>) -> Vec<Event<K>> {
         match event {
             Event::Init => {
-                self.relisting[scope] = Some(HashSet::new());
+                // Only a relist removes what it no longer lists: a scope's first list
+                // needs no record of what it saw.
+                self.relisting[scope] = self.listed[scope].then(HashSet::new);
                 Vec::new()
             }
             Event::InitApply(object) => {
