@@ -168,10 +168,21 @@ where
     where
         K: Send + Sync,
     {
+        let changes = self.changes();
+        let snapshot = self.store.state();
+        futures::stream::iter(snapshot).chain(changes)
+    }
+
+    /// Every object as it changes from now on, as [`Cache::triggers`] delivers them but
+    /// without the objects already in the cache: for a reader that looks at the cache
+    /// whenever another stream wakes it, and only needs to hear of later changes.
+    pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static
+    where
+        K: Send + Sync,
+    {
         let receiver = self.changes.subscribe();
         let store = self.store.clone();
-        let snapshot = store.state();
-        let live = futures::stream::unfold((receiver, store), |(mut receiver, store)| async move {
+        futures::stream::unfold((receiver, store), |(mut receiver, store)| async move {
             loop {
                 match receiver.recv().await {
                     Ok(Change::Applied(reference)) => {
@@ -190,8 +201,7 @@ where
                 }
             }
         })
-        .flat_map(futures::stream::iter);
-        futures::stream::iter(snapshot).chain(live)
+        .flat_map(futures::stream::iter)
     }
 }
 

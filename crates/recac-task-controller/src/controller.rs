@@ -196,8 +196,11 @@ impl TaskController {
         };
         info!(term = term.number, "task controller term starts");
         self.delete_orphaned_jobs().await;
+        // Every task is reconciled once as the term starts (it reads the Job cache then), so
+        // Jobs only need to wake their task when they change later: replaying every Job at
+        // the start would only wake each task a second time.
         Controller::for_shared_stream(self.tasks.triggers(), self.tasks.store())
-            .owns_shared_stream(self.jobs.triggers())
+            .owns_shared_stream(self.jobs.changes())
             .reconcile_on(futures::stream::unfold(wake_rx, |mut rx| async move {
                 rx.recv().await.map(|r| (r, rx))
             }))
