@@ -59,8 +59,10 @@ pub struct AgentTaskSpec {
     pub repository: Repository,
 
     /// How to run the agent. Every field left out takes the operator's configured default.
+    // Boxed: most tasks leave it out, and a task cached ten thousand times over should not
+    // carry its inline size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<AgentSpec>,
+    pub agent: Option<Box<AgentSpec>>,
 
     /// How many times a failed attempt is retried with a new Job (0 to 10).
     #[serde(default = "default_max_retries")]

@@ -67,7 +67,7 @@ pub fn build(new: NewTask<'_>) -> AgentTask {
         secret_refs: t.secret_refs.clone(),
         ..Default::default()
     };
-    let agent = (agent != AgentSpec::default()).then_some(agent);
+    let agent = (agent != AgentSpec::default()).then(|| Box::new(agent));
     let mut task = AgentTask::new(
         &task_name(new.key, new.run),
         AgentTaskSpec {

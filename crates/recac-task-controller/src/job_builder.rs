@@ -92,7 +92,7 @@ pub fn build_job(
     defaults: &AgentDefaults,
     suspend: bool,
 ) -> Job {
-    let agent = task.spec.agent.clone().unwrap_or_default();
+    let agent = task.spec.agent.as_deref().cloned().unwrap_or_default();
     let labels = job_labels(task, attempt);
     let pod = PodSpec {
         restart_policy: Some("Never".into()),
@@ -423,7 +423,7 @@ mod tests {
                     base_branch: Some("main".into()),
                     branch: None,
                 },
-                agent: Some(AgentSpec {
+                agent: Some(Box::new(AgentSpec {
                     env: vec![
                         EnvVarPair {
                             name: "RECAC_TEST_COMMAND".into(),
@@ -436,7 +436,7 @@ mod tests {
                     ],
                     secret_refs: vec!["llm-keys".into()],
                     ..Default::default()
-                }),
+                })),
                 max_retries: 2,
                 timeout_seconds: 600,
                 ttl_seconds_after_finished: None,
