@@ -196,6 +196,10 @@ impl Operator {
         supervisor.background(format!("cache {}", tasks.name()), tasks_driver);
         supervisor.background(format!("cache {}", jobs.name()), jobs_driver);
         supervisor.background(format!("cache {}", schedules.name()), schedules_driver);
+        supervisor.background(
+            "memory release",
+            recac_runtime::memory::release_periodically(recac_runtime::memory::RELEASE_INTERVAL),
+        );
         // No term decides on a cold cache.
         supervisor.start_terms_after(async move {
             tasks.wait_ready().await;

@@ -9,6 +9,7 @@
 //!   write fences of [`client`];
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`metrics`]: the shared registry and the kube client layer that counts API requests;
+//! - [`memory`]: returns the heap memory freed after busy moments to the operating system;
 //! - [`events`], [`logging`], [`failpoint`], [`config`]: small shared pieces.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod failpoint;
 pub mod kinds;
 pub mod leadership;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod status;
 pub mod supervisor;
