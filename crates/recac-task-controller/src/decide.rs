@@ -171,6 +171,22 @@ impl Draft<'_> {
     }
 }
 
+/// How long a new task whose ticket is being claimed goes without a status: a claim
+/// normally ends within a second (its annotation change wakes the task), so writing
+/// `AwaitingClaim` at once would be a status write per ticket that nobody reads.
+pub const CLAIM_STATUS_GRACE: Duration = Duration::from_secs(5);
+
+/// How much of the claim grace is left for a task created at `created` (`None`: none).
+fn claim_grace_left(task: &AgentTask, now: Timestamp) -> Option<Duration> {
+    let created = task.metadata.creation_timestamp.as_ref()?.0;
+    let age = now.duration_since(created);
+    let grace = SignedDuration::try_from(CLAIM_STATUS_GRACE).ok()?;
+    let left = grace.checked_sub(age)?;
+    (left > SignedDuration::ZERO)
+        .then(|| Duration::try_from(left).ok())
+        .flatten()
+}
+
 /// Decides what to do with `task` given what was observed.
 pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> Plan {
     let current = task.status.clone().unwrap_or_default();
@@ -191,6 +207,16 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
     if attempt == 0 {
         match claim_state(task) {
             Claim::Pending => {
+                if current == AgentTaskStatus::default()
+                    && let Some(left) = claim_grace_left(task, observed.now)
+                {
+                    // Look again when the grace ends, unless the claim ends first.
+                    return Plan {
+                        status: current,
+                        actions: Vec::new(),
+                        requeue_after: Some(left),
+                    };
+                }
                 draft.status.phase = Some(TaskPhase::Pending);
                 draft.status.message = Some(
                     "waiting for the ticket to be claimed in Jira before the first attempt".into(),

@@ -504,6 +504,30 @@ fn a_pending_claim_holds_dispatch_and_a_lost_claim_fails_without_running() {
     );
     assert!(!crate::admission::wants_slot(&pending, now()));
 
+    // A task created a moment ago gets no status while its claim is in progress: the
+    // claim's annotation wakes it, and if the claim takes longer, the grace's end does.
+    let mut young = pending.clone();
+    young.metadata.creation_timestamp = Some(Time(
+        now()
+            .checked_sub(SignedDuration::from_secs(2))
+            .expect("time"),
+    ));
+    let plan = decide(&young, &observe(None, true), &policy());
+    assert_eq!(plan.status, AgentTaskStatus::default(), "no status write");
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(3)));
+    let mut old = young.clone();
+    old.metadata.creation_timestamp = Some(Time(
+        now()
+            .checked_sub(SignedDuration::from_secs(6))
+            .expect("time"),
+    ));
+    let plan = decide(&old, &observe(None, true), &policy());
+    assert_eq!(
+        condition(&plan, condition::DISPATCHED).map(|c| c.reason.as_str()),
+        Some("AwaitingClaim")
+    );
+
     let mut claimed = pending.clone();
     if let Some(a) = claimed.metadata.annotations.as_mut() {
         a.insert(
