@@ -280,57 +280,55 @@ impl SourceController {
             .flatten()
             .filter(|(v, _)| v.source == source.name && !v.finished)
             .count();
+        // Every page is read before any ticket is taken: a claim moves its ticket out of
+        // the search's results, which would shift the later pages under a reader still
+        // paging through them and hide tickets until the next poll.
+        let mut issues: Vec<Issue> = Vec::new();
+        let mut pages = std::pin::pin!(self.jira.search_pages(&jql, &fields));
+        while let Some(page) = pages
+            .try_next()
+            .await
+            .map_err(Self::jira_err(source, "search"))?
+        {
+            self.metrics.poll_pages.get_or_create(&label).inc();
+            issues.extend(page);
+        }
+        self.metrics
+            .seen
+            .get_or_create(&label)
+            .inc_by(issues.len() as u64);
         let mut handled = state
             .handled
             .lock()
             .map(|mut h| h.remove(&source.name).unwrap_or_default())
             .unwrap_or_default();
-        // Tickets are taken while later pages are still being read.
-        let (candidates, taking) = futures::channel::mpsc::unbounded::<(Issue, Vec<TaskView>)>();
-        let read_pages = async {
-            let candidates = candidates;
-            let mut seen: HashSet<String> = HashSet::new();
-            let mut queued = 0usize;
-            let mut pages = std::pin::pin!(self.jira.search_pages(&jql, &fields));
-            while let Some(page) = pages
-                .try_next()
-                .await
-                .map_err(Self::jira_err(source, "search"))?
-            {
-                self.metrics.poll_pages.get_or_create(&label).inc();
-                self.metrics
-                    .seen
-                    .get_or_create(&label)
-                    .inc_by(page.len() as u64);
-                for issue in page {
-                    seen.insert(issue.key.clone());
-                    let views: Vec<TaskView> = index
-                        .get(&issue.key)
-                        .map(|list| list.iter().map(|(v, _)| v.clone()).collect())
-                        .unwrap_or_default();
-                    if let Some(reason) = decide::precheck(&views, &source.name) {
-                        self.metrics.skip(&source.name, reason.as_str());
-                        continue;
-                    }
-                    let updated = issue.fields.updated.clone().unwrap_or_default();
-                    if handled.get(&issue.key) == Some(&updated) {
-                        self.metrics
-                            .skip(&source.name, SkipReason::Unchanged.as_str());
-                        continue;
-                    }
-                    if queued >= source.max_tickets_per_poll || in_flight >= source.max_in_flight {
-                        self.metrics.skip(&source.name, SkipReason::Capped.as_str());
-                        continue;
-                    }
-                    in_flight += 1;
-                    queued += 1;
-                    // The receiver lives until every sent ticket is taken.
-                    let _ = candidates.unbounded_send((issue, views));
-                }
+        let seen: HashSet<String> = issues.iter().map(|i| i.key.clone()).collect();
+        handled.retain(|key, _| seen.contains(key));
+        let mut candidates = Vec::new();
+        for issue in issues {
+            let views: Vec<TaskView> = index
+                .get(&issue.key)
+                .map(|list| list.iter().map(|(v, _)| v.clone()).collect())
+                .unwrap_or_default();
+            if let Some(reason) = decide::precheck(&views, &source.name) {
+                self.metrics.skip(&source.name, reason.as_str());
+                continue;
             }
-            Ok::<_, SourceError>(seen)
-        };
-        let take_all = taking
+            let updated = issue.fields.updated.clone().unwrap_or_default();
+            if handled.get(&issue.key) == Some(&updated) {
+                self.metrics
+                    .skip(&source.name, SkipReason::Unchanged.as_str());
+                continue;
+            }
+            if candidates.len() >= source.max_tickets_per_poll || in_flight >= source.max_in_flight
+            {
+                self.metrics.skip(&source.name, SkipReason::Capped.as_str());
+                continue;
+            }
+            in_flight += 1;
+            candidates.push((issue, views));
+        }
+        let results: Vec<(String, Option<String>)> = futures::stream::iter(candidates)
             .map(|(issue, views)| async move {
                 let key = issue.key.clone();
                 let updated = issue.fields.updated.clone();
@@ -344,12 +342,8 @@ impl SourceController {
                 }
             })
             .buffer_unordered(CONCURRENCY)
-            .collect::<Vec<(String, Option<String>)>>();
-        let (seen, results) = futures::join!(read_pages, take_all);
-        // A search that failed part-way saw only some tickets: forget none of the others.
-        if let Ok(seen) = &seen {
-            handled.retain(|key, _| seen.contains(key));
-        }
+            .collect()
+            .await;
         for (key, updated) in results {
             if let Some(updated) = updated {
                 handled.insert(key, updated);
@@ -358,7 +352,7 @@ impl SourceController {
         if let Ok(mut h) = state.handled.lock() {
             h.insert(source.name.clone(), handled);
         }
-        seen.map(drop)
+        Ok(())
     }
 
     /// Acts on one ticket's verdict. `Ok(Some(reason))` when it was skipped in a way that
