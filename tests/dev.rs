@@ -378,25 +378,27 @@ fn signal(pid: u32, name: &str) {
 }
 
 #[test]
-fn sigterm_stops_everything_and_a_dead_operator_is_named_with_its_log() {
+fn ctrl_c_and_sigterm_stop_everything_and_a_dead_operator_is_named_with_its_log() {
     let seconds = std::time::Duration::from_secs;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_on_ports(dir.path(), 28680);
 
-    // SIGTERM: a clean stop, the state folder removed, nothing left.
-    let state = dir.path().join("state-term");
-    let mut run = Running::start(dev(&config, &state, 28683, &[]));
-    run.wait_for("running; Ctrl-C stops everything", seconds(120));
-    signal(run.child.id(), "TERM");
-    let (status, all) = run.exit(seconds(60));
-    assert!(status.success(), "{all}");
-    assert!(
-        all.contains("recac dev: terminated") && all.contains("stopping"),
-        "{all}"
-    );
-    assert!(!state.exists(), "the state folder is removed");
-    let left = processes_mentioning(&state.display().to_string());
-    assert!(left.is_empty(), "still running: {left:?}");
+    // Ctrl-C (SIGINT) and SIGTERM: a clean stop, the state folder removed, nothing left.
+    for (name, said) in [
+        ("INT", "recac dev: interrupted"),
+        ("TERM", "recac dev: terminated"),
+    ] {
+        let state = dir.path().join(format!("state-{name}"));
+        let mut run = Running::start(dev(&config, &state, 28683, &[]));
+        run.wait_for("running; Ctrl-C stops everything", seconds(120));
+        signal(run.child.id(), name);
+        let (status, all) = run.exit(seconds(60));
+        assert!(status.success(), "{all}");
+        assert!(all.contains(said) && all.contains("stopping"), "{all}");
+        assert!(!state.exists(), "the state folder is removed");
+        let left = processes_mentioning(&state.display().to_string());
+        assert!(left.is_empty(), "still running: {left:?}");
+    }
 
     // An operator that dies: recac dev names it, shows its log, stops the rest, fails.
     let state = dir.path().join("state-dies");
