@@ -82,6 +82,8 @@ pub enum DevError {
     },
     #[error("interrupted before every ticket finished")]
     Interrupted,
+    #[error("stopped by a signal before everything had started")]
+    StoppedWhileStarting,
     #[error("io error on {path}: {source}")]
     Io {
         path: String,

@@ -551,7 +551,7 @@ pub async fn run(options: DevOptions) -> Result<Outcome, DevError> {
         started = start_all(&options, &state, &config, &config_path, &model, &mut parts) => started,
         signal = signals.recv() => {
             say(format!("{signal} while starting"));
-            Err(DevError::Interrupted)
+            Err(DevError::StoppedWhileStarting)
         }
     };
     let outcome = match started {
