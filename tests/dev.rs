@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use recac_gitserver::git;
 use recac_tests::{recac_binary, repo_root};
 
 /// The built-in dev configuration with its ports moved to `base`..`base + 4` (Jira
@@ -60,21 +61,6 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
-fn git(repository: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(repository)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn once_runs_every_demo_ticket_to_its_comment_and_leaves_nothing_running() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -103,7 +89,7 @@ fn once_runs_every_demo_ticket_to_its_comment_and_leaves_nothing_running() {
 
     // The agents pushed real commits over HTTPS: the retry fixed the first attempt.
     let repository = state.join("git/demo.git");
-    let history = git(&repository, &["log", "--format=%s", "recac/DEMO-2"]);
+    let history = git(&repository, &["log", "--format=%s", "recac/DEMO-2"]).expect("git log");
     let subjects: Vec<&str> = history.lines().collect();
     assert_eq!(
         subjects[..2],
@@ -114,8 +100,8 @@ fn once_runs_every_demo_ticket_to_its_comment_and_leaves_nothing_running() {
         "{history}"
     );
     assert_eq!(
-        git(&repository, &["show", "recac/DEMO-1:greetings/ada.txt"]),
-        "Hello, Ada!\n"
+        git(&repository, &["show", "recac/DEMO-1:greetings/ada.txt"]).expect("git show"),
+        "Hello, Ada!"
     );
     assert!(state.join("kept").is_file(), "--keep keeps the state");
     assert!(state.join("logs/operator-1.log").is_file());

@@ -555,20 +555,12 @@ pub async fn run(options: DevOptions) -> Result<Outcome, DevError> {
         }
     };
     let outcome = match started {
-        Ok(kubeconfig) => {
+        Ok(client) => {
             say(format!(
                 "everything started in {:.0} s",
                 begun.elapsed().as_secs_f64()
             ));
-            watch(
-                &options,
-                &state,
-                &config,
-                &kubeconfig,
-                &mut parts,
-                &mut signals,
-            )
-            .await
+            watch(&options, &state, &config, &client, &mut parts, &mut signals).await
         }
         Err(e) => Err(e),
     };
@@ -585,7 +577,7 @@ async fn start_all(
     config_path: &Path,
     model: &Model,
     parts: &mut Parts,
-) -> Result<PathBuf, DevError> {
+) -> Result<kube::Client, DevError> {
     let git_token = random_token("git-");
     let (git, ca) = start_git(state, options.git_address, &git_token).await?;
     let repository_url = format!("{}/{}", git.url(), demo::REPOSITORY);
@@ -653,7 +645,7 @@ async fn start_all(
     let node_dir = state.join("node");
     std::fs::create_dir_all(&node_dir).map_err(io_error(&node_dir))?;
     let node = NodeAgent::start(
-        client,
+        client.clone(),
         NodeAgentOptions {
             node_name: Some("recac-dev-node".into()),
             namespaces: config.task_namespaces.clone(),
@@ -689,7 +681,7 @@ async fn start_all(
         parts.sim.as_ref(),
         model,
     );
-    Ok(kubeconfig)
+    Ok(client)
 }
 
 /// Ctrl-C and SIGTERM.
@@ -717,20 +709,10 @@ async fn watch(
     options: &DevOptions,
     state: &StateDir,
     config: &DevConfig,
-    kubeconfig: &Path,
+    client: &kube::Client,
     parts: &mut Parts,
     signals: &mut Signals,
 ) -> Result<Outcome, DevError> {
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(kubeconfig)
-                .map_err(|e| DevError::start("the control plane", e))?,
-            &Default::default(),
-        )
-        .await
-        .map_err(|e| DevError::start("the control plane", e))?,
-    )
-    .map_err(|e| DevError::start("the control plane", e))?;
     let mut printer = Printer::new(options.tty);
     let mut stdout = std::io::stdout();
     let started = Instant::now();
@@ -753,7 +735,7 @@ async fn watch(
             printer.release();
             return Err(dead);
         }
-        let tasks = task_views(&client, &config.task_namespaces).await;
+        let tasks = task_views(client, &config.task_namespaces).await;
         let tickets = ticket_views(parts.sim.as_ref(), &parts.demo_tickets);
         rows = progress::rows(&tickets, &tasks);
         let _ = printer.show(&mut stdout, &rows);

@@ -704,8 +704,7 @@ impl SourceController {
             EventType::Normal,
             "Claimed",
             &format!("claimed Jira ticket {key}; the task may run"),
-        )
-        .await;
+        );
         self.step("after-claim");
         info!(ticket = key, task = %task.name_any(), "ticket claimed");
         Ok(())
@@ -735,8 +734,7 @@ impl SourceController {
             EventType::Warning,
             "ClaimLost",
             &format!("the task will not run: {why}"),
-        )
-        .await;
+        );
         warn!(task = %task.name_any(), why, "claim lost");
         Ok(())
     }
@@ -871,7 +869,7 @@ impl SourceController {
 
     /// Publishes an Event in the background: a claim does not wait for it (the client's
     /// write fence still stops it once leadership is lost).
-    async fn publish(&self, task: &AgentTask, type_: EventType, reason: &str, note: &str) {
+    fn publish(&self, task: &AgentTask, type_: EventType, reason: &str, note: &str) {
         let reference = task.object_ref(&());
         let events = self.events.clone();
         let (reason, note) = (reason.to_string(), note.to_string());

@@ -182,9 +182,11 @@ fn claim_grace_left(task: &AgentTask, now: Timestamp) -> Option<Duration> {
     let age = now.duration_since(created);
     let grace = SignedDuration::try_from(CLAIM_STATUS_GRACE).ok()?;
     let left = grace.checked_sub(age)?;
-    (left > SignedDuration::ZERO)
-        .then(|| Duration::try_from(left).ok())
-        .flatten()
+    if left > SignedDuration::ZERO {
+        Duration::try_from(left).ok()
+    } else {
+        None
+    }
 }
 
 /// Decides what to do with `task` given what was observed.
