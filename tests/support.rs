@@ -231,3 +231,95 @@ impl RunningOperator {
         let _ = self.handle.await;
     }
 }
+
+/// Counts the objects of one kind a label selector matches in a namespace, as one watch
+/// delivers them. A benchmark reads its progress from it instead of listing every object
+/// again and again, which would load the apiserver it measures.
+pub struct WatchCounter {
+    seen: tokio::sync::watch::Receiver<usize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WatchCounter {
+    /// Starts counting the distinct names of `K` in `namespace` that match `labels`.
+    pub fn start<K>(client: kube::Client, namespace: &str, labels: &str) -> Self
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + 'static,
+    {
+        use futures::StreamExt;
+        let api: kube::Api<kube::core::PartialObjectMeta<K>> =
+            kube::Api::namespaced(client, namespace);
+        let config = kube::runtime::watcher::Config::default().labels(labels);
+        let (tx, seen) = tokio::sync::watch::channel(0);
+        let task = tokio::spawn(async move {
+            let mut names = std::collections::HashSet::new();
+            let mut events = std::pin::pin!(kube::runtime::watcher(api, config));
+            while let Some(event) = events.next().await {
+                if let Ok(
+                    kube::runtime::watcher::Event::Apply(object)
+                    | kube::runtime::watcher::Event::InitApply(object),
+                ) = event
+                    && let Some(name) = object.metadata.name
+                    && names.insert(name)
+                {
+                    let _ = tx.send(names.len());
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    /// How many distinct objects the watch has shown so far.
+    pub fn count(&self) -> usize {
+        *self.seen.borrow()
+    }
+
+    /// Waits until at least `n` objects were seen; `Err(seen)` after `timeout`.
+    pub async fn wait_for(&mut self, n: usize, timeout: std::time::Duration) -> Result<(), usize> {
+        let reached = tokio::time::timeout(timeout, self.seen.wait_for(|seen| *seen >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached { Ok(()) } else { Err(self.count()) }
+    }
+}
+
+impl Drop for WatchCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An operator's metrics on 127.0.0.1:`port`: `recac_api_requests_total` by "verb resource", and the reconciles.
+pub async fn scrape_metrics(port: u16) -> (std::collections::BTreeMap<String, u64>, u64) {
+    let (_, body) = http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
+    let mut requests = std::collections::BTreeMap::new();
+    let mut reconciles = 0;
+    for line in body.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: u64 = value.parse().unwrap_or(0);
+        if let Some(labels) = series.strip_prefix("recac_api_requests_total{") {
+            let mut verb = "?";
+            let mut resource = "?";
+            for pair in labels.trim_end_matches('}').split(',') {
+                if let Some((k, v)) = pair.split_once('=') {
+                    match k {
+                        "verb" => verb = v.trim_matches('"'),
+                        "resource" => resource = v.trim_matches('"'),
+                        _ => {}
+                    }
+                }
+            }
+            requests.insert(format!("{verb} {resource}"), value);
+        } else if series == "recac_reconciles_total" {
+            reconciles = value;
+        }
+    }
+    (requests, reconciles)
+}

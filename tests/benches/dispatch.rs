@@ -17,9 +17,11 @@
 //!   leader election; once every Job exists, each replica's RSS, and the API requests of a
 //!   quiet minute by verb and resource (writes other than the Lease's, and Lease requests).
 //!
-//! There is no kubelet: Jobs are created but never run, so they all stay live.
+//! There is no kubelet: Jobs are created but never run, so they all stay live. Progress is
+//! read from a watch of the Jobs (listing them again and again would load the apiserver
+//! being measured). `BENCH_WORKERS` sets the operator's `taskController.workers` (default
+//! 16); `BENCH_LOG` its `RUST_LOG` (default `warn`).
 
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams, PostParams};
 use recac_api::{AgentTask, AgentTaskSpec, Repository};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, shared_control_plane};
+use recac_tests::WatchCounter;
 
 fn recac_binary() -> std::path::PathBuf {
     if let Ok(path) = std::env::var("RECAC_BIN") {
@@ -60,6 +63,26 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// The resident set split into heap and other anonymous memory, and mapped files (the
+/// binary's pages), in MiB: "anon A MiB, files F MiB".
+fn rss_split(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    format!(
+        "anonymous {:.1} MiB, files {:.1} MiB",
+        field("RssAnon:"),
+        field("RssFile:") + field("RssShmem:")
+    )
+}
+
 /// The operator process, killed however the benchmark ends.
 struct KillOnDrop(std::process::Child);
 
@@ -68,36 +91,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The operator's metrics: `recac_api_requests_total` by "verb resource", and the reconciles.
-async fn scrape(port: u16) -> (BTreeMap<String, u64>, u64) {
-    let (_, body) = recac_tests::http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
-    let mut requests = BTreeMap::new();
-    let mut reconciles = 0;
-    for line in body.lines() {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value: u64 = value.parse().unwrap_or(0);
-        if let Some(labels) = series.strip_prefix("recac_api_requests_total{") {
-            let mut verb = "?";
-            let mut resource = "?";
-            for pair in labels.trim_end_matches('}').split(',') {
-                if let Some((k, v)) = pair.split_once('=') {
-                    match k {
-                        "verb" => verb = v.trim_matches('"'),
-                        "resource" => resource = v.trim_matches('"'),
-                        _ => {}
-                    }
-                }
-            }
-            requests.insert(format!("{verb} {resource}"), value);
-        } else if series == "recac_reconciles_total" {
-            reconciles = value;
-        }
-    }
-    (requests, reconciles)
 }
 
 fn spec(i: usize) -> AgentTaskSpec {
@@ -143,12 +136,13 @@ async fn start_operator(plane: &ControlPlane, ns: &str, cap: usize) -> Running {
 
 async fn start_replica(plane: &ControlPlane, ns: &str, cap: usize, election: &str) -> Running {
     let port = free_port();
+    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "16".into());
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
         format!(
-            "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\n  leaderElection: {election}\ntaskController:\n  maxConcurrentTasks: {cap}\n  workers: 16\n"
+            "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\n  leaderElection: {election}\ntaskController:\n  maxConcurrentTasks: {cap}\n  workers: {workers}\n"
         ),
     )
     .expect("config written");
@@ -157,7 +151,10 @@ async fn start_replica(plane: &ControlPlane, ns: &str, cap: usize, election: &st
         .args(["orchestrate", "--config"])
         .arg(&config)
         .env("KUBECONFIG", plane.kubeconfig_path())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -242,31 +239,25 @@ async fn dispatch(n: usize) {
         .expect("namespace");
     let client = plane.client().await.expect("client");
     let tasks: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     // The tasks exist before the operator starts, so the clock measures the operator alone
     // (its start, cache sync and every dispatch), not how fast this client creates tasks.
     let created_at = Instant::now();
     create_tasks(&tasks, n).await;
     let created = created_at.elapsed();
 
+    let mut counter = WatchCounter::start::<Job>(client.clone(), &ns, "app=recac-agent");
     let start = Instant::now();
     let operator = start_operator(plane, &ns, n + 10).await;
-    loop {
-        let count = count_jobs(&jobs).await;
-        if count >= n {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(900),
-            "only {count}/{n} Jobs after 900 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready_after = start.elapsed();
+    if let Err(seen) = counter.wait_for(n, Duration::from_secs(900)).await {
+        panic!("only {seen}/{n} Jobs after 900 s");
     }
     let all_dispatched = start.elapsed();
     // Let status writes and Events settle before reading the request count.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (after, _) = scrape(operator.port).await;
+    let (after, _) = recac_tests::scrape_metrics(operator.port).await;
     let (peak, current) = rss_kib(operator.process.0.id());
+    let split = rss_split(operator.process.0.id());
     drop(operator);
     let raw_rate = raw_job_create_rate(plane, n.min(2000)).await;
 
@@ -290,8 +281,9 @@ async fn dispatch(n: usize) {
         created.as_secs_f64()
     );
     println!(
-        "  operator start to every Job      {:.2} s",
-        all_dispatched.as_secs_f64()
+        "  operator start to every Job      {:.2} s (ready after {:.2} s)",
+        all_dispatched.as_secs_f64(),
+        ready_after.as_secs_f64()
     );
     println!("  dispatch rate                    {rate:.1} tasks/s");
     println!(
@@ -304,7 +296,7 @@ async fn dispatch(n: usize) {
         per_task.join(", ")
     );
     println!(
-        "  operator RSS                     peak {:.1} MiB, at the end {:.1} MiB",
+        "  operator RSS                     peak {:.1} MiB, at the end {:.1} MiB ({split})",
         peak as f64 / 1024.0,
         current as f64 / 1024.0
     );
@@ -318,7 +310,7 @@ async fn admission(n: usize) {
         .expect("namespace");
     let client = plane.client().await.expect("client");
     let operator = start_operator(plane, &ns, 10).await;
-    let (_, reconciles_before) = scrape(operator.port).await;
+    let (_, reconciles_before) = recac_tests::scrape_metrics(operator.port).await;
     let tasks: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
     let start = Instant::now();
     create_tasks(&tasks, n).await;
@@ -352,7 +344,7 @@ async fn admission(n: usize) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let all_decided = start.elapsed();
-    let (_, reconciles_after) = scrape(operator.port).await;
+    let (_, reconciles_after) = recac_tests::scrape_metrics(operator.port).await;
     let (peak, current) = rss_kib(operator.process.0.id());
     let jobs: Api<Job> = Api::namespaced(client, &ns);
     let live_jobs = count_jobs(&jobs).await;
@@ -387,32 +379,27 @@ async fn high_availability(n: usize) {
         .expect("namespace");
     let client = plane.client().await.expect("client");
     let tasks: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     create_tasks(&tasks, n).await;
+    let mut counter = WatchCounter::start::<Job>(client.clone(), &ns, "app=recac-agent");
     let election = format!("{{leaseNamespace: {ns}, leaseName: bench}}");
     let replicas = [
         start_replica(plane, &ns, n + 10, &election).await,
         start_replica(plane, &ns, n + 10, &election).await,
     ];
-    let start = Instant::now();
-    while count_jobs(&jobs).await < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(900),
-            "Jobs not all created after 900 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(seen) = counter.wait_for(n, Duration::from_secs(900)).await {
+        panic!("only {seen}/{n} Jobs after 900 s");
     }
     // Let the last status writes and Events settle, then measure a quiet minute.
     tokio::time::sleep(Duration::from_secs(5)).await;
     const IDLE: Duration = Duration::from_secs(60);
     let mut before = Vec::new();
     for r in &replicas {
-        before.push(scrape(r.port).await.0);
+        before.push(recac_tests::scrape_metrics(r.port).await.0);
     }
     tokio::time::sleep(IDLE).await;
     println!("high availability: 2 elected replicas, N={n} tasks and Jobs cached");
     for (i, r) in replicas.iter().enumerate() {
-        let (after, _) = scrape(r.port).await;
+        let (after, _) = recac_tests::scrape_metrics(r.port).await;
         let (_, body) = recac_tests::http_get(([127, 0, 0, 1], r.port).into(), "/metrics").await;
         let leader = body
             .lines()
@@ -439,9 +426,10 @@ async fn high_availability(n: usize) {
             idle.push(format!("{series}: {delta}"));
         }
         let (peak, current) = rss_kib(r.process.0.id());
+        let split = rss_split(r.process.0.id());
         let secs = IDLE.as_secs_f64();
         println!(
-            "  replica {} (recac_leader {leader}): RSS {:.1} MiB (peak {:.1} MiB); idle {:.0} s: {:.2} requests/s, {} writes other than the Lease, {:.2} Lease requests/s [{}]",
+            "  replica {} (recac_leader {leader}): RSS {:.1} MiB ({split}; peak {:.1} MiB); idle {:.0} s: {:.2} requests/s, {} writes other than the Lease, {:.2} Lease requests/s [{}]",
             i + 1,
             current as f64 / 1024.0,
             peak as f64 / 1024.0,

@@ -23,6 +23,7 @@ use kube::api::{Api, ListParams};
 use recac_api::AgentTask;
 use recac_jira_sim::{IssueSeed, JiraSim, Seed};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, shared_control_plane};
+use recac_tests::WatchCounter;
 
 const REPO: &str = "https://git.example.com/org/repo.git";
 const SECRET: &str = "bench-webhook-secret";
@@ -155,13 +156,6 @@ fn job_name(key: &str) -> String {
     format!("{}-a1", recac_source::task::task_name(key, 1))
 }
 
-async fn count(api: &Api<Job>) -> usize {
-    api.list_metadata(&ListParams::default().labels("app=recac-agent"))
-        .await
-        .map(|l| l.items.len())
-        .unwrap_or(0)
-}
-
 async fn claimed_tasks(api: &Api<AgentTask>) -> usize {
     api.list_metadata(&ListParams::default().labels("recac.io/source=ops"))
         .await
@@ -193,13 +187,11 @@ async fn burst(plane: &ControlPlane, n: usize) {
     let sim = JiraSim::start(Seed::default()).await.expect("sim");
     sim.set_write_limits(None);
     add_tickets(&sim, n);
+    let mut jobs = WatchCounter::start::<Job>(client, &ns, "app=recac-agent");
     let started = Instant::now();
     let op = start_operator(plane, &ns, &sim, 30, n + 10).await;
-    let jobs: Api<Job> = Api::namespaced(client, &ns);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while count(&jobs).await < n {
-        assert!(Instant::now() < deadline, "not every ticket got its Job");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(seen) = jobs.wait_for(n, Duration::from_secs(300)).await {
+        panic!("only {seen}/{n} tickets got their Job");
     }
     let elapsed = started.elapsed().as_secs_f64();
     let calls = sim.calls();
@@ -217,7 +209,17 @@ async fn burst(plane: &ControlPlane, n: usize) {
             .entry(format!("{} {what} {}", c.method, c.status))
             .or_default() += 1;
     }
+    let (api, _) = recac_tests::scrape_metrics(op.port).await;
+    let per_ticket: Vec<String> = api
+        .iter()
+        .filter(|(series, _)| !series.starts_with("watch ") && !series.starts_with("list "))
+        .map(|(series, count)| format!("{series}: {:.2}", *count as f64 / n as f64))
+        .collect();
     println!("burst {n}: Jira requests by method, resource and status: {kinds:?}");
+    println!(
+        "burst {n}: API requests per ticket (watches and lists left out): {}",
+        per_ticket.join(", ")
+    );
     println!(
         "burst {n}: last Job after {elapsed:.2} s (from operator start); Jira requests: {reads} reads, {writes} writes ({:.2} writes per claim, {:.2} reads per ticket); operator peak RSS {:.1} MiB",
         writes as f64 / n as f64,
