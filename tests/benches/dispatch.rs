@@ -8,7 +8,9 @@
 //!   as a fraction of a raw Job-create rate measured in the same run on the same apiserver
 //!   (the same number of Jobs created directly, 32 in flight); API requests per dispatched
 //!   task by verb and resource (from the operator's own `recac_api_requests_total`, watches
-//!   and the start-up lists left out); the operator's peak RSS.
+//!   and the start-up lists left out); the apiserver's CPU time per dispatched task and per
+//!   raw Job create (their ratio bounds the dispatch rate when the apiserver is the limit);
+//!   the operator's peak RSS.
 //! - **admission** (`BENCH_QUEUE`, default 10000): that many tasks under a cap of 10, so
 //!   all but 10 queue. Prints admission decisions per second (reconciles until every task
 //!   shows `Queued` or has its Job), and the operator's RSS with every task cached.
@@ -61,6 +63,24 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// CPU seconds a process has used so far (user and system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start at the state.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the state.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The resident set split into heap and other anonymous memory, and mapped files (the
@@ -246,6 +266,8 @@ async fn dispatch(n: usize) {
     let created = created_at.elapsed();
 
     let mut counter = WatchCounter::start::<Job>(client.clone(), &ns, "app=recac-agent");
+    let apiserver = plane.component_pid("kube-apiserver").unwrap_or(0);
+    let apiserver_cpu_before = cpu_seconds(apiserver);
     let start = Instant::now();
     let operator = start_operator(plane, &ns, n + 10).await;
     let ready_after = start.elapsed();
@@ -256,10 +278,14 @@ async fn dispatch(n: usize) {
     // Let status writes and Events settle before reading the request count.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (after, _) = recac_tests::scrape_metrics(operator.port).await;
+    let apiserver_cpu = cpu_seconds(apiserver) - apiserver_cpu_before;
     let (peak, current) = rss_kib(operator.process.0.id());
     let split = rss_split(operator.process.0.id());
     drop(operator);
-    let raw_rate = raw_job_create_rate(plane, n.min(2000)).await;
+    let raw_jobs = n.min(2000);
+    let raw_cpu_before = cpu_seconds(apiserver);
+    let raw_rate = raw_job_create_rate(plane, raw_jobs).await;
+    let raw_cpu = cpu_seconds(apiserver) - raw_cpu_before;
 
     let mut per_task = Vec::new();
     let mut total = 0;
@@ -289,6 +315,11 @@ async fn dispatch(n: usize) {
     println!(
         "  raw Job-create rate (same run)   {raw_rate:.1} Jobs/s; dispatch is {:.0}% of it",
         100.0 * rate / raw_rate
+    );
+    println!(
+        "  apiserver CPU                    {:.2} ms per dispatched task (its start-up lists and watches included), {:.2} ms per raw Job create",
+        apiserver_cpu * 1000.0 / n as f64,
+        raw_cpu * 1000.0 / raw_jobs as f64
     );
     println!(
         "  API requests per dispatched task {:.2} ({})",

@@ -409,6 +409,16 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// The process id of one component (`etcd`, `kube-apiserver`, …), if it runs.
+    pub fn component_pid(&self, component: &str) -> Option<u32> {
+        self.processes
+            .lock()
+            .ok()?
+            .iter()
+            .find(|p| p.name() == component)
+            .map(|p| p.pid())
+    }
+
     /// The first component that is no longer running: its name, exit status and the end
     /// of its log.
     pub fn exited_component(&self) -> Option<(String, String, String)> {
