@@ -10,7 +10,7 @@
 //! - **latency** (`BENCH_SOURCE_SAMPLES`, default 30): from a ticket becoming ready to its Job
 //!   existing, p50/p99, in webhook mode and in poll mode (interval 2 s).
 //!
-//! A size of 0 skips that case.
+//! A size of 0 skips that case. `BENCH_LOG` sets the operator's `RUST_LOG` (default `warn`).
 //!
 //! The feedback controller is switched off so that the Jira figures are the source's alone.
 //! There is no kubelet: Jobs are created but never run.
@@ -102,7 +102,10 @@ async fn start_operator(
         .env("KUBECONFIG", plane.kubeconfig_path())
         .env("BENCH_JIRA_TOKEN", recac_jira_sim::BOT_TOKEN)
         .env("BENCH_WEBHOOK_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -31,10 +31,21 @@ where
     }
 }
 
-/// AgentTasks, whole but for managed fields and kubectl's last-applied copy.
+/// How every cache starts: a list in pages of [`LIST_PAGE_SIZE`] objects, so a cache of ten
+/// thousand objects never holds a whole list response in memory at once, then a watch.
 ///
-/// Every cache starts with a streaming list (the objects arrive one by one as watch events),
-/// so a cache of ten thousand objects never holds a whole list response in memory at once.
+/// Not a streaming list (`sendInitialEvents`): the apiserver ends one with a bookmark that
+/// it sends on its once-a-second bookmark tick, so each cache would take up to a second
+/// longer to sync, and every term of every controller would start that much later.
+pub fn list_then_watch() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
+/// Objects per page of a cache's list.
+pub const LIST_PAGE_SIZE: u32 = 500;
+
+/// AgentTasks, whole but for managed fields and kubectl's last-applied copy (filled as
+/// [`list_then_watch`] says).
 pub fn agent_tasks(
     client: &Client,
     namespaces: &[String],
@@ -44,7 +55,7 @@ pub fn agent_tasks(
         name: "agenttasks".into(),
         apis: scoped_apis(client, namespaces),
         namespaces: namespaces.to_vec(),
-        watch: watcher::Config::default().streaming_lists(),
+        watch: list_then_watch(),
         strip: strip_task,
         hooks,
     }
@@ -157,9 +168,7 @@ pub fn agent_jobs(
         name: "jobs".into(),
         apis: scoped_apis(client, namespaces),
         namespaces: namespaces.to_vec(),
-        watch: watcher::Config::default()
-            .labels(AGENT_JOB_SELECTOR)
-            .streaming_lists(),
+        watch: list_then_watch().labels(AGENT_JOB_SELECTOR),
         strip: strip_job,
         hooks,
     }

@@ -22,7 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Config as RunConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use recac_api::{
     AgentTask, AgentTaskSchedule, AgentTaskScheduleStatus, TaskPhase, schedule_labels,
@@ -84,7 +83,7 @@ impl ScheduleCache {
             name: "agenttaskschedules".into(),
             apis: scoped_apis(client, namespaces),
             namespaces: namespaces.to_vec(),
-            watch: watcher::Config::default().streaming_lists(),
+            watch: recac_runtime::kinds::list_then_watch(),
             strip: strip_schedule,
             hooks: Vec::new(),
         });

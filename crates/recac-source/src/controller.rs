@@ -256,6 +256,7 @@ impl SourceController {
         state: &TermState,
     ) -> Result<(), SourceError> {
         let label = SourceMetrics::source(&source.name);
+        let started = Instant::now();
         let index = self.index();
         // Resume claims a crash interrupted.
         for (key, tasks) in &index {
@@ -293,6 +294,12 @@ impl SourceController {
             self.metrics.poll_pages.get_or_create(&label).inc();
             issues.extend(page);
         }
+        debug!(
+            source = %source.name,
+            tickets = issues.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "search read"
+        );
         self.metrics
             .seen
             .get_or_create(&label)
