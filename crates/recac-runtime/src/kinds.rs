@@ -34,9 +34,10 @@ where
 /// How every cache starts: a list in pages of [`LIST_PAGE_SIZE`] objects, so a cache of ten
 /// thousand objects never holds a whole list response in memory at once, then a watch.
 ///
-/// Not a streaming list (`sendInitialEvents`): the apiserver ends one with a bookmark that
-/// it sends on its once-a-second bookmark tick, so each cache would take up to a second
-/// longer to sync, and every term of every controller would start that much later.
+/// Not a streaming list (`sendInitialEvents`): the bookmark that ends one came up to a
+/// second after the last object in our measurements (the apiserver sends bookmarks on its
+/// own schedule), so a cache took up to a second longer to sync, and every term of every
+/// controller started that much later. A paged list syncs in milliseconds.
 pub fn list_then_watch() -> watcher::Config {
     watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
