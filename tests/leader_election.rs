@@ -18,18 +18,11 @@ use kube::{Client, ResourceExt};
 use recac_api::{AgentTask, TaskPhase};
 use recac_jira_sim::{BOT_EMAIL, BOT_TOKEN, JiraSim};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, NodeAgent, NodeAgentOptions};
-use recac_tests::{control_plane, recac_binary, try_http_get, wait_for};
+use recac_tests::{control_plane, free_port, recac_binary, try_http_get, wait_for};
 use tokio::io::AsyncWriteExt;
 
 const LEASE: &str = "recac-ha";
 const SUCCEED: &str = r#"if [ "$RECAC_ATTEMPT" = 1 ]; then sleep "${FAKE_SLEEP:-0}"; fi; printf '{"outcome":"succeeded","branch":"%s","summary":"done"}' "$RECAC_BRANCH" > "$RECAC_RESULT_PATH""#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// One operator replica: a `recac orchestrate` process with its own admin port.
 struct Replica {

@@ -12,14 +12,9 @@ use recac_api::{AgentTask, AgentTaskStatus, FeedbackStatus, TaskPhase};
 use recac_runtime::status::apply_status;
 use recac_task_controller::controller::write_owned_status;
 use recac_testenv::{ControlPlane, ControlPlaneOptions};
-use recac_tests::{control_plane, kubectl, recac_binary, text, token_kubeconfig, try_http_get};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use recac_tests::{
+    control_plane, free_port, kubectl, recac_binary, text, token_kubeconfig, try_http_get,
+};
 
 fn task(name: &str) -> AgentTask {
     serde_saphyr::from_str(&format!(

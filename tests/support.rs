@@ -323,3 +323,46 @@ pub async fn scrape_metrics(port: u16) -> (std::collections::BTreeMap<String, u6
     }
     (requests, reconciles)
 }
+
+/// A memory field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`, `RssAnon`, …) in MiB; 0 when
+/// the process or the field is gone.
+pub fn process_memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// The release `recac` binary a benchmark runs: `RECAC_BIN`, else `target/release/recac`
+/// (built by `make bench`).
+pub fn release_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("RECAC_BIN") {
+        return path.into();
+    }
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"))
+        .join("release/recac")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed (and reaped) however the test or benchmark ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

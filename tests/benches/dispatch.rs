@@ -32,37 +32,14 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams, PostParams};
 use recac_api::{AgentTask, AgentTaskSpec, Repository};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, shared_control_plane};
-use recac_tests::WatchCounter;
+use recac_tests::{KillOnDrop, WatchCounter, free_port, release_binary};
 
-fn recac_binary() -> std::path::PathBuf {
-    if let Ok(path) = std::env::var("RECAC_BIN") {
-        return path.into();
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release/recac")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// (peak, current) resident set of a process, in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+/// (peak, current) resident set of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    (
+        recac_tests::process_memory_mib(pid, "VmHWM"),
+        recac_tests::process_memory_mib(pid, "VmRSS"),
+    )
 }
 
 /// CPU seconds a process has used so far (user and system).
@@ -83,34 +60,15 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// The resident set split into heap and other anonymous memory, and mapped files (the
-/// binary's pages), in MiB: "anon A MiB, files F MiB".
+/// The resident set split into anonymous memory (the heap among it) and mapped files (the
+/// binary's pages): "anonymous A MiB, files F MiB".
 fn rss_split(pid: u32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
+    let mib = |field| recac_tests::process_memory_mib(pid, field);
     format!(
         "anonymous {:.1} MiB, files {:.1} MiB",
-        field("RssAnon:"),
-        field("RssFile:") + field("RssShmem:")
+        mib("RssAnon"),
+        mib("RssFile") + mib("RssShmem")
     )
-}
-
-/// The operator process, killed however the benchmark ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn spec(i: usize) -> AgentTaskSpec {
@@ -166,7 +124,7 @@ async fn start_replica(plane: &ControlPlane, ns: &str, cap: usize, election: &st
         ),
     )
     .expect("config written");
-    let binary = recac_binary();
+    let binary = release_binary();
     let process = Command::new(&binary)
         .args(["orchestrate", "--config"])
         .arg(&config)
@@ -279,7 +237,7 @@ async fn dispatch(n: usize) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (after, _) = recac_tests::scrape_metrics(operator.port).await;
     let apiserver_cpu = cpu_seconds(apiserver) - apiserver_cpu_before;
-    let (peak, current) = rss_kib(operator.process.0.id());
+    let (peak, current) = rss_mib(operator.process.0.id());
     let split = rss_split(operator.process.0.id());
     drop(operator);
     let raw_jobs = n.min(2000);
@@ -328,8 +286,7 @@ async fn dispatch(n: usize) {
     );
     println!(
         "  operator RSS                     peak {:.1} MiB, at the end {:.1} MiB ({split})",
-        peak as f64 / 1024.0,
-        current as f64 / 1024.0
+        peak, current
     );
 }
 
@@ -376,7 +333,7 @@ async fn admission(n: usize) {
     }
     let all_decided = start.elapsed();
     let (_, reconciles_after) = recac_tests::scrape_metrics(operator.port).await;
-    let (peak, current) = rss_kib(operator.process.0.id());
+    let (peak, current) = rss_mib(operator.process.0.id());
     let jobs: Api<Job> = Api::namespaced(client, &ns);
     let live_jobs = count_jobs(&jobs).await;
     let decisions = reconciles_after - reconciles_before;
@@ -395,8 +352,7 @@ async fn admission(n: usize) {
     );
     println!(
         "  operator RSS                     peak {:.1} MiB, with every task cached {:.1} MiB",
-        peak as f64 / 1024.0,
-        current as f64 / 1024.0
+        peak, current
     );
 }
 
@@ -456,14 +412,14 @@ async fn high_availability(n: usize) {
             }
             idle.push(format!("{series}: {delta}"));
         }
-        let (peak, current) = rss_kib(r.process.0.id());
+        let (peak, current) = rss_mib(r.process.0.id());
         let split = rss_split(r.process.0.id());
         let secs = IDLE.as_secs_f64();
         println!(
             "  replica {} (recac_leader {leader}): RSS {:.1} MiB ({split}; peak {:.1} MiB); idle {:.0} s: {:.2} requests/s, {} writes other than the Lease, {:.2} Lease requests/s [{}]",
             i + 1,
-            current as f64 / 1024.0,
-            peak as f64 / 1024.0,
+            current,
+            peak,
             secs,
             all as f64 / secs,
             writes,

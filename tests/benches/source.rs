@@ -23,47 +23,10 @@ use kube::api::{Api, ListParams};
 use recac_api::AgentTask;
 use recac_jira_sim::{IssueSeed, JiraSim, Seed};
 use recac_testenv::{ControlPlane, ControlPlaneOptions, shared_control_plane};
-use recac_tests::WatchCounter;
+use recac_tests::{KillOnDrop, WatchCounter, free_port, release_binary};
 
 const REPO: &str = "https://git.example.com/org/repo.git";
 const SECRET: &str = "bench-webhook-secret";
-
-fn recac_binary() -> std::path::PathBuf {
-    if let Ok(path) = std::env::var("RECAC_BIN") {
-        return path.into();
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release/recac")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Operator {
     process: KillOnDrop,
@@ -95,7 +58,7 @@ async fn start_operator(
         ),
     )
     .expect("config written");
-    let binary = recac_binary();
+    let binary = release_binary();
     let process = Command::new(&binary)
         .args(["orchestrate", "--config"])
         .arg(&config)
@@ -227,7 +190,7 @@ async fn burst(plane: &ControlPlane, n: usize) {
         "burst {n}: last Job after {elapsed:.2} s (from operator start); Jira requests: {reads} reads, {writes} writes ({:.2} writes per claim, {:.2} reads per ticket); operator peak RSS {:.1} MiB",
         writes as f64 / n as f64,
         reads as f64 / n as f64,
-        peak_rss_mib(op.process.0.id()),
+        recac_tests::process_memory_mib(op.process.0.id(), "VmHWM"),
     );
 }
 
@@ -262,7 +225,7 @@ async fn large(plane: &ControlPlane, n: usize) {
     println!(
         "large {n}: every ticket a claimed task after {elapsed:.1} s; idle for {}s with a 2 s interval: {searches} searches, {others} other Jira requests; operator peak RSS {:.1} MiB",
         idle.as_secs(),
-        peak_rss_mib(op.process.0.id()),
+        recac_tests::process_memory_mib(op.process.0.id(), "VmHWM"),
     );
     assert_eq!(others, 0, "an idle source makes no request but its search");
 }

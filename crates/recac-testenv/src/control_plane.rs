@@ -359,7 +359,7 @@ impl ControlPlane {
     /// Installs CRDs (create or replace) and waits until each is Established.
     pub async fn install_crds(&self, crds: &[CustomResourceDefinition]) -> Result<()> {
         let client = self.client().await?;
-        let api: Api<CustomResourceDefinition> = Api::all(client);
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
         for crd in crds {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let patch = kube::api::Patch::Apply(crd);
@@ -392,41 +392,9 @@ impl ControlPlane {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            self.warm_up_writes(crd).await;
+            warm_up_writes(&client, crd).await;
         }
         Ok(())
-    }
-
-    /// An Established CRD still makes its first write wait about two seconds while the
-    /// apiserver prepares that resource's storage. A server-side dry-run create of an
-    /// empty object (rejected by the schema, as intended) takes that wait here, so that a
-    /// test or benchmark never measures it.
-    async fn warm_up_writes(&self, crd: &CustomResourceDefinition) {
-        let Ok(client) = self.client().await else {
-            return;
-        };
-        let spec = &crd.spec;
-        let Some(version) = spec.versions.iter().find(|v| v.served) else {
-            return;
-        };
-        let resource = kube::api::ApiResource {
-            group: spec.group.clone(),
-            version: version.name.clone(),
-            api_version: format!("{}/{}", spec.group, version.name),
-            kind: spec.names.kind.clone(),
-            plural: spec.names.plural.clone(),
-        };
-        let api: Api<kube::api::DynamicObject> = if spec.scope == "Namespaced" {
-            Api::namespaced_with(client, "default", &resource)
-        } else {
-            Api::all_with(client, &resource)
-        };
-        let probe = kube::api::DynamicObject::new("recac-testenv-warm-up", &resource);
-        let dry_run = kube::api::PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let _ = api.create(&dry_run, &probe).await;
     }
 
     /// The last bytes of one component's log, for diagnosing a failed test.
@@ -581,4 +549,33 @@ pub async fn shared_control_plane(options: ControlPlaneOptions) -> Result<&'stat
         plane.start_controller_manager().await?;
     }
     Ok(plane)
+}
+
+/// An Established CRD still makes its first write wait about two seconds while the
+/// apiserver prepares that resource's storage. A server-side dry-run create of an
+/// empty object (rejected by the schema, as intended) takes that wait here, so that a
+/// test or benchmark never measures it.
+async fn warm_up_writes(client: &kube::Client, crd: &CustomResourceDefinition) {
+    let spec = &crd.spec;
+    let Some(version) = spec.versions.iter().find(|v| v.served) else {
+        return;
+    };
+    let resource = kube::api::ApiResource {
+        group: spec.group.clone(),
+        version: version.name.clone(),
+        api_version: format!("{}/{}", spec.group, version.name),
+        kind: spec.names.kind.clone(),
+        plural: spec.names.plural.clone(),
+    };
+    let api: Api<kube::api::DynamicObject> = if spec.scope == "Namespaced" {
+        Api::namespaced_with(client.clone(), "default", &resource)
+    } else {
+        Api::all_with(client.clone(), &resource)
+    };
+    let probe = kube::api::DynamicObject::new("recac-testenv-warm-up", &resource);
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let _ = api.create(&dry_run, &probe).await;
 }
