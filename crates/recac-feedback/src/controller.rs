@@ -17,12 +17,12 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, LogParams};
-use kube::runtime::controller::{Action as Requeue, Config as RunConfig, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use recac_api::AgentTask;
 use recac_jira::{Flavor, JiraClient, JiraError};
+use recac_runtime::cache::reference_to;
 use recac_runtime::events::{EventPublisher, EventType};
+use recac_runtime::runner::{self, Action as Requeue, RunnerConfig};
 use recac_runtime::{Cache, Component, ComponentError, Term, failpoint, status};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -180,7 +180,7 @@ impl FeedbackController {
         let triggers = self.tasks.triggers().filter_map(move |task| {
             let wanted = jira_ticket(&task).is_some();
             let gone = store
-                .get(&ObjectRef::from_obj(task.as_ref()))
+                .get(&reference_to(task.as_ref()))
                 .is_none_or(|cached| cached.uid() != task.uid());
             let out = match (wanted, gone) {
                 (false, _) => None,
@@ -194,20 +194,19 @@ impl FeedbackController {
         });
         let deletions = tokio::spawn(handle_deletions(ctx.clone(), deleted_rx, term.clone()));
         info!(term = term.number, "feedback controller term starts");
-        Controller::for_shared_stream(triggers, self.tasks.store())
-            .with_config(
-                RunConfig::default()
-                    .concurrency(self.config.workers as u16)
-                    .debounce(Duration::from_millis(100)),
-            )
-            .graceful_shutdown_on(term.stop_signal())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| async move {
-                if let Err(err) = result {
-                    debug!(error = %err, "feedback controller event");
-                }
-            })
-            .await;
+        runner::run(
+            self.tasks.store(),
+            triggers.map(|task| reference_to(task.as_ref())),
+            RunnerConfig {
+                concurrency: self.config.workers,
+                debounce: Duration::from_millis(100),
+            },
+            term.stop_signal(),
+            reconcile,
+            error_policy,
+            ctx,
+        )
+        .await;
         deletions.abort();
         self.metrics.clear_pending();
         if term.is_stopped() {

@@ -1,4 +1,4 @@
-//! Shared, warm caches: one reflector per kind, started once per process and read by every
+//! Shared, warm caches: one watch per kind and scope, started once per process and read by every
 //! component that needs the kind.
 //!
 //! A cache outlives the components' terms: a standby keeps it warm, so a new term starts
@@ -18,12 +18,15 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
+
+use crate::store::Store;
 
 /// How many changes a term may fall behind before it re-reads the whole cache.
 const CHANGE_BUFFER: usize = 1024;
@@ -54,10 +57,20 @@ pub fn strip_metadata(meta: &mut kube::api::ObjectMeta) {
     }
 }
 
+/// The reference of an object by namespace and name only (no uid or version to copy).
+pub fn reference_to<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let meta = object.meta();
+    let reference = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+    match meta.namespace.as_deref() {
+        Some(namespace) => reference.within(namespace),
+        None => reference,
+    }
+}
+
 /// A warm cache of one kind.
 pub struct Cache<K>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + 'static,
 {
     name: String,
     store: Store<K>,
@@ -81,9 +94,15 @@ impl<K: Resource<DynamicType = ()>> Clone for Change<K> {
     }
 }
 
+/// One item of a change stream before it is read from the store.
+enum Pending<K: Resource<DynamicType = ()>> {
+    Reference(ObjectRef<K>),
+    Object(Arc<K>),
+}
+
 impl<K> Clone for Cache<K>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + 'static,
 {
     fn clone(&self) -> Self {
         Self {
@@ -113,27 +132,34 @@ where
 
 impl<K> Cache<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     /// The cache and the future that fills it (run it for the life of the process).
     pub fn new(spec: CacheSpec<K>) -> (Self, impl Future<Output = Result<(), String>> + Send) {
-        let (reader, writer) = reflector::store::<K>();
+        let store = Store::default();
         let (ready_tx, ready_rx) = watch::channel(false);
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let cache = Self {
             name: spec.name.clone(),
-            store: reader.clone(),
+            store: store.clone(),
             ready: ready_rx,
             changes: changes.clone(),
         };
-        let driver = drive(spec, reader, writer, ready_tx, changes);
+        let driver = drive(spec, store, ready_tx, changes);
         (cache, driver)
     }
 }
 
 impl<K> Cache<K>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + 'static,
 {
     pub fn name(&self) -> &str {
         &self.name
@@ -160,46 +186,66 @@ where
         let mut ready = self.ready.clone();
         let _ = ready.wait_for(|r| *r).await;
     }
+}
 
+impl<K> Cache<K>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Send + Sync + 'static,
+{
     /// Every object in the cache now, then every object as it changes (a deleted object is
     /// delivered once more as it was last seen). When a reader falls more than the change
-    /// buffer behind, it gets the whole cache again (nothing is lost).
-    pub fn triggers(&self) -> impl Stream<Item = Arc<K>> + Send + 'static
-    where
-        K: Send + Sync,
-    {
-        let changes = self.changes();
-        let snapshot = self.store.state();
-        futures::stream::iter(snapshot).chain(changes)
+    /// buffer behind, it gets the whole cache again (nothing is lost). Objects are read
+    /// from the store one at a time, as the reader takes them.
+    pub fn triggers(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let snapshot = self.store.refs().into_iter().map(Pending::Reference);
+        self.read(futures::stream::iter(snapshot).chain(self.pending_changes()))
     }
 
     /// Every object as it changes from now on, as [`Cache::triggers`] delivers them but
     /// without the objects already in the cache: for a reader that looks at the cache
     /// whenever another stream wakes it, and only needs to hear of later changes.
-    pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static
-    where
-        K: Send + Sync,
-    {
+    pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.read(self.pending_changes())
+    }
+
+    /// References to what [`Cache::triggers`] delivers, without reading the objects: for a
+    /// runner that reads each object when its reconcile starts.
+    pub fn trigger_refs(&self) -> impl Stream<Item = ObjectRef<K>> + Send + 'static {
+        let snapshot = self.store.refs().into_iter().map(Pending::Reference);
+        futures::stream::iter(snapshot)
+            .chain(self.pending_changes())
+            .map(|pending| match pending {
+                Pending::Reference(reference) => reference,
+                Pending::Object(object) => reference_to(object.as_ref()),
+            })
+    }
+
+    fn read(
+        &self,
+        pending: impl Stream<Item = Pending<K>> + Send + 'static,
+    ) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let store = self.store.clone();
+        pending.filter_map(move |pending| {
+            futures::future::ready(match pending {
+                Pending::Reference(reference) => store.get(&reference),
+                Pending::Object(object) => Some(object),
+            })
+        })
+    }
+
+    fn pending_changes(&self) -> impl Stream<Item = Pending<K>> + Send + 'static {
         let receiver = self.changes.subscribe();
         let store = self.store.clone();
         futures::stream::unfold((receiver, store), |(mut receiver, store)| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(Change::Applied(reference)) => {
-                        if let Some(object) = store.get(&reference) {
-                            return Some((vec![object], (receiver, store)));
-                        }
-                    }
-                    Ok(Change::Deleted(object)) => {
-                        return Some((vec![object], (receiver, store)));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let all = store.state();
-                        return Some((all, (receiver, store)));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+            let batch = match receiver.recv().await {
+                Ok(Change::Applied(reference)) => vec![Pending::Reference(reference)],
+                Ok(Change::Deleted(object)) => vec![Pending::Object(object)],
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    store.refs().into_iter().map(Pending::Reference).collect()
                 }
-            }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((batch, (receiver, store)))
         })
         .flat_map(futures::stream::iter)
     }
@@ -207,13 +253,19 @@ where
 
 async fn drive<K>(
     spec: CacheSpec<K>,
-    reader: Store<K>,
-    mut writer: reflector::store::Writer<K>,
+    store: Store<K>,
     ready: watch::Sender<bool>,
     changes: broadcast::Sender<Change<K>>,
 ) -> Result<(), String>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let CacheSpec {
         name,
@@ -237,7 +289,6 @@ where
     });
     let mut merged = futures::stream::select_all(streams);
     let mut merger = Merger::new(scopes);
-    writer.apply_watcher_event(&Event::Init);
     while let Some((scope, event)) = merged.next().await {
         let event = match event {
             Ok(event) => event,
@@ -247,18 +298,19 @@ where
             }
         };
         let was_ready = merger.ready;
-        for out in merger.translate(scope, event, &reader) {
-            writer.apply_watcher_event(&out);
+        for out in merger.translate(scope, event, &store) {
             match &out {
                 Event::Apply(object) | Event::InitApply(object) => {
+                    store.upsert(object);
                     for hook in &hooks {
                         hook.apply(CacheChange::Upsert(object));
                     }
                     if merger.ready {
-                        let _ = changes.send(Change::Applied(ObjectRef::from_obj(object)));
+                        let _ = changes.send(Change::Applied(reference_to(object)));
                     }
                 }
                 Event::Delete(object) => {
+                    store.remove(&reference_to(object));
                     for hook in &hooks {
                         hook.apply(CacheChange::Delete(object));
                     }
@@ -270,7 +322,7 @@ where
             }
         }
         if merger.ready && !was_ready {
-            info!(cache = %name, objects = reader.len(), "cache synced");
+            info!(cache = %name, objects = store.len(), "cache synced");
             let _ = ready.send(true);
         }
     }
@@ -295,7 +347,7 @@ struct Merger<K: Resource<DynamicType = ()>> {
 
 impl<K> Merger<K>
 where
-    K: Resource<DynamicType = ()> + Clone,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned,
 {
     fn new(scopes: Vec<Option<String>>) -> Self {
         let n = scopes.len();
@@ -310,21 +362,13 @@ where
 
     fn upsert(&mut self, object: K) -> Event<K> {
         if !self.early_deletes.is_empty() {
-            let reference = ObjectRef::from_obj(&object);
-            self.early_deletes
-                .retain(|d| ObjectRef::from_obj(d) != reference);
+            let reference = reference_to(&object);
+            self.early_deletes.retain(|d| reference_to(d) != reference);
         }
         if self.ready {
             Event::Apply(object)
         } else {
             Event::InitApply(object)
-        }
-    }
-
-    fn in_scope(&self, scope: usize, object: &K) -> bool {
-        match self.scopes.get(scope) {
-            Some(Some(namespace)) => object.meta().namespace.as_deref() == Some(namespace),
-            _ => true,
         }
     }
 
@@ -338,7 +382,7 @@ where
             }
             Event::InitApply(object) => {
                 if let Some(seen) = &mut self.relisting[scope] {
-                    seen.insert(ObjectRef::from_obj(&object));
+                    seen.insert(reference_to(&object));
                 }
                 vec![self.upsert(object)]
             }
@@ -346,12 +390,15 @@ where
                 let seen = self.relisting[scope].take().unwrap_or_default();
                 let mut out: Vec<Event<K>> = Vec::new();
                 if self.ready {
+                    let cached = match self.scopes.get(scope) {
+                        Some(Some(namespace)) => store.refs_in(namespace),
+                        _ => store.refs(),
+                    };
                     out.extend(
-                        store
-                            .state()
+                        cached
                             .into_iter()
-                            .filter(|object| self.in_scope(scope, object))
-                            .filter(|object| !seen.contains(&ObjectRef::from_obj(object.as_ref())))
+                            .filter(|reference| !seen.contains(reference))
+                            .filter_map(|reference| store.get(&reference))
                             .map(|object| Event::Delete((*object).clone())),
                     );
                 }
@@ -412,13 +459,16 @@ mod tests {
 
     #[test]
     fn two_scopes_become_one_store_and_a_relist_keeps_the_other_scope() {
-        let (reader, mut writer) = reflector::store::<ConfigMap>();
+        let reader: Store<ConfigMap> = Store::default();
         let mut merger = Merger::new(vec![Some("a".to_string()), Some("b".to_string())]);
-        writer.apply_watcher_event(&Event::Init);
-        let mut run = |merger: &mut Merger<ConfigMap>, scope, event| {
+        let run = |merger: &mut Merger<ConfigMap>, scope, event| {
             let out = merger.translate(scope, event, &reader);
             for e in &out {
-                writer.apply_watcher_event(e);
+                match e {
+                    Event::Apply(o) | Event::InitApply(o) => reader.upsert(o),
+                    Event::Delete(o) => reader.remove(&reference_to(o)),
+                    Event::Init | Event::InitDone => {}
+                }
             }
             names(&out)
         };

@@ -78,7 +78,7 @@ pub struct CachedJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<CachedJobStatus>,
     /// The value of the Job's `recac.io/task` label (its labels are not kept).
-    #[serde(skip)]
+    #[serde(default, rename = "taskLabel", skip_serializing_if = "Option::is_none")]
     pub task_label: Option<String>,
 }
 
@@ -237,6 +237,13 @@ mod tests {
             Some(vec![(TASK_LABEL.to_string(), "t".to_string())])
         );
         assert_eq!(job.metadata.labels, None);
+        let kept: CachedJob =
+            serde_json::from_slice(&serde_json::to_vec(&job).expect("encodes")).expect("decodes");
+        assert_eq!(
+            kept.task_label.as_deref(),
+            Some("t"),
+            "the cache's encoding keeps the label"
+        );
         assert_eq!(job.metadata.resource_version, None);
         assert!(std::mem::size_of::<CachedJob>() * 3 < std::mem::size_of::<Job>());
     }

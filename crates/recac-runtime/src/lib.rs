@@ -1,7 +1,8 @@
 //! The operator runtime: what every controller of recac runs on.
 //!
-//! - [`cache`]: shared, warm caches (one reflector per kind) with readiness, kept on every
-//!   replica whether or not it may write;
+//! - [`cache`]: shared, warm caches (one watch per kind) with readiness, kept on every
+//!   replica whether or not it may write, their objects held compactly in a [`store`];
+//! - [`runner`]: runs a controller's reconciles over a cache's objects;
 //! - [`supervisor`]: runs the caches, the admin server and every [`Component`], each in terms
 //!   granted by the [`Leadership`] signal, and turns any part's unexpected end into a clean,
 //!   non-zero exit;
@@ -24,7 +25,9 @@ pub mod leadership;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod runner;
 pub mod status;
+pub mod store;
 pub mod supervisor;
 
 pub use cache::{Cache, CacheChange, CacheHook, CacheSpec};

@@ -20,15 +20,17 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::controller::{Action, Config as RunConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use recac_api::{
     AgentTask, AgentTaskSchedule, AgentTaskScheduleStatus, TaskPhase, schedule_labels,
 };
+use recac_runtime::cache::reference_to;
 use recac_runtime::cache::{CacheSpec, strip_metadata};
 use recac_runtime::events::{EventPublisher, EventType};
 use recac_runtime::kinds::scoped_apis;
+use recac_runtime::runner::{self, Action, RunnerConfig};
+use recac_runtime::store::Store;
 use recac_runtime::{Cache, Component, ComponentError, Term, status};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -202,30 +204,32 @@ impl ScheduleController {
             .tasks
             .triggers()
             .filter_map(move |task| futures::future::ready(owner_of(&owners, &task)));
-        let triggers = futures::stream::select(self.schedules.cache.triggers(), task_triggers);
-        let mut controller = Controller::for_shared_stream(triggers, store).with_config(
-            RunConfig::default()
-                .concurrency(4)
-                .debounce(Duration::from_millis(50)),
-        );
-        if let Some(jumps) = self.clock.jumps() {
-            controller = controller.reconcile_all_on(futures::stream::unfold(
-                jumps,
-                |mut jumps| async move {
-                    jumps.changed().await.ok()?;
-                    Some(((), jumps))
-                },
-            ));
-        }
-        controller
-            .graceful_shutdown_on(term.stop_signal())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| async move {
-                if let Err(err) = result {
-                    debug!(error = %err, "schedule controller event");
-                }
+        let triggers = futures::stream::select(self.schedules.cache.triggers(), task_triggers)
+            .map(|schedule| reference_to(schedule.as_ref()));
+        // A jump of the clock makes every schedule due for a fresh look.
+        let everything = store.clone();
+        let jumps = match self.clock.jumps() {
+            Some(jumps) => futures::stream::unfold(jumps, |mut jumps| async move {
+                jumps.changed().await.ok()?;
+                Some(((), jumps))
             })
-            .await;
+            .boxed(),
+            None => futures::stream::pending().boxed(),
+        }
+        .flat_map(move |()| futures::stream::iter(everything.refs()));
+        runner::run(
+            store,
+            futures::stream::select(triggers, jumps),
+            RunnerConfig {
+                concurrency: 4,
+                debounce: Duration::from_millis(50),
+            },
+            term.stop_signal(),
+            reconcile,
+            error_policy,
+            ctx,
+        )
+        .await;
         if term.is_stopped() {
             info!(term = term.number, "schedule controller term ended");
             Ok(())

@@ -235,14 +235,11 @@ impl SourceController {
     }
 
     /// The source's tasks (and any task of a ticket, whatever the source) by ticket key.
-    fn index(&self) -> HashMap<String, Vec<(TaskView, Arc<AgentTask>)>> {
-        let mut index: HashMap<String, Vec<(TaskView, Arc<AgentTask>)>> = HashMap::new();
-        for t in self.tasks.store().state() {
+    fn index(&self) -> HashMap<String, Vec<TaskView>> {
+        let mut index: HashMap<String, Vec<TaskView>> = HashMap::new();
+        for t in self.tasks.store().iter() {
             if let (Some(view), Some(key)) = (task::view(&t), task::ticket_of(&t)) {
-                index
-                    .entry(key.to_string())
-                    .or_default()
-                    .push((view, t.clone()));
+                index.entry(key.to_string()).or_default().push(view);
             }
         }
         index
@@ -259,17 +256,26 @@ impl SourceController {
         let started = Instant::now();
         let index = self.index();
         // Resume claims a crash interrupted.
-        for (key, tasks) in &index {
-            for (view, task) in tasks {
-                if view.source == source.name
-                    && view.claim == ClaimState::Pending
-                    && !view.finished
-                    && !state
+        for (key, views) in &index {
+            for view in views {
+                if view.source != source.name
+                    || view.claim != ClaimState::Pending
+                    || view.finished
+                    || state
                         .settled
                         .lock()
                         .is_ok_and(|s| s.contains(&task_id(view)))
-                    && let Err(e) = self.resume_claim(source, bot, key, task, state).await
                 {
+                    continue;
+                }
+                let Some(task) = self
+                    .tasks
+                    .store()
+                    .get_named(Some(&view.namespace), &view.name)
+                else {
+                    continue;
+                };
+                if let Err(e) = self.resume_claim(source, bot, key, &task, state).await {
                     warn!(error = %e, task = %view.name, "claim not finished; the next poll resumes it");
                 }
             }
@@ -279,7 +285,7 @@ impl SourceController {
         let mut in_flight = index
             .values()
             .flatten()
-            .filter(|(v, _)| v.source == source.name && !v.finished)
+            .filter(|v| v.source == source.name && !v.finished)
             .count();
         // Every page is read before any ticket is taken: a claim moves its ticket out of
         // the search's results, which would shift the later pages under a reader still
@@ -313,10 +319,7 @@ impl SourceController {
         handled.retain(|key, _| seen.contains(key));
         let mut candidates = Vec::new();
         for issue in issues {
-            let views: Vec<TaskView> = index
-                .get(&issue.key)
-                .map(|list| list.iter().map(|(v, _)| v.clone()).collect())
-                .unwrap_or_default();
+            let views: Vec<TaskView> = index.get(&issue.key).cloned().unwrap_or_default();
             if let Some(reason) = decide::precheck(&views, &source.name) {
                 self.metrics.skip(&source.name, reason.as_str());
                 continue;

@@ -15,12 +15,12 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action as RequeueAction, Config as RunConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
 use recac_runtime::events::{EventPublisher, EventType as KubeEventType};
 use recac_runtime::kinds::CachedJob;
+use recac_runtime::runner::{self, Action as RequeueAction, RunnerConfig};
 use recac_runtime::{Cache, CacheHook, Component, ComponentError, Term, failpoint, status};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -199,24 +199,32 @@ impl TaskController {
         // Every task is reconciled once as the term starts (it reads the Job cache then), so
         // Jobs only need to wake their task when they change later: replaying every Job at
         // the start would only wake each task a second time.
-        Controller::for_shared_stream(self.tasks.triggers(), self.tasks.store())
-            .owns_shared_stream(self.jobs.changes())
-            .reconcile_on(futures::stream::unfold(wake_rx, |mut rx| async move {
-                rx.recv().await.map(|r| (r, rx))
-            }))
-            .with_config(
-                RunConfig::default()
-                    .concurrency(self.config.workers)
-                    .debounce(Duration::from_millis(50)),
-            )
-            .graceful_shutdown_on(term.stop_signal())
-            .run(reconcile, error_policy, context)
-            .for_each(|result| async move {
-                if let Err(err) = result {
-                    debug!(error = %err, "controller event");
-                }
-            })
-            .await;
+        let wakes =
+            futures::stream::unfold(
+                wake_rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        let job_owners = self
+            .jobs
+            .changes()
+            .filter_map(|job| futures::future::ready(owning_task(&job)));
+        let triggers = futures::stream::select(
+            self.tasks.trigger_refs(),
+            futures::stream::select(job_owners, wakes),
+        );
+        runner::run(
+            self.tasks.store(),
+            triggers,
+            RunnerConfig {
+                concurrency: usize::from(self.config.workers),
+                debounce: Duration::from_millis(50),
+            },
+            term.stop_signal(),
+            reconcile,
+            error_policy,
+            context,
+        )
+        .await;
         self.queue.end_term();
         let _ = ticker.await;
         let _ = events.await;
@@ -239,12 +247,10 @@ impl TaskController {
         let live: HashSet<String> = self
             .tasks
             .store()
-            .state()
-            .iter()
-            .filter_map(|t| t.uid())
+            .scan::<UidView>()
+            .filter_map(|t| t.metadata.uid)
             .collect();
-        let jobs = self.jobs.store().state();
-        for suspect in orphans::suspects(jobs.iter().map(|j| j.as_ref()), &live) {
+        for suspect in orphans::suspects(self.jobs.store().iter(), &live) {
             let tasks: Api<AgentTask> = Api::namespaced(self.client.clone(), &suspect.namespace);
             let now = match &suspect.task {
                 Some(name) => match tasks.get_opt(name).await {
@@ -295,6 +301,17 @@ impl Component for TaskController {
     fn run(self: Arc<Self>, term: Term) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(self.run_term(term))
     }
+}
+
+/// The part of a task the orphan sweep reads.
+#[derive(serde::Deserialize)]
+struct UidView {
+    metadata: UidOnly,
+}
+
+#[derive(serde::Deserialize)]
+struct UidOnly {
+    uid: Option<String>,
 }
 
 /// One term's state.
@@ -368,6 +385,16 @@ fn kube_error(
         task,
         source,
     }
+}
+
+/// The task that controls `job`, from its owner references.
+fn owning_task(job: &CachedJob) -> Option<ObjectRef<AgentTask>> {
+    let owner = job.metadata.owner_references.as_ref()?.iter().find(|o| {
+        o.controller == Some(true)
+            && o.kind == AgentTask::kind(&())
+            && o.api_version == AgentTask::api_version(&())
+    })?;
+    Some(ObjectRef::new(&owner.name).within(job.metadata.namespace.as_deref()?))
 }
 
 fn owned_by(job: &Job, uid: &str) -> bool {

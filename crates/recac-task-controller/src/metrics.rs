@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use recac_api::{AgentTask, TaskPhase};
 use recac_runtime::MetricsRegistry;
+use recac_runtime::store::Store;
 
 const LATENCY_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
@@ -127,6 +127,17 @@ impl TaskMetrics {
     }
 }
 
+/// The part of a task the phase gauge reads.
+#[derive(serde::Deserialize)]
+struct PhaseView {
+    status: Option<PhaseOnly>,
+}
+
+#[derive(serde::Deserialize)]
+struct PhaseOnly {
+    phase: Option<TaskPhase>,
+}
+
 /// `recac_tasks{phase}`, counted from the task cache at each scrape (no per-task state).
 struct PhaseCollector {
     store: Store<AgentTask>,
@@ -147,10 +158,9 @@ impl Collector for PhaseCollector {
             TaskPhase::Failed,
         ];
         let mut counts = [0i64; 4];
-        for task in self.store.state() {
+        for task in self.store.scan::<PhaseView>() {
             let phase = task
                 .status
-                .as_ref()
                 .and_then(|s| s.phase)
                 .unwrap_or(TaskPhase::Pending);
             if let Some(i) = phases.iter().position(|p| *p == phase) {
@@ -188,8 +198,8 @@ mod tests {
         m.reconcile_failed("kube");
         m.job_created();
         m.observe_dispatch_latency(Duration::from_millis(300));
-        let (store, mut writer) = kube::runtime::reflector::store::<AgentTask>();
-        TaskMetrics::register_phases(&registry, store);
+        let store: Store<AgentTask> = Store::default();
+        TaskMetrics::register_phases(&registry, store.clone());
         let mut task = AgentTask::new(
             "t",
             recac_api::AgentTaskSpec {
@@ -208,7 +218,7 @@ mod tests {
             },
         );
         task.metadata.namespace = Some("ns".into());
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(task.clone()));
+        store.upsert(&task);
         let text = registry.encode();
         assert!(text.contains("recac_reconciles_total 2"), "{text}");
         assert!(text.contains("recac_reconcile_errors_total{kind=\"kube\"} 1"));
@@ -218,7 +228,7 @@ mod tests {
         assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.25\"} 0"));
         assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.5\"} 1"));
         assert!(text.contains("recac_dispatch_latency_seconds_count 1"));
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Delete(task));
+        store.remove(&kube::runtime::reflector::ObjectRef::from_obj(&task));
         assert!(
             registry
                 .encode()

@@ -23,12 +23,13 @@ pub struct Suspect {
 
 /// Jobs (all labelled `app=recac-agent` by the cache's selector) whose controller owner is
 /// not a task in `live_task_uids`. Pure: the caller confirms each against the API.
-pub fn suspects<'a>(
-    jobs: impl IntoIterator<Item = &'a CachedJob>,
+pub fn suspects<J: std::borrow::Borrow<CachedJob>>(
+    jobs: impl IntoIterator<Item = J>,
     live_task_uids: &HashSet<String>,
 ) -> Vec<Suspect> {
     jobs.into_iter()
         .filter_map(|job| {
+            let job = job.borrow();
             let owner = job
                 .owner_references()
                 .iter()
