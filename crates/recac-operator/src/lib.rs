@@ -196,6 +196,7 @@ impl Operator {
         supervisor.background(format!("cache {}", tasks.name()), tasks_driver);
         supervisor.background(format!("cache {}", jobs.name()), jobs_driver);
         supervisor.background(format!("cache {}", schedules.name()), schedules_driver);
+        recac_runtime::memory::tune_allocator();
         supervisor.background(
             "memory release",
             recac_runtime::memory::release_periodically(recac_runtime::memory::RELEASE_INTERVAL),

@@ -9,6 +9,22 @@
 
 use std::time::Duration;
 
+/// Allocations at least this large get pages of their own, returned when freed.
+pub const MMAP_THRESHOLD: usize = 128 * 1024;
+
+/// Fixes malloc's threshold for serving an allocation from its own pages at
+/// [`MMAP_THRESHOLD`] (glibc; a no-op with other C libraries). By default glibc raises the
+/// threshold each time such an allocation is freed, so after the first large list response
+/// or hash-table resize, later ones are carved from the heap and leave it fragmented around
+/// the small objects that outlive them. Call once, before the caches fill.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` takes two integers and only changes the allocator's own settings.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+    }
+}
+
 /// How often [`release_periodically`] trims.
 pub const RELEASE_INTERVAL: Duration = Duration::from_secs(30);
 

@@ -12,7 +12,6 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 use serde::de::DeserializeOwned;
@@ -201,7 +200,8 @@ pub async fn run<K, C, E, Rec, RecFut, Policy>(
     Policy: Fn(Arc<K>, &E, Arc<C>) -> Action + Clone + Send + Sync + 'static,
 {
     let mut queue: WorkQueue<ObjectRef<K>> = WorkQueue::default();
-    let mut in_flight = FuturesUnordered::new();
+    // Dropping the set (the run itself dropped) aborts the reconciles under way.
+    let mut in_flight = tokio::task::JoinSet::new();
     let triggers = triggers.fuse();
     futures::pin_mut!(triggers, stop);
     let mut panic = None;
@@ -214,7 +214,7 @@ pub async fn run<K, C, E, Rec, RecFut, Policy>(
             let reconcile = reconcile.clone();
             let error_policy = error_policy.clone();
             let context = context.clone();
-            in_flight.push(tokio::spawn(async move {
+            in_flight.spawn(async move {
                 let action = match reconcile(object.clone(), context.clone()).await {
                     Ok(action) => action,
                     Err(err) => {
@@ -223,13 +223,13 @@ pub async fn run<K, C, E, Rec, RecFut, Policy>(
                     }
                 };
                 (key, action)
-            }));
+            });
         }
         let next_due = queue.next_due();
         tokio::select! {
             biased;
             () = &mut stop => break,
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
                 Ok((key, action)) => {
                     let at = action.requeue_after().map(|after| Instant::now() + after);
                     queue.finish(&key, at);
@@ -249,7 +249,7 @@ pub async fn run<K, C, E, Rec, RecFut, Policy>(
             }
         }
     }
-    while let Some(done) = in_flight.next().await {
+    while let Some(done) = in_flight.join_next().await {
         if let Err(err) = done
             && err.is_panic()
             && panic.is_none()
@@ -447,6 +447,42 @@ mod tests {
             )
             .await;
             assert!(seen.runs.load(Ordering::SeqCst) >= 3);
+        }
+
+        #[tokio::test]
+        async fn dropping_the_run_aborts_the_reconciles_under_way() {
+            let store: Store<ConfigMap> = Store::default();
+            store.upsert(&object("o"));
+            let seen = Arc::new(Seen::default());
+            let run = run(
+                store.clone(),
+                futures::stream::iter(store.refs()).chain(futures::stream::pending()),
+                RunnerConfig {
+                    concurrency: 1,
+                    debounce: Duration::ZERO,
+                },
+                futures::future::pending(),
+                |_object: Arc<ConfigMap>, seen: Arc<Seen>| async move {
+                    seen.at_once.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    seen.runs.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::convert::Infallible>(Action::await_change())
+                },
+                |_, _, _| Action::await_change(),
+                seen.clone(),
+            );
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), run)
+                    .await
+                    .is_err()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                seen.at_once.load(Ordering::SeqCst),
+                1,
+                "the reconcile started"
+            );
+            assert_eq!(seen.runs.load(Ordering::SeqCst), 0, "and was aborted");
         }
 
         #[tokio::test]

@@ -1,13 +1,17 @@
-//! A cache's objects, each kept as its JSON encoding under a `namespace/name` key.
+//! A cache's objects, each kept as its JSON encoding, LZ4-compressed, under a
+//! `namespace/name` key.
 //!
 //! A decoded Kubernetes object is mostly fixed-size structs, options and one allocation per
 //! string; kept decoded, an AgentTask costs about 2 KB and a Job's cached part about 1.2 KB,
-//! twice their encodings. Readers get a freshly decoded copy (a few microseconds for one
-//! object), so the store holds one compact copy of each object and nothing else.
+//! twice their encodings. Objects of one kind share most of their text (field names, the
+//! namespace, owner and label values), so each is compressed against the same dictionary:
+//! the encoding of the first object the store received. Readers get a freshly decoded copy
+//! (a few microseconds for one object), so the store holds one compact copy of each object
+//! and nothing else.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
@@ -21,13 +25,18 @@ type Objects = HashMap<Box<str>, Arc<[u8]>>;
 /// The objects of one cache, shared by the cache (the only writer) and every reader.
 pub struct Store<K> {
     objects: Arc<RwLock<Objects>>,
+    dictionary: Arc<OnceLock<Box<[u8]>>>,
     _kind: PhantomData<fn() -> K>,
 }
+
+/// The most of the first encoding kept as the dictionary (LZ4 looks back 64 KiB at most).
+const DICTIONARY_BYTES: usize = 16 * 1024;
 
 impl<K> Clone for Store<K> {
     fn clone(&self) -> Self {
         Self {
             objects: self.objects.clone(),
+            dictionary: self.dictionary.clone(),
             _kind: PhantomData,
         }
     }
@@ -37,6 +46,7 @@ impl<K> Default for Store<K> {
     fn default() -> Self {
         Self {
             objects: Arc::default(),
+            dictionary: Arc::default(),
             _kind: PhantomData,
         }
     }
@@ -69,7 +79,7 @@ where
     /// The object `namespace/name`, as cached now.
     pub fn get_named(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
         let encoded = self.read().get(key_of(namespace, name).as_str()).cloned()?;
-        decode(&encoded)
+        self.decode(&encoded)
     }
 
     /// Every cached object (each decoded: for occasional sweeps, not per event).
@@ -80,17 +90,19 @@ where
     /// Every cached object, each decoded as the iterator reaches it (so a sweep holds one
     /// decoded object at a time).
     pub fn iter(&self) -> impl Iterator<Item = Arc<K>> + use<K> {
+        let decoder = self.clone();
         self.encodings()
             .into_iter()
-            .filter_map(|bytes| decode(&bytes))
+            .filter_map(move |bytes| decoder.decode(&bytes))
     }
 
     /// Every cached object read as `T`, a view of the fields a sweep needs (cheaper to
     /// decode than the whole object).
     pub fn scan<T: DeserializeOwned>(&self) -> impl Iterator<Item = T> + use<K, T> {
+        let decoder = self.clone();
         self.encodings()
             .into_iter()
-            .filter_map(|bytes| decode::<T>(&bytes).and_then(|view| Arc::into_inner(view)))
+            .filter_map(move |bytes| decoder.decode_as::<T>(&bytes))
     }
 
     fn encodings(&self) -> Vec<Arc<[u8]>> {
@@ -133,8 +145,13 @@ where
         };
         let key = key_of(meta.namespace.as_deref(), name);
         match serde_json::to_vec(object) {
-            Ok(bytes) => {
-                self.write().insert(key.into_boxed_str(), bytes.into());
+            Ok(json) => {
+                let dictionary = self
+                    .dictionary
+                    .get_or_init(|| json[..json.len().min(DICTIONARY_BYTES)].into());
+                let compressed =
+                    lz4_flex::block::compress_prepend_size_with_dict(&json, dictionary);
+                self.write().insert(key.into_boxed_str(), compressed.into());
             }
             Err(err) => {
                 error!(object = %key, error = %err, "cannot encode an object for the cache")
@@ -155,6 +172,27 @@ where
 }
 
 impl<K> Store<K> {
+    fn decode_as<T: DeserializeOwned>(&self, bytes: &[u8]) -> Option<T> {
+        let dictionary = self.dictionary.get().map(AsRef::as_ref).unwrap_or_default();
+        let result = lz4_flex::block::decompress_size_prepended_with_dict(bytes, dictionary)
+            .map_err(|err| err.to_string())
+            .and_then(|json| serde_json::from_slice(&json).map_err(|err| err.to_string()));
+        match result {
+            Ok(object) => Some(object),
+            Err(err) => {
+                error!(error = %err, "a cached object does not decode; it is skipped");
+                None
+            }
+        }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<Arc<K>>
+    where
+        K: DeserializeOwned,
+    {
+        self.decode_as::<K>(bytes).map(Arc::new)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Objects> {
         self.objects
             .read()
@@ -165,16 +203,6 @@ impl<K> Store<K> {
         self.objects
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-fn decode<K: DeserializeOwned>(bytes: &[u8]) -> Option<Arc<K>> {
-    match serde_json::from_slice(bytes) {
-        Ok(object) => Some(Arc::new(object)),
-        Err(err) => {
-            error!(error = %err, "a cached object does not decode; it is skipped");
-            None
-        }
     }
 }
 
@@ -208,5 +236,39 @@ mod tests {
         store.remove(&ObjectRef::new("2").within("a"));
         assert_eq!(store.state().len(), 2);
         assert_eq!(store.refs().len(), 2);
+    }
+
+    #[test]
+    fn similar_objects_are_kept_in_a_fraction_of_their_encoding() {
+        let store: Store<ConfigMap> = Store::default();
+        let mut json = 0;
+        for i in 0..100 {
+            let mut cm = object("a-namespace-of-some-length", &format!("task-{i:05}"), "v");
+            cm.data = Some(
+                [
+                    (
+                        "repository".to_string(),
+                        "https://git.example.com/org/repo.git".to_string(),
+                    ),
+                    (
+                        "message".to_string(),
+                        format!("created Job task-{i:05}-a1 for attempt 1"),
+                    ),
+                ]
+                .into(),
+            );
+            json += serde_json::to_vec(&cm).expect("encodes").len();
+            store.upsert(&cm);
+            assert_eq!(
+                *store
+                    .get(&reference_of(&format!(
+                        "a-namespace-of-some-length/task-{i:05}"
+                    )))
+                    .expect("cached"),
+                cm
+            );
+        }
+        let kept: usize = store.read().values().map(|v| v.len()).sum();
+        assert!(kept * 3 < json, "kept {kept} bytes of {json}");
     }
 }
