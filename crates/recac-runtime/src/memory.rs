@@ -1,6 +1,7 @@
-//! Giving freed heap memory back to the operating system.
+//! Giving freed heap memory back to the operating system, and large allocations pages of
+//! their own.
 //!
-//! Filling the caches (the initial lists, ten thousands of objects decoded and copied) and a
+//! Filling the caches (the initial lists, tens of thousands of objects decoded and copied) and a
 //! term's first reconcile of every task allocate far more than stays in use. glibc's malloc
 //! keeps what is freed inside its arenas, so without a trim the process keeps the resident
 //! size of its busiest moment for good.
