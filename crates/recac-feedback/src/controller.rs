@@ -22,6 +22,7 @@ use recac_api::AgentTask;
 use recac_jira::{Flavor, JiraClient, JiraError};
 use recac_runtime::cache::reference_to;
 use recac_runtime::events::{EventPublisher, EventType};
+use recac_runtime::kinds::TaskSummary;
 use recac_runtime::runner::{self, Action as Requeue, RunnerConfig};
 use recac_runtime::{Cache, Component, ComponentError, Term, failpoint, status};
 use tokio::sync::mpsc;
@@ -180,8 +181,8 @@ impl FeedbackController {
         let triggers = self.tasks.triggers().filter_map(move |task| {
             let wanted = jira_ticket(&task).is_some();
             let gone = store
-                .get(&reference_to(task.as_ref()))
-                .is_none_or(|cached| cached.uid() != task.uid());
+                .get_as::<TaskSummary>(&reference_to(task.as_ref()))
+                .is_none_or(|cached| cached.metadata.uid != task.uid());
             let out = match (wanted, gone) {
                 (false, _) => None,
                 (true, true) => {

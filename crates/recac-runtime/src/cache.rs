@@ -67,6 +67,24 @@ pub fn reference_to<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
     }
 }
 
+/// What a kind must be to be cached: a Kubernetes resource the store can encode and decode.
+pub trait CachedKind:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+{
+}
+
+impl<K> CachedKind for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A warm cache of one kind.
 pub struct Cache<K>
 where
@@ -132,14 +150,7 @@ where
 
 impl<K> Cache<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: CachedKind,
 {
     /// The cache and the future that fills it (run it for the life of the process).
     pub fn new(spec: CacheSpec<K>) -> (Self, impl Future<Output = Result<(), String>> + Send) {
@@ -258,14 +269,7 @@ async fn drive<K>(
     changes: broadcast::Sender<Change<K>>,
 ) -> Result<(), String>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: CachedKind,
 {
     let CacheSpec {
         name,

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
-use recac_api::AgentTask;
+use recac_api::{AgentTask, TaskPhase};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheHook, CacheSpec, strip_metadata};
@@ -60,6 +61,36 @@ pub fn agent_tasks(
         strip: strip_task,
         hooks,
     }
+}
+
+/// What sweeps over every cached task read: its metadata and phase. Read from the task
+/// cache with [`crate::store::Store::scan`], it skips decoding the spec and the rest of the
+/// status.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TaskSummary {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: Option<TaskSummaryStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TaskSummaryStatus {
+    #[serde(default)]
+    pub phase: Option<TaskPhase>,
+}
+
+impl TaskSummary {
+    pub fn phase(&self) -> Option<TaskPhase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+}
+
+/// The owner reference of `meta` that controls it, when that owner is of kind `O`.
+pub fn controller_of<O: Resource<DynamicType = ()>>(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references.as_deref()?.iter().find(|o| {
+        o.controller == Some(true) && o.kind == O::kind(&()) && o.api_version == O::api_version(&())
+    })
 }
 
 /// The label naming an agent Job's task (`recac.io/task`).

@@ -161,9 +161,6 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
 
     /// Gives back the memory of tables far larger than what they hold.
     fn shrink(&mut self) {
-        fn oversized(capacity: usize, len: usize) -> bool {
-            capacity > 64 && capacity > len * 4
-        }
         if oversized(self.timers.capacity(), self.timers.len()) {
             self.timers.shrink_to(self.timers.len() * 2);
         }
@@ -177,6 +174,12 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
             self.again.shrink_to(self.again.len() * 2);
         }
     }
+}
+
+/// Whether a table of `capacity` holding `len` entries is worth shrinking (to twice `len`):
+/// amortised, shrinking while a burst drains costs O(1) per entry.
+pub(crate) fn oversized(capacity: usize, len: usize) -> bool {
+    capacity > 64 && capacity > len * 4
 }
 
 /// Runs reconciles of the objects `triggers` names until `stop` completes or `triggers`
@@ -365,6 +368,26 @@ mod tests {
             cm
         }
 
+        fn store_of(names: &[&str]) -> Store<ConfigMap> {
+            let store = Store::default();
+            for name in names {
+                store.upsert(&object(name));
+            }
+            store
+        }
+
+        /// `references`, then a stream that stays open.
+        fn then_open(
+            references: Vec<ObjectRef<ConfigMap>>,
+        ) -> impl Stream<Item = ObjectRef<ConfigMap>> + Send {
+            futures::stream::iter(references).chain(futures::stream::pending())
+        }
+
+        const ONE_AT_A_TIME: RunnerConfig = RunnerConfig {
+            concurrency: 1,
+            debounce: Duration::ZERO,
+        };
+
         #[derive(Default)]
         struct Seen {
             runs: AtomicUsize,
@@ -372,34 +395,41 @@ mod tests {
             most_at_once: AtomicUsize,
         }
 
+        /// A stop signal that fires `grace` after `seen` counts `runs` reconciles.
+        fn stop_after(
+            seen: &Arc<Seen>,
+            runs: usize,
+            grace: Duration,
+        ) -> impl Future<Output = ()> + Send + use<> {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let stopper = stop.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while seen.runs.load(Ordering::SeqCst) < runs {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                tokio::time::sleep(grace).await;
+                stopper.cancel();
+            });
+            stop.cancelled_owned()
+        }
+
         #[tokio::test]
         async fn each_object_runs_once_within_the_concurrency_and_missing_ones_are_skipped() {
-            let store: Store<ConfigMap> = Store::default();
-            for i in 0..20 {
-                store.upsert(&object(&format!("o{i}")));
-            }
+            let names: Vec<String> = (0..20).map(|i| format!("o{i}")).collect();
+            let store = store_of(&names.iter().map(String::as_str).collect::<Vec<_>>());
             let mut triggers: Vec<ObjectRef<ConfigMap>> = store.refs();
             triggers.extend(store.refs());
             triggers.push(ObjectRef::new("gone").within("ns"));
             let seen = Arc::new(Seen::default());
-            let stop = tokio_util::sync::CancellationToken::new();
-            let stopper = stop.clone();
-            let watcher = seen.clone();
-            tokio::spawn(async move {
-                while watcher.runs.load(Ordering::SeqCst) < 20 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                stopper.cancel();
-            });
             run(
                 store,
-                futures::stream::iter(triggers).chain(futures::stream::pending()),
+                then_open(triggers),
                 RunnerConfig {
                     concurrency: 3,
                     debounce: Duration::from_millis(10),
                 },
-                stop.cancelled_owned(),
+                stop_after(&seen, 20, Duration::from_millis(100)),
                 |_object: Arc<ConfigMap>, seen: Arc<Seen>| async move {
                     let now = seen.at_once.fetch_add(1, Ordering::SeqCst) + 1;
                     seen.most_at_once.fetch_max(now, Ordering::SeqCst);
@@ -418,26 +448,13 @@ mod tests {
 
         #[tokio::test]
         async fn a_failed_reconcile_is_retried_as_the_error_policy_says() {
-            let store: Store<ConfigMap> = Store::default();
-            store.upsert(&object("o"));
+            let store = store_of(&["o"]);
             let seen = Arc::new(Seen::default());
-            let stop = tokio_util::sync::CancellationToken::new();
-            let stopper = stop.clone();
-            let watcher = seen.clone();
-            tokio::spawn(async move {
-                while watcher.runs.load(Ordering::SeqCst) < 3 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                stopper.cancel();
-            });
             run(
                 store.clone(),
-                futures::stream::iter(store.refs()).chain(futures::stream::pending()),
-                RunnerConfig {
-                    concurrency: 1,
-                    debounce: Duration::ZERO,
-                },
-                stop.cancelled_owned(),
+                then_open(store.refs()),
+                ONE_AT_A_TIME,
+                stop_after(&seen, 3, Duration::ZERO),
                 |_object: Arc<ConfigMap>, seen: Arc<Seen>| async move {
                     seen.runs.fetch_add(1, Ordering::SeqCst);
                     Err::<Action, _>("not yet")
@@ -451,16 +468,12 @@ mod tests {
 
         #[tokio::test]
         async fn dropping_the_run_aborts_the_reconciles_under_way() {
-            let store: Store<ConfigMap> = Store::default();
-            store.upsert(&object("o"));
+            let store = store_of(&["o"]);
             let seen = Arc::new(Seen::default());
             let run = run(
                 store.clone(),
-                futures::stream::iter(store.refs()).chain(futures::stream::pending()),
-                RunnerConfig {
-                    concurrency: 1,
-                    debounce: Duration::ZERO,
-                },
+                then_open(store.refs()),
+                ONE_AT_A_TIME,
                 futures::future::pending(),
                 |_object: Arc<ConfigMap>, seen: Arc<Seen>| async move {
                     seen.at_once.fetch_add(1, Ordering::SeqCst);
@@ -488,15 +501,11 @@ mod tests {
         #[tokio::test]
         #[should_panic(expected = "reconcile blew up")]
         async fn a_panicking_reconcile_makes_the_run_panic() {
-            let store: Store<ConfigMap> = Store::default();
-            store.upsert(&object("o"));
+            let store = store_of(&["o"]);
             run(
                 store.clone(),
-                futures::stream::iter(store.refs()).chain(futures::stream::pending()),
-                RunnerConfig {
-                    concurrency: 1,
-                    debounce: Duration::ZERO,
-                },
+                then_open(store.refs()),
+                ONE_AT_A_TIME,
                 futures::future::pending(),
                 |_object: Arc<ConfigMap>, _ctx: Arc<()>| async move {
                     if true {

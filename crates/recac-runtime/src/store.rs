@@ -78,8 +78,18 @@ where
 
     /// The object `namespace/name`, as cached now.
     pub fn get_named(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
-        let encoded = self.read().get(key_of(namespace, name).as_str()).cloned()?;
+        let encoded = self.encoding(namespace, name)?;
         self.decode(&encoded)
+    }
+
+    /// The object `reference` names, read as `T` (a view of the fields the caller needs).
+    pub fn get_as<T: DeserializeOwned>(&self, reference: &ObjectRef<K>) -> Option<T> {
+        let encoded = self.encoding(reference.namespace.as_deref(), &reference.name)?;
+        self.decode_as(&encoded)
+    }
+
+    fn encoding(&self, namespace: Option<&str>, name: &str) -> Option<Arc<[u8]>> {
+        self.read().get(key_of(namespace, name).as_str()).cloned()
     }
 
     /// Every cached object (each decoded: for occasional sweeps, not per event).
@@ -164,7 +174,7 @@ where
         let key = key_of(reference.namespace.as_deref(), &reference.name);
         let mut objects = self.write();
         objects.remove(key.as_str());
-        if objects.capacity() > 64 && objects.capacity() > objects.len() * 4 {
+        if crate::runner::oversized(objects.capacity(), objects.len()) {
             let len = objects.len();
             objects.shrink_to(len * 2);
         }
@@ -230,6 +240,10 @@ mod tests {
         let got = store.get(&ObjectRef::new("1").within("a")).expect("cached");
         assert_eq!(*got, object("a", "1", "x2"));
         assert!(store.get(&ObjectRef::new("1").within("c")).is_none());
+        let view: serde_json::Value = store
+            .get_as(&ObjectRef::new("1").within("a"))
+            .expect("cached");
+        assert_eq!(view["data"]["k"], "x2");
         let mut in_a: Vec<String> = store.refs_in("a").iter().map(|r| r.name.clone()).collect();
         in_a.sort();
         assert_eq!(in_a, ["1", "2"]);

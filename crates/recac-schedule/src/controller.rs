@@ -28,7 +28,7 @@ use recac_api::{
 use recac_runtime::cache::reference_to;
 use recac_runtime::cache::{CacheSpec, strip_metadata};
 use recac_runtime::events::{EventPublisher, EventType};
-use recac_runtime::kinds::scoped_apis;
+use recac_runtime::kinds::{controller_of, scoped_apis};
 use recac_runtime::runner::{self, Action, RunnerConfig};
 use recac_runtime::store::Store;
 use recac_runtime::{Cache, Component, ComponentError, Term, status};
@@ -273,11 +273,7 @@ impl TermContext {
 
 /// The schedule that controls `task`, when it is in the cache.
 fn owner_of(store: &Store<AgentTaskSchedule>, task: &AgentTask) -> Option<Arc<AgentTaskSchedule>> {
-    let owner = task.owner_references().iter().find(|o| {
-        o.controller == Some(true)
-            && o.kind == AgentTaskSchedule::kind(&())
-            && o.api_version == AgentTaskSchedule::api_version(&())
-    })?;
+    let owner = controller_of::<AgentTaskSchedule>(&task.metadata)?;
     let namespace = task.namespace()?;
     let schedule = store.get(&ObjectRef::new(&owner.name).within(&namespace))?;
     (schedule.uid().as_deref() == Some(owner.uid.as_str())).then_some(schedule)

@@ -18,6 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use recac_api::AgentTask;
 use recac_jira::{ChangeHistory, Issue, JiraClient, JiraError, Transition, User};
 use recac_runtime::events::{EventPublisher, EventType};
+use recac_runtime::kinds::TaskSummary;
 use recac_runtime::{Cache, Component, ComponentError, Term, failpoint};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -237,8 +238,10 @@ impl SourceController {
     /// The source's tasks (and any task of a ticket, whatever the source) by ticket key.
     fn index(&self) -> HashMap<String, Vec<TaskView>> {
         let mut index: HashMap<String, Vec<TaskView>> = HashMap::new();
-        for t in self.tasks.store().iter() {
-            if let (Some(view), Some(key)) = (task::view(&t), task::ticket_of(&t)) {
+        for t in self.tasks.store().scan::<TaskSummary>() {
+            let meta = &t.metadata;
+            if let (Some(view), Some(key)) = (task::view_of(meta, t.phase()), task::ticket_in(meta))
+            {
                 index.entry(key.to_string()).or_default().push(view);
             }
         }

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use kube::ResourceExt;
 use kube::api::ObjectMeta;
-use recac_api::{AgentSpec, AgentTask, AgentTaskSpec, Repository, TicketRef, TicketSource};
+use recac_api::{
+    AgentSpec, AgentTask, AgentTaskSpec, Repository, TaskPhase, TicketRef, TicketSource,
+};
 use regex::Regex;
 
 use crate::config::SourceConfig;
@@ -103,33 +104,40 @@ pub fn build(new: NewTask<'_>) -> AgentTask {
 
 /// What decisions read of an existing task; `None` for tasks no source made.
 pub fn view(task: &AgentTask) -> Option<TaskView> {
-    let labels = task.labels();
+    view_of(&task.metadata, task.status.as_ref().and_then(|s| s.phase))
+}
+
+/// [`view`] from a task's metadata and phase (all a sweep of the task cache decodes).
+pub fn view_of(meta: &ObjectMeta, phase: Option<TaskPhase>) -> Option<TaskView> {
+    let labels = meta.labels.as_ref()?;
     let source = labels.get(SOURCE_LABEL)?.clone();
     let run = labels.get(RUN_LABEL)?.parse().ok()?;
-    let annotations = task.annotations();
+    let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key));
     Some(TaskView {
-        namespace: task.namespace().unwrap_or_default(),
-        name: task.name_any(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
         source,
         run,
-        claim: ClaimState::parse(annotations.get(CLAIM_ANNOTATION).map(String::as_str)),
-        trigger: annotations.get(TRIGGER_ANNOTATION).cloned(),
-        finished: task
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p.is_finished()),
+        claim: ClaimState::parse(annotation(CLAIM_ANNOTATION).map(String::as_str)),
+        trigger: annotation(TRIGGER_ANNOTATION).cloned(),
+        finished: phase.is_some_and(TaskPhase::is_finished),
     })
 }
 
 /// The ticket key of a task a source made.
 pub fn ticket_of(task: &AgentTask) -> Option<&str> {
-    task.labels().get(TICKET_LABEL).map(String::as_str)
+    ticket_in(&task.metadata)
+}
+
+/// [`ticket_of`] from a task's metadata.
+pub fn ticket_in(meta: &ObjectMeta) -> Option<&str> {
+    meta.labels.as_ref()?.get(TICKET_LABEL).map(String::as_str)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
 
     #[test]
     fn names_and_keys() {
@@ -170,5 +178,17 @@ mod tests {
             (v.run, v.claim, v.trigger.as_deref()),
             (2, ClaimState::Pending, Some("10001"))
         );
+        let mut finished = task.clone();
+        finished.status = Some(recac_api::AgentTaskStatus {
+            phase: Some(TaskPhase::Succeeded),
+            ..Default::default()
+        });
+        for task in [task, finished] {
+            let json = serde_json::to_vec(&task).expect("encodes");
+            let summary: recac_runtime::kinds::TaskSummary =
+                serde_json::from_slice(&json).expect("a task reads as a summary");
+            assert_eq!(view_of(&summary.metadata, summary.phase()), view(&task));
+            assert_eq!(ticket_in(&summary.metadata), Some("OPS-7"));
+        }
     }
 }

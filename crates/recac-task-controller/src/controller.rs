@@ -19,7 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
 use recac_runtime::events::{EventPublisher, EventType as KubeEventType};
-use recac_runtime::kinds::CachedJob;
+use recac_runtime::kinds::{CachedJob, TaskSummary, controller_of};
 use recac_runtime::runner::{self, Action as RequeueAction, RunnerConfig};
 use recac_runtime::{Cache, CacheHook, Component, ComponentError, Term, failpoint, status};
 use tokio::sync::mpsc;
@@ -247,7 +247,7 @@ impl TaskController {
         let live: HashSet<String> = self
             .tasks
             .store()
-            .scan::<UidView>()
+            .scan::<TaskSummary>()
             .filter_map(|t| t.metadata.uid)
             .collect();
         for suspect in orphans::suspects(self.jobs.store().iter(), &live) {
@@ -301,17 +301,6 @@ impl Component for TaskController {
     fn run(self: Arc<Self>, term: Term) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(self.run_term(term))
     }
-}
-
-/// The part of a task the orphan sweep reads.
-#[derive(serde::Deserialize)]
-struct UidView {
-    metadata: UidOnly,
-}
-
-#[derive(serde::Deserialize)]
-struct UidOnly {
-    uid: Option<String>,
 }
 
 /// One term's state.
@@ -389,11 +378,7 @@ fn kube_error(
 
 /// The task that controls `job`, from its owner references.
 fn owning_task(job: &CachedJob) -> Option<ObjectRef<AgentTask>> {
-    let owner = job.metadata.owner_references.as_ref()?.iter().find(|o| {
-        o.controller == Some(true)
-            && o.kind == AgentTask::kind(&())
-            && o.api_version == AgentTask::api_version(&())
-    })?;
+    let owner = controller_of::<AgentTask>(&job.metadata)?;
     Some(ObjectRef::new(&owner.name).within(job.metadata.namespace.as_deref()?))
 }
 

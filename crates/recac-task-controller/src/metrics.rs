@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use recac_api::{AgentTask, TaskPhase};
 use recac_runtime::MetricsRegistry;
+use recac_runtime::kinds::TaskSummary;
 use recac_runtime::store::Store;
 
 const LATENCY_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -127,17 +128,6 @@ impl TaskMetrics {
     }
 }
 
-/// The part of a task the phase gauge reads.
-#[derive(serde::Deserialize)]
-struct PhaseView {
-    status: Option<PhaseOnly>,
-}
-
-#[derive(serde::Deserialize)]
-struct PhaseOnly {
-    phase: Option<TaskPhase>,
-}
-
 /// `recac_tasks{phase}`, counted from the task cache at each scrape (no per-task state).
 struct PhaseCollector {
     store: Store<AgentTask>,
@@ -158,11 +148,8 @@ impl Collector for PhaseCollector {
             TaskPhase::Failed,
         ];
         let mut counts = [0i64; 4];
-        for task in self.store.scan::<PhaseView>() {
-            let phase = task
-                .status
-                .and_then(|s| s.phase)
-                .unwrap_or(TaskPhase::Pending);
+        for task in self.store.scan::<TaskSummary>() {
+            let phase = task.phase().unwrap_or(TaskPhase::Pending);
             if let Some(i) = phases.iter().position(|p| *p == phase) {
                 counts[i] += 1;
             }
