@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::CallRecord;
 
-/// File name of the contract in the shared folder.
+/// File name of the contract.
 pub const CONTRACT_FILE: &str = "jira-cloud-platform.openapi.json";
 
 /// Whether a value is sent by the client or by the server.
@@ -43,28 +43,22 @@ impl Contract {
         Ok(Contract { doc })
     }
 
-    /// Finds the contract: `$RECAC_JIRA_CONTRACT`, else `shared/contracts/…`
-    /// or `contracts/…` in `start` or any folder above it (the checkout's
-    /// `shared/` sits beside the repository).
-    pub fn locate(start: &Path) -> Option<PathBuf> {
+    /// The contract the tests check against: `$RECAC_JIRA_CONTRACT` when it names a file,
+    /// else the copy this crate carries (`contract/`, with its provenance in `README.md`).
+    pub fn locate() -> PathBuf {
         if let Some(p) = std::env::var_os("RECAC_JIRA_CONTRACT").map(PathBuf::from)
             && p.is_file()
         {
-            return Some(p);
+            return p;
         }
-        let mut dir = Some(start);
-        while let Some(d) = dir {
-            for candidate in [
-                d.join("shared/contracts").join(CONTRACT_FILE),
-                d.join("contracts").join(CONTRACT_FILE),
-            ] {
-                if candidate.is_file() {
-                    return Some(candidate);
-                }
-            }
-            dir = d.parent();
-        }
-        None
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contract")
+            .join(CONTRACT_FILE)
+    }
+
+    /// Loads the contract [`Contract::locate`] finds.
+    pub fn bundled() -> Result<Contract, String> {
+        Self::load(&Self::locate())
     }
 
     /// The operation for a concrete method and path (`/rest/api/3/issue/OPS-1`);

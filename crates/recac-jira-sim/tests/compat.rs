@@ -3,8 +3,6 @@
 //! both encodings, editing the assignee and absolute `self` links. The Cloud
 //! replies are checked against Atlassian's OpenAPI description.
 
-use std::path::Path;
-
 use recac_jira_sim::contract::Contract;
 use recac_jira_sim::{
     BOT_ACCOUNT_ID, BOT_EMAIL, BOT_NAME, BOT_PAT, BOT_TOKEN, IssueSeed, JiraSim, Seed, SimFlavor,
@@ -460,15 +458,7 @@ async fn assignee_can_be_edited_and_links_are_absolute() {
 
 #[tokio::test]
 async fn new_endpoints_match_the_contract() {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = Contract::locate(here).unwrap_or_else(|| {
-        panic!(
-            "contract {} not found above {} (set RECAC_JIRA_CONTRACT)",
-            recac_jira_sim::contract::CONTRACT_FILE,
-            here.display()
-        )
-    });
-    let contract = Contract::load(&path).unwrap();
+    let contract = Contract::bundled().unwrap_or_else(|e| panic!("the Jira contract: {e}"));
     let sim = sim(SimFlavor::Cloud).await;
     let h = Http::cloud(&sim);
     let adf = json!({"body": {"type": "doc", "version": 1, "content": [

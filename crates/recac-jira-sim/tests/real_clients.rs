@@ -200,9 +200,7 @@ async fn drive(flavor: SimFlavor) {
     }
     // On Cloud, every reply the client got is one the contract allows.
     if flavor == SimFlavor::Cloud {
-        let contract = Contract::locate(Path::new(env!("CARGO_MANIFEST_DIR")))
-            .map(|p| Contract::load(&p).expect("contract loads"))
-            .expect("contract found (set RECAC_JIRA_CONTRACT)");
+        let contract = Contract::bundled().unwrap_or_else(|e| panic!("the Jira contract: {e}"));
         let problems: Vec<String> = calls
             .iter()
             .flat_map(|c| contract.check_response(c))

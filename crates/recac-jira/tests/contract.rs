@@ -5,23 +5,13 @@
 
 mod common;
 
-use std::path::Path;
-
 use recac_jira::Flavor;
 use recac_jira_sim::contract::Contract;
 use recac_jira_sim::{CallRecord, IssueSeed, JiraSim};
 use serde_json::json;
 
 fn contract() -> Contract {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = Contract::locate(here).unwrap_or_else(|| {
-        panic!(
-            "contract {} not found above {} (set RECAC_JIRA_CONTRACT)",
-            recac_jira_sim::contract::CONTRACT_FILE,
-            here.display()
-        )
-    });
-    Contract::load(&path).unwrap()
+    Contract::bundled().unwrap_or_else(|e| panic!("the Jira contract: {e}"))
 }
 
 /// Checks one logged call; returns the problems found.
