@@ -5,9 +5,14 @@
 #                  DEV_ARGS passes options, e.g. DEV_ARGS="--once" or "--keep"
 #   make build     build the recac binary (target/debug/recac)
 #   make test      build the control plane if not cached, then run every test
-#   make image     build the container image (IMAGE, default recac:dev) with docker
+#   make image     build the container image (IMAGE, default recac:dev): with a docker
+#                  daemon, `docker build`; without one, hack/image.sh writes a docker-archive
+#                  tarball (for `ctr images import`) and prints its path
 #   make crds      regenerate crds/ from the Rust types
 #   make envtest   build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
+#   make realnode  build (or find cached) a real node's binaries: kubelet, kube-scheduler,
+#                  containerd, runc, the pause image (hack/realnode.sh); hack/realnode-up.sh
+#                  then runs a node with the recac image and probes it (root)
 #   make lint      cargo fmt --check and clippy with warnings as errors
 #   make bench     benchmarks against a real apiserver: dispatch (N = 100 and 1000), admission
 #                  with 10,000 queued tasks, two elected replicas with 10,000 tasks cached
@@ -19,7 +24,7 @@ K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 export K8S_VERSION ETCD_VERSION
 
-.PHONY: build release test bench crds envtest lint fmt dev image
+.PHONY: build release test bench crds envtest lint fmt dev image realnode
 
 IMAGE ?= recac:dev
 
@@ -27,7 +32,14 @@ dev:
 	$(CARGO) run --quiet -p recac -- dev $(DEV_ARGS)
 
 image:
-	docker build -t $(IMAGE) .
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  docker build -t $(IMAGE) .; \
+	else \
+	  IMAGE=$(IMAGE) hack/image.sh; \
+	fi
+
+realnode:
+	@hack/realnode.sh
 
 build:
 	$(CARGO) build --workspace

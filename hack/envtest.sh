@@ -9,6 +9,9 @@
 #   RECAC_ENVTEST_DIR  cache root (default $HOME/.cache/recac/envtest)
 set -euo pipefail
 
+# shellcheck source=hack/lib-k8s.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib-k8s.sh"
+
 k8s_version="${K8S_VERSION:-1.37.2}"
 etcd_version="${ETCD_VERSION:-3.6.16}"
 cache_root="${RECAC_ENVTEST_DIR:-$HOME/.cache/recac/envtest}"
@@ -33,34 +36,13 @@ trap 'rm -rf "$work"' EXIT
 export GOFLAGS="-mod=mod"
 export CGO_ENABLED=0
 
-minor="$(echo "$k8s_version" | cut -d. -f2)"
-
-# Kubernetes: k8s.io/kubernetes requires its staging modules at v0.0.0 through
-# local replace lines, so a wrapper module pins each of them to v0.<minor>.<patch>.
+# Kubernetes: the wrapper module of hack/lib-k8s.sh (k8s.io/kubernetes's
+# staging modules pinned to v0.<minor>.<patch>).
 if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kube-controller-manager" ] || [ ! -x "$bin/kubectl" ]; then
   echo "envtest: building Kubernetes v$k8s_version (takes a while the first time)" >&2
   mkdir -p "$work/k8s"
   cd "$work/k8s"
-  gomod="$(go mod download -json "k8s.io/kubernetes@v$k8s_version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
-  staging_version="v0.${minor}.${k8s_version##*.}"
-  {
-    echo "module recac.io/envtest"
-    echo
-    echo "go 1.25"
-    echo
-    echo "require k8s.io/kubernetes v$k8s_version"
-    echo
-    echo "replace ("
-    grep -oE 'k8s.io/[a-z0-9-]+ => ./staging/src/k8s.io/[a-z0-9-]+' "$gomod" | awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
-    echo ")"
-  } > go.mod
-  go mod download >&2 || true
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@v$k8s_version" >&2
-  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
-  go build -ldflags "$ldflags" -o "$bin/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl >&2
+  k8s_build "$k8s_version" "$bin" kube-apiserver kube-controller-manager kubectl
 fi
 
 # etcd: its server module carries the etcd main package.

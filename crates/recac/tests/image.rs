@@ -13,16 +13,25 @@ fn repo_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The Dockerfile's stages: (FROM line, instructions after it).
+/// The Dockerfile's stages: (FROM line with its build arguments' defaults, instructions
+/// after it).
 fn stages() -> Vec<(String, Vec<String>)> {
     let text = repo_file("Dockerfile").replace("\\\n", " ");
     let mut stages: Vec<(String, Vec<String>)> = Vec::new();
+    let mut args: Vec<(String, String)> = Vec::new();
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if let Some(from) = line.strip_prefix("FROM ") {
-            stages.push((from.to_string(), Vec::new()));
+        if let Some((name, default)) = line.strip_prefix("ARG ").and_then(|a| a.split_once('='))
+            && stages.is_empty()
+        {
+            args.push((format!("${{{name}}}"), default.to_string()));
+        } else if let Some(from) = line.strip_prefix("FROM ") {
+            let from = args
+                .iter()
+                .fold(from.to_string(), |f, (name, value)| f.replace(name, value));
+            stages.push((from, Vec::new()));
         } else if let Some((_, lines)) = stages.last_mut() {
             lines.push(line.to_string());
         }
