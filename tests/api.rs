@@ -161,6 +161,15 @@ async fn invalid_tasks_are_rejected_naming_the_field() {
             vec!["spec.repository.url"],
         ),
         (
+            "a NUL character in the prompt",
+            task(
+                "nul-prompt",
+                "  prompt: do the thing\n",
+                "  prompt: \"do\\0it\"\n",
+            ),
+            vec!["spec.prompt", "must not contain a NUL character"],
+        ),
+        (
             "retries above range",
             task(
                 "retries-high",

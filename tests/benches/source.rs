@@ -49,6 +49,7 @@ async fn start_operator(
         format!(
             "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\n  leaderElection: {{enabled: false}}\n\
              taskController:\n  maxConcurrentTasks: {cap}\n  workers: 16\n\
+             agent:\n  gitCredentialHosts: [git.example.com]\n\
              jira:\n  url: {url}\n  auth: {{type: basic, email: {email}, tokenEnv: BENCH_JIRA_TOKEN}}\n\
              sources:\n  - name: ops\n    project: OPS\n    label: recac-agent\n    namespace: {ns}\n    pollIntervalSeconds: {poll}\n    maxTicketsPerPoll: 100000\n    maxInFlight: 100000\n\
              jiraWebhook:\n  secretEnv: BENCH_WEBHOOK_SECRET\n\

@@ -1,9 +1,18 @@
-//! The workspace's git: the real `git` binary with explicit argv. Credentials reach git only
-//! through `GIT_ASKPASS` (a script that reads them from its environment), never through a URL,
-//! an argument, the repository config or a log line.
+//! The workspace's git: the real `git` binary with explicit argv.
+//!
+//! Credentials reach git only through a credential helper configured per URL
+//! (`credential.https://<host>.helper`, see gitcredentials(7)): git asks it only for a
+//! request to a host in the token's scope, only over HTTPS, and the helper reads the token
+//! from git's environment, so it is never in a URL, an argument, the repository config or a
+//! log line. For a scope with an organisation the helper also checks the repository's path
+//! (git sends it with `useHttpPath`). Redirects to another host are asked about that host,
+//! which is out of scope. The machine's own credential helpers are switched off.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use recac_api::repo_host::HostScope;
 
 use crate::process::{self, CommandOutput, CommandSpec};
 use crate::redact::Redactor;
@@ -12,8 +21,107 @@ use crate::redact::Redactor;
 const EXCLUDES: &str =
     "target/\nnode_modules/\n__pycache__/\n.pytest_cache/\n*.pyc\n.venv/\n.mypy_cache/\n";
 
-/// The askpass script: it prints the user name or the token that git's environment holds.
-const ASKPASS: &str = "#!/bin/sh\ncase \"$1\" in\n  [Uu]sername*) printf '%s\\n' \"$RECAC_ASKPASS_USERNAME\" ;;\n  *) printf '%s\\n' \"$RECAC_ASKPASS_PASSWORD\" ;;\nesac\n";
+/// Where git's environment holds the credential the helper answers with.
+const USERNAME_VAR: &str = "RECAC_GIT_CREDENTIAL_USERNAME";
+const PASSWORD_VAR: &str = "RECAC_GIT_CREDENTIAL_PASSWORD";
+
+/// Where common distributions keep the system's certificate authorities.
+const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The git token and the hosts it is for.
+#[derive(Clone, Debug)]
+pub struct GitCredential {
+    pub username: String,
+    pub token: String,
+    pub scopes: Vec<HostScope>,
+}
+
+/// A shell `case` pattern matching `org/` and below, letters in either case.
+fn org_pattern(org: &str) -> String {
+    let mut pattern = String::new();
+    for c in org.chars() {
+        if c.is_ascii_alphabetic() {
+            pattern.push('[');
+            pattern.push(c.to_ascii_lowercase());
+            pattern.push(c.to_ascii_uppercase());
+            pattern.push(']');
+        } else {
+            // Scopes hold only letters, digits, `.`, `-` and `_`: none is special to `case`.
+            pattern.push(c);
+        }
+    }
+    pattern.push_str("/*");
+    pattern
+}
+
+/// The credential helper for one host: answers `get` (only for a path under one of `orgs`,
+/// when given) with the credential from git's environment; ignores `store` and `erase`.
+fn helper_script(orgs: Option<&[String]>) -> String {
+    let check = match orgs {
+        None => String::new(),
+        Some(orgs) => format!(
+            "case \"$p\" in {}) ;; *) return 0 ;; esac; ",
+            orgs.iter()
+                .map(|o| org_pattern(o))
+                .collect::<Vec<_>>()
+                .join("|")
+        ),
+    };
+    format!(
+        "!f() {{ test \"$1\" = get || return 0; p=; while IFS= read -r l && test -n \"$l\"; do case \"$l\" in path=*) p=\"${{l#path=}}\" ;; esac; done; {check}printf 'username=%s\\npassword=%s\\n' \"${USERNAME_VAR}\" \"${PASSWORD_VAR}\"; }}; f"
+    )
+}
+
+/// The `-c` options that give `credential` to git for its scopes only.
+pub fn credential_config(credential: Option<&GitCredential>) -> Vec<String> {
+    // An empty helper first: git forgets the machine's helpers (which could offer other
+    // credentials or store ours).
+    let mut args = vec!["-c".to_string(), "credential.helper=".to_string()];
+    let Some(credential) = credential else {
+        return args;
+    };
+    // host -> organisations (None: the whole host).
+    let mut hosts: BTreeMap<&str, Option<Vec<String>>> = BTreeMap::new();
+    for scope in &credential.scopes {
+        let entry = hosts
+            .entry(scope.host())
+            .or_insert_with(|| Some(Vec::new()));
+        match (scope.org(), entry.as_mut()) {
+            (Some(org), Some(orgs)) => orgs.push(org.to_string()),
+            (None, _) => *entry = None,
+            (Some(_), None) => {}
+        }
+    }
+    for (host, orgs) in hosts {
+        args.push("-c".into());
+        args.push(format!(
+            "credential.https://{host}.helper={}",
+            helper_script(orgs.as_deref())
+        ));
+        if orgs.is_some() {
+            args.push("-c".into());
+            args.push(format!("credential.https://{host}.useHttpPath=true"));
+        }
+    }
+    args
+}
+
+/// The system's certificate authorities followed by `extra`, as one PEM text.
+fn combined_ca_bundle(extra: &Path) -> std::io::Result<String> {
+    let mut pem = SYSTEM_CA_FILES
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    if !pem.is_empty() && !pem.ends_with('\n') {
+        pem.push('\n');
+    }
+    pem.push_str(&std::fs::read_to_string(extra)?);
+    Ok(pem)
+}
 
 /// What kind of git failure it was, from git's message (decides retry or give up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +134,8 @@ pub enum GitErrorKind {
     NonFastForward,
     /// The remote declined the push (hook, protected branch): another attempt would repeat it.
     Declined,
+    /// What the push would send holds a known secret value: nothing was pushed.
+    SecretInOutgoing,
     /// Anything else (network trouble included).
     Other,
 }
@@ -33,7 +143,10 @@ pub enum GitErrorKind {
 impl GitErrorKind {
     /// Whether another attempt would fail the same way.
     pub fn is_permanent(self) -> bool {
-        matches!(self, Self::AuthRefused | Self::NotFound | Self::Declined)
+        matches!(
+            self,
+            Self::AuthRefused | Self::NotFound | Self::Declined | Self::SecretInOutgoing
+        )
     }
 }
 
@@ -104,19 +217,20 @@ pub struct Identity {
 pub struct Git {
     dir: PathBuf,
     env: Vec<(String, String)>,
-    uses_token: bool,
+    config: Vec<String>,
     redactor: Redactor,
     timeout: Duration,
-    // Holds the askpass script; removed on drop.
-    _askpass: Option<tempfile::TempDir>,
+    // Holds the combined CA bundle; removed on drop.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl Git {
-    /// git working in `dir`, authenticating with `token` (sent as `username`) when given.
+    /// git working in `dir`, giving `credential` to the hosts it is scoped to, trusting the
+    /// certificate authorities in `ca_bundle` besides the system's.
     pub fn new(
         dir: &Path,
-        token: Option<&str>,
-        username: &str,
+        credential: Option<&GitCredential>,
+        ca_bundle: Option<&Path>,
         redactor: Redactor,
     ) -> std::io::Result<Self> {
         let mut env = vec![
@@ -126,19 +240,20 @@ impl Git {
                 std::env::var("GIT_SSH_COMMAND").unwrap_or_else(|_| "ssh -o BatchMode=yes".into()),
             ),
             ("LC_ALL".to_string(), "C".to_string()),
+            // No program answers prompts: the credential comes from the helper or not at all.
+            ("GIT_ASKPASS".to_string(), String::new()),
+            ("SSH_ASKPASS".to_string(), String::new()),
         ];
-        let askpass = match token {
-            Some(token) => {
-                use std::os::unix::fs::PermissionsExt;
-                let holder = tempfile::Builder::new()
-                    .prefix("recac-askpass-")
-                    .tempdir()?;
-                let script = holder.path().join("askpass.sh");
-                std::fs::write(&script, ASKPASS)?;
-                std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))?;
-                env.push(("GIT_ASKPASS".into(), script.to_string_lossy().into_owned()));
-                env.push(("RECAC_ASKPASS_USERNAME".into(), username.to_string()));
-                env.push(("RECAC_ASKPASS_PASSWORD".into(), token.to_string()));
+        if let Some(credential) = credential {
+            env.push((USERNAME_VAR.into(), credential.username.clone()));
+            env.push((PASSWORD_VAR.into(), credential.token.clone()));
+        }
+        let scratch = match ca_bundle {
+            Some(extra) => {
+                let holder = tempfile::Builder::new().prefix("recac-git-").tempdir()?;
+                let file = holder.path().join("ca-bundle.pem");
+                std::fs::write(&file, combined_ca_bundle(extra)?)?;
+                env.push(("GIT_SSL_CAINFO".into(), file.to_string_lossy().into_owned()));
                 Some(holder)
             }
             None => None,
@@ -146,10 +261,10 @@ impl Git {
         Ok(Self {
             dir: dir.to_path_buf(),
             env,
-            uses_token: token.is_some(),
+            config: credential_config(credential),
             redactor,
             timeout: Duration::from_secs(900),
-            _askpass: askpass,
+            _scratch: scratch,
         })
     }
 
@@ -165,12 +280,7 @@ impl Git {
         stdin: Option<Vec<u8>>,
         extra_env: &[(String, String)],
     ) -> Result<CommandOutput, GitError> {
-        let mut argv: Vec<&str> = Vec::new();
-        if self.uses_token {
-            // Ignore the machine's credential helpers: they could offer other credentials or
-            // store ours.
-            argv.extend(["-c", "credential.helper="]);
-        }
+        let mut argv: Vec<&str> = self.config.iter().map(String::as_str).collect();
         argv.extend(args);
         let mut spec = CommandSpec::new("git", &argv, cwd, self.timeout);
         spec.env = self.env.clone();
@@ -363,12 +473,122 @@ impl Git {
         Ok(true)
     }
 
-    /// Pushes HEAD to `branch` on the remote (never forced).
+    /// Pushes HEAD to `branch` on the remote (never forced), after checking that nothing it
+    /// would send holds a known secret value (see [`Git::outgoing_secrets`]).
     pub async fn push(&self, branch: &str) -> Result<(), GitError> {
+        let found = self.outgoing_secrets().await?;
+        if !found.is_empty() {
+            return Err(GitError {
+                op: "push".into(),
+                kind: GitErrorKind::SecretInOutgoing,
+                message: format!(
+                    "nothing was pushed: {} {} a secret value of this task ({}); remove it from the work and the commits",
+                    found.join(", "),
+                    if found.len() == 1 { "holds" } else { "hold" },
+                    "one of its credentials or Secret keys"
+                ),
+            });
+        }
         let refspec = format!("HEAD:refs/heads/{branch}");
         self.ok(&["push", "--porcelain", "origin", refspec.as_str()])
             .await
             .map(drop)
+    }
+
+    /// Where a known secret value sits in what a push of HEAD would send: every object HEAD
+    /// has that no remote-tracking branch has (files, file names, commit messages, the
+    /// model's own commits included), read whole. Names the places, never the values.
+    pub async fn outgoing_secrets(&self) -> Result<Vec<String>, GitError> {
+        let listing = self
+            .ok(&["rev-list", "--objects", "HEAD", "--not", "--remotes=origin"])
+            .await?;
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let mut ids = String::new();
+        for line in listing.lines() {
+            let (id, path) = line.split_once(' ').unwrap_or((line, ""));
+            names.insert(id.to_string(), path.to_string());
+            ids.push_str(id);
+            ids.push('\n');
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let scan_error = |message: String| GitError {
+            op: "cat-file".into(),
+            kind: GitErrorKind::Other,
+            message,
+        };
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.args(&self.config)
+            .args(["cat-file", "--batch"])
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| scan_error(format!("cannot run git: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            tokio::spawn(async move {
+                let _ = stdin.write_all(ids.as_bytes()).await;
+            });
+        }
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| scan_error("no output from git cat-file".into()))?;
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let mut found = Vec::new();
+        let mut header = String::new();
+        loop {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+            header.clear();
+            let n = reader
+                .read_line(&mut header)
+                .await
+                .map_err(|e| scan_error(format!("cannot read git cat-file: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            let mut fields = header.split_whitespace();
+            let (Some(id), Some(kind), Some(size)) = (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(scan_error(format!(
+                    "unexpected git cat-file line {header:?}"
+                )));
+            };
+            let size: usize = size
+                .parse()
+                .map_err(|_| scan_error(format!("unexpected git cat-file line {header:?}")))?;
+            let mut content = vec![0; size + 1];
+            reader
+                .read_exact(&mut content)
+                .await
+                .map_err(|e| scan_error(format!("cannot read git cat-file: {e}")))?;
+            content.pop();
+            if self
+                .redactor
+                .contains_secret(&String::from_utf8_lossy(&content))
+            {
+                let path = names.get(id).map(String::as_str).unwrap_or("");
+                let short = id.get(..12).unwrap_or(id);
+                found.push(match (kind, path) {
+                    ("commit", _) => format!("the message of commit {short}"),
+                    ("tree", "") => format!("a file name at the top of commit tree {short}"),
+                    ("tree", dir) => format!("a file name in `{dir}/`"),
+                    (_, "") => format!("object {short}"),
+                    (_, file) => format!("`{file}`"),
+                });
+            }
+        }
+        let _ = child.wait().await;
+        found.dedup();
+        Ok(found)
     }
 
     /// The remote's URL as configured (no credentials are ever put there).

@@ -21,5 +21,5 @@ pub mod secrets;
 pub mod settings;
 
 pub use redact::Redactor;
-pub use run::{RunOutput, run};
+pub use run::{RunOutput, run, run_until};
 pub use settings::Settings;

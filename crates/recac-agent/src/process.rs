@@ -118,11 +118,27 @@ async fn drain(mut reader: impl AsyncRead + Unpin) -> Vec<u8> {
 
 fn kill_group(pid: u32) {
     // The child leads its own process group: end the whole group, grandchildren included.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    // Signalled from here, not through a `kill` program (slim images have none).
+    let group = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(group) = group
+        && let Err(e) = rustix::process::kill_process_group(group, rustix::process::Signal::KILL)
+        && e != rustix::io::Errno::SRCH
+    {
+        tracing::warn!(pid, error = %e, "cannot end the command's process group");
+    }
+}
+
+/// Ends a command's process group when dropped while armed.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            kill_group(pid);
+        }
+    }
 }
 
 /// Runs `spec`. Errors only when the program cannot be started.
@@ -148,6 +164,8 @@ pub async fn run(spec: &CommandSpec) -> std::io::Result<CommandOutput> {
     }
     let mut child = cmd.spawn()?;
     let pid = child.id();
+    // A run that is dropped (the agent stopping) ends the command's whole group.
+    let mut group = GroupGuard(pid);
     if let (Some(input), Some(mut stdin)) = (spec.stdin.clone(), child.stdin.take()) {
         tokio::spawn(async move {
             let _ = stdin.write_all(&input).await;
@@ -176,6 +194,7 @@ pub async fn run(spec: &CommandSpec) -> std::io::Result<CommandOutput> {
             None => Vec::new(),
         }
     };
+    group.0 = None;
     let stdout = collect(out).await;
     let stderr = collect(err).await;
     Ok(CommandOutput {
@@ -222,6 +241,25 @@ mod tests {
         assert!(out.timed_out);
         assert!(out.duration < Duration::from_secs(10));
         assert!(out.describe(1000).contains("timed out"));
+
+        // A grandchild in the background ends with the group, signalled without `kill`.
+        let pid_file = dir.path().join("grandchild.pid");
+        spec.args = vec![
+            "-c".into(),
+            format!("sleep 60 & echo $! > {}; sleep 60", pid_file.display()),
+        ];
+        let out = run(&spec).await.unwrap();
+        assert!(out.timed_out);
+        let grandchild = std::fs::read_to_string(&pid_file).unwrap();
+        let proc_dir = std::path::Path::new("/proc").join(grandchild.trim());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Killed processes linger as zombies until reaped by init: check their state.
+        while std::fs::read_to_string(proc_dir.join("stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(Instant::now() < deadline, "the grandchild survived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         spec.args = vec!["-c".into(), "echo \"[$RECAC_GIT_TOKEN]\" \"$X\"".into()];
         spec.timeout = Duration::from_secs(10);

@@ -3,16 +3,18 @@
 use std::path::PathBuf;
 
 use recac_api::agent_contract::{AgentResult, Outcome, TokenUsage};
+use recac_api::repo_host::{HostScope, RepoLocation, Transport, render_list};
 
 use crate::branch::{self, BranchPlan};
 use crate::detect::{self, RepoFiles};
 use crate::engine::{self, EngineReport, EngineStatus, llm::LlmClient, tools::Toolbox};
-use crate::git::{Git, GitError, Identity};
+use crate::git::{Git, GitCredential, GitError, GitErrorKind, Identity};
 use crate::github::{self, GitHub, GitHubRepo, PullRequest};
 use crate::process::{self, CommandSpec};
 use crate::redact::Redactor;
 use crate::report::exit_code_for;
 use crate::settings::{EngineSettings, PullRequestMode, Settings, vars};
+use tokio_util::sync::CancellationToken;
 
 /// What a run produced.
 #[derive(Clone, Debug)]
@@ -57,6 +59,45 @@ impl From<GitError> for Stop {
         }
     }
 }
+
+/// Why the git token will not be sent for `repo_url`, when it will not (pure).
+pub fn credential_out_of_scope(repo_url: &str, scopes: &[HostScope]) -> Option<String> {
+    let location = RepoLocation::of(repo_url)?;
+    let listed = if scopes.is_empty() {
+        "none".to_string()
+    } else {
+        render_list(scopes)
+    };
+    match location.transport {
+        Transport::Ssh => None,
+        Transport::Http => Some(format!(
+            "the git token is never sent over plain http ({}); use https",
+            location.host
+        )),
+        Transport::Https if location.in_scope(scopes) => None,
+        Transport::Https => Some(format!(
+            "the git token is not sent to {} (it is for: {listed}; set {} to add a host)",
+            location.host,
+            recac_api::agent_contract::env::GIT_CREDENTIAL_HOSTS
+        )),
+    }
+}
+
+/// A refused or missing credential's message, with why the token was not offered.
+fn with_hint(mut e: GitError, hint: Option<&str>) -> GitError {
+    if e.kind == GitErrorKind::AuthRefused
+        && let Some(hint) = hint
+    {
+        e.message = format!("{}; {hint}", e.message);
+    }
+    e
+}
+
+/// Why the work ended early when the pod was told to stop.
+const STOPPED: &str =
+    "the pod was told to stop (SIGTERM: the task was suspended, deleted or hit its deadline)";
+const STOPPED_BEFORE_WORK: &str =
+    "the pod was told to stop (SIGTERM) before the work started; nothing was changed";
 
 /// What to do with the branch after the work (pure).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +164,19 @@ pub fn commit_message(
 
 /// Runs the whole flow; never panics on bad input, always returns a result.
 pub async fn run(settings: &Settings, redactor: &Redactor) -> RunOutput {
+    run_until(settings, redactor, CancellationToken::new()).await
+}
+
+/// Runs the whole flow until `stop` is cancelled (the pod is being stopped: SIGTERM). A stop
+/// during the work ends the model loop and its running command (with its process group),
+/// commits what the work left, pushes it to the task's branch as work in progress and
+/// reports a retryable failure saying so; a stop during the tests skips them. Clone, commit
+/// and push are short and always run to their end.
+pub async fn run_until(
+    settings: &Settings,
+    redactor: &Redactor,
+    stop: CancellationToken,
+) -> RunOutput {
     let redactor = redactor.with_secrets(settings.secrets());
     let mut state = State {
         branch: None,
@@ -132,7 +186,7 @@ pub async fn run(settings: &Settings, redactor: &Redactor) -> RunOutput {
         usage: None,
         workspace: None,
     };
-    let (outcome, summary) = match flow(settings, &redactor, &mut state).await {
+    let (outcome, summary) = match flow(settings, &redactor, &mut state, &stop).await {
         Ok((outcome, summary)) => (outcome, summary),
         Err(stop) => (stop.outcome, stop.message),
     };
@@ -193,19 +247,33 @@ async fn flow(
     settings: &Settings,
     redactor: &Redactor,
     state: &mut State,
+    stop: &CancellationToken,
 ) -> Result<(Outcome, String), Stop> {
     // 1. Workspace.
     let dir = prepare_workspace(settings)?;
     state.workspace = Some(dir.clone());
+    let credential = settings.git_token.as_ref().map(|token| GitCredential {
+        username: settings.git_username.clone(),
+        token: token.clone(),
+        scopes: settings.git_credential_hosts.clone(),
+    });
+    let token_hint = credential
+        .as_ref()
+        .and_then(|c| credential_out_of_scope(&settings.repo_url, &c.scopes));
+    if let Some(hint) = &token_hint {
+        tracing::warn!("{hint}");
+    }
     let git = Git::new(
         &dir,
-        settings.git_token.as_deref(),
-        &settings.git_username,
+        credential.as_ref(),
+        settings.ca_bundle.as_deref(),
         redactor.clone(),
     )
-    .map_err(|e| Stop::failed(format!("cannot set up git credentials: {e}")))?;
+    .map_err(|e| Stop::failed(format!("cannot set up git: {e}")))?;
     tracing::info!(repo = %settings.repo_url, workspace = %dir.display(), "cloning");
-    git.clone_repo(&settings.repo_url).await?;
+    git.clone_repo(&settings.repo_url)
+        .await
+        .map_err(|e| with_hint(e, token_hint.as_deref()))?;
 
     // 2. Branch.
     let base = match &settings.base_branch {
@@ -243,31 +311,48 @@ async fn flow(
     let start = git.rev_parse("HEAD").await?;
     let remote_head = exists.then(|| start.clone());
 
-    // 3. Work.
-    let report: EngineReport = match &settings.engine {
-        EngineSettings::Builtin(llm) => {
-            let client = LlmClient::new(llm.clone(), redactor.clone())
-                .map_err(|e| Stop::gave_up(e.to_string()))?;
-            let toolbox = Toolbox::new(
-                &dir,
-                settings.limits.command_timeout,
-                settings.limits.output_limit,
-                redactor.clone(),
-                settings.child_env.clone(),
-            )
-            .map_err(|e| Stop::failed(format!("cannot open the workspace: {e}")))?;
-            engine::run_builtin(&client, &toolbox, &settings.prompt, &settings.limits).await
-        }
-        EngineSettings::External(ext) => {
-            engine::run_external(
-                ext,
-                &dir,
-                &settings.prompt,
-                settings.limits.max_duration,
-                redactor,
-                &settings.child_env,
-            )
-            .await
+    // 3. Work (until done, or until the pod is told to stop).
+    if stop.is_cancelled() {
+        return Err(Stop::failed(STOPPED_BEFORE_WORK));
+    }
+    let work = async {
+        Ok::<_, Stop>(match &settings.engine {
+            EngineSettings::Builtin(llm) => {
+                let client = LlmClient::new(llm.clone(), redactor.clone())
+                    .map_err(|e| Stop::gave_up(e.to_string()))?;
+                let toolbox = Toolbox::new(
+                    &dir,
+                    settings.limits.command_timeout,
+                    settings.limits.output_limit,
+                    redactor.clone(),
+                    settings.child_env.clone(),
+                )
+                .map_err(|e| Stop::failed(format!("cannot open the workspace: {e}")))?;
+                engine::run_builtin(&client, &toolbox, &settings.prompt, &settings.limits).await
+            }
+            EngineSettings::External(ext) => {
+                engine::run_external(
+                    ext,
+                    &dir,
+                    &settings.prompt,
+                    settings.limits.max_duration,
+                    redactor,
+                    &settings.child_env,
+                )
+                .await
+            }
+        })
+    };
+    let report: EngineReport = tokio::select! {
+        report = work => report?,
+        () = stop.cancelled() => {
+            tracing::warn!("told to stop: ending the work and pushing what it left");
+            EngineReport {
+                status: EngineStatus::LimitReached(STOPPED.into()),
+                summary: String::new(),
+                usage: Default::default(),
+                iterations: 0,
+            }
         }
     };
     if matches!(settings.engine, EngineSettings::Builtin(_)) {
@@ -316,7 +401,9 @@ async fn flow(
     }
     if let EngineStatus::LimitReached(reason) = &report.status {
         if publish == Publish::Push {
-            git.push(&branch_name).await?;
+            git.push(&branch_name)
+                .await
+                .map_err(|e| with_hint(e, token_hint.as_deref()))?;
             return Err(Stop::failed(format!(
                 "stopped: {reason}; the work in progress is pushed to {branch_name}"
             )));
@@ -332,13 +419,21 @@ async fn flow(
         return Ok((Outcome::NoChanges, summary));
     }
 
-    // 5. Tests.
-    state.tests_passed = run_tests(settings, &git, redactor).await;
+    // 5. Tests (skipped when told to stop: the push comes first).
+    state.tests_passed = tokio::select! {
+        passed = run_tests(settings, &git, redactor) => passed,
+        () = stop.cancelled() => {
+            tracing::warn!("told to stop: tests skipped, pushing the work");
+            None
+        }
+    };
 
     // 6. Push.
     if publish == Publish::Push {
         tracing::info!(branch = %branch_name, "pushing");
-        git.push(&branch_name).await?;
+        git.push(&branch_name)
+            .await
+            .map_err(|e| with_hint(e, token_hint.as_deref()))?;
     }
     let outcome = if state.tests_passed == Some(false) {
         Outcome::TestsFailed

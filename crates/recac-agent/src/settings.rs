@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use recac_api::agent_contract::env as contract;
+use recac_api::repo_host::HostScope;
 
 use crate::secrets::{self, ChildEnv, SecretFiles};
 
@@ -33,7 +34,6 @@ pub mod vars {
     pub const GIT_AUTHOR_EMAIL: &str = "RECAC_GIT_AUTHOR_EMAIL";
     pub const TEST_COMMAND: &str = "RECAC_TEST_COMMAND";
     pub const TEST_TIMEOUT_SECS: &str = "RECAC_TEST_TIMEOUT_SECS";
-    pub const WORKSPACE: &str = "RECAC_WORKSPACE";
     pub const PULL_REQUEST: &str = "RECAC_PULL_REQUEST";
     pub const GITHUB_API_URL: &str = "RECAC_GITHUB_API_URL";
     pub const GITHUB_REPOSITORY: &str = "RECAC_GITHUB_REPOSITORY";
@@ -193,9 +193,19 @@ pub const ENV_DOCS: &[(&str, &str, &str)] = &[
     (
         vars::GIT_TOKEN,
         "-",
-        "Token for git over HTTPS (and the GitHub API); given to git via GIT_ASKPASS only.",
+        "Token for git over HTTPS (and the GitHub API); given to git only through a credential helper scoped to RECAC_GIT_CREDENTIAL_HOSTS.",
     ),
     (vars::GITHUB_TOKEN, "-", "Alias of RECAC_GIT_TOKEN."),
+    (
+        contract::GIT_CREDENTIAL_HOSTS,
+        "the GitHub web host of RECAC_GITHUB_API_URL (github.com)",
+        "Comma-separated host[:port][/organisation] scopes the git token is for: git gets it only over HTTPS and only for a repository within one of them; `none`: no host (set by the operator from agent.gitCredentialHosts; read from the environment only).",
+    ),
+    (
+        contract::CA_BUNDLE,
+        "-",
+        "A PEM file of extra certificate authorities that git and the model client trust besides the system's.",
+    ),
     (
         vars::GIT_USERNAME,
         "x-access-token",
@@ -280,6 +290,8 @@ pub struct LlmSettings {
     pub max_output_tokens: u32,
     pub max_retries: u32,
     pub retry_base: Duration,
+    /// Extra certificate authorities (PEM) the client trusts besides the system's.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// The agent CLI the external engine runs.
@@ -328,6 +340,10 @@ pub struct Settings {
     pub limits: Limits,
     pub git_token: Option<String>,
     pub git_username: String,
+    /// The hosts (and organisations) the git token is for.
+    pub git_credential_hosts: Vec<HostScope>,
+    /// Extra certificate authorities (PEM) for git and the model client.
+    pub ca_bundle: Option<PathBuf>,
     pub author_name: String,
     pub author_email: String,
     /// `None`: detect; `Some("")` never happens (`none` disables tests: see `skip_tests`).
@@ -487,6 +503,27 @@ impl Settings {
         let github_api_url =
             get(vars::GITHUB_API_URL).unwrap_or_else(|| "https://api.github.com".into());
         check_url(vars::GITHUB_API_URL, &github_api_url)?;
+        // The token's scope is the operator's: read from the environment only, never a Secret.
+        let git_credential_hosts = match nonempty(lookup(contract::GIT_CREDENTIAL_HOSTS)) {
+            Some(none) if none.eq_ignore_ascii_case("none") => Vec::new(),
+            Some(list) => HostScope::parse_list(&list).map_err(|e| SettingsError::Invalid {
+                var: contract::GIT_CREDENTIAL_HOSTS.into(),
+                reason: e.to_string(),
+            })?,
+            None => crate::github::web_host(&github_api_url)
+                .and_then(|host| HostScope::parse(&host).ok())
+                .into_iter()
+                .collect(),
+        };
+        let ca_bundle = get(contract::CA_BUNDLE).map(PathBuf::from);
+        if let Some(path) = &ca_bundle
+            && let Err(e) = std::fs::metadata(path)
+        {
+            return Err(SettingsError::Invalid {
+                var: contract::CA_BUNDLE.into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            });
+        }
         let github_repository = get(vars::GITHUB_REPOSITORY);
         if let Some(repo) = &github_repository
             && repo.split('/').filter(|p| !p.is_empty()).count() != 2
@@ -537,6 +574,8 @@ impl Settings {
             limits,
             git_token: get(vars::GIT_TOKEN).or_else(|| get(vars::GITHUB_TOKEN)),
             git_username: get(vars::GIT_USERNAME).unwrap_or_else(|| "x-access-token".into()),
+            git_credential_hosts,
+            ca_bundle,
             author_name: get(vars::GIT_AUTHOR_NAME).unwrap_or_else(|| "recac".into()),
             author_email: get(vars::GIT_AUTHOR_EMAIL)
                 .unwrap_or_else(|| "recac@users.noreply.github.com".into()),
@@ -654,6 +693,7 @@ fn llm_settings(get: &impl Fn(&str) -> Option<String>) -> Result<LlmSettings, Se
         max_output_tokens: parse_num(get, vars::MAX_OUTPUT_TOKENS, 8192u32)?,
         max_retries: parse_num(get, vars::LLM_MAX_RETRIES, 5u32)?,
         retry_base: Duration::from_millis(parse_num(get, vars::LLM_RETRY_BASE_MS, 1000u64)?),
+        ca_bundle: get(contract::CA_BUNDLE).map(PathBuf::from),
     })
 }
 

@@ -452,7 +452,7 @@ async fn a_bad_repository_gives_up() {
 }
 
 #[tokio::test]
-async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
+async fn https_remote_with_basic_auth_and_planted_secrets_never_leak() {
     let root = tempfile::tempdir().unwrap();
     let served = root.path().join("served");
     std::fs::create_dir_all(&served).unwrap();
@@ -466,9 +466,8 @@ async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
             &format!("PASSWORD={git_token}\nOTHER={other_shape}\n"),
         )],
     );
-    let server = GitServer::start(GitServerOptions::plain(&served, git_token))
-        .await
-        .expect("git server starts");
+    let https = https_git(root.path(), &served, git_token).await;
+    let server = &https.server;
     let github = support::github_sim::GitHubSim::start(git_token).await;
     let url = format!("{}/r.git", server.url());
     let sim = LlmSim::start(
@@ -489,6 +488,8 @@ async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
             &url,
             &[
                 ("RECAC_GIT_TOKEN", git_token),
+                ("RECAC_GIT_CREDENTIAL_HOSTS", &https.host),
+                ("RECAC_CA_BUNDLE", &https.ca_file),
                 ("RECAC_GITHUB_API_URL", &github.url),
                 ("RECAC_GITHUB_REPOSITORY", "acme/widgets"),
             ],
@@ -504,7 +505,7 @@ async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
     );
     let head = remote_head(&bare, "recac/PROJ-1").expect("pushed over HTTP");
     assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
-    // Git first asked anonymously (401), then authenticated through the askpass helper.
+    // Git first asked anonymously (401), then authenticated through the credential helper.
     let log = server.log();
     assert!(log.iter().any(|l| l.ends_with(" 401")), "{log:?}");
     assert!(
@@ -540,7 +541,15 @@ async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
     let sim = LlmSim::start(KEY, vec![]).await;
     let ran = run_with(
         root.path(),
-        &openai_vars(&sim, &url, &[("RECAC_GIT_TOKEN", "wrong-token-value")]),
+        &openai_vars(
+            &sim,
+            &url,
+            &[
+                ("RECAC_GIT_TOKEN", "wrong-token-value"),
+                ("RECAC_GIT_CREDENTIAL_HOSTS", &https.host),
+                ("RECAC_CA_BUNDLE", &https.ca_file),
+            ],
+        ),
     )
     .await;
     let result = parsed(&ran);
@@ -551,4 +560,263 @@ async fn http_remote_with_basic_auth_and_planted_secrets_never_leak() {
     );
     assert!(result.summary.unwrap().contains("AuthRefused"));
     assert!(!ran.logs.contains("wrong-token-value"));
+}
+
+/// The runs below clone `url` with `token` and nothing for the model to do.
+async fn clone_only(
+    root: &std::path::Path,
+    url: &str,
+    extra: &[(&str, &str)],
+) -> (Ran, AgentResult) {
+    let sim = LlmSim::start(KEY, vec![finish("Nothing to change.")]).await;
+    let ran = run_with(root, &openai_vars(&sim, url, extra)).await;
+    let result = parsed(&ran);
+    (ran, result)
+}
+
+#[tokio::test]
+async fn the_git_token_goes_only_to_its_hosts_and_never_over_http() {
+    let root = tempfile::tempdir().unwrap();
+    let served = root.path().join("served");
+    bare_repo(&served.join("acme"), "r.git", &[]);
+    let token = "tokSCOPEDgit0123456789";
+    let https = https_git(root.path(), &served, token).await;
+    let url = format!("{}/acme/r.git", https.server.url());
+    let no_success = |log: &[String]| {
+        assert!(!log.is_empty(), "git asked nothing");
+        assert!(
+            log.iter().all(|l| !l.ends_with(" 200")),
+            "the server accepted a credential: {log:?}"
+        );
+    };
+
+    // A host the token is not for (the default scope is github.com): git asks without it.
+    let (ran, result) = clone_only(
+        root.path(),
+        &url,
+        &[
+            ("RECAC_GIT_TOKEN", token),
+            ("RECAC_CA_BUNDLE", &https.ca_file),
+        ],
+    )
+    .await;
+    assert_eq!((result.outcome, ran.out.exit_code), (Outcome::GaveUp, 3));
+    let summary = result.summary.unwrap_or_default();
+    assert!(
+        summary.contains(&format!("the git token is not sent to {}", https.host)),
+        "{summary}"
+    );
+    no_success(&https.server.log());
+    assert!(!ran.logs.contains(token));
+
+    // Another organisation on the right host: not sent either.
+    let other_org = format!("{}/other", https.host);
+    let before = https.server.log().len();
+    let (_, result) = clone_only(
+        root.path(),
+        &url,
+        &[
+            ("RECAC_GIT_TOKEN", token),
+            ("RECAC_CA_BUNDLE", &https.ca_file),
+            ("RECAC_GIT_CREDENTIAL_HOSTS", &other_org),
+        ],
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::GaveUp);
+    no_success(&https.server.log()[before..]);
+
+    // Its organisation (in any case): the clone is authenticated.
+    let own_org = format!("{}/ACME", https.host);
+    let (ran, result) = clone_only(
+        root.path(),
+        &url,
+        &[
+            ("RECAC_GIT_TOKEN", token),
+            ("RECAC_CA_BUNDLE", &https.ca_file),
+            ("RECAC_GIT_CREDENTIAL_HOSTS", &own_org),
+        ],
+    )
+    .await;
+    assert_eq!(
+        result.outcome,
+        Outcome::NoChanges,
+        "{result:?}\n{}",
+        ran.logs
+    );
+
+    // Plain http, even to a host in scope: never.
+    let plain = GitServer::start(GitServerOptions::plain(&served, token))
+        .await
+        .expect("git server starts");
+    let plain_host = plain.address().to_string();
+    let (ran, result) = clone_only(
+        root.path(),
+        &format!("{}/acme/r.git", plain.url()),
+        &[
+            ("RECAC_GIT_TOKEN", token),
+            ("RECAC_GIT_CREDENTIAL_HOSTS", &plain_host),
+        ],
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::GaveUp);
+    assert!(
+        result
+            .summary
+            .unwrap_or_default()
+            .contains("never sent over plain http"),
+        "{}",
+        ran.logs
+    );
+    no_success(&plain.log());
+}
+
+#[tokio::test]
+async fn a_secret_written_into_the_work_is_never_pushed() {
+    let root = tempfile::tempdir().unwrap();
+    let served = root.path().join("served");
+    let bare = bare_repo(&served, "r.git", &[]);
+    let token = "tokPUSHGUARDgit0123456789";
+    let service_token = "svc-TOKEN-8fK2mQ7xW1zP";
+    let https = https_git(root.path(), &served, token).await;
+    let url = format!("{}/r.git", https.server.url());
+    let secrets = root.path().join("secrets");
+    mount_secret(&secrets, "team", &[("CUSTOM_SERVICE_TOKEN", service_token)]);
+    let secrets_dir = secrets.display().to_string();
+    let file = format!("{secrets_dir}/team/CUSTOM_SERVICE_TOKEN");
+    let commit = "git -c user.name=m -c user.email=m@example.com commit --quiet";
+    let cases = [
+        // Written into a file the agent commits.
+        (format!("cat {file} > leaked.txt"), "`leaked.txt`"),
+        // Base64 of it, committed by the model and removed again: still in the history.
+        (
+            format!(
+                "base64 < {file} > enc.txt && git add enc.txt && {commit} -m add && git rm --quiet enc.txt && {commit} -m remove"
+            ),
+            "`enc.txt`",
+        ),
+        // In the message of a commit the model made.
+        (
+            format!("{commit} --allow-empty -m \"note $(cat {file})\""),
+            "the message of commit",
+        ),
+    ];
+    for (command, place) in cases {
+        let sim = LlmSim::start(
+            KEY,
+            vec![
+                call("run_command", json!({ "command": command })),
+                call(
+                    "write_file",
+                    json!({"path": "value.txt", "content": "value = 2\n"}),
+                ),
+                finish("Set value to 2"),
+            ],
+        )
+        .await;
+        let ran = run_with(
+            root.path(),
+            &openai_vars(
+                &sim,
+                &url,
+                &[
+                    ("RECAC_GIT_TOKEN", token),
+                    ("RECAC_GIT_CREDENTIAL_HOSTS", &https.host),
+                    ("RECAC_CA_BUNDLE", &https.ca_file),
+                    ("RECAC_SECRETS_DIR", &secrets_dir),
+                ],
+            ),
+        )
+        .await;
+        let result = parsed(&ran);
+        assert_eq!(
+            (result.outcome.clone(), ran.out.exit_code),
+            (Outcome::GaveUp, 3),
+            "{command}: {result:?}\n{}",
+            ran.logs
+        );
+        let summary = result.summary.clone().unwrap_or_default();
+        assert!(
+            summary.contains("nothing was pushed") && summary.contains(place),
+            "{command}: {summary}"
+        );
+        assert!(
+            remote_head(&bare, "recac/PROJ-1").is_none(),
+            "{command}: pushed"
+        );
+        for text in [&ran.logs, &ran.result_file] {
+            assert!(!text.contains(service_token), "{command}: {text}");
+        }
+    }
+    let log = https.server.log();
+    assert!(
+        log.iter()
+            .all(|l| !l.starts_with("POST /r.git/git-receive-pack")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn told_to_stop_it_ends_the_command_and_pushes_the_work_in_progress() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let pid_file = root.path().join("sleeper.pid");
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call("write_file", json!({"path": "value.txt", "content": "value = 2\n"})),
+            call(
+                "run_command",
+                json!({"command": format!("sleep 120 & echo $! > {}; sleep 120", pid_file.display())}),
+            ),
+            finish("never reached"),
+        ],
+    )
+    .await;
+    let url = file_url(&bare);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopper = {
+        let stop = stop.clone();
+        let pid_file = pid_file.clone();
+        async move {
+            while !pid_file.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            stop.cancel();
+            std::time::Instant::now()
+        }
+    };
+    let vars = openai_vars(&sim, &url, &[]);
+    let (ran, stopped_at) = tokio::join!(run_stoppable(root.path(), &vars, stop), stopper);
+    let took = stopped_at.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Failed, 1),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let summary = result.summary.clone().unwrap_or_default();
+    assert!(
+        summary.contains("told to stop") && summary.contains("work in progress is pushed"),
+        "{summary}"
+    );
+    let head = remote_head(&bare, "recac/PROJ-1").expect("the work in progress is pushed");
+    assert_eq!(result.commit.as_deref(), Some(head.as_str()));
+    assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
+    let message = git(&bare, &["log", "-1", "--format=%s", &head]);
+    assert!(message.starts_with("WIP: PROJ-1"), "{message}");
+    // The command's background child ended with it.
+    let sleeper = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = std::path::Path::new("/proc")
+        .join(sleeper.trim())
+        .join("stat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command's child survived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

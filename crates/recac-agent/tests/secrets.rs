@@ -7,7 +7,6 @@ mod support;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use recac_api::agent_contract::{AgentResult, Outcome};
-use recac_gitserver::{GitServer, GitServerOptions};
 use serde_json::json;
 use support::llm_sim::{LlmSim, call};
 use support::*;
@@ -127,9 +126,8 @@ async fn secrets_from_files_configure_the_agent_and_never_leak() {
     std::fs::create_dir_all(&served).unwrap();
     let bare = bare_repo(&served, "r.git", &[]);
     // Only the token from the Secret file opens this remote.
-    let server = GitServer::start(GitServerOptions::plain(&served, GIT_TOKEN))
-        .await
-        .expect("git server starts");
+    let https = https_git(root.path(), &served, GIT_TOKEN).await;
+    let server = &https.server;
     let url = format!("{}/r.git", server.url());
     let script = printing_script(&dir);
     let summary = format!("Done. The database password is {DB_PASSWORD} and {SECOND_TOKEN}.");
@@ -166,6 +164,8 @@ async fn secrets_from_files_configure_the_agent_and_never_leak() {
             ("RECAC_TEST_COMMAND", &test_command),
             ("RECAC_COMMAND_OUTPUT_LIMIT", "200000"),
             ("RECAC_PULL_REQUEST", "false"),
+            ("RECAC_GIT_CREDENTIAL_HOSTS", &https.host),
+            ("RECAC_CA_BUNDLE", &https.ca_file),
         ],
     )
     .await;
@@ -178,8 +178,8 @@ async fn secrets_from_files_configure_the_agent_and_never_leak() {
     );
     assert_eq!(result.tests_passed, Some(true));
 
-    // git authenticated with the token from the Secret file, through its askpass helper.
-    let head = remote_head(&bare, "recac/SEC-1").expect("pushed over HTTP");
+    // git authenticated with the token from the Secret file, through its credential helper.
+    let head = remote_head(&bare, "recac/SEC-1").expect("pushed over HTTPS");
     assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
     let log = server.log();
     assert!(

@@ -35,6 +35,15 @@ pub mod env {
     /// (tests, tool commands, an external agent CLI); every other one is withheld. Empty or
     /// unset: none.
     pub const SECRET_ENV_ALLOW: &str = "RECAC_SECRET_ENV_ALLOW";
+    /// Comma-separated `host[:port][/organisation]` scopes the git token is for (the
+    /// operator's `agent.gitCredentialHosts`): git gets the token only over HTTPS, only for a
+    /// repository within one of them; `none`: no host. Unset: the host of the GitHub API's web UI.
+    pub const GIT_CREDENTIAL_HOSTS: &str = "RECAC_GIT_CREDENTIAL_HOSTS";
+    /// The folder the agent clones into (empty or absent), inside the workspace volume.
+    pub const WORKSPACE: &str = "RECAC_WORKSPACE";
+    /// A PEM file of extra certificate authorities that git and the model client trust
+    /// besides the system's (a private CA of an internal git server or model endpoint).
+    pub const CA_BUNDLE: &str = "RECAC_CA_BUNDLE";
 }
 
 /// Exit codes of `recac start`.

@@ -49,6 +49,7 @@ pub struct AgentTaskSpec {
     /// from a Jira ticket this is the ticket's summary and description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 200000))]
+    #[x_kube(validation = kube::core::Rule::new("!self.contains('\\u0000')").message("spec.prompt must not contain a NUL character: the agent gets the prompt through its environment, which cannot carry one"))]
     pub prompt: Option<String>,
 
     /// The ticket this task works on, when it came from a ticket system.

@@ -4,6 +4,7 @@
 pub mod agent_contract;
 mod agent_task;
 pub mod git_ref;
+pub mod repo_host;
 mod schedule;
 
 pub use agent_task::*;

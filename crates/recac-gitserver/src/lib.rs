@@ -94,7 +94,7 @@ impl GitServer {
                 source,
             })?;
         let (acceptor, ca_pem) = if options.tls {
-            let generated = tls::generate()?;
+            let generated = tls::generate(address.ip())?;
             (Some(generated.acceptor), Some(generated.ca_pem))
         } else {
             (None, None)

@@ -1,4 +1,5 @@
-//! A throwaway CA and a serving certificate for `127.0.0.1` and `localhost`.
+//! A throwaway CA and a serving certificate for `127.0.0.1`, `localhost` and the address the
+//! server listens on (so that pods reach it through the node's address).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ fn tls_error(e: impl std::fmt::Display) -> GitServerError {
     GitServerError::Tls(e.to_string())
 }
 
-pub fn generate() -> Result<Generated> {
+pub fn generate(listen: IpAddr) -> Result<Generated> {
     let ca_key = KeyPair::generate().map_err(tls_error)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_error)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -41,6 +42,9 @@ pub fn generate() -> Result<Generated> {
     params
         .subject_alt_names
         .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    if !listen.is_loopback() && !listen.is_unspecified() {
+        params.subject_alt_names.push(SanType::IpAddress(listen));
+    }
     params
         .distinguished_name
         .push(DnType::CommonName, "recac git server");

@@ -233,6 +233,13 @@ impl Redactor {
         out
     }
 
+    /// Whether `text` holds one of the known values in any of the forms [`Redactor::redact`]
+    /// finds (token shapes and extra patterns are not counted: a repository may hold example
+    /// tokens, but never this process's own secrets).
+    pub fn contains_secret(&self, text: &str) -> bool {
+        !self.inner.values.is_empty() && self.inner.values.redact(text) != text
+    }
+
     /// [`Redactor::redact`] over bytes that may not be UTF-8 (invalid sequences become U+FFFD).
     pub fn redact_bytes(&self, bytes: &[u8]) -> String {
         self.redact(&String::from_utf8_lossy(bytes))

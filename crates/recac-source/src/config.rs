@@ -181,9 +181,28 @@ pub struct RepositoryRules {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_branch: Option<String>,
     /// When set, only URLs on these hosts (`github.com`) or organisations
-    /// (`github.com/example-org`) are accepted.
+    /// (`github.com/example-org`) are accepted. Unset: URLs from ticket text must be on a
+    /// host of [`RepositoryRules::credential_hosts`]; the configuration's own are trusted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed: Vec<String>,
+    /// The scopes of the agent's git token (`agent.gitCredentialHosts`), filled in when the
+    /// configuration file is read.
+    #[serde(skip)]
+    pub credential_hosts: Vec<String>,
+}
+
+impl RepositoryRules {
+    /// The hosts a URL must be on: `allowed` when set; otherwise the credential hosts for
+    /// URLs from ticket text and any host for the configuration's own (`None`).
+    pub fn hosts_for(&self, trusted: bool) -> Option<&[String]> {
+        if !self.allowed.is_empty() {
+            Some(&self.allowed)
+        } else if trusted {
+            None
+        } else {
+            Some(&self.credential_hosts)
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -200,6 +219,7 @@ impl Default for RepositoryRules {
             default: None,
             base_branch: None,
             allowed: Vec::new(),
+            credential_hosts: Vec::new(),
         }
     }
 }
@@ -533,15 +553,15 @@ impl SourceConfig {
         }
         let r = &self.repository;
         for (i, entry) in r.allowed.iter().enumerate() {
-            if repo::AllowEntry::parse(entry).is_none() {
+            if let Err(e) = recac_api::repo_host::HostScope::parse(entry) {
                 return Err(invalid(
                     &key(&format!("repository.allowed[{i}]")),
-                    format!("{entry:?} must be a host (github.com) or host/organisation"),
+                    format!("{e}: a host (github.com) or host/organisation"),
                 ));
             }
         }
         let check_url = |k: String, url: &str| -> Result<(), InvalidConfig> {
-            repo::check_url(url, &r.allowed, true).map_err(|why| invalid(&k, why))
+            repo::check_url(url, r.hosts_for(true), true).map_err(|why| invalid(&k, why))
         };
         for (component, url) in &r.by_component {
             check_url(key(&format!("repository.byComponent.{component}")), url)?;

@@ -181,14 +181,14 @@ pub async fn evaluate(
         }
         Resolution::Rejected { origin, why, .. } => {
             let _ = why;
-            let rule = if source.repository.allowed.is_empty() {
-                "it must be an https:// (without credentials), ssh:// or git@host:path clone URL"
-                    .to_string()
-            } else {
-                format!(
+            let rule = match source.repository.hosts_for(false) {
+                Some([]) => "this source accepts no repository from ticket text; ask its administrators to name one in its configuration".to_string(),
+                Some(hosts) => format!(
                     "it must be an https:// (without credentials), ssh:// or git@host:path clone URL on one of: {}",
-                    source.repository.allowed.join(", ")
-                )
+                    hosts.join(", ")
+                ),
+                None => "it must be an https:// (without credentials), ssh:// or git@host:path clone URL"
+                    .to_string(),
             };
             return Ok(Verdict::Tell {
                 reason: SkipReason::RepositoryRejected,

@@ -3,14 +3,18 @@
 //!
 //! Ticket text only ever *names* a repository (a `Repo:` line, a custom field); it never
 //! supplies credentials or a local path: the URL must pass the same rule as
-//! `spec.repository.url`, `file://` is refused from ticket text, and with an allow-list
-//! only the listed hosts or organisations are accepted.
+//! `spec.repository.url`, `file://` is refused from ticket text, and only the hosts or
+//! organisations of `repository.allowed` are accepted; without that list, a URL from ticket
+//! text must be on a host the agent's git token is scoped to (`agent.gitCredentialHosts`),
+//! so that ticket text can never point the agent, and its credential, at a host of its own.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use regex::Regex;
 use serde_json::Value;
+
+use recac_api::repo_host::{HostScope, RepoLocation};
 
 use crate::config::RepositoryRules;
 
@@ -31,64 +35,10 @@ fn repo_line() -> &'static Regex {
     })
 }
 
-/// One allow-list entry: a host, or a host and an organisation (first path segment).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AllowEntry {
-    host: String,
-    org: Option<String>,
-}
-
-impl AllowEntry {
-    pub fn parse(entry: &str) -> Option<Self> {
-        let entry = entry.trim().trim_end_matches('/');
-        let (host, org) = match entry.split_once('/') {
-            Some((h, o)) if !o.is_empty() && !o.contains('/') => (h, Some(o)),
-            Some(_) => return None,
-            None => (entry, None),
-        };
-        let host_ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':');
-        host_ok.then(|| Self {
-            host: host.to_ascii_lowercase(),
-            org: org.map(str::to_ascii_lowercase),
-        })
-    }
-
-    fn admits(&self, host: &str, org: Option<&str>) -> bool {
-        self.host == host
-            && self
-                .org
-                .as_deref()
-                .is_none_or(|o| org.is_some_and(|x| x.eq_ignore_ascii_case(o)))
-    }
-}
-
-/// The host and first path segment of a clone URL.
-fn host_and_org(url: &str) -> Option<(String, Option<String>)> {
-    if let Some(rest) = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("ssh://"))
-    {
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let host = authority.rsplit('@').next()?.to_ascii_lowercase();
-        let org = path.split('/').find(|s| !s.is_empty()).map(str::to_string);
-        return Some((host, org));
-    }
-    if url.starts_with("file://") {
-        return None;
-    }
-    // git@host:org/repo
-    let (user_host, path) = url.split_once(':')?;
-    let host = user_host.rsplit('@').next()?.to_ascii_lowercase();
-    let org = path.split('/').find(|s| !s.is_empty()).map(str::to_string);
-    Some((host, org))
-}
-
 /// Checks a URL: the CRD's rule, no control characters or `..` segments, no `file://`
-/// unless it comes from the config (`trusted`), and the allow-list when one is set.
-pub fn check_url(url: &str, allowed: &[String], trusted: bool) -> Result<(), String> {
+/// unless it comes from the config (`trusted`), and, when `allowed` is given, its hosts
+/// or organisations (`None`: any host).
+pub fn check_url(url: &str, allowed: Option<&[String]>, trusted: bool) -> Result<(), String> {
     if url.chars().any(char::is_control) {
         return Err("the URL contains control characters".into());
     }
@@ -106,15 +56,18 @@ pub fn check_url(url: &str, allowed: &[String], trusted: bool) -> Result<(), Str
     if url.starts_with("file://") && !trusted {
         return Err("file:// URLs are only accepted from the source's configuration".into());
     }
-    if allowed.is_empty() {
+    let Some(allowed) = allowed else {
         return Ok(());
+    };
+    if allowed.is_empty() {
+        return Err("no repository host is accepted from ticket text".into());
     }
-    let entries: Vec<AllowEntry> = allowed
+    let scopes: Vec<HostScope> = allowed
         .iter()
-        .filter_map(|e| AllowEntry::parse(e))
+        .filter_map(|e| HostScope::parse(e).ok())
         .collect();
-    match host_and_org(url) {
-        Some((host, org)) if entries.iter().any(|e| e.admits(&host, org.as_deref())) => Ok(()),
+    match RepoLocation::of(url) {
+        Some(location) if location.in_scope(&scopes) => Ok(()),
         _ => Err(format!(
             "{url:?} is not on the allowed list ({})",
             allowed.join(", ")
@@ -192,10 +145,12 @@ pub fn resolve(rules: &RepositoryRules, ticket: &TicketRepoFacts<'_>) -> Resolut
     let candidate = first_candidate(rules, ticket);
     match candidate {
         None => Resolution::Missing,
-        Some((url, origin)) => match check_url(&url, &rules.allowed, origin.trusted()) {
-            Ok(()) => Resolution::Found { url, origin },
-            Err(why) => Resolution::Rejected { url, origin, why },
-        },
+        Some((url, origin)) => {
+            match check_url(&url, rules.hosts_for(origin.trusted()), origin.trusted()) {
+                Ok(()) => Resolution::Found { url, origin },
+                Err(why) => Resolution::Rejected { url, origin, why },
+            }
+        }
     }
 }
 
@@ -270,6 +225,7 @@ mod tests {
                 "https://git.example.com/org/ops.git".into(),
             )]),
             default: Some("https://git.example.com/org/default.git".into()),
+            credential_hosts: vec!["git.example.com".into()],
             ..Default::default()
         };
         let raw = json!({"customfield_1": "https://git.example.com/org/field.git", "components": [{"name": "web"}]});
@@ -291,7 +247,10 @@ mod tests {
 
     #[test]
     fn repo_lines_in_markdown_and_wiki_forms() {
-        let rules = RepositoryRules::default();
+        let rules = RepositoryRules {
+            credential_hosts: vec!["github.com".into()],
+            ..Default::default()
+        };
         for desc in [
             "Repo: https://github.com/a/b",
             "  * repository: <https://github.com/a/b>",
@@ -310,6 +269,30 @@ mod tests {
     }
 
     #[test]
+    fn without_an_allow_list_ticket_text_names_only_credential_hosts() {
+        let mut rules = RepositoryRules {
+            credential_hosts: vec!["github.com".into()],
+            default: Some("https://git.internal.example/team/r.git".into()),
+            ..Default::default()
+        };
+        let found = |desc: &str, rules: &RepositoryRules| {
+            matches!(
+                resolve(rules, &facts(desc, &json!({}))),
+                Resolution::Found { .. }
+            )
+        };
+        assert!(found("Repo: https://github.com/any/x.git", &rules));
+        assert!(!found("Repo: https://their-host.example/x.git", &rules));
+        assert!(!found("Repo: git@their-host.example:x.git", &rules));
+        // The configuration's own URLs are trusted.
+        assert!(found("no line", &rules));
+        // No credential hosts: nothing from ticket text.
+        rules.credential_hosts.clear();
+        assert!(!found("Repo: https://github.com/any/x.git", &rules));
+        assert!(found("no line", &rules));
+    }
+
+    #[test]
     fn hostile_urls_are_rejected() {
         let allowed = vec!["github.com/example-org".to_string()];
         for url in [
@@ -323,11 +306,18 @@ mod tests {
             "https://github.com/example-org/x\u{7}",
             "$(rm -rf /)",
         ] {
-            assert!(check_url(url, &allowed, false).is_err(), "{url}");
+            assert!(check_url(url, Some(&allowed), false).is_err(), "{url}");
         }
-        assert!(check_url("https://github.com/example-org/x.git", &allowed, false).is_ok());
-        assert!(check_url("git@github.com:example-org/x.git", &allowed, false).is_ok());
-        assert!(check_url("file:///srv/repo", &[], true).is_ok());
+        assert!(
+            check_url(
+                "https://github.com/example-org/x.git",
+                Some(&allowed),
+                false
+            )
+            .is_ok()
+        );
+        assert!(check_url("git@github.com:example-org/x.git", Some(&allowed), false).is_ok());
+        assert!(check_url("file:///srv/repo", None, true).is_ok());
         let rules = RepositoryRules {
             allowed,
             ..Default::default()

@@ -75,6 +75,36 @@ pub struct AgentDefaults {
     pub run_as_user: i64,
     /// Size limit of the emptyDir workspace, e.g. 10Gi.
     pub workspace_size_limit: Option<String>,
+    /// The hosts (`host[:port]`) or organisations (`host/org`) the agent's git token is for:
+    /// git sends it only over HTTPS to a repository within one of them. Sources without
+    /// `repository.allowed` accept repositories from ticket text only on these hosts.
+    pub git_credential_hosts: Vec<String>,
+    /// Seconds an agent pod has between SIGTERM (suspend, delete, deadline) and SIGKILL: the
+    /// agent stops its work, commits and pushes what it has and writes its result in it.
+    pub termination_grace_period_seconds: i64,
+    /// Extra certificate authorities (a private CA of an internal git server or model
+    /// endpoint) that git and the model client trust besides the image's: a key of a
+    /// ConfigMap or Secret in the task's namespace, mounted read-only.
+    pub ca_bundle: Option<CaBundleRef>,
+}
+
+/// Where the agent's extra certificate authorities are: one key of a ConfigMap or a Secret.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// The ConfigMap holding the PEM bundle.
+    #[serde(default)]
+    pub config_map: Option<String>,
+    /// The Secret holding the PEM bundle.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The key holding the PEM bundle.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 impl Default for AgentDefaults {
@@ -103,6 +133,9 @@ impl Default for AgentDefaults {
             automount_service_account_token: false,
             run_as_user: 65_532,
             workspace_size_limit: None,
+            git_credential_hosts: vec!["github.com".into()],
+            termination_grace_period_seconds: 60,
+            ca_bundle: None,
         }
     }
 }
@@ -186,6 +219,44 @@ impl AgentDefaults {
                 "agent.runAsUser",
                 "must be a non-root user id (1 or more)",
             ));
+        }
+        if let Some(ca) = &self.ca_bundle {
+            match (&ca.config_map, &ca.secret) {
+                (Some(name), None) | (None, Some(name)) if is_dns_subdomain(name) => {}
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(invalid(
+                        "agent.caBundle",
+                        "name exactly one of configMap or secret",
+                    ));
+                }
+                (Some(name), None) | (None, Some(name)) => {
+                    return Err(invalid(
+                        "agent.caBundle",
+                        format!("{name:?} is not a ConfigMap or Secret name"),
+                    ));
+                }
+            }
+            let key_ok = !ca.key.is_empty()
+                && ca
+                    .key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !key_ok {
+                return Err(invalid(
+                    "agent.caBundle.key",
+                    format!("{:?} is not a ConfigMap or Secret key", ca.key),
+                ));
+            }
+        }
+        if !(10..=3600).contains(&self.termination_grace_period_seconds) {
+            return Err(invalid(
+                "agent.terminationGracePeriodSeconds",
+                "must be between 10 and 3600: the agent needs a few seconds to push its work",
+            ));
+        }
+        for (i, entry) in self.git_credential_hosts.iter().enumerate() {
+            recac_api::repo_host::HostScope::parse(entry)
+                .map_err(|e| invalid(&format!("agent.gitCredentialHosts[{i}]"), e.to_string()))?;
         }
         for (i, name) in self.secret_env_allow.iter().enumerate() {
             if !is_env_name(name) {

@@ -8,7 +8,7 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
-    PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource,
+    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource,
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -22,14 +22,20 @@ use crate::naming;
 
 /// The agent container's name.
 pub const CONTAINER_NAME: &str = "agent";
-/// Where the workspace volume is mounted.
+/// Where the workspace volume is mounted (also the agent's HOME).
 pub const WORKSPACE_PATH: &str = "/workspace";
+/// Where the agent clones the repository, inside the workspace volume.
+pub const CHECKOUT_PATH: &str = "/workspace/repo";
+/// Where the scratch volume is mounted (TMPDIR): the root filesystem is read-only.
+pub const SCRATCH_PATH: &str = "/tmp";
 /// Where the agent writes its result; Kubernetes copies it into the pod status.
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// Where each referenced Secret is mounted, as `<dir>/<secret-name>/<key>`.
 pub const SECRETS_PATH: &str = "/var/run/recac/secrets";
 /// Where a long prompt is mounted from the task's prompt ConfigMap.
 pub const PROMPT_PATH: &str = "/var/run/recac/prompt";
+/// Where the agent's extra certificate authorities (`agent.caBundle`) are mounted.
+pub const CA_BUNDLE_PATH: &str = "/var/run/recac/ca";
 /// The key of the prompt in the prompt ConfigMap.
 pub const PROMPT_KEY: &str = "prompt";
 /// Prompts longer than this (in bytes) reach the agent as a file, not an environment
@@ -58,6 +64,9 @@ const RESERVED_ENV: &[&str] = &[
     env::PROMPT_FILE,
     env::SECRETS_DIR,
     env::SECRET_ENV_ALLOW,
+    env::GIT_CREDENTIAL_HOSTS,
+    env::WORKSPACE,
+    env::CA_BUNDLE,
 ];
 
 /// The labels of one attempt's Job and pods.
@@ -96,6 +105,10 @@ pub fn build_job(
     let labels = job_labels(task, attempt);
     let pod = PodSpec {
         restart_policy: Some("Never".into()),
+        // The pod's pause process is PID 1 and reaps what the agent's commands leave behind;
+        // the agent handles SIGTERM itself and pushes its work within the grace period.
+        share_process_namespace: Some(true),
+        termination_grace_period_seconds: Some(defaults.termination_grace_period_seconds),
         automount_service_account_token: Some(defaults.automount_service_account_token),
         service_account_name: defaults.service_account_name.clone(),
         enable_service_links: Some(false),
@@ -159,6 +172,7 @@ fn container_security() -> SecurityContext {
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
         run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".into()]),
             ..Default::default()
@@ -176,15 +190,30 @@ fn agent_container(
     branch: &str,
     defaults: &AgentDefaults,
 ) -> Container {
-    let mut mounts = vec![VolumeMount {
-        name: "workspace".into(),
-        mount_path: WORKSPACE_PATH.into(),
-        ..Default::default()
-    }];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "workspace".into(),
+            mount_path: WORKSPACE_PATH.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "scratch".into(),
+            mount_path: SCRATCH_PATH.into(),
+            ..Default::default()
+        },
+    ];
     if prompt_needs_file(task) {
         mounts.push(VolumeMount {
             name: "prompt".into(),
             mount_path: PROMPT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if defaults.ca_bundle.is_some() {
+        mounts.push(VolumeMount {
+            name: "ca-bundle".into(),
+            mount_path: CA_BUNDLE_PATH.into(),
             read_only: Some(true),
             ..Default::default()
         });
@@ -249,6 +278,10 @@ fn agent_env(
         ),
         plain(env::BRANCH, branch),
         plain(env::RESULT_PATH, TERMINATION_MESSAGE_PATH),
+        plain(env::WORKSPACE, CHECKOUT_PATH),
+        // Every file the agent and its tools write lands in an emptyDir.
+        plain("HOME", WORKSPACE_PATH),
+        plain("TMPDIR", SCRATCH_PATH),
     ];
     if let Some(ticket) = &spec.ticket {
         env_vars.push(plain(env::TICKET, ticket.key.clone()));
@@ -265,6 +298,18 @@ fn agent_env(
     }
     if !secret_names(agent, defaults).is_empty() {
         env_vars.push(plain(env::SECRETS_DIR, SECRETS_PATH));
+    }
+    let credential_hosts = if defaults.git_credential_hosts.is_empty() {
+        "none".to_string()
+    } else {
+        defaults.git_credential_hosts.join(",")
+    };
+    env_vars.push(plain(env::GIT_CREDENTIAL_HOSTS, credential_hosts));
+    if let Some(ca) = &defaults.ca_bundle {
+        env_vars.push(plain(
+            env::CA_BUNDLE,
+            format!("{CA_BUNDLE_PATH}/{}", ca.key),
+        ));
     }
     if !defaults.secret_env_allow.is_empty() {
         env_vars.push(plain(
@@ -344,20 +389,52 @@ pub fn prompt_config_map(task: &AgentTask) -> Option<ConfigMap> {
 /// Secrets are mounted, not put in the environment, so that the agent knows every value
 /// that came from a Secret and can keep each one out of what it prints and reports.
 fn volumes(task: &AgentTask, agent: &AgentSpec, defaults: &AgentDefaults) -> Vec<Volume> {
-    let mut volumes = vec![Volume {
-        name: "workspace".into(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: defaults.workspace_size_limit.clone().map(Quantity),
+    let mut volumes = vec![
+        Volume {
+            name: "workspace".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: defaults.workspace_size_limit.clone().map(Quantity),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    }];
+        },
+        Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
     if prompt_needs_file(task) {
         volumes.push(Volume {
             name: "prompt".into(),
             config_map: Some(ConfigMapVolumeSource {
                 name: naming::prompt_config_map_name(&task.name_any()),
                 default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(ca) = &defaults.ca_bundle {
+        let items = Some(vec![KeyToPath {
+            key: ca.key.clone(),
+            path: ca.key.clone(),
+            ..Default::default()
+        }]);
+        volumes.push(Volume {
+            name: "ca-bundle".into(),
+            config_map: ca.config_map.as_ref().map(|name| ConfigMapVolumeSource {
+                name: name.clone(),
+                items: items.clone(),
+                default_mode: Some(0o444),
+                optional: Some(false),
+                ..Default::default()
+            }),
+            secret: ca.secret.as_ref().map(|name| SecretVolumeSource {
+                secret_name: Some(name.clone()),
+                items: items.clone(),
+                default_mode: Some(0o444),
+                optional: Some(false),
                 ..Default::default()
             }),
             ..Default::default()
@@ -589,6 +666,66 @@ mod tests {
             ]
         );
         assert!(env_value(&job, "RECAC_SECRET_ENV_ALLOW").is_none());
+        assert_eq!(
+            env_value(&job, "RECAC_GIT_CREDENTIAL_HOSTS").as_deref(),
+            Some("github.com")
+        );
+    }
+
+    #[test]
+    fn the_pod_writes_only_to_its_volumes_and_can_stop_in_time() {
+        let defaults = AgentDefaults {
+            ca_bundle: Some(crate::CaBundleRef {
+                config_map: Some("internal-ca".into()),
+                secret: None,
+                key: "ca.pem".into(),
+            }),
+            ..Default::default()
+        };
+        let job = build_job(&task(), 1, "recac/PROJ-7", &defaults, false);
+        let pod = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .unwrap_or_default();
+        let container = &pod.containers[0];
+        let security = container.security_context.clone().unwrap_or_default();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(pod.share_process_namespace, Some(true));
+        assert_eq!(pod.termination_grace_period_seconds, Some(60));
+        let mounts: Vec<(String, String)> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone()))
+            .collect();
+        for (name, path) in [
+            ("workspace", WORKSPACE_PATH),
+            ("scratch", SCRATCH_PATH),
+            ("ca-bundle", CA_BUNDLE_PATH),
+        ] {
+            assert!(
+                mounts.contains(&(name.to_string(), path.to_string())),
+                "{mounts:?}"
+            );
+        }
+        for (var, value) in [
+            ("RECAC_WORKSPACE", CHECKOUT_PATH.to_string()),
+            ("HOME", WORKSPACE_PATH.to_string()),
+            ("TMPDIR", SCRATCH_PATH.to_string()),
+            ("RECAC_CA_BUNDLE", format!("{CA_BUNDLE_PATH}/ca.pem")),
+        ] {
+            assert_eq!(env_value(&job, var), Some(value), "{var}");
+        }
+        let ca = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "ca-bundle")
+            .and_then(|v| v.config_map.clone())
+            .expect("the CA bundle's ConfigMap");
+        assert_eq!(ca.name, "internal-ca");
+        assert_eq!(ca.items.unwrap_or_default()[0].key, "ca.pem");
     }
 
     #[test]

@@ -16,5 +16,5 @@ pub mod naming;
 pub mod observe;
 pub mod orphans;
 
-pub use config::{AgentDefaults, TaskControllerConfig};
+pub use config::{AgentDefaults, CaBundleRef, TaskControllerConfig};
 pub use controller::{FIELD_MANAGER, TaskController, TaskControllerParts, owned_status};

@@ -125,6 +125,9 @@ impl OperatorConfig {
             jira.validate()
                 .map_err(|e| invalid(format!("jira.{}", e.key), e.message))?;
         }
+        for source in &mut config.sources {
+            source.repository.credential_hosts = config.agent.git_credential_hosts.clone();
+        }
         config
             .validate_sources()
             .map_err(|e| invalid(e.key, e.message))?;

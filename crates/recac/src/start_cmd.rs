@@ -188,6 +188,26 @@ fn gave_up(message: String) -> AgentResult {
     }
 }
 
+/// Cancels `stop` at SIGTERM (what the kubelet sends when the pod is to stop: a suspended or
+/// deleted task, the Job's deadline) or SIGINT. The agent then pushes what it has and writes
+/// its result within the pod's grace period; as a container's PID 1 it would otherwise ignore
+/// the signal and be killed without a result.
+async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot handle SIGTERM: a stopped pod will end without its result");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::warn!("SIGTERM received"),
+        _ = int.recv() => tracing::warn!("SIGINT received"),
+    }
+    stop.cancel();
+}
+
 /// Runs `recac start`.
 pub fn run(args: StartArgs, log_format: recac_runtime::logging::LogFormat) -> ExitCode {
     let mut overrides = args.overrides();
@@ -261,7 +281,9 @@ pub fn run(args: StartArgs, log_format: recac_runtime::logging::LogFormat) -> Ex
             ticket = settings.ticket.as_deref().unwrap_or("-"),
             "recac start"
         );
-        let out = recac_agent::run(&settings, &redactor).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(stop_on_signal(stop.clone()));
+        let out = recac_agent::run_until(&settings, &redactor, stop).await;
         finish(&out.result, Some(&settings.result_path))
     })
 }

@@ -128,3 +128,39 @@ fn the_shipped_manager_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_shipped_deployment_gives_the_operator_its_jira_credentials_from_secrets() {
+    let text = include_str!("../../../config/manager/manager.yaml");
+    let deployment = text
+        .split("\n---")
+        .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).expect("YAML document"))
+        .find(|doc| doc["kind"] == "Deployment")
+        .expect("a Deployment");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .clone();
+    // The variables the configuration reads by default (jira.auth, and the README's webhook).
+    for (name, secret, key) in [
+        ("JIRA_EMAIL", "recac-jira", "email"),
+        ("JIRA_API_TOKEN", "recac-jira", "token"),
+        ("JIRA_WEBHOOK_SECRET", "recac-jira-webhook", "secret"),
+    ] {
+        let var = env
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not set"));
+        let from = &var["valueFrom"]["secretKeyRef"];
+        assert_eq!(
+            (from["name"].as_str(), from["key"].as_str()),
+            (Some(secret), Some(key)),
+            "{name}"
+        );
+        assert_eq!(
+            from["optional"], true,
+            "{name}: the operator starts without Jira"
+        );
+        assert!(var.get("value").is_none(), "{name} has no inline value");
+    }
+}

@@ -102,9 +102,21 @@ pub struct LlmClient {
 
 impl LlmClient {
     pub fn new(settings: LlmSettings, redactor: Redactor) -> Result<Self, LlmError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
-            .connect_timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(30));
+        if let Some(path) = &settings.ca_bundle {
+            let pem = std::fs::read(path).map_err(|e| {
+                LlmError::Client(format!("cannot read the CA bundle {}: {e}", path.display()))
+            })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                LlmError::Client(format!("the CA bundle {} is not PEM: {e}", path.display()))
+            })?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| LlmError::Client(e.to_string()))?;
         Ok(Self {
@@ -441,6 +453,7 @@ mod tests {
             max_output_tokens: 100,
             max_retries: 0,
             retry_base: Duration::from_millis(1),
+            ca_bundle: None,
         }
     }
 

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use recac_agent::RunOutput;
 use recac_agent::redact::{RedactingBuffer, Redactor};
 use recac_agent::settings::{Settings, secrets_from_lookup};
-use recac_agent::{RunOutput, run};
 
 /// Runs git synchronously for fixtures; panics on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -129,6 +129,15 @@ pub struct Ran {
 
 /// Runs the flow with these variables (and a result path and workspace under `root`).
 pub async fn run_with(root: &Path, vars: &[(&str, &str)]) -> Ran {
+    run_stoppable(root, vars, tokio_util::sync::CancellationToken::new()).await
+}
+
+/// [`run_with`], told to stop (as SIGTERM does) when `stop` is cancelled.
+pub async fn run_stoppable(
+    root: &Path,
+    vars: &[(&str, &str)],
+    stop: tokio_util::sync::CancellationToken,
+) -> Ran {
     let mut map: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -152,7 +161,7 @@ pub async fn run_with(root: &Path, vars: &[(&str, &str)]) -> Ran {
     let _guard = tracing::subscriber::set_default(subscriber);
     let start = std::time::Instant::now();
     let settings = Settings::from_lookup(lookup).expect("valid settings");
-    let out = run(&settings, &redactor).await;
+    let out = recac_agent::run_until(&settings, &redactor, stop).await;
     recac_agent::report::write_result(&settings.result_path, &out.result).unwrap();
     let result_json = recac_agent::report::termination_message(&out.result);
     tracing::info!(result = %result_json, "result");
@@ -163,5 +172,32 @@ pub async fn run_with(root: &Path, vars: &[(&str, &str)]) -> Ran {
         logs: buffer.contents(),
         result_file,
         seconds,
+    }
+}
+
+/// A git server over HTTPS that accepts `token`, serving the bare repositories under
+/// `served`; its CA is written to `<root>/git-ca.pem`.
+pub struct HttpsGit {
+    pub server: recac_gitserver::GitServer,
+    /// The CA's file, for `RECAC_CA_BUNDLE`.
+    pub ca_file: String,
+    /// `127.0.0.1:<port>`, for `RECAC_GIT_CREDENTIAL_HOSTS`.
+    pub host: String,
+}
+
+pub async fn https_git(root: &Path, served: &Path, token: &str) -> HttpsGit {
+    let server = recac_gitserver::GitServer::start(recac_gitserver::GitServerOptions {
+        tls: true,
+        ..recac_gitserver::GitServerOptions::plain(served, token)
+    })
+    .await
+    .expect("git server starts");
+    let ca = root.join("git-ca.pem");
+    std::fs::write(&ca, server.ca_pem().expect("a CA with TLS")).unwrap();
+    let host = server.address().to_string();
+    HttpsGit {
+        server,
+        ca_file: ca.display().to_string(),
+        host,
     }
 }

@@ -269,8 +269,7 @@ async fn prepare_container(
         .flatten()
         .chain(container.args.iter().flatten())
         .map(|a| expand(a, &lookup))
-        .map(|a| substitute_ancestor(a, &ancestors))
-        .map(|a| substitute(&a, &mounts))
+        .map(|a| map_path(a, &ancestors, &mounts))
         .collect();
     if container.command.as_ref().is_none_or(|c| c.is_empty()) {
         return Err(ConfigError(format!(
@@ -281,10 +280,7 @@ async fn prepare_container(
     let program = argv.remove(0);
     let env: Vec<(String, String)> = env
         .iter()
-        .map(|(k, v)| {
-            let v = substitute_ancestor(v.clone(), &ancestors);
-            (k.clone(), substitute(&v, &mounts))
-        })
+        .map(|(k, v)| (k.clone(), map_path(v.clone(), &ancestors, &mounts)))
         .collect();
 
     let cwd = match container.working_dir.as_deref().filter(|w| !w.is_empty()) {
@@ -358,12 +354,18 @@ fn mount_ancestors(
 }
 
 /// A value that is exactly a folder above mount paths (optionally with a trailing `/`)
-/// becomes its mapped folder; anything else is left to [`substitute`].
-fn substitute_ancestor(value: String, ancestors: &[(String, PathBuf)]) -> String {
+/// becomes its mapped folder; anything else goes through [`substitute`]. Never both: a
+/// mapped folder lies under the node's work folder, which may itself sit below a mount
+/// path (`/tmp`).
+fn map_path(
+    value: String,
+    ancestors: &[(String, PathBuf)],
+    mounts: &[(String, PathBuf)],
+) -> String {
     let trimmed = value.strip_suffix('/').unwrap_or(&value);
     match ancestors.iter().find(|(path, _)| path == trimmed) {
         Some((_, folder)) => folder.display().to_string(),
-        None => value,
+        None => substitute(&value, mounts),
     }
 }
 
@@ -591,14 +593,22 @@ mod tests {
         std::fs::create_dir_all(&creds).expect("creds");
         std::fs::create_dir_all(&other).expect("other");
         std::fs::write(creds.join("TOKEN"), "t").expect("token");
-        let mounts = vec![
+        let mut mounts = vec![
             ("/var/run/recac/secrets/creds".to_string(), creds),
             ("/var/run/recac/secrets/other".to_string(), other),
             ("/workspace".to_string(), dir.path().join("ws")),
+            // The node's own folder may lie below a mount path: its mapped folders stay as
+            // they are.
+            ("/tmp".to_string(), dir.path().join("scratch")),
+            (
+                dir.path().display().to_string(),
+                dir.path().join("elsewhere"),
+            ),
         ];
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
         let root = dir.path().join("root");
         let ancestors = mount_ancestors(&mounts, &root).expect("linked");
-        let mapped = substitute_ancestor("/var/run/recac/secrets/".into(), &ancestors);
+        let mapped = map_path("/var/run/recac/secrets/".into(), &ancestors, &mounts);
         assert_eq!(PathBuf::from(&mapped), root.join("var/run/recac/secrets"));
         let token = std::fs::read_to_string(PathBuf::from(&mapped).join("creds/TOKEN"));
         assert_eq!(token.expect("readable through the link"), "t");
@@ -609,7 +619,7 @@ mod tests {
         names.sort();
         assert_eq!(names, ["creds", "other"]);
         assert_eq!(
-            substitute_ancestor("/var/run/x".into(), &ancestors),
+            map_path("/var/run/x".into(), &ancestors, &mounts),
             "/var/run/x",
             "only whole values are rewritten"
         );
