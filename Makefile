@@ -13,6 +13,9 @@
 #   make realnode  build (or find cached) a real node's binaries: kubelet, kube-scheduler,
 #                  containerd, runc, the pause image (hack/realnode.sh); hack/realnode-up.sh
 #                  then runs a node with the recac image and probes it (root)
+#   make e2e       the whole loop on a real node (root): the release binary, the image
+#                  (hack/image.sh), a kubelet with containerd (hack/realnode-up.sh), the
+#                  operator from `kubectl apply -k config/default`, agents as real pods
 #   make lint      cargo fmt --check and clippy with warnings as errors
 #   make bench     benchmarks against a real apiserver: dispatch (N = 100 and 1000), admission
 #                  with 10,000 queued tasks, two elected replicas with 10,000 tasks cached
@@ -24,7 +27,7 @@ K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 export K8S_VERSION ETCD_VERSION
 
-.PHONY: build release test bench crds envtest lint fmt dev image realnode
+.PHONY: build release test bench crds envtest lint fmt dev image realnode e2e
 
 IMAGE ?= recac:dev
 
@@ -40,6 +43,10 @@ image:
 
 realnode:
 	@hack/realnode.sh
+
+# The end-to-end run on a real node: every stage prints its time.
+e2e:
+	@hack/e2e.sh
 
 build:
 	$(CARGO) build --workspace

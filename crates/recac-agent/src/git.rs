@@ -136,6 +136,9 @@ pub enum GitErrorKind {
     Declined,
     /// What the push would send holds a known secret value: nothing was pushed.
     SecretInOutgoing,
+    /// The agent's own environment failed git (a read-only or unwritable folder, a missing
+    /// program): fixable by whoever runs the agent, not by another attempt.
+    Environment,
     /// Anything else (network trouble included).
     Other,
 }
@@ -145,7 +148,11 @@ impl GitErrorKind {
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
-            Self::AuthRefused | Self::NotFound | Self::Declined | Self::SecretInOutgoing
+            Self::AuthRefused
+                | Self::NotFound
+                | Self::Declined
+                | Self::SecretInOutgoing
+                | Self::Environment
         )
     }
 }
@@ -154,6 +161,21 @@ impl GitErrorKind {
 pub fn classify(stderr: &str) -> GitErrorKind {
     let s = stderr.to_ascii_lowercase();
     let any = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
+    // What failed on this side first: the filesystem or a program, not the remote.
+    if !any(&["permission denied (publickey", "permission denied, please try again"])
+        && any(&[
+            "read-only file system",
+            "could not create work tree dir",
+            "could not create leading directories",
+            "unable to create temporary file",
+            "no space left on device",
+            "cannot run ",
+            "no such file or directory",
+            "permission denied",
+        ])
+    {
+        return GitErrorKind::Environment;
+    }
     if any(&[
         "authentication failed",
         "could not read username",
@@ -187,7 +209,6 @@ pub fn classify(stderr: &str) -> GitErrorKind {
         "does not appear to be a git repository",
         "does not exist",
         "couldn't find remote ref",
-        "no such file or directory",
         "not a valid",
     ]) {
         GitErrorKind::NotFound
@@ -638,6 +659,21 @@ mod tests {
             classify("fatal: unable to access: Could not resolve host: x"),
             Other
         );
+        // The filesystem or a missing program, not the remote.
+        for stderr in [
+            "fatal: could not create work tree dir '/repo': Read-only file system",
+            "fatal: could not create work tree dir 'x': Permission denied",
+            "error: cannot run ssh: No such file or directory",
+            "fatal: Unable to create '/w/.git/index.lock': Permission denied",
+            "fatal: unable to create temporary file: No space left on device",
+        ] {
+            assert_eq!(classify(stderr), Environment, "{stderr}");
+        }
+        assert_eq!(
+            classify("git@github.com: Permission denied (publickey).\nfatal: Could not read from remote repository."),
+            AuthRefused
+        );
         assert!(Declined.is_permanent() && !NonFastForward.is_permanent() && !Other.is_permanent());
+        assert!(Environment.is_permanent());
     }
 }

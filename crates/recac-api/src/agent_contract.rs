@@ -1,6 +1,7 @@
 //! What a task's Job and the agent inside it agree on: the environment the
 //! operator sets, the exit codes and the result the agent reports.
 
+use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
 /// Environment variable names the operator sets on every agent container.
@@ -57,6 +58,9 @@ pub mod exit_code {
     pub const GAVE_UP: i32 = 3;
 }
 
+/// The agent container's name in every agent pod.
+pub const CONTAINER_NAME: &str = "agent";
+
 /// Kubernetes keeps at most this many bytes of a container's termination message.
 pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 
@@ -101,4 +105,47 @@ pub struct AgentResult {
     pub summary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_usage: Option<TokenUsage>,
+}
+
+/// How the agent container of a finished pod ended.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Termination {
+    pub exit_code: Option<i32>,
+    /// The agent's result, when its termination message is the result JSON.
+    pub result: Option<AgentResult>,
+    /// The termination message when it is not a result (e.g. a log tail).
+    pub raw_message: Option<String>,
+}
+
+/// The agent container's termination in the newest finished pod of a Job.
+pub fn termination(pods: &[Pod]) -> Option<Termination> {
+    let mut finished: Vec<(&Pod, _)> = pods
+        .iter()
+        .filter_map(|pod| {
+            let status = pod.status.as_ref()?;
+            let container = status
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find(|c| c.name == CONTAINER_NAME)?;
+            let terminated = container.state.as_ref()?.terminated.as_ref()?;
+            Some((pod, terminated))
+        })
+        .collect();
+    finished.sort_by_key(|(_, t)| t.finished_at.as_ref().map(|t| t.0));
+    let (_, terminated) = finished.last()?;
+    let message = terminated.message.clone().filter(|m| !m.trim().is_empty());
+    let result = message
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<AgentResult>(m.trim()).ok());
+    Some(Termination {
+        exit_code: Some(terminated.exit_code),
+        raw_message: if result.is_none() { message } else { None },
+        result,
+    })
+}
+
+/// Whether a termination says the agent gave up.
+pub fn gave_up(termination: &Termination) -> bool {
+    termination.exit_code == Some(exit_code::GAVE_UP)
 }

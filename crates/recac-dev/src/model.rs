@@ -173,6 +173,9 @@ impl DemoModel {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|source| DevError::port("the demo model", address, source))?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| DevError::port("the demo model", address, source))?;
         let replies = Arc::new(AtomicU64::new(0));
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))

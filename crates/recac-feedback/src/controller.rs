@@ -43,7 +43,7 @@ use crate::status::{Owned, TicketUpdate};
 pub const FIELD_MANAGER: &str = "recac-feedback-controller";
 
 /// The agent container's name in every agent pod.
-const AGENT_CONTAINER: &str = recac_task_controller::job_builder::CONTAINER_NAME;
+const AGENT_CONTAINER: &str = recac_api::agent_contract::CONTAINER_NAME;
 
 /// The label the source controller puts on the tasks it makes: the source's name.
 const SOURCE_LABEL: &str = "recac.io/source";
@@ -474,7 +474,7 @@ async fn read_attempt(
             );
         }
     };
-    let result = recac_task_controller::observe::termination(&list).and_then(|t| t.result);
+    let result = recac_api::agent_contract::termination(&list).and_then(|t| t.result);
     if !want_log {
         return (result, Log::NotRead);
     }

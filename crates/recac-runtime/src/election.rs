@@ -329,6 +329,8 @@ impl LeaderElection {
         let mut manager_says_leader = false;
         let mut observed = ObservedLease::default();
         let mut leading = false;
+        // Whether this replica held the Lease at any time: only then is there one to give up.
+        let mut ever_led = false;
 
         loop {
             if manager.is_none() {
@@ -358,6 +360,7 @@ impl LeaderElection {
                 SystemTime::now(),
             );
             let now_leading = matches!(verdict, Verdict::Lead { .. });
+            ever_led |= now_leading;
             if now_leading != leading {
                 leading = now_leading;
                 self.transition(leading, &verdict).await;
@@ -424,7 +427,12 @@ impl LeaderElection {
         drop(changed);
         if let Some(manager) = manager {
             match tokio::time::timeout(Duration::from_secs(5), manager.release()).await {
-                Ok(Ok(())) => info!(identity = %self.identity, "leader lease released"),
+                Ok(Ok(())) if ever_led => {
+                    info!(identity = %self.identity, "leader lease released")
+                }
+                Ok(Ok(())) => {
+                    tracing::debug!(identity = %self.identity, "stopped as a standby: no lease to release")
+                }
                 Ok(Err(err)) => warn!(error = %err, "cannot release the leader lease"),
                 Err(_) => warn!("releasing the leader lease timed out"),
             }

@@ -20,8 +20,7 @@ use recac_api::{AgentSpec, AgentTask};
 use crate::config::AgentDefaults;
 use crate::naming;
 
-/// The agent container's name.
-pub const CONTAINER_NAME: &str = "agent";
+pub use recac_api::agent_contract::CONTAINER_NAME;
 /// Where the workspace volume is mounted (also the agent's HOME).
 pub const WORKSPACE_PATH: &str = "/workspace";
 /// Where the agent clones the repository, inside the workspace volume.

@@ -1,10 +1,7 @@
 //! Reading what Kubernetes reports about an attempt's Job and pod: pure functions.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
-use recac_api::agent_contract::{AgentResult, exit_code};
-
-use crate::job_builder::CONTAINER_NAME;
+pub use recac_api::agent_contract::{Termination, gave_up, termination};
 
 /// Where one attempt's Job is.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,55 +64,12 @@ pub fn attempt_state(job: &Job) -> AttemptState {
     }
 }
 
-/// How the agent container of a finished pod ended.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Termination {
-    pub exit_code: Option<i32>,
-    /// The agent's result, when its termination message is the result JSON.
-    pub result: Option<AgentResult>,
-    /// The termination message when it is not a result (e.g. a log tail).
-    pub raw_message: Option<String>,
-}
-
-/// The agent container's termination in the newest finished pod of a Job.
-pub fn termination(pods: &[Pod]) -> Option<Termination> {
-    let mut finished: Vec<(&Pod, _)> = pods
-        .iter()
-        .filter_map(|pod| {
-            let status = pod.status.as_ref()?;
-            let container = status
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .find(|c| c.name == CONTAINER_NAME)?;
-            let terminated = container.state.as_ref()?.terminated.as_ref()?;
-            Some((pod, terminated))
-        })
-        .collect();
-    finished.sort_by_key(|(_, t)| t.finished_at.as_ref().map(|t| t.0));
-    let (_, terminated) = finished.last()?;
-    let message = terminated.message.clone().filter(|m| !m.trim().is_empty());
-    let result = message
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<AgentResult>(m.trim()).ok());
-    Some(Termination {
-        exit_code: Some(terminated.exit_code),
-        raw_message: if result.is_none() { message } else { None },
-        result,
-    })
-}
-
-/// Whether a termination says the agent gave up.
-pub fn gave_up(termination: &Termination) -> bool {
-    termination.exit_code == Some(exit_code::GAVE_UP)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::batch::v1::{JobCondition, JobSpec, JobStatus};
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+        ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
     };
 
     fn job(conditions: &[(&str, &str)], ready: i32, suspend: bool) -> Job {
