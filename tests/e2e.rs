@@ -152,7 +152,10 @@ fn write_overlay(dir: &Path, node: &Node, config: &str) {
         .components()
         .count();
     let base = format!("{}config/default", "../".repeat(below));
-    let (name, tag) = node.image.rsplit_once(':').unwrap_or((&node.image, "latest"));
+    let (name, tag) = node
+        .image
+        .rsplit_once(':')
+        .unwrap_or((&node.image, "latest"));
     std::fs::write(dir.join("config.yaml"), config).expect("config written");
     std::fs::write(
         dir.join("kustomization.yaml"),
@@ -266,9 +269,7 @@ fn ended(sim: &JiraSim, key: &str, ends: Ends) -> bool {
     };
     let bodies: Vec<String> = issue.comments.iter().map(|c| c.body.to_string()).collect();
     match ends {
-        Ends::AsDemo(Expected::Succeeds | Expected::SucceedsOnRetry) => {
-            issue.status == "In Review"
-        }
+        Ends::AsDemo(Expected::Succeeds | Expected::SucceedsOnRetry) => issue.status == "In Review",
         Ends::AsDemo(Expected::NeedsRepository) => bodies
             .iter()
             .any(|b| b.contains("does not say which repository")),
@@ -410,7 +411,14 @@ async fn the_demo_loop_runs_in_real_pods() {
     if !rollout.status.success() {
         let pods = node.kubectl(&["describe", "pods", "-n", SYSTEM], None);
         let logs = node.kubectl(
-            &["logs", "-n", SYSTEM, "-l", "app.kubernetes.io/name=recac", "--tail=50"],
+            &[
+                "logs",
+                "-n",
+                SYSTEM,
+                "-l",
+                "app.kubernetes.io/name=recac",
+                "--tail=50",
+            ],
             None,
         );
         panic!(
@@ -432,12 +440,24 @@ async fn the_demo_loop_runs_in_real_pods() {
         if Instant::now() > deadline {
             let at = node.kubectl(&["get", "at,jobs,pods", "-n", TASKS, "-o", "wide"], None);
             let logs = node.kubectl(
-                &["logs", "-n", SYSTEM, "-l", "app.kubernetes.io/name=recac", "--tail=80"],
+                &[
+                    "logs",
+                    "-n",
+                    SYSTEM,
+                    "-l",
+                    "app.kubernetes.io/name=recac",
+                    "--tail=80",
+                ],
                 None,
             );
             let states: Vec<String> = tickets
                 .iter()
-                .map(|(k, _)| format!("{k}: {:?}", sim.issue(k).map(|i| (i.status, i.comments.len()))))
+                .map(|(k, _)| {
+                    format!(
+                        "{k}: {:?}",
+                        sim.issue(k).map(|i| (i.status, i.comments.len()))
+                    )
+                })
                 .collect();
             panic!(
                 "the demo tickets did not end in {LOOP_TIMEOUT:?}: {states:?}\n{}\n{}",
@@ -448,7 +468,9 @@ async fn the_demo_loop_runs_in_real_pods() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let loop_seconds = loop_started.elapsed().as_secs_f64();
-    say(format!("every demo ticket ended {loop_seconds:.1} s after the rollout"));
+    say(format!(
+        "every demo ticket ended {loop_seconds:.1} s after the rollout"
+    ));
 
     // The results came through the real termination message.
     let tasks = Api::<AgentTask>::namespaced(client.clone(), TASKS)
@@ -507,7 +529,10 @@ async fn the_demo_loop_runs_in_real_pods() {
             .cloned()
             .unwrap_or_else(|| panic!("{name} has no container status"));
         let container_id = status.container_id.clone().unwrap_or_default();
-        assert!(container_id.starts_with("containerd://"), "{name}: {container_id}");
+        assert!(
+            container_id.starts_with("containerd://"),
+            "{name}: {container_id}"
+        );
         assert!(!status.image_id.is_empty(), "{name}: no image ID");
         assert!(
             status.image.ends_with(&node.image) || status.image.contains(&node.image),
@@ -517,13 +542,118 @@ async fn the_demo_loop_runs_in_real_pods() {
         lines.insert(name, format!("{} {}", status.image_id, container_id));
     }
 
+    // A suspended task's pod stops well within its grace period, its work pushed: the agent
+    // handles SIGTERM in a real container.
+    let suspended_task = "e2e-suspend";
+    node.ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"apiVersion: recac.io/v1alpha1
+kind: AgentTask
+metadata: {{name: {suspended_task}, namespace: {TASKS}}}
+spec:
+  prompt: |
+    Add a greeting for Zoe.
+    File: greetings/zoe.txt
+    Line: Hello, Zoe!
+  repository: {{url: "{repository_url}", baseBranch: main}}
+  agent:
+    env: [{{name: RECAC_TEST_COMMAND, value: "sleep 600"}}]
+"#
+        )),
+    );
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), TASKS);
+    let selector = format!("recac.io/task={suspended_task}");
+    let started_deadline = Instant::now() + Duration::from_secs(90);
+    let pod_name = loop {
+        let pods = pods_api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .expect("pods");
+        let name = pods.items.first().and_then(|p| p.metadata.name.clone());
+        let logs = name
+            .as_deref()
+            .map(|n| text(&node.kubectl(&["logs", "-n", TASKS, n], None).stdout))
+            .unwrap_or_default();
+        if let Some(name) = name.filter(|_| logs.contains("running tests")) {
+            break name;
+        }
+        if Instant::now() > started_deadline {
+            let state = node.kubectl(
+                &["get", "at", suspended_task, "-n", TASKS, "-o", "yaml"],
+                None,
+            );
+            panic!(
+                "the suspended task's tests did not start in 90 s:\n{}\n{logs}",
+                text(&state.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let suspended_at = Instant::now();
+    node.ok(
+        &[
+            "patch",
+            "agenttask",
+            suspended_task,
+            "-n",
+            TASKS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ],
+        None,
+    );
+    wait_for(
+        "the suspended task's pod to end",
+        Duration::from_secs(60),
+        || {
+            let pods_api = pods_api.clone();
+            let pod_name = pod_name.clone();
+            async move {
+                pods_api
+                    .get_opt(&pod_name)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let stop_seconds = suspended_at.elapsed().as_secs_f64();
+    assert!(
+        stop_seconds < 30.0,
+        "the pod took {stop_seconds:.1} s to stop (grace period 60 s)"
+    );
+    let branch = format!("recac/{suspended_task}");
+    let pushed = Command::new("git")
+        .args(["--git-dir"])
+        .arg(git_root.join(demo::REPOSITORY))
+        .args(["show", &format!("{branch}:greetings/zoe.txt")])
+        .output()
+        .expect("git runs");
+    assert_eq!(
+        text(&pushed.stdout).trim(),
+        "Hello, Zoe!",
+        "the stopped agent pushed its work: {}",
+        text(&pushed.stderr)
+    );
+
     // Killing the leader's pod hands over to the other replica.
     let holder = lease_holder(&client).await.expect("a leader");
     let leader_pod = holder.split('_').next().unwrap_or_default().to_string();
     let killed = Instant::now();
     node.ok(
         &[
-            "delete", "pod", &leader_pod, "-n", SYSTEM, "--grace-period=0", "--force", "--wait=false",
+            "delete",
+            "pod",
+            &leader_pod,
+            "-n",
+            SYSTEM,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
         ],
         None,
     );
@@ -545,7 +675,12 @@ async fn the_demo_loop_runs_in_real_pods() {
     for (name, line) in &lines {
         eprintln!("  {name}: {line}");
     }
-    say(format!("leader {holder} killed; {new_holder} leads after {handover:.1} s"));
+    say(format!(
+        "suspended task: its pod ended {stop_seconds:.1} s after the suspend, its work pushed to {branch}"
+    ));
+    say(format!(
+        "leader {holder} killed; {new_holder} leads after {handover:.1} s"
+    ));
     say(format!(
         "the loop took {loop_seconds:.1} s; the whole test {:.1} s",
         begun.elapsed().as_secs_f64()

@@ -162,18 +162,19 @@ pub fn classify(stderr: &str) -> GitErrorKind {
     let s = stderr.to_ascii_lowercase();
     let any = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
     // What failed on this side first: the filesystem or a program, not the remote.
-    if !any(&["permission denied (publickey", "permission denied, please try again"])
-        && any(&[
-            "read-only file system",
-            "could not create work tree dir",
-            "could not create leading directories",
-            "unable to create temporary file",
-            "no space left on device",
-            "cannot run ",
-            "no such file or directory",
-            "permission denied",
-        ])
-    {
+    if !any(&[
+        "permission denied (publickey",
+        "permission denied, please try again",
+    ]) && any(&[
+        "read-only file system",
+        "could not create work tree dir",
+        "could not create leading directories",
+        "unable to create temporary file",
+        "no space left on device",
+        "cannot run ",
+        "no such file or directory",
+        "permission denied",
+    ]) {
         return GitErrorKind::Environment;
     }
     if any(&[
@@ -670,7 +671,9 @@ mod tests {
             assert_eq!(classify(stderr), Environment, "{stderr}");
         }
         assert_eq!(
-            classify("git@github.com: Permission denied (publickey).\nfatal: Could not read from remote repository."),
+            classify(
+                "git@github.com: Permission denied (publickey).\nfatal: Could not read from remote repository."
+            ),
             AuthRefused
         );
         assert!(Declined.is_permanent() && !NonFastForward.is_permanent() && !Other.is_permanent());

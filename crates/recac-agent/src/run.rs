@@ -435,6 +435,12 @@ async fn flow(
             .await
             .map_err(|e| with_hint(e, token_hint.as_deref()))?;
     }
+    if stop.is_cancelled() {
+        // Told to stop before the tests ended: the work is on the branch, its tests unknown.
+        return Err(Stop::failed(format!(
+            "stopped: {STOPPED}; the tests did not finish; the work is pushed to {branch_name}"
+        )));
+    }
     let outcome = if state.tests_passed == Some(false) {
         Outcome::TestsFailed
     } else {

@@ -820,3 +820,54 @@ async fn told_to_stop_it_ends_the_command_and_pushes_the_work_in_progress() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn told_to_stop_during_the_tests_it_pushes_the_work_without_calling_it_done() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let marker = root.path().join("tests-started");
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call(
+                "write_file",
+                json!({"path": "value.txt", "content": "value = 2\n"}),
+            ),
+            finish("Set value to 2"),
+        ],
+    )
+    .await;
+    let url = file_url(&bare);
+    let test_command = format!("touch {}; sleep 120", marker.display());
+    let vars = openai_vars(&sim, &url, &[("RECAC_TEST_COMMAND", &test_command)]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopper = {
+        let stop = stop.clone();
+        async move {
+            while !marker.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            stop.cancel();
+            std::time::Instant::now()
+        }
+    };
+    let (ran, stopped_at) = tokio::join!(run_stoppable(root.path(), &vars, stop), stopper);
+    assert!(stopped_at.elapsed() < std::time::Duration::from_secs(10));
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Failed, 1),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert!(
+        result
+            .summary
+            .clone()
+            .unwrap_or_default()
+            .contains("the tests did not finish"),
+        "{result:?}"
+    );
+    let head = remote_head(&bare, "recac/PROJ-1").expect("the work is pushed");
+    assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
+}
