@@ -4,7 +4,7 @@
 #                  simulator with demo tickets, git server, demo model, two operators;
 #                  DEV_ARGS passes options, e.g. DEV_ARGS="--once" or "--keep"
 #   make build     build the recac binary (target/debug/recac)
-#   make test      build the control plane if not cached, then run every test
+#   make test      build the control plane and helm if not cached, then run every test
 #   make image     build the container image (IMAGE, default recac:dev): with a docker
 #                  daemon, `docker build`; without one, hack/image.sh writes a docker-archive
 #                  tarball (for `ctr images import`) and prints its path
@@ -59,9 +59,9 @@ envtest:
 
 test:
 	-@$(MAKE) --no-print-directory jira-clients-env
-	@assets="$$(hack/envtest.sh | tail -n 1)" && \
-	  echo "control plane binaries: $$assets" && \
-	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) test --workspace --no-fail-fast
+	@assets="$$(hack/envtest.sh | tail -n 1)" && helm="$$(hack/helm.sh | tail -n 1)" && \
+	  echo "control plane binaries: $$assets; helm: $$helm" && \
+	  KUBEBUILDER_ASSETS="$$assets" RECAC_HELM="$$helm" $(CARGO) test --workspace --no-fail-fast
 
 # Benchmarks against a real apiserver: dispatch (BENCH_SIZES="100 1000" by default),
 # admission with BENCH_QUEUE queued tasks (10000 by default; 0 skips it), two elected
@@ -78,7 +78,7 @@ crds:
 	$(CARGO) run --quiet -p recac -- crd > crds/all.yaml.new
 	awk 'BEGIN { split("agenttask.yaml agenttaskschedule.yaml", f, " ") } /^---$$/ { n++ } { print > ("crds/" f[n] ".new") }' crds/all.yaml.new
 	rm crds/all.yaml.new
-	for f in agenttask.yaml agenttaskschedule.yaml; do mv crds/$$f.new crds/$$f && cp crds/$$f config/crd/$$f; done
+	for f in agenttask.yaml agenttaskschedule.yaml; do mv crds/$$f.new crds/$$f && cp crds/$$f config/crd/$$f && cp crds/$$f charts/recac/crds/$$f; done
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -364,6 +364,30 @@ async fn labelled_tickets_become_one_claimed_task_and_one_job_each() {
     }
 }
 
+/// A Jira that does not expand `transitions` on the ticket read: the claim asks the
+/// transitions endpoint instead of declaring the claim lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_jira_that_does_not_expand_transitions_still_gets_claimed() {
+    let e = env("src-noexpand", Flavor::Cloud, false).await;
+    e.sim.set_expand_transitions(false);
+    let key = ticket(&e, "Fix it", &format!("Broken.\n\nRepo: {REPO}\n"));
+    let op = Running::start(&e, source(&e), None).await;
+    let task = wait_claimed(&e, &key, 1).await;
+    assert_eq!(task.spec.repository.url, REPO);
+    let issue = e.sim.issue(&key).expect("issue");
+    assert_eq!(issue.status, "In Progress");
+    assert_eq!(issue.assignee.as_deref(), Some(BOT_ACCOUNT_ID));
+    assert_eq!(transitions(&e, &key), 1);
+    assert!(
+        e.sim
+            .calls()
+            .iter()
+            .any(|c| c.method == "GET" && c.path.ends_with(&format!("/issue/{key}/transitions"))),
+        "the claim asked the transitions endpoint"
+    );
+    op.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_at_any_step_still_ends_with_one_task_and_one_claim() {
     for flavor in FLAVORS {

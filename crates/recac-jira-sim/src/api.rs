@@ -863,7 +863,8 @@ pub(crate) fn get_issue(
         .list("fields")
         .map(|l| FieldSel::from_list(&l))
         .unwrap_or_else(FieldSel::all);
-    let extras = Extras::from(p.list("expand"), p.list("properties"));
+    let mut extras = Extras::from(p.list("expand"), p.list("properties"));
+    extras.transitions &= st.expand_transitions;
     reply(200, issue_json(ctx, &st, issue, &sel, &extras))
 }
 

@@ -154,6 +154,7 @@ impl JiraSim {
             max_results: None,
             groups: Default::default(),
             next_history_id: 10000,
+            expand_transitions: true,
         };
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -238,6 +239,12 @@ impl JiraSim {
             }
         }
         st.workflow = workflow;
+    }
+
+    /// Whether issue reads honour `expand=transitions` (default true). `false` answers as a
+    /// Jira that leaves the field out, so a client must ask `GET .../transitions`.
+    pub fn set_expand_transitions(&self, honoured: bool) {
+        lock(&self.shared.state).expand_transitions = honoured;
     }
 
     /// Creates an issue; returns its key. The project is created if needed.

@@ -365,4 +365,7 @@ pub(crate) struct State {
     /// Group name → member account ids.
     pub groups: BTreeMap<String, Vec<String>>,
     pub next_history_id: u64,
+    /// Whether `expand=transitions` on an issue read is honoured (a Jira behind a proxy, or
+    /// an older one, may leave the field out).
+    pub expand_transitions: bool,
 }

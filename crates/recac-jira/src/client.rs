@@ -29,7 +29,9 @@ pub const MAX_PROPERTY_BYTES: usize = 32 * 1024;
 pub struct TicketRead {
     pub issue: Issue,
     pub histories: Vec<ChangeHistory>,
-    pub transitions: Vec<Transition>,
+    /// `None` when the reply carried no `transitions` (a Jira or proxy that does not expand
+    /// them): ask [`JiraClient::transitions`] instead of taking it for "none available".
+    pub transitions: Option<Vec<Transition>>,
 }
 
 /// A Jira client. Cheap to clone; `Debug` never shows the credentials.
@@ -483,7 +485,8 @@ impl JiraClient {
     }
 
     /// The issue with its changelog and the transitions it offers now, in one request
-    /// (`expand=changelog,transitions`): what a claim decides on.
+    /// (`expand=changelog,transitions`): what a claim decides on. The transitions are `None`
+    /// when the reply did not expand them.
     pub async fn issue_for_claim(
         &self,
         key: &str,
@@ -493,7 +496,7 @@ impl JiraClient {
         Ok(TicketRead {
             issue,
             histories,
-            transitions: transitions.unwrap_or_default(),
+            transitions,
         })
     }
 
@@ -523,17 +526,9 @@ impl JiraClient {
         };
         req.query.push(("expand", expand.into()));
         let value = self.send_json(req).await?;
-        let transitions = if with_transitions {
-            Some(parse(
-                op,
-                Some(key),
-                value
-                    .get("transitions")
-                    .cloned()
-                    .unwrap_or(Value::Array(vec![])),
-            )?)
-        } else {
-            None
+        let transitions = match value.get("transitions") {
+            Some(list) if with_transitions => Some(parse(op, Some(key), list.clone())?),
+            _ => None,
         };
         let issue = Issue::from_value(&value).map_err(|message| JiraError::Malformed {
             ctx: ctx(op, Some(key)),

@@ -452,7 +452,7 @@ impl SourceController {
                     &created,
                     take.issue,
                     take.histories,
-                    Some(take.transitions),
+                    take.transitions,
                     state,
                 )
                 .await?;
@@ -523,7 +523,7 @@ impl SourceController {
             task,
             read.issue,
             read.histories,
-            Some(read.transitions),
+            read.transitions,
             state,
         )
         .await
@@ -586,7 +586,8 @@ impl SourceController {
             }
             match step {
                 ClaimStep::Transition => {
-                    // The transitions read with this copy of the ticket, else a fresh list.
+                    // The transitions read with this copy of the ticket, else (not read, or not
+                    // expanded by this Jira) a fresh list from the transitions endpoint.
                     let available = match offered.take() {
                         Some(list) => list,
                         None => self.jira.transitions(key).await.map_err(Self::jira_err(
@@ -609,7 +610,7 @@ impl SourceController {
                                 .await
                                 .map_err(Self::jira_err(source, format!("re-read ticket {key}")))?;
                             (issue, histories, offered) =
-                                (read.issue, read.histories, Some(read.transitions));
+                                (read.issue, read.histories, read.transitions);
                             continue;
                         }
                         Err(list) => {
@@ -640,7 +641,7 @@ impl SourceController {
                                 .await
                                 .map_err(Self::jira_err(source, format!("re-read ticket {key}")))?;
                             (issue, histories, offered) =
-                                (read.issue, read.histories, Some(read.transitions));
+                                (read.issue, read.histories, read.transitions);
                             continue;
                         }
                         Err(e) => {

@@ -58,8 +58,8 @@ pub struct Take {
     /// The ticket as read just now, with its changelog (the claim starts from it).
     pub issue: Issue,
     pub histories: Vec<ChangeHistory>,
-    /// The transitions the ticket offered in that same read.
-    pub transitions: Vec<Transition>,
+    /// The transitions the ticket offered in that same read (`None`: not expanded).
+    pub transitions: Option<Vec<Transition>>,
 }
 
 /// The matching rule the changelog is read against.
