@@ -388,6 +388,68 @@ async fn a_jira_that_does_not_expand_transitions_still_gets_claimed() {
     op.stop().await;
 }
 
+/// A bot without the Transition Issues permission is offered no transition: the ticket is
+/// free, so this is no lost claim; the task ends without running, the ticket gets one comment
+/// saying what to fix, and nothing else on it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bot_offered_no_claim_transition_says_so_once_and_does_not_call_the_claim_lost() {
+    let e = env("src-noperm", Flavor::Cloud, false).await;
+    let allowed: Vec<String> = recac_jira_sim::ALL_PERMISSIONS
+        .iter()
+        .filter(|p| **p != "TRANSITION_ISSUES")
+        .map(|p| p.to_string())
+        .collect();
+    e.sim.add_user(recac_jira_sim::UserDef {
+        permissions: Some([("OPS".to_string(), allowed)].into()),
+        ..recac_jira_sim::bot_user()
+    });
+    let key = ticket(&e, "Fix it", &format!("Broken.\n\nRepo: {REPO}\n"));
+    let op = Running::start(&e, source(&e), None).await;
+    let task = wait_for("the task to end", LONG, || async {
+        tasks_of(&e, &key).await.into_iter().find(|t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(recac_api::TaskPhase::Failed))
+        })
+    })
+    .await;
+    let failed = task
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Failed"))
+        .cloned()
+        .expect("a Failed condition");
+    assert_eq!(failed.reason, "ClaimUnavailable", "{failed:?}");
+    for needle in [
+        key.as_str(),
+        "To Do",
+        "In Progress",
+        "Transition Issues permission",
+    ] {
+        assert!(
+            failed.message.contains(needle),
+            "{needle}: {}",
+            failed.message
+        );
+    }
+    // More polls add nothing: one comment, no transition, no assignment, no Job.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let issue = e.sim.issue(&key).expect("issue");
+    assert_eq!(issue.comments.len(), 1, "{:?}", issue.comments);
+    assert!(
+        issue.comments[0]
+            .body
+            .to_string()
+            .contains("Transition Issues permission")
+    );
+    assert_eq!(issue.status, "To Do");
+    assert_eq!(issue.assignee, None);
+    assert_eq!(transitions(&e, &key), 0);
+    assert!(jobs(&e).await.is_empty());
+    assert_eq!(tasks_of(&e, &key).await.len(), 1);
+    op.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_at_any_step_still_ends_with_one_task_and_one_claim() {
     for flavor in FLAVORS {

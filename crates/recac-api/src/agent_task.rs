@@ -16,11 +16,16 @@ pub const MAX_PROMPT_CHARS: u32 = 200_000;
 pub mod annotations {
     /// Set by the source controller on the tasks it creates: `pending` until the ticket is
     /// claimed in Jira (no Job is dispatched), then `claimed`; `lost` when someone else took
-    /// the ticket first (the task ends Failed with reason `ClaimLost`, never run).
+    /// the ticket first (the task ends Failed with reason `ClaimLost`, never run);
+    /// `unavailable` when the ticket is still free but its workflow offers the bot no claim
+    /// transition (reason `ClaimUnavailable`, never run; `recac.io/claim-message` says why).
     pub const CLAIM: &str = "recac.io/claim";
     pub const CLAIM_PENDING: &str = "pending";
     pub const CLAIM_CLAIMED: &str = "claimed";
     pub const CLAIM_LOST: &str = "lost";
+    pub const CLAIM_UNAVAILABLE: &str = "unavailable";
+    /// Why a claim ended as it did, in words.
+    pub const CLAIM_MESSAGE: &str = "recac.io/claim-message";
 }
 
 /// One AI coding-agent run for one ticket or prompt: the operator turns it into a Job per

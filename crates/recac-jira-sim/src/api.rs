@@ -128,6 +128,8 @@ struct Extras {
     names: bool,
     /// `expand=transitions`.
     transitions: bool,
+    /// The caller lacks the Transition Issues permission: Jira lists no transitions.
+    no_transition_permission: bool,
     /// `expand=changelog`.
     changelog: bool,
     /// `properties=`: keys (or `*all`) of the issue properties to include.
@@ -142,6 +144,7 @@ impl Extras {
             transitions: expand.iter().any(|e| e == "transitions"),
             changelog: expand.iter().any(|e| e == "changelog"),
             properties,
+            no_transition_permission: false,
         }
     }
 }
@@ -254,7 +257,11 @@ fn issue_json(ctx: &Ctx, st: &State, issue: &IssueRec, sel: &FieldSel, extras: &
         issue_out["names"] = Value::Object(names);
     }
     if extras.transitions {
-        issue_out["transitions"] = json!(transitions_json(ctx, st, issue, None));
+        issue_out["transitions"] = if extras.no_transition_permission {
+            json!([])
+        } else {
+            json!(transitions_json(ctx, st, issue, None))
+        };
     }
     if extras.changelog {
         issue_out["changelog"] = changelog_json(ctx, st, issue);
@@ -865,6 +872,7 @@ pub(crate) fn get_issue(
         .unwrap_or_else(FieldSel::all);
     let mut extras = Extras::from(p.list("expand"), p.list("properties"));
     extras.transitions &= st.expand_transitions;
+    extras.no_transition_permission = !user.has(&issue.project, "TRANSITION_ISSUES");
     reply(200, issue_json(ctx, &st, issue, &sel, &extras))
 }
 

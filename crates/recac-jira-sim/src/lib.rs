@@ -220,9 +220,11 @@ impl JiraSim {
         });
     }
 
-    /// Adds a user.
+    /// Adds a user, replacing one with the same account id (to change its permissions).
     pub fn add_user(&self, user: UserDef) {
-        lock(&self.shared.state).users.push(user);
+        let mut st = lock(&self.shared.state);
+        st.users.retain(|u| u.account_id != user.account_id);
+        st.users.push(user);
     }
 
     /// Replaces the workflow. Issues in unknown statuses move to the first status.

@@ -595,38 +595,34 @@ impl SourceController {
                             format!("list transitions of {key}"),
                         ))?,
                     };
-                    let chosen = match recac_jira::transition::resolve(
-                        &source.claim.transition,
-                        &available,
-                    ) {
-                        Ok(t) => t.id.clone(),
-                        Err(_) if rereads < 2 => {
-                            // The ticket changed since it was read: decide on a fresh copy,
-                            // which names who took it.
-                            rereads += 1;
-                            let read = self
-                                .jira
-                                .issue_for_claim(key, plan::CLAIM_FIELDS)
-                                .await
-                                .map_err(Self::jira_err(source, format!("re-read ticket {key}")))?;
-                            (issue, histories, offered) =
-                                (read.issue, read.histories, read.transitions);
-                            continue;
-                        }
-                        Err(list) => {
-                            let status = issue.status_name().unwrap_or("?").to_string();
-                            let why = format!(
-                                "the claim transition {:?} is not available on {key} in status {status:?} (available: {}); someone else may have taken the ticket",
-                                source.claim.transition,
-                                if list.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    list.join("; ")
-                                }
-                            );
-                            return self.settle_lost(source, task, &why, state).await;
-                        }
-                    };
+                    let chosen =
+                        match recac_jira::transition::resolve(&source.claim.transition, &available)
+                        {
+                            Ok(t) => t.id.clone(),
+                            Err(_) if rereads < 2 => {
+                                // The ticket changed since it was read: decide on a fresh copy,
+                                // which names who took it.
+                                rereads += 1;
+                                let read = self
+                                    .jira
+                                    .issue_for_claim(key, plan::CLAIM_FIELDS)
+                                    .await
+                                    .map_err(Self::jira_err(
+                                        source,
+                                        format!("re-read ticket {key}"),
+                                    ))?;
+                                (issue, histories, offered) =
+                                    (read.issue, read.histories, read.transitions);
+                                continue;
+                            }
+                            Err(list) => {
+                                // The fresh read still shows the ticket free: nobody took it, the
+                                // bot is just offered no claim transition.
+                                return self
+                                    .settle_unavailable(source, task, &issue, &list, state)
+                                    .await;
+                            }
+                        };
                     match self.jira.transition_by_id(key, &chosen).await {
                         Ok(()) => {
                             transitioned = true;
@@ -721,6 +717,65 @@ impl SourceController {
         );
         self.step("after-claim");
         info!(ticket = key, task = %task.name_any(), "ticket claimed");
+        Ok(())
+    }
+
+    /// The ticket is free, but its workflow offers the bot no claim transition (the workflow
+    /// has none from this status, or the bot lacks the Transition Issues permission): the task
+    /// ends without running and the ticket gets one comment saying what to fix. The comment
+    /// goes first and is found again by its marker, so a crash in between never doubles it.
+    async fn settle_unavailable(
+        &self,
+        source: &SourceConfig,
+        task: &AgentTask,
+        issue: &Issue,
+        offered: &[String],
+        state: &TermState,
+    ) -> Result<(), SourceError> {
+        let key = issue.key.as_str();
+        let why = format!(
+            "the claim transition {:?} is not offered to the bot on {key} in status {:?} (offered: {}): the project's workflow has no such transition from this status, or the bot lacks the Transition Issues permission",
+            source.claim.transition,
+            issue.status_name().unwrap_or("?"),
+            if offered.is_empty() {
+                "none".to_string()
+            } else {
+                offered.join("; ")
+            }
+        );
+        let marker = plan::marker(SkipReason::TransitionUnavailable);
+        let existing = self
+            .jira
+            .find_comment(key, &marker)
+            .await
+            .map_err(Self::jira_err(source, format!("read comments of {key}")))?;
+        if existing.is_none() {
+            let text = format!(
+                "recac cannot start work on this ticket: {why}. Ask a Jira administrator to fix the workflow or the bot's permission (or change the source's `claim.transition`), then trigger the ticket again. {marker}"
+            );
+            self.jira
+                .add_comment(key, &text)
+                .await
+                .map_err(Self::jira_err(source, format!("comment on {key}")))?;
+        }
+        self.mark(source, task, ClaimState::Unavailable, Some(&why))
+            .await?;
+        if let Ok(mut s) = state.settled.lock() {
+            s.insert(format!(
+                "{}/{}",
+                task.namespace().unwrap_or_default(),
+                task.name_any()
+            ));
+        }
+        self.metrics
+            .skip(&source.name, SkipReason::TransitionUnavailable.as_str());
+        self.publish(
+            task,
+            EventType::Warning,
+            "ClaimUnavailable",
+            &format!("the task will not run: {why}"),
+        );
+        warn!(task = %task.name_any(), why, "claim transition unavailable");
         Ok(())
     }
 

@@ -34,7 +34,7 @@ pub const CLAIM_ANNOTATION: &str = "recac.io/claim";
 /// The annotation that names the changelog entry (or `created`) that triggered the run.
 pub const TRIGGER_ANNOTATION: &str = "recac.io/trigger";
 /// Why a claim was lost, for people.
-pub const CLAIM_MESSAGE_ANNOTATION: &str = "recac.io/claim-message";
+pub const CLAIM_MESSAGE_ANNOTATION: &str = recac_api::annotations::CLAIM_MESSAGE;
 /// Label keys on created tasks.
 pub const SOURCE_LABEL: &str = "recac.io/source";
 pub const TICKET_LABEL: &str = "recac.io/ticket";
@@ -48,6 +48,8 @@ pub enum ClaimState {
     Pending,
     Claimed,
     Lost,
+    /// The ticket is free but no claim transition is offered to the bot.
+    Unavailable,
     /// Absent or unknown: not created by a source, or edited by hand; treated as claimed.
     Other,
 }
@@ -58,6 +60,7 @@ impl ClaimState {
             Some("pending") => ClaimState::Pending,
             Some("claimed") => ClaimState::Claimed,
             Some("lost") => ClaimState::Lost,
+            Some("unavailable") => ClaimState::Unavailable,
             _ => ClaimState::Other,
         }
     }
@@ -67,6 +70,7 @@ impl ClaimState {
             ClaimState::Pending => "pending",
             ClaimState::Claimed => "claimed",
             ClaimState::Lost => "lost",
+            ClaimState::Unavailable => "unavailable",
             ClaimState::Other => "",
         }
     }
@@ -163,6 +167,8 @@ pub enum SkipReason {
     Capped,
     /// Its updated time has not changed since it was last skipped.
     Unchanged,
+    /// Free to take, but its workflow offers the bot no claim transition.
+    TransitionUnavailable,
 }
 
 impl SkipReason {
@@ -177,6 +183,7 @@ impl SkipReason {
             SkipReason::InvalidKey => "invalid_key",
             SkipReason::Capped => "capped",
             SkipReason::Unchanged => "unchanged",
+            SkipReason::TransitionUnavailable => "transition_unavailable",
         }
     }
 }

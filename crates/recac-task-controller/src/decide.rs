@@ -240,6 +240,22 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
                 draft.event(EventType::Warning, "ClaimLost", message.into());
                 return draft.finish();
             }
+            Claim::Unavailable => {
+                draft.status.phase = Some(TaskPhase::Failed);
+                draft.status.completion_time = Some(Time(observed.now));
+                let message = task
+                    .annotations()
+                    .get(recac_api::annotations::CLAIM_MESSAGE)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        "the ticket's workflow offers the bot no claim transition".into()
+                    });
+                let message = format!("{message}; the task was not run");
+                draft.status.message = Some(message.clone());
+                draft.set_condition(condition::FAILED, true, "ClaimUnavailable", &message);
+                draft.event(EventType::Warning, "ClaimUnavailable", message);
+                return draft.finish();
+            }
             Claim::None => {}
         }
         let branch = feature_branch(task);
@@ -316,14 +332,17 @@ pub enum Claim {
     None,
     Pending,
     Lost,
+    /// The ticket is free but no claim transition is offered to the bot.
+    Unavailable,
 }
 
 /// Reads the claim annotation.
 pub fn claim_state(task: &AgentTask) -> Claim {
-    use recac_api::annotations::{CLAIM, CLAIM_LOST, CLAIM_PENDING};
+    use recac_api::annotations::{CLAIM, CLAIM_LOST, CLAIM_PENDING, CLAIM_UNAVAILABLE};
     match task.annotations().get(CLAIM).map(String::as_str) {
         Some(CLAIM_PENDING) => Claim::Pending,
         Some(CLAIM_LOST) => Claim::Lost,
+        Some(CLAIM_UNAVAILABLE) => Claim::Unavailable,
         _ => Claim::None,
     }
 }

@@ -540,6 +540,7 @@ fn a_pending_claim_holds_dispatch_and_a_lost_claim_fails_without_running() {
         vec![1]
     );
 
+    let mut unavailable = pending.clone();
     let mut lost = pending;
     if let Some(a) = lost.metadata.annotations.as_mut() {
         a.insert(
@@ -553,5 +554,27 @@ fn a_pending_claim_holds_dispatch_and_a_lost_claim_fails_without_running() {
     assert_eq!(
         condition(&plan, condition::FAILED).map(|c| c.reason.as_str()),
         Some("ClaimLost")
+    );
+
+    // Free, but no claim transition offered: not run, and not called lost.
+    if let Some(a) = unavailable.metadata.annotations.as_mut() {
+        a.insert(
+            recac_api::annotations::CLAIM.into(),
+            recac_api::annotations::CLAIM_UNAVAILABLE.into(),
+        );
+        a.insert(
+            recac_api::annotations::CLAIM_MESSAGE.into(),
+            "no transition In Progress from To Do".into(),
+        );
+    }
+    let plan = decide(&unavailable, &observe(None, true), &policy());
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    let failed = condition(&plan, condition::FAILED).expect("Failed");
+    assert_eq!(failed.reason, "ClaimUnavailable");
+    assert!(
+        failed
+            .message
+            .starts_with("no transition In Progress from To Do")
     );
 }
