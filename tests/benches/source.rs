@@ -10,6 +10,11 @@
 //! - **latency** (`BENCH_SOURCE_SAMPLES`, default 30): from a ticket becoming ready to its Job
 //!   existing, p50/p99, in webhook mode and in poll mode (interval 2 s).
 //!
+//! - **stranded** (`BENCH_SOURCE_STRANDED`, default 1000): that many tickets claimed by one
+//!   operator whose tasks are then deleted; a second operator starts with one new ready
+//!   ticket. Seconds until the new ticket's task exists (the stranded-claims check must not
+//!   hold it up) and until every stranded claim is handed back.
+//!
 //! A size of 0 skips that case. `BENCH_LOG` sets the operator's `RUST_LOG` (default `warn`).
 //!
 //! The feedback controller is switched off so that the Jira figures are the source's alone.
@@ -295,6 +300,76 @@ async fn latency(plane: &ControlPlane, samples: usize, webhook: bool) {
     );
 }
 
+fn comments_posted(sim: &JiraSim) -> usize {
+    sim.calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/comment") && c.status == 201)
+        .count()
+}
+
+async fn stranded(plane: &ControlPlane, n: usize) {
+    let ns = plane
+        .namespace(&format!("bench-stranded-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let tasks: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
+    let sim = JiraSim::start(Seed::default()).await.expect("sim");
+    sim.set_write_limits(None);
+    add_tickets(&sim, n);
+    // One operator claims every ticket, then their tasks go while no operator runs.
+    let first = start_operator(plane, &ns, &sim, 30, n + 10).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while claimed_tasks(&tasks).await < n {
+        assert!(
+            Instant::now() < deadline,
+            "the tickets were not all claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(first);
+    tasks
+        .delete_collection(&Default::default(), &ListParams::default())
+        .await
+        .expect("tasks deleted");
+    while !tasks
+        .list_metadata(&ListParams::default())
+        .await
+        .expect("tasks")
+        .items
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fresh = add_tickets(&sim, 1).remove(0);
+    let fresh_task = recac_source::task::task_name(&fresh, 1);
+    let before = comments_posted(&sim);
+    let started = Instant::now();
+    let _second = start_operator(plane, &ns, &sim, 30, n + 10).await;
+    let mut new_ticket = None;
+    let mut all_back = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while new_ticket.is_none() || all_back.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "stranded {n}: not done in 600 s ({} handed back)",
+            comments_posted(&sim) - before
+        );
+        if new_ticket.is_none() && tasks.get_opt(&fresh_task).await.ok().flatten().is_some() {
+            new_ticket = Some(started.elapsed().as_secs_f64());
+        }
+        if all_back.is_none() && comments_posted(&sim) - before >= n {
+            all_back = Some(started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (new_ticket, all_back) = (new_ticket.unwrap_or_default(), all_back.unwrap_or_default());
+    println!(
+        "stranded {n}: the new ticket's task after {new_ticket:.2} s; every stranded claim handed back after {all_back:.2} s ({:.0} per second) (from operator start)",
+        n as f64 / all_back.max(0.001)
+    );
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -318,5 +393,9 @@ async fn main() {
     if samples > 0 {
         latency(plane, samples, true).await;
         latency(plane, samples, false).await;
+    }
+    let stranded_size = env_usize("BENCH_SOURCE_STRANDED", 1000);
+    if stranded_size > 0 {
+        stranded(plane, stranded_size).await;
     }
 }

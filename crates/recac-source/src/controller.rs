@@ -188,15 +188,41 @@ impl SourceController {
         let notify = self.triggers.notify(&source.name);
         let interval = Duration::from_secs(source.poll_interval_seconds);
         let label = SourceMetrics::source(&source.name);
-        // A new leader first looks for claims whose task was lost before it took over.
-        tokio::select! {
-            _ = term.stopped() => return,
-            outcome = self.recover_stranded(source, bot) => {
-                if let Err(e) = outcome {
-                    warn!(source = %source.name, error = %e, "looking for stranded claims failed; the next term looks again");
+        // A new leader also looks for claims whose task was lost before it took over, beside
+        // the polls: new work does not wait for that check.
+        let recovery = async {
+            let started = Instant::now();
+            tokio::select! {
+                _ = term.stopped() => {}
+                outcome = self.recover_stranded(source, bot) => match outcome {
+                    Ok(checked) => info!(
+                        source = %source.name,
+                        checked,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "stranded claims checked"
+                    ),
+                    Err(e) => warn!(source = %source.name, error = %e, "looking for stranded claims failed; the next term looks again"),
                 }
             }
-        }
+        };
+        futures::future::join(
+            recovery,
+            self.poll_loop(source, bot, state, term, notify, interval, &label),
+        )
+        .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn poll_loop(
+        &self,
+        source: &SourceConfig,
+        bot: &User,
+        state: &TermState,
+        term: &Term,
+        notify: Arc<tokio::sync::Notify>,
+        interval: Duration,
+        label: &crate::metrics::SourceLabel,
+    ) {
         loop {
             if term.is_stopped() {
                 return;
@@ -208,10 +234,10 @@ impl SourceController {
             };
             self.metrics
                 .poll_duration
-                .get_or_create(&label)
+                .get_or_create(label)
                 .observe(started.elapsed().as_secs_f64());
             if let Err(e) = outcome {
-                self.metrics.poll_errors.get_or_create(&label).inc();
+                self.metrics.poll_errors.get_or_create(label).inc();
                 warn!(error = %e, "poll failed; the next poll retries");
             }
             tokio::select! {
@@ -811,13 +837,18 @@ impl SourceController {
     /// Finds this source's claimed tickets that have no AgentTask and no reported result, and
     /// acts on each as `strandedClaims.action` says: one comment (found again by its marker,
     /// so a crash never posts it twice), then unassign, unlabel and transition back.
-    async fn recover_stranded(&self, source: &SourceConfig, bot: &User) -> Result<(), SourceError> {
+    /// Returns how many claimed tickets without a task it checked.
+    async fn recover_stranded(
+        &self,
+        source: &SourceConfig,
+        bot: &User,
+    ) -> Result<usize, SourceError> {
         let action = source.stranded_claims.action;
         if action == StrandedAction::Ignore {
-            return Ok(());
+            return Ok(0);
         }
         let Some(jql) = crate::query::claimed_jql(source) else {
-            return Ok(());
+            return Ok(0);
         };
         let claimed = self
             .jira
@@ -825,36 +856,38 @@ impl SourceController {
             .await
             .map_err(Self::jira_err(source, "search claimed tickets"))?;
         if claimed.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let index = self.index();
+        // The cache may lag a task created moments ago: one list from the API, before acting.
         let tasks: Api<AgentTask> = Api::namespaced(self.client.clone(), &source.namespace);
-        for issue in claimed {
-            let key = issue.key.as_str();
-            if index.contains_key(key) {
-                continue;
-            }
-            // The cache may lag a task created moments ago: ask the API before acting.
-            let live = tasks
-                .list(
-                    &kube::api::ListParams::default()
-                        .labels(&format!("{}={key}", decide::TICKET_LABEL)),
-                )
-                .await
-                .map_err(|error| SourceError::Kube {
-                    source_name: source.name.clone(),
-                    action: format!("list the tasks of {key}"),
-                    task: String::new(),
-                    error,
-                })?;
-            if !live.items.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.hand_back(source, bot, key).await {
-                warn!(ticket = key, error = %e, "stranded claim not handed back; the next term retries");
-            }
-        }
-        Ok(())
+        let live: HashSet<String> = tasks
+            .list_metadata(&kube::api::ListParams::default().labels(decide::TICKET_LABEL))
+            .await
+            .map_err(|error| SourceError::Kube {
+                source_name: source.name.clone(),
+                action: "list the tasks of claimed tickets".into(),
+                task: String::new(),
+                error,
+            })?
+            .items
+            .into_iter()
+            .filter_map(|t| t.metadata.labels?.remove(decide::TICKET_LABEL))
+            .collect();
+        let candidates: Vec<String> = claimed
+            .into_iter()
+            .map(|issue| issue.key)
+            .filter(|key| !index.contains_key(key) && !live.contains(key))
+            .collect();
+        let checked = candidates.len();
+        futures::stream::iter(candidates)
+            .for_each_concurrent(CONCURRENCY, |key| async move {
+                if let Err(e) = self.hand_back(source, bot, &key).await {
+                    warn!(ticket = %key, error = %e, "stranded claim not handed back; the next term retries");
+                }
+            })
+            .await;
+        Ok(checked)
     }
 
     async fn hand_back(
