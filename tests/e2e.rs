@@ -21,7 +21,7 @@ use recac_api::{AgentTask, TaskPhase};
 use recac_dev::demo::{self, Expected};
 use recac_dev::model::DemoModel;
 use recac_gitserver::{GitServer, GitServerOptions};
-use recac_jira_sim::{IssueSeed, JiraSim, ProjectDef, Seed, UserDef};
+use recac_jira_sim::{IssueSeed, JiraSim};
 use recac_tests::{repo_root, text, wait_for};
 
 const SYSTEM: &str = "recac-system";
@@ -213,23 +213,7 @@ enum Ends {
 }
 
 async fn start_jira(node: &Node, repository_url: &str) -> (JiraSim, Vec<(String, Ends)>) {
-    let reporter = UserDef {
-        account_id: "5b10a2844c20165700ede21g".into(),
-        name: "dev".into(),
-        display_name: "Dev User".into(),
-        email: "dev@example.com".into(),
-        token: None,
-        pat: None,
-        permissions: None,
-    };
-    let seed = Seed {
-        users: vec![recac_jira_sim::bot_user(), reporter],
-        projects: vec![ProjectDef {
-            key: demo::PROJECT.into(),
-            name: Some("recac demo".into()),
-        }],
-        ..Seed::default()
-    };
+    let seed = demo::sim_seed();
     let sim = JiraSim::bind(SocketAddr::new(node.ip, 0), seed)
         .await
         .expect("the Jira simulator listens on the node's address");
@@ -253,7 +237,7 @@ async fn start_jira(node: &Node, repository_url: &str) -> (JiraSim, Vec<(String,
         .into_iter()
         .map(|(ticket, ends)| {
             let key = sim.add_issue(IssueSeed {
-                reporter: Some("dev@example.com".into()),
+                reporter: Some(demo::REPORTER_EMAIL.into()),
                 ..ticket
             });
             (key, ends)

@@ -504,10 +504,9 @@ impl Git {
                 op: "push".into(),
                 kind: GitErrorKind::SecretInOutgoing,
                 message: format!(
-                    "nothing was pushed: {} {} a secret value of this task ({}); remove it from the work and the commits",
+                    "nothing was pushed: {} {} a secret value of this task (one of its credentials or Secret keys); remove it from the work and the commits",
                     found.join(", "),
                     if found.len() == 1 { "holds" } else { "hold" },
-                    "one of its credentials or Secret keys"
                 ),
             });
         }
@@ -609,6 +608,8 @@ impl Git {
             }
         }
         let _ = child.wait().await;
+        // One file changed in several commits is one place.
+        found.sort();
         found.dedup();
         Ok(found)
     }

@@ -755,6 +755,18 @@ async fn a_secret_written_into_the_work_is_never_pushed() {
     );
 }
 
+/// Cancels `stop` (as SIGTERM does) once `path` exists; returns when it did.
+async fn stop_when_exists(
+    path: std::path::PathBuf,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::time::Instant {
+    while !path.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    std::time::Instant::now()
+}
+
 #[tokio::test]
 async fn told_to_stop_it_ends_the_command_and_pushes_the_work_in_progress() {
     let root = tempfile::tempdir().unwrap();
@@ -774,17 +786,7 @@ async fn told_to_stop_it_ends_the_command_and_pushes_the_work_in_progress() {
     .await;
     let url = file_url(&bare);
     let stop = tokio_util::sync::CancellationToken::new();
-    let stopper = {
-        let stop = stop.clone();
-        let pid_file = pid_file.clone();
-        async move {
-            while !pid_file.exists() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            stop.cancel();
-            std::time::Instant::now()
-        }
-    };
+    let stopper = stop_when_exists(pid_file.clone(), stop.clone());
     let vars = openai_vars(&sim, &url, &[]);
     let (ran, stopped_at) = tokio::join!(run_stoppable(root.path(), &vars, stop), stopper);
     let took = stopped_at.elapsed();
@@ -841,16 +843,7 @@ async fn told_to_stop_during_the_tests_it_pushes_the_work_without_calling_it_don
     let test_command = format!("touch {}; sleep 120", marker.display());
     let vars = openai_vars(&sim, &url, &[("RECAC_TEST_COMMAND", &test_command)]);
     let stop = tokio_util::sync::CancellationToken::new();
-    let stopper = {
-        let stop = stop.clone();
-        async move {
-            while !marker.exists() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            stop.cancel();
-            std::time::Instant::now()
-        }
-    };
+    let stopper = stop_when_exists(marker, stop.clone());
     let (ran, stopped_at) = tokio::join!(run_stoppable(root.path(), &vars, stop), stopper);
     assert!(stopped_at.elapsed() < std::time::Duration::from_secs(10));
     let result = parsed(&ran);

@@ -91,3 +91,27 @@ pub fn tickets(repository_url: &str) -> Vec<(IssueSeed, Expected)> {
         ),
     ]
 }
+
+/// Who files the demo tickets.
+pub const REPORTER_EMAIL: &str = "dev@example.com";
+
+/// The simulator's users (the bot and the reporter) and the demo project.
+pub fn sim_seed() -> recac_jira_sim::Seed {
+    let reporter = recac_jira_sim::UserDef {
+        account_id: "5b10a2844c20165700ede21g".into(),
+        name: "dev".into(),
+        display_name: "Dev User".into(),
+        email: REPORTER_EMAIL.into(),
+        token: None,
+        pat: None,
+        permissions: None,
+    };
+    recac_jira_sim::Seed {
+        users: vec![recac_jira_sim::bot_user(), reporter],
+        projects: vec![recac_jira_sim::ProjectDef {
+            key: PROJECT.into(),
+            name: Some("recac demo".into()),
+        }],
+        ..recac_jira_sim::Seed::default()
+    }
+}

@@ -13,7 +13,7 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use rand::Rng;
 use recac_api::{AgentTask, AgentTaskSchedule};
 use recac_gitserver::{GitServer, GitServerOptions};
-use recac_jira_sim::{IssueSeed, JiraSim, ProjectDef, Seed, UserDef};
+use recac_jira_sim::{IssueSeed, JiraSim};
 use recac_testenv::{
     ControlPlane, ControlPlaneOptions, ManagedProcess, NodeAgent, NodeAgentOptions,
 };
@@ -259,23 +259,7 @@ async fn start_sim(
 ) -> Result<(JiraSim, Vec<String>), DevError> {
     let address = config::loopback_address(&config.jira_url)
         .ok_or_else(|| DevError::Config("`jira.url` is not a loopback address".into()))?;
-    let reporter = UserDef {
-        account_id: "5b10a2844c20165700ede21g".into(),
-        name: "dev".into(),
-        display_name: "Dev User".into(),
-        email: "dev@example.com".into(),
-        token: None,
-        pat: None,
-        permissions: None,
-    };
-    let seed = Seed {
-        users: vec![recac_jira_sim::bot_user(), reporter],
-        projects: vec![ProjectDef {
-            key: demo::PROJECT.into(),
-            name: Some("recac demo".into()),
-        }],
-        ..Seed::default()
-    };
+    let seed = demo::sim_seed();
     let sim = JiraSim::bind(address, seed)
         .await
         .map_err(|source| DevError::port("the Jira simulator", address, source))?;
@@ -288,7 +272,7 @@ async fn start_sim(
         .map(|(ticket, _)| {
             sim.add_issue(IssueSeed {
                 labels: vec![label.clone()],
-                reporter: Some("dev@example.com".into()),
+                reporter: Some(demo::REPORTER_EMAIL.into()),
                 ..ticket
             })
         })

@@ -506,17 +506,7 @@ impl SourceController {
         } else {
             marker
         };
-        let existing = self
-            .jira
-            .find_comment(key, &marker)
-            .await
-            .map_err(Self::jira_err(source, format!("read comments of {key}")))?;
-        if existing.is_none() {
-            self.jira
-                .add_comment(key, text)
-                .await
-                .map_err(Self::jira_err(source, format!("comment on {key}")))?;
-        }
+        self.comment_once(source, key, &marker, text).await?;
         self.jira
             .add_labels(key, &[label])
             .await
@@ -688,6 +678,48 @@ impl SourceController {
         }
     }
 
+    /// Records how the claim ended on the task, and that this term settled it.
+    async fn settle(
+        &self,
+        source: &SourceConfig,
+        task: &AgentTask,
+        claim: ClaimState,
+        message: Option<&str>,
+        state: &TermState,
+    ) -> Result<(), SourceError> {
+        self.mark(source, task, claim, message).await?;
+        if let Ok(mut s) = state.settled.lock() {
+            s.insert(format!(
+                "{}/{}",
+                task.namespace().unwrap_or_default(),
+                task.name_any()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Posts `text` on the ticket unless a comment with `marker` is there already.
+    async fn comment_once(
+        &self,
+        source: &SourceConfig,
+        key: &str,
+        marker: &str,
+        text: &str,
+    ) -> Result<(), SourceError> {
+        let existing = self
+            .jira
+            .find_comment(key, marker)
+            .await
+            .map_err(Self::jira_err(source, format!("read comments of {key}")))?;
+        if existing.is_none() {
+            self.jira
+                .add_comment(key, text)
+                .await
+                .map_err(Self::jira_err(source, format!("comment on {key}")))?;
+        }
+        Ok(())
+    }
+
     async fn mark(
         &self,
         source: &SourceConfig,
@@ -723,14 +755,8 @@ impl SourceController {
         key: &str,
         state: &TermState,
     ) -> Result<(), SourceError> {
-        self.mark(source, task, ClaimState::Claimed, None).await?;
-        if let Ok(mut s) = state.settled.lock() {
-            s.insert(format!(
-                "{}/{}",
-                task.namespace().unwrap_or_default(),
-                task.name_any()
-            ));
-        }
+        self.settle(source, task, ClaimState::Claimed, None, state)
+            .await?;
         self.metrics
             .claimed
             .get_or_create(&SourceMetrics::source(&source.name))
@@ -770,29 +796,12 @@ impl SourceController {
             }
         );
         let marker = plan::marker(SkipReason::TransitionUnavailable);
-        let existing = self
-            .jira
-            .find_comment(key, &marker)
-            .await
-            .map_err(Self::jira_err(source, format!("read comments of {key}")))?;
-        if existing.is_none() {
-            let text = format!(
-                "recac cannot start work on this ticket: {why}. Ask a Jira administrator to fix the workflow or the bot's permission (or change the source's `claim.transition`), then trigger the ticket again. {marker}"
-            );
-            self.jira
-                .add_comment(key, &text)
-                .await
-                .map_err(Self::jira_err(source, format!("comment on {key}")))?;
-        }
-        self.mark(source, task, ClaimState::Unavailable, Some(&why))
+        let text = format!(
+            "recac cannot start work on this ticket: {why}. Ask a Jira administrator to fix the workflow or the bot's permission (or change the source's `claim.transition`), then trigger the ticket again. {marker}"
+        );
+        self.comment_once(source, key, &marker, &text).await?;
+        self.settle(source, task, ClaimState::Unavailable, Some(&why), state)
             .await?;
-        if let Ok(mut s) = state.settled.lock() {
-            s.insert(format!(
-                "{}/{}",
-                task.namespace().unwrap_or_default(),
-                task.name_any()
-            ));
-        }
         self.metrics
             .skip(&source.name, SkipReason::TransitionUnavailable.as_str());
         self.publish(
@@ -812,14 +821,8 @@ impl SourceController {
         why: &str,
         state: &TermState,
     ) -> Result<(), SourceError> {
-        self.mark(source, task, ClaimState::Lost, Some(why)).await?;
-        if let Ok(mut s) = state.settled.lock() {
-            s.insert(format!(
-                "{}/{}",
-                task.namespace().unwrap_or_default(),
-                task.name_any()
-            ));
-        }
+        self.settle(source, task, ClaimState::Lost, Some(why), state)
+            .await?;
         self.metrics
             .conflicts
             .get_or_create(&SourceMetrics::source(&source.name))
