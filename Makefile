@@ -71,6 +71,7 @@ bench:
 	@assets="$$(hack/envtest.sh | tail -n 1)" && \
 	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) bench -p recac-tests --bench dispatch && \
 	  KUBEBUILDER_ASSETS="$$assets" $(CARGO) bench -p recac-tests --bench source
+	$(CARGO) bench -p recac-runtime --bench store_memory
 
 # `recac crd` prints every CRD, one YAML document each, in the order of
 # recac_api::crd_files(): each document goes to its own file.

@@ -574,6 +574,70 @@ async fn deleting_or_suspending_a_running_task_says_cancelled_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_tasks_are_reported_within_feedback_workers_and_retried_in_a_queue() {
+    const TASKS: usize = 6;
+    let s = setup("fb-deleted").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let tickets: Vec<String> = (0..TASKS).map(|_| ticket(&sim)).collect();
+    let config = FeedbackConfig {
+        workers: 2,
+        ..feedback_config()
+    };
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    for (i, key) in tickets.iter().enumerate() {
+        create_task(&s, &task_yaml(&format!("d{i}"), Some(key), "sleep", 0, "")).await;
+    }
+    for i in 0..TASKS {
+        task_where(&s, &format!("d{i}"), "running and announced", |t| {
+            t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Running)
+                && has_reported(t, "pickedUp/1")
+        })
+        .await;
+    }
+    // Every deletion's first comment fails; the next ones are slow.
+    sim.inject(
+        Fault::status(503)
+            .times(u32::try_from(TASKS).unwrap_or(u32::MAX))
+            .on_method("POST")
+            .on_path("/comment"),
+    );
+    sim.inject(
+        Fault::delay(Duration::from_millis(300))
+            .always()
+            .on_path("/comment"),
+    );
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    for i in 0..TASKS {
+        api.delete(&format!("d{i}"), &DeleteParams::default())
+            .await
+            .expect("deleted");
+    }
+    for key in &tickets {
+        let b = bodies_of(&sim, key, 2).await;
+        assert!(b[1].contains("its task was deleted"), "{}", b[1]);
+    }
+    assert!(
+        sim.most_calls_at_once() <= 2,
+        "at most feedback.workers (2) Jira calls at once, saw {}",
+        sim.most_calls_at_once()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for key in &tickets {
+        assert_eq!(
+            comment_posts(&sim, key).len(),
+            2,
+            "{key}: one pickedUp, one cancelled"
+        );
+    }
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jira_errors_and_rate_limits_delay_feedback_without_duplicates() {
     let s = setup("fb-outage").await;
     let sim = JiraSim::cloud().await.expect("sim");

@@ -317,7 +317,7 @@ pub async fn scrape_metrics(port: u16) -> (std::collections::BTreeMap<String, u6
                 }
             }
             requests.insert(format!("{verb} {resource}"), value);
-        } else if series == "recac_reconciles_total" {
+        } else if series == "recac_reconciles_total{controller=\"task-controller\"}" {
             reconciles = value;
         }
     }

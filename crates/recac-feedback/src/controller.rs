@@ -20,10 +20,11 @@ use kube::api::{Api, ListParams, LogParams};
 use kube::{Client, Resource, ResourceExt};
 use recac_api::AgentTask;
 use recac_jira::{Flavor, JiraClient, JiraError};
-use recac_runtime::cache::reference_to;
+use recac_runtime::cache::Notice;
 use recac_runtime::events::{EventPublisher, EventType};
-use recac_runtime::kinds::TaskSummary;
-use recac_runtime::runner::{self, Action as Requeue, RunnerConfig};
+use recac_runtime::runner::{
+    self, Action as Requeue, Backoff, ReconcileMetrics, RunnerConfig, WorkQueue,
+};
 use recac_runtime::{Cache, Component, ComponentError, Term, failpoint, status};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -69,6 +70,12 @@ pub enum FeedbackError {
     },
     #[error("the feedback controller's redaction patterns: {0}")]
     Redactor(#[from] recac_redact::Error),
+}
+
+impl runner::ErrorReason for FeedbackError {
+    fn reason(&self) -> &'static str {
+        FeedbackError::reason(self)
+    }
 }
 
 impl FeedbackError {
@@ -132,6 +139,8 @@ pub struct FeedbackParts {
     pub tasks: Cache<AgentTask>,
     pub setup: FeedbackSetup,
     pub metrics: FeedbackMetrics,
+    /// The process's reconcile metrics (shared by every controller).
+    pub reconciles: ReconcileMetrics,
     /// Names this replica in Events.
     pub instance: String,
 }
@@ -144,6 +153,7 @@ pub struct FeedbackController {
     config: FeedbackConfig,
     redactor: LogRedactor,
     metrics: FeedbackMetrics,
+    reconciles: ReconcileMetrics,
     events: EventPublisher,
 }
 
@@ -157,6 +167,7 @@ impl FeedbackController {
             jira: parts.setup.jira,
             config: parts.setup.config,
             metrics: parts.metrics,
+            reconciles: parts.reconciles,
         }
     }
 
@@ -173,34 +184,36 @@ impl FeedbackController {
             failures: Mutex::new(HashMap::new()),
             facts: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(self.config.workers),
             term: term.clone(),
         });
         let (deleted_tx, deleted_rx) = mpsc::unbounded_channel::<Arc<AgentTask>>();
-        let store = self.tasks.store();
         // Deleted tasks go to their own path: a controller only reconciles what the store has.
-        let triggers = self.tasks.triggers().filter_map(move |task| {
-            let wanted = jira_ticket(&task).is_some();
-            let gone = store
-                .get_as::<TaskSummary>(&reference_to(task.as_ref()))
-                .is_none_or(|cached| cached.metadata.uid != task.uid());
-            let out = match (wanted, gone) {
-                (false, _) => None,
-                (true, true) => {
-                    let _ = deleted_tx.send(task);
+        let triggers = self.tasks.subscribe().filter_map(move |notice| {
+            futures::future::ready(match notice {
+                Notice::Applied(reference) => Some(reference),
+                Notice::Deleted(task) => {
+                    if jira_ticket(&task).is_some() {
+                        let _ = deleted_tx.send(task);
+                    }
                     None
                 }
-                (true, false) => Some(task),
-            };
-            futures::future::ready(out)
+            })
         });
         let deletions = tokio::spawn(handle_deletions(ctx.clone(), deleted_rx, term.clone()));
         info!(term = term.number, "feedback controller term starts");
         runner::run(
             self.tasks.store(),
-            triggers.map(|task| reference_to(task.as_ref())),
+            triggers,
             RunnerConfig {
+                controller: "feedback-controller",
                 concurrency: self.config.workers,
                 debounce: Duration::from_millis(100),
+                backoff: Backoff {
+                    first: Duration::from_secs(self.config.retry_seconds),
+                    max: Duration::from_secs(self.config.max_retry_seconds),
+                },
+                metrics: self.reconciles.clone(),
             },
             term.stop_signal(),
             reconcile,
@@ -240,6 +253,8 @@ struct TermContext {
     facts: Mutex<HashMap<String, Facts>>,
     /// One delivery at a time per task (the reconciler and the deletion path).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `feedback.workers` delivery slots, shared by live and deleted tasks.
+    slots: tokio::sync::Semaphore,
     term: Term,
 }
 
@@ -296,6 +311,9 @@ fn task_key(task: &AgentTask) -> String {
 async fn reconcile(task: Arc<AgentTask>, ctx: Arc<TermContext>) -> Result<Requeue, FeedbackError> {
     let c = &ctx.controller;
     let uid = task.uid().unwrap_or_default();
+    let Ok(_slot) = ctx.slots.acquire().await else {
+        return Ok(Requeue::await_change());
+    };
     let lock = ctx.lock_for(&uid);
     let _guard = lock.lock().await;
     let reports = report::due(&task, false, &c.options());
@@ -696,64 +714,96 @@ fn error_policy(task: Arc<AgentTask>, error: &FeedbackError, ctx: Arc<TermContex
     Requeue::requeue(wait)
 }
 
-/// Delivers the reports of deleted tasks, retrying until delivered or the term ends.
+/// Delivers the reports of deleted tasks: at most `feedback.workers` deliveries run at
+/// once (the slots are shared with the live tasks' reconciles), and a failed one waits out
+/// the task's backoff in a queue, holding no slot, until it is delivered or the term ends.
 async fn handle_deletions(
     ctx: Arc<TermContext>,
     mut deleted: mpsc::UnboundedReceiver<Arc<AgentTask>>,
     term: Term,
 ) {
+    let workers = ctx.controller.config.workers;
+    let mut queue: WorkQueue<String> = WorkQueue::default();
+    let mut tasks: HashMap<String, Arc<AgentTask>> = HashMap::new();
     let mut running = tokio::task::JoinSet::new();
     loop {
+        while let Some(uid) = queue.start_next(workers) {
+            let Some(task) = tasks.get(&uid).cloned() else {
+                queue.finish(&uid, None);
+                continue;
+            };
+            let ctx = ctx.clone();
+            running.spawn(async move {
+                let retry_in = deliver_deleted(&ctx, &task).await;
+                (uid, retry_in)
+            });
+        }
+        let next_due = queue.next_due();
         tokio::select! {
+            biased;
             _ = term.stopped() => break,
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok((uid, retry_in)) = done {
+                    match retry_in {
+                        Some(wait) => queue.finish(&uid, Some(tokio::time::Instant::now() + wait)),
+                        None => {
+                            tasks.remove(&uid);
+                            queue.finish(&uid, None);
+                        }
+                    }
+                }
+            }
             task = deleted.recv() => {
                 let Some(task) = task else { break };
-                running.spawn(deliver_deleted(ctx.clone(), task, term.clone()));
+                if report::due(&task, true, &ctx.controller.options()).is_empty() {
+                    continue;
+                }
+                let uid = task.uid().unwrap_or_default();
+                tasks.insert(uid.clone(), task);
+                queue.schedule(uid, tokio::time::Instant::now());
             }
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            () = sleep_until(next_due), if next_due.is_some() => {
+                queue.release_due(tokio::time::Instant::now());
+            }
         }
     }
     running.abort_all();
 }
 
-async fn deliver_deleted(ctx: Arc<TermContext>, task: Arc<AgentTask>, term: Term) {
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// One attempt at the reports of a deleted task; how long to wait before the next, if
+/// one is needed.
+async fn deliver_deleted(ctx: &Arc<TermContext>, task: &Arc<AgentTask>) -> Option<Duration> {
     let c = &ctx.controller;
     let uid = task.uid().unwrap_or_default();
-    let reports = report::due(&task, true, &c.options());
-    if reports.is_empty() {
-        return;
+    let reports = report::due(task, true, &c.options());
+    let _slot = ctx.slots.acquire().await.ok()?;
+    let lock = ctx.lock_for(&uid);
+    let _guard = lock.lock().await;
+    let mut outcome = Ok(());
+    for report in &reports {
+        outcome = deliver(task, report, true, ctx).await;
+        if outcome.is_err() {
+            break;
+        }
     }
-    let mut failures = 0u32;
-    loop {
-        let outcome = {
-            let lock = ctx.lock_for(&uid);
-            let _guard = lock.lock().await;
-            let mut outcome = Ok(());
-            for report in &reports {
-                outcome = deliver(&task, report, true, &ctx).await;
-                if outcome.is_err() {
-                    break;
-                }
-            }
-            outcome
-        };
-        match outcome {
-            Ok(()) => {
-                ctx.delivered(&uid);
-                c.metrics.set_pending(&uid, false);
-                return;
-            }
-            Err(error) => {
-                failures += 1;
-                c.metrics.set_pending(&uid, true);
-                c.metrics.delivery_failed(error.reason());
-                let wait = ctx.backoff(&uid, &error);
-                warn!(task = %task_key(&task), error = %error, retry_in = ?wait, failures, "feedback for a deleted task failed");
-                tokio::select! {
-                    _ = term.stopped() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
+    match outcome {
+        Ok(()) => {
+            ctx.delivered(&uid);
+            c.metrics.set_pending(&uid, false);
+            None
+        }
+        Err(error) => {
+            c.metrics.set_pending(&uid, true);
+            c.metrics.delivery_failed(error.reason());
+            let wait = ctx.backoff(&uid, &error);
+            warn!(task = %task_key(task), error = %error, retry_in = ?wait, "feedback for a deleted task failed");
+            Some(wait)
         }
     }
 }

@@ -86,6 +86,9 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub faults: Mutex<Vec<Fault>>,
     pub calls: Mutex<Vec<CallRecord>>,
+    /// Calls being handled now, and the most at once so far.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub most_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,6 +167,8 @@ impl JiraSim {
             state: Mutex::new(state),
             faults: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
+            in_flight: Default::default(),
+            most_in_flight: Default::default(),
         });
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         let sim = JiraSim {
@@ -478,6 +483,13 @@ impl JiraSim {
     }
 
     /// Every call received so far, in order.
+    /// The most calls handled at once so far (faults' delays included).
+    pub fn most_calls_at_once(&self) -> usize {
+        self.shared
+            .most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn calls(&self) -> Vec<CallRecord> {
         lock(&self.shared.calls).clone()
     }

@@ -10,6 +10,7 @@ use recac_runtime::admin::{self, AdminState, Readiness};
 use recac_runtime::config::OperatorSettings;
 use recac_runtime::election::{LeaderElection, OwnPod, process_identity};
 use recac_runtime::metrics::ApiRequestCounter;
+use recac_runtime::runner::ReconcileMetrics;
 use recac_runtime::{Cache, Fatal, Health, Leadership, MetricsRegistry, Supervisor, kinds};
 use recac_task_controller::admission::AdmissionQueue;
 use recac_task_controller::metrics::TaskMetrics;
@@ -123,6 +124,7 @@ impl Operator {
             setup.task_controller.max_concurrent_tasks,
         ));
         let task_metrics = TaskMetrics::register(&registry);
+        let reconciles = ReconcileMetrics::register(&registry);
         let (tasks, tasks_driver) = Cache::new(kinds::agent_tasks(
             &client,
             namespaces,
@@ -147,6 +149,7 @@ impl Operator {
                         tasks: tasks.clone(),
                         setup: feedback,
                         metrics: recac_feedback::FeedbackMetrics::register(&registry),
+                        reconciles: reconciles.clone(),
                         instance: setup.instance.clone(),
                     },
                 ))
@@ -173,6 +176,7 @@ impl Operator {
                 schedules: schedules.clone(),
                 tasks: tasks.clone(),
                 metrics: recac_schedule::ScheduleMetrics::register(&registry),
+                reconciles: reconciles.clone(),
                 instance: setup.instance.clone(),
                 clock: Arc::new(schedule_clock.clone()),
             },
@@ -183,6 +187,7 @@ impl Operator {
             jobs: jobs.clone(),
             queue,
             metrics: task_metrics,
+            reconciles,
             config: setup.task_controller.clone(),
             agent: setup.agent.clone(),
             instance: setup.instance.clone(),

@@ -1,8 +1,11 @@
 //! The operator runtime: what every controller of recac runs on.
 //!
 //! - [`cache`]: shared, warm caches (one watch per kind) with readiness, kept on every
-//!   replica whether or not it may write, their objects held compactly in a [`store`];
-//! - [`runner`]: runs a controller's reconciles over a cache's objects;
+//!   replica whether or not it may write, their objects held compactly in a [`store`] (why
+//!   not kube-runtime's reflector: see [`cache`]); each reader has its own inbox, so no
+//!   reader misses a change or a deletion however slow it is;
+//! - [`runner`]: runs a controller's reconciles over a cache's objects, with per-object
+//!   backoff and the reconcile metrics of every controller;
 //! - [`supervisor`]: runs the caches, the admin server and every [`Component`], each in terms
 //!   granted by the [`Leadership`] signal, and turns any part's unexpected end into a clean,
 //!   non-zero exit;
@@ -30,7 +33,7 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 
-pub use cache::{Cache, CacheChange, CacheHook, CacheSpec};
+pub use cache::{Cache, CacheChange, CacheHook, CacheSpec, Notice};
 pub use leadership::{Leadership, LeadershipControl};
 pub use metrics::MetricsRegistry;
 pub use supervisor::{Component, ComponentError, Fatal, Health, Supervisor, Term};

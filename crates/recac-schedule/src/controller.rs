@@ -29,7 +29,7 @@ use recac_runtime::cache::reference_to;
 use recac_runtime::cache::{CacheSpec, strip_metadata};
 use recac_runtime::events::{EventPublisher, EventType};
 use recac_runtime::kinds::{controller_of, scoped_apis};
-use recac_runtime::runner::{self, Action, RunnerConfig};
+use recac_runtime::runner::{self, Action, Backoff, ReconcileMetrics, RunnerConfig};
 use recac_runtime::store::Store;
 use recac_runtime::{Cache, Component, ComponentError, Term, status};
 use tokio::sync::watch;
@@ -46,8 +46,6 @@ pub const FIELD_MANAGER: &str = "recac-schedule-controller";
 const CRD_POLL: Duration = Duration::from_secs(10);
 /// The longest wait before a schedule is looked at again without a change.
 const MAX_REQUEUE: Duration = Duration::from_secs(3600);
-/// The wait after a failed reconcile.
-const RETRY: Duration = Duration::from_secs(5);
 /// Events remembered per term (to tell each once); forgotten past this many.
 const TOLD_LIMIT: usize = 10_000;
 
@@ -60,6 +58,14 @@ pub enum ScheduleError {
         action: String,
         source: kube::Error,
     },
+}
+
+impl runner::ErrorReason for ScheduleError {
+    fn reason(&self) -> &'static str {
+        match self {
+            ScheduleError::Kube { .. } => "KubernetesError",
+        }
+    }
 }
 
 /// The shared cache of AgentTaskSchedules. Its watch starts once the CRD is served: an
@@ -159,6 +165,8 @@ pub struct ScheduleParts {
     /// The operator's shared AgentTask cache.
     pub tasks: Cache<AgentTask>,
     pub metrics: ScheduleMetrics,
+    /// The process's reconcile metrics (shared by every controller).
+    pub reconciles: ReconcileMetrics,
     /// Names this replica in Events.
     pub instance: String,
     /// Where "now" comes from.
@@ -171,6 +179,7 @@ pub struct ScheduleController {
     schedules: ScheduleCache,
     tasks: Cache<AgentTask>,
     metrics: ScheduleMetrics,
+    reconciles: ReconcileMetrics,
     events: EventPublisher,
     clock: Arc<dyn Clock>,
 }
@@ -183,6 +192,7 @@ impl ScheduleController {
             schedules: parts.schedules,
             tasks: parts.tasks,
             metrics: parts.metrics,
+            reconciles: parts.reconciles,
             clock: parts.clock,
         }
     }
@@ -221,8 +231,14 @@ impl ScheduleController {
             store,
             futures::stream::select(triggers, jumps),
             RunnerConfig {
+                controller: "schedule-controller",
                 concurrency: 4,
                 debounce: Duration::from_millis(50),
+                backoff: Backoff {
+                    first: Duration::from_secs(1),
+                    max: Duration::from_secs(300),
+                },
+                metrics: self.reconciles.clone(),
             },
             term.stop_signal(),
             reconcile,
@@ -625,9 +641,11 @@ fn error_policy(
     error: &ScheduleError,
     ctx: Arc<TermContext>,
 ) -> Action {
-    ctx.controller.metrics.error("KubernetesError");
-    warn!(schedule = %key(&schedule), error = %error, retry_in = ?RETRY, "schedule reconcile failed");
-    Action::requeue(RETRY)
+    ctx.controller
+        .metrics
+        .error(runner::ErrorReason::reason(error));
+    warn!(schedule = %key(&schedule), error = %error, "schedule reconcile failed; retrying after a backoff");
+    Action::await_change()
 }
 
 #[cfg(test)]

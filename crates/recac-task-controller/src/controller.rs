@@ -20,7 +20,9 @@ use kube::{Client, Resource, ResourceExt};
 use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
 use recac_runtime::events::{EventPublisher, EventType as KubeEventType};
 use recac_runtime::kinds::{CachedJob, TaskSummary, controller_of};
-use recac_runtime::runner::{self, Action as RequeueAction, RunnerConfig};
+use recac_runtime::runner::{
+    self, Action as RequeueAction, Backoff, ReconcileMetrics, RunnerConfig,
+};
 use recac_runtime::{Cache, CacheHook, Component, ComponentError, Term, failpoint, status};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -79,11 +81,13 @@ impl ReconcileError {
             ReconcileError::Kube { .. } => false,
         }
     }
+}
 
-    fn kind(&self) -> &'static str {
+impl runner::ErrorReason for ReconcileError {
+    fn reason(&self) -> &'static str {
         match self {
-            ReconcileError::Kube { .. } => "kube",
-            ReconcileError::ForeignJob { .. } => "foreign_job",
+            ReconcileError::Kube { .. } => "KubernetesError",
+            ReconcileError::ForeignJob { .. } => "ForeignJob",
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct TaskControllerParts {
     pub jobs: Cache<CachedJob>,
     pub queue: Arc<AdmissionQueue>,
     pub metrics: TaskMetrics,
+    /// The process's reconcile metrics (shared by every controller).
+    pub reconciles: ReconcileMetrics,
     pub config: TaskControllerConfig,
     pub agent: AgentDefaults,
     /// Names this replica in Events (e.g. the pod name).
@@ -135,6 +141,7 @@ pub struct TaskController {
     jobs: Cache<CachedJob>,
     queue: Arc<AdmissionQueue>,
     metrics: TaskMetrics,
+    reconciles: ReconcileMetrics,
     config: TaskControllerConfig,
     agent: AgentDefaults,
     events: EventPublisher,
@@ -154,6 +161,7 @@ impl TaskController {
             jobs: parts.jobs,
             queue: parts.queue,
             metrics: parts.metrics,
+            reconciles: parts.reconciles,
             config: parts.config,
             agent: parts.agent,
         }
@@ -176,7 +184,6 @@ impl TaskController {
                 max: Duration::from_secs(self.config.max_retry_backoff_seconds),
                 queue_poll: Duration::from_secs(self.config.queue_poll_seconds),
             },
-            failures: Mutex::new(HashMap::new()),
             dispatched: Mutex::new(HashMap::new()),
             events: events_tx,
         });
@@ -216,8 +223,14 @@ impl TaskController {
             self.tasks.store(),
             triggers,
             RunnerConfig {
+                controller: "task-controller",
                 concurrency: usize::from(self.config.workers),
                 debounce: Duration::from_millis(50),
+                backoff: Backoff {
+                    first: Duration::from_secs(1),
+                    max: Duration::from_secs(120),
+                },
+                metrics: self.reconciles.clone(),
             },
             term.stop_signal(),
             reconcile,
@@ -307,8 +320,6 @@ impl Component for TaskController {
 struct TermContext {
     controller: Arc<TaskController>,
     retry: RetryPolicy,
-    /// Consecutive failed reconciles per task uid, with the time of the last one.
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
     /// The attempt this term last dispatched per task uid, until the caches show it.
     dispatched: Mutex<HashMap<String, (i32, Instant)>>,
     events: mpsc::Sender<PendingEvent>,
@@ -468,7 +479,6 @@ async fn reconcile(
 ) -> Result<RequeueAction, ReconcileError> {
     failpoint::hit("task-controller.reconcile");
     let c = &ctx.controller;
-    c.metrics.reconciled();
     if task.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the Jobs and pods.
         return Ok(RequeueAction::await_change());
@@ -499,11 +509,7 @@ async fn reconcile(
     {
         c.queue.release(&task);
     }
-    let requeue = result?;
-    if let Ok(mut failures) = ctx.failures.lock() {
-        failures.remove(&id.uid);
-    }
-    Ok(requeue)
+    result
 }
 
 /// Act: create or adopt the Job, (un)suspend it, write the owned status if it changed, then
@@ -706,32 +712,14 @@ async fn record_dispatch_failure(
     }
 }
 
-/// Failure counters older than this are forgotten (their task is fine, or gone).
-const FAILURE_MEMORY: Duration = Duration::from_secs(600);
-
+/// Logs a failed reconcile; the runner retries it after the task's backoff.
 fn error_policy(
     task: Arc<AgentTask>,
     error: &ReconcileError,
-    ctx: Arc<TermContext>,
+    _ctx: Arc<TermContext>,
 ) -> RequeueAction {
-    ctx.controller.metrics.reconcile_failed(error.kind());
-    let uid = task.uid().unwrap_or_default();
-    let failures = ctx
-        .failures
-        .lock()
-        .map(|mut failures| {
-            failures.retain(|_, (_, last)| last.elapsed() < FAILURE_MEMORY);
-            let entry = failures.entry(uid).or_insert((0, Instant::now()));
-            entry.0 = entry.0.saturating_add(1);
-            entry.1 = Instant::now();
-            entry.0
-        })
-        .unwrap_or(1);
-    let wait = Duration::from_millis(500)
-        .saturating_mul(2u32.saturating_pow(failures.min(8)))
-        .min(Duration::from_secs(120));
-    warn!(task = %TaskIdentity::of(&task).key(), error = %error, retry_in = ?wait, "reconcile failed");
-    RequeueAction::requeue(wait)
+    warn!(task = %TaskIdentity::of(&task).key(), error = %error, "reconcile failed; retrying after a backoff");
+    RequeueAction::await_change()
 }
 
 /// Publishes a term's Events, a few at a time, until the term stops.

@@ -1,9 +1,10 @@
 //! The task controller's metrics, registered in the process's registry.
 //!
-//! Names kept from earlier releases: `recac_reconciles_total`,
-//! `recac_reconcile_errors_total{kind}`, `recac_jobs_created_total`,
+//! Names kept from earlier releases: `recac_jobs_created_total`,
 //! `recac_event_publish_errors_total`, `recac_tasks{phase}`,
-//! `recac_dispatch_latency_seconds`. API requests are counted by the runtime's client layer
+//! `recac_dispatch_latency_seconds`. Reconciles are counted by the runtime's runner for
+//! every controller (`recac_reconciles_total{controller}`,
+//! `recac_reconcile_errors_total{controller,reason}`), API requests by its client layer
 //! (`recac_api_requests_total{verb,resource}`).
 
 use std::time::Duration;
@@ -22,11 +23,6 @@ use recac_runtime::store::Store;
 const LATENCY_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
-    kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
     phase: String,
 }
@@ -34,8 +30,6 @@ struct PhaseLabel {
 /// Counters and gauges of the task controller.
 #[derive(Clone)]
 pub struct TaskMetrics {
-    reconciles: Counter,
-    errors: Family<KindLabel, Counter>,
     jobs_created: Counter,
     event_errors: Counter,
     dispatch_latency: Histogram,
@@ -46,24 +40,12 @@ pub struct TaskMetrics {
 impl TaskMetrics {
     pub fn register(registry: &MetricsRegistry) -> Self {
         let metrics = Self {
-            reconciles: Counter::default(),
-            errors: Family::default(),
             jobs_created: Counter::default(),
             event_errors: Counter::default(),
             dispatch_latency: Histogram::new(LATENCY_BUCKETS),
             queued: Gauge::default(),
             orphans_deleted: Counter::default(),
         };
-        registry.register(
-            "recac_reconciles",
-            "AgentTask reconciles run.",
-            metrics.reconciles.clone(),
-        );
-        registry.register(
-            "recac_reconcile_errors",
-            "Failed reconciles by error kind.",
-            metrics.errors.clone(),
-        );
         registry.register(
             "recac_jobs_created",
             "Agent Jobs created.",
@@ -99,16 +81,6 @@ impl TaskMetrics {
     /// Registers `recac_tasks{phase}`, counted from `tasks` at each scrape.
     pub fn register_phases(registry: &MetricsRegistry, tasks: Store<AgentTask>) {
         registry.register_collector(Box::new(PhaseCollector { store: tasks }));
-    }
-
-    pub fn reconciled(&self) {
-        self.reconciles.inc();
-    }
-
-    pub fn reconcile_failed(&self, kind: &str) {
-        self.errors
-            .get_or_create(&KindLabel { kind: kind.into() })
-            .inc();
     }
 
     pub fn job_created(&self) {
@@ -180,9 +152,6 @@ mod tests {
     fn renders_the_names_users_scrape() {
         let registry = MetricsRegistry::default();
         let m = TaskMetrics::register(&registry);
-        m.reconciled();
-        m.reconciled();
-        m.reconcile_failed("kube");
         m.job_created();
         m.observe_dispatch_latency(Duration::from_millis(300));
         let store: Store<AgentTask> = Store::default();
@@ -207,8 +176,6 @@ mod tests {
         task.metadata.namespace = Some("ns".into());
         store.upsert(&task);
         let text = registry.encode();
-        assert!(text.contains("recac_reconciles_total 2"), "{text}");
-        assert!(text.contains("recac_reconcile_errors_total{kind=\"kube\"} 1"));
         assert!(text.contains("recac_jobs_created_total 1"));
         assert!(text.contains("recac_tasks{phase=\"Pending\"} 1"));
         assert!(text.contains("recac_tasks{phase=\"Failed\"} 0"));

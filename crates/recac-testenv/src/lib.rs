@@ -10,6 +10,7 @@
 
 mod certs;
 mod control_plane;
+pub mod faults;
 mod node_agent;
 mod process;
 
