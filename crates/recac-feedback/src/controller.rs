@@ -762,18 +762,12 @@ async fn handle_deletions(
                 tasks.insert(uid.clone(), task);
                 queue.schedule(uid, tokio::time::Instant::now());
             }
-            () = sleep_until(next_due), if next_due.is_some() => {
+            () = runner::sleep_until(next_due), if next_due.is_some() => {
                 queue.release_due(tokio::time::Instant::now());
             }
         }
     }
     running.abort_all();
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at).await;
-    }
 }
 
 /// One attempt at the reports of a deleted task; how long to wait before the next, if

@@ -478,7 +478,8 @@ fn count_failure<T: Eq + Hash + Clone>(failures: &mut HashMap<T, u32>, key: &T) 
     *count
 }
 
-async fn sleep_until(at: Option<Instant>) {
+/// Sleeps until `at`, or forever when there is nothing to wait for (for a `select!` arm).
+pub async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
     }

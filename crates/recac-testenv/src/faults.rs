@@ -228,7 +228,6 @@ where
                         return Ok(status(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "injected: the list failed part-way",
-                            500,
                         ));
                     }
                     passthrough(forward(&inner, request).await?)
@@ -291,10 +290,10 @@ where
     ))
 }
 
-fn status(code: StatusCode, message: &str, number: u16) -> Response<FaultBody> {
+fn status(code: StatusCode, message: &str) -> Response<FaultBody> {
     let body = serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
-        "status": "Failure", "message": message, "reason": "InternalError", "code": number,
+        "status": "Failure", "message": message, "reason": "InternalError", "code": code.as_u16(),
     });
     let mut response = Response::new(BodyExt::boxed_unsync(
         Full::new(bytes::Bytes::from(body.to_string())).map_err(|never| match never {}),
