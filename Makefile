@@ -3,6 +3,10 @@
 #   make dev       the whole loop on this machine (`recac dev`): control plane, Jira
 #                  simulator with demo tickets, git server, demo model, two operators;
 #                  DEV_ARGS passes options, e.g. DEV_ARGS="--once" or "--keep"
+#   make dev-real-node
+#                  the same demo on a real node (root; `recac dev --real-node`): a kubelet
+#                  with containerd runs the agents from the built image, the operator is
+#                  deployed with `kubectl apply -k`; DEV_ARGS as for make dev
 #   make build     build the recac binary (target/debug/recac)
 #   make test      build the control plane and helm if not cached, then run every test
 #   make image     build the container image (IMAGE, default recac:dev): with a docker
@@ -15,7 +19,8 @@
 #                  then runs a node with the recac image and probes it (root)
 #   make e2e       the whole loop on a real node (root): the release binary, the image
 #                  (hack/image.sh), a kubelet with containerd (hack/realnode-up.sh), the
-#                  operator from `kubectl apply -k config/default`, agents as real pods
+#                  operator from `kubectl apply -k config/default`, agents as real pods,
+#                  then the operator installed again with the Helm chart for one more ticket
 #   make lint      cargo fmt --check and clippy with warnings as errors
 #   make bench     benchmarks against a real apiserver: dispatch (N = 100 and 1000), admission
 #                  with 10,000 queued tasks, two elected replicas with 10,000 tasks cached
@@ -27,12 +32,15 @@ K8S_VERSION ?= 1.37.2
 ETCD_VERSION ?= 3.6.16
 export K8S_VERSION ETCD_VERSION
 
-.PHONY: build release test bench crds envtest lint fmt dev image realnode e2e
+.PHONY: build release test bench crds envtest lint fmt dev dev-real-node image realnode e2e
 
 IMAGE ?= recac:dev
 
 dev:
 	$(CARGO) run --quiet -p recac -- dev $(DEV_ARGS)
+
+dev-real-node:
+	@hack/dev-real-node.sh $(DEV_ARGS)
 
 image:
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \

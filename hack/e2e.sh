@@ -19,6 +19,9 @@ stage() {
 [ "$(id -u)" -eq 0 ] || { echo "e2e: needs root (a kubelet and containerd run on this machine)" >&2; exit 1; }
 stage "control plane binaries" hack/envtest.sh >/dev/null
 stage "node binaries" hack/realnode.sh >/dev/null
+stage "helm" hack/helm.sh >/dev/null
+RECAC_HELM="$(hack/helm.sh | tail -n 1)"
+export RECAC_HELM
 stage "release binary" "$CARGO" build --release -p recac
 stage "image" env RECAC_BINARY=target/release/recac hack/image.sh >/dev/null
 stage "e2e test build" "$CARGO" test -p recac-tests --test e2e --no-run

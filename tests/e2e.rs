@@ -2,14 +2,16 @@
 //! image (two replicas, in-cluster configuration, its ServiceAccount and RBAC), the agents as
 //! Jobs in a namespace that enforces the restricted Pod Security Standard, run by a kubelet and
 //! containerd from the same image. The Jira simulator, the git server (with its own CA) and
-//! the demo model run on this machine, reached by the pods through the node's address.
+//! the demo model run on this machine, reached by the pods through the node's address. At the
+//! end the operator is removed and installed again with the Helm chart, which runs one more
+//! ticket.
 //!
+//! The setup is `recac_dev::realnode`'s, which `recac dev --real-node` shows to a person.
 //! `make e2e` runs it inside `hack/realnode-up.sh --run`, which starts the node and exports
 //! where it is; without that environment the test is ignored.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -19,191 +21,27 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use recac_api::{AgentTask, TaskPhase};
 use recac_dev::demo::{self, Expected};
-use recac_dev::model::DemoModel;
-use recac_gitserver::{GitServer, GitServerOptions};
+use recac_dev::realnode::{self, Demo, Node, SYSTEM, TASKS};
 use recac_jira_sim::{IssueSeed, JiraSim};
 use recac_tests::{repo_root, text, wait_for};
 
-const SYSTEM: &str = "recac-system";
-const TASKS: &str = "recac-demo";
 const LOOP_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// What `hack/realnode-up.sh --run` exports.
-struct Node {
-    ip: IpAddr,
-    apiserver_host: String,
-    apiserver_port: String,
-    kubectl: String,
-    image: String,
-}
-
-impl Node {
-    fn from_env() -> Option<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Some(Self {
-            ip: var("REALNODE_NODE_IP")?.parse().ok()?,
-            apiserver_host: var("REALNODE_APISERVER_HOST")?,
-            apiserver_port: var("REALNODE_APISERVER_PORT")?,
-            kubectl: var("REALNODE_KUBECTL")?,
-            image: var("REALNODE_IMAGE")?,
-        })
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(&self.kubectl)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
-        if let Some(input) = stdin
-            && let Some(mut pipe) = child.stdin.take()
-        {
-            pipe.write_all(input.as_bytes()).expect("kubectl stdin");
-        }
-        child.wait_with_output().expect("kubectl ends")
-    }
-
-    /// Runs kubectl and panics with its output when it fails.
-    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.kubectl(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-}
 
 fn say(message: impl std::fmt::Display) {
     eprintln!("e2e: {message}");
 }
 
-/// The operator's configuration for this run: the simulator, the git server and the model
-/// on the node's address, the agents from the built image.
-fn operator_config(node: &Node, jira: SocketAddr, git: SocketAddr, model: SocketAddr) -> String {
-    format!(
-        r#"operator:
-  namespaces: [{TASKS}]
-  adminAddress: 0.0.0.0:8080
-  leaderElection:
-    leaseDurationSeconds: 6
-    renewDeadlineSeconds: 4
-    retryPeriodSeconds: 1
-taskController:
-  maxConcurrentTasks: 2
-  retryBackoffSeconds: 2
-agent:
-  image: {image}
-  imagePullPolicy: Never
-  provider: openai
-  model: {model_name}
-  secretRefs: [recac-demo-credentials]
-  gitCredentialHosts: ["{git}"]
-  caBundle: {{configMap: recac-demo-ca}}
-  resources:
-    requests: {{cpu: 100m, memory: 128Mi}}
-    limits: {{memory: 512Mi}}
-  env:
-    - name: OPENAI_BASE_URL
-      value: http://{model}/v1
-  ttlSecondsAfterFinished: 3600
-jira:
-  url: http://{jira}
-  allowInsecureHttp: true
-sources:
-  - name: demo
-    project: {project}
-    label: {label}
-    namespace: {TASKS}
-    template: {{maxRetries: 2, timeoutSeconds: 600}}
-    repository:
-      fromDescription: true
-    claim: {{transition: In Progress, assign: true}}
-    pollIntervalSeconds: 2
-feedback:
-  commentOnRetry: true
-  retrySeconds: 1
-  succeeded: {{transition: In Review}}
-  failed: {{transition: To Do}}
-"#,
-        image = node.image,
-        model_name = recac_dev::model::MODEL_NAME,
-        project = demo::PROJECT,
-        label = demo::TRIGGER_LABEL,
-    )
+/// kubectl on the node; panics when it cannot run.
+fn kubectl(node: &Node, args: &[&str], stdin: Option<&str>) -> Output {
+    node.kubectl(args, stdin).expect("kubectl runs")
 }
 
-/// A kustomize overlay of `config/default`: the built image (never pulled), this run's
-/// configuration, and the apiserver's address (the node has no kube-proxy for the
-/// `kubernetes` Service).
-fn write_overlay(dir: &Path, node: &Node, config: &str) {
-    // kustomize takes bases by relative path only.
-    let root = repo_root().canonicalize().expect("repository root");
-    let below = dir
-        .canonicalize()
-        .expect("overlay folder")
-        .strip_prefix(&root)
-        .expect("the overlay lies inside the repository")
-        .components()
-        .count();
-    let base = format!("{}config/default", "../".repeat(below));
-    let (name, tag) = node
-        .image
-        .rsplit_once(':')
-        .unwrap_or((&node.image, "latest"));
-    std::fs::write(dir.join("config.yaml"), config).expect("config written");
-    std::fs::write(
-        dir.join("kustomization.yaml"),
-        format!(
-            r#"apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - {base}
-images:
-  - name: ghcr.io/recac-io/recac
-    newName: {name}
-    newTag: "{tag}"
-configMapGenerator:
-  - name: recac-config
-    namespace: {SYSTEM}
-    behavior: replace
-    files:
-      - config.yaml
-patches:
-  - target: {{kind: Deployment, name: recac-orchestrator}}
-    patch: |
-      apiVersion: apps/v1
-      kind: Deployment
-      metadata:
-        name: recac-orchestrator
-        namespace: {SYSTEM}
-      spec:
-        template:
-          spec:
-            containers:
-              - name: operator
-                imagePullPolicy: Never
-                env:
-                  - name: KUBERNETES_SERVICE_HOST
-                    value: "{host}"
-                  - name: KUBERNETES_SERVICE_PORT
-                    value: "{port}"
-                  - name: RUST_LOG
-                    value: info,recac=debug
-"#,
-            host = node.apiserver_host,
-            port = node.apiserver_port,
-        ),
-    )
-    .expect("kustomization written");
+/// kubectl on the node; panics with its output when it fails.
+fn kubectl_ok(node: &Node, args: &[&str], stdin: Option<&str>) -> String {
+    node.kubectl_ok(args, stdin)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The demo ticket keys with what each should end as, and the simulator.
 /// How a ticket of this run ends: as a demo ticket does, or failed for good (every attempt's
 /// tests fail), which gets the failure comment with the agent's log tail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,38 +50,24 @@ enum Ends {
     Failed,
 }
 
-async fn start_jira(node: &Node, repository_url: &str) -> (JiraSim, Vec<(String, Ends)>) {
-    let seed = demo::sim_seed();
-    let sim = JiraSim::bind(SocketAddr::new(node.ip, 0), seed)
-        .await
-        .expect("the Jira simulator listens on the node's address");
-    let mut tickets: Vec<(IssueSeed, Ends)> = demo::tickets(repository_url)
-        .into_iter()
-        .map(|(ticket, expected)| (ticket, Ends::AsDemo(expected)))
-        .collect();
-    tickets.push((
-        IssueSeed {
-            project: demo::PROJECT.into(),
-            summary: "Greet Bob".into(),
-            description: Some(format!(
-                "Add a greeting for Bob.\n\nRepo: {repository_url}\nFile: greetings/bob.txt\nLine: Hello, Bob"
-            )),
-            labels: vec![demo::TRIGGER_LABEL.into()],
-            ..Default::default()
-        },
-        Ends::Failed,
-    ));
-    let tickets = tickets
-        .into_iter()
-        .map(|(ticket, ends)| {
-            let key = sim.add_issue(IssueSeed {
-                reporter: Some(demo::REPORTER_EMAIL.into()),
-                ..ticket
-            });
-            (key, ends)
-        })
-        .collect();
-    (sim, tickets)
+/// A ticket whose every attempt fails the repository's test (no `!` at the end).
+fn failing_ticket(repository_url: &str) -> IssueSeed {
+    IssueSeed {
+        summary: "Greet Bob".into(),
+        description: Some(format!(
+            "Add a greeting for Bob.\n\nRepo: {repository_url}\nFile: greetings/bob.txt\nLine: Hello, Bob"
+        )),
+        ..Default::default()
+    }
+}
+
+/// The helm binary `hack/e2e.sh` exports.
+fn helm() -> PathBuf {
+    let path = std::env::var("RECAC_HELM")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .expect("RECAC_HELM: run through `make e2e` (hack/e2e.sh builds helm)");
+    PathBuf::from(path)
 }
 
 /// Whether the ticket has reached what it should end as.
@@ -288,85 +112,32 @@ async fn the_demo_loop_runs_in_real_pods() {
     let client = Client::try_default().await.expect("KUBECONFIG");
     let work = tempfile::tempdir().expect("temp dir");
 
-    // The services the pods reach through the node's address.
-    let git_token = format!("e2e-git-{}", std::process::id());
-    let git_root = work.path().join("git");
-    std::fs::create_dir_all(&git_root).expect("git root");
-    recac_gitserver::create_repository(
-        &git_root,
-        demo::REPOSITORY,
-        demo::BASE_BRANCH,
-        &demo::repository_files(),
-        "Greetings, with a test",
-    )
-    .expect("demo repository");
-    let git = GitServer::start(GitServerOptions {
-        root: git_root.clone(),
-        token: git_token.clone(),
-        tls: true,
-        address: SocketAddr::new(node.ip, 0),
-    })
-    .await
-    .expect("git server");
-    let repository_url = format!("{}/{}", git.url(), demo::REPOSITORY);
-    let model_key = format!("e2e-model-{}", std::process::id());
-    let model = DemoModel::start(SocketAddr::new(node.ip, 0), &model_key)
+    // The services the pods reach through the node's address, the demo tickets and one
+    // that always fails.
+    let demo = Demo::start(&node, work.path())
         .await
-        .expect("demo model");
-    let (sim, tickets) = start_jira(&node, &repository_url).await;
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut tickets: Vec<(String, Ends)> = demo
+        .tickets
+        .iter()
+        .map(|(key, expected)| (key.clone(), Ends::AsDemo(*expected)))
+        .collect();
+    let failing = demo.add_ticket(failing_ticket(&demo.repository_url));
+    tickets.push((failing.clone(), Ends::Failed));
+    let sim = &demo.sim;
+    let repository_url = demo.repository_url.clone();
+    let git_root = demo.git_root.clone();
     say(format!(
         "Jira simulator {}, git {repository_url}, model {}",
         sim.url(),
-        model.address()
+        demo.model.address()
     ));
 
-    // Namespaces, the agents' Secret and CA, the operator's Jira credentials.
-    node.ok(
-        &["apply", "-f", "-"],
-        Some(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {TASKS}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {SYSTEM}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
-        )),
-    );
-    let ca_file = work.path().join("git-ca.pem");
-    std::fs::write(&ca_file, git.ca_pem().expect("TLS")).expect("CA written");
-    let ca_arg = format!("--from-file=ca.crt={}", ca_file.display());
-    node.ok(
-        &["create", "configmap", "recac-demo-ca", "-n", TASKS, &ca_arg],
-        None,
-    );
-    let git_arg = format!("--from-literal=RECAC_GIT_TOKEN={git_token}");
-    let model_arg = format!("--from-literal=OPENAI_API_KEY={model_key}");
-    node.ok(
-        &[
-            "create",
-            "secret",
-            "generic",
-            "recac-demo-credentials",
-            "-n",
-            TASKS,
-            &git_arg,
-            &model_arg,
-        ],
-        None,
-    );
-    let email_arg = format!("--from-literal=email={}", recac_jira_sim::BOT_EMAIL);
-    let token_arg = format!("--from-literal=token={}", recac_jira_sim::BOT_TOKEN);
-    node.ok(
-        &[
-            "create",
-            "secret",
-            "generic",
-            "recac-jira",
-            "-n",
-            SYSTEM,
-            &email_arg,
-            &token_arg,
-        ],
-        None,
-    );
-
-    // The operator, as the README deploys it (the overlay inside the repository: kustomize
+    // Namespaces, the agents' Secret and CA, the operator's Jira credentials; then the
+    // operator as the README deploys it (the overlay inside the repository: kustomize
     // reads bases by relative path).
+    demo.install_prerequisites(&node)
+        .unwrap_or_else(|e| panic!("{e}"));
     let target = repo_root().join("target");
     std::fs::create_dir_all(&target).expect("target folder");
     let overlay_holder = tempfile::Builder::new()
@@ -374,56 +145,26 @@ async fn the_demo_loop_runs_in_real_pods() {
         .tempdir_in(&target)
         .expect("overlay folder");
     let overlay = overlay_holder.path().to_path_buf();
-    write_overlay(
-        &overlay,
-        &node,
-        &operator_config(&node, sim.addr(), git.address(), model.address()),
-    );
-    let applied = Instant::now();
-    node.ok(&["apply", "-k", &overlay.display().to_string()], None);
-    let rollout = node.kubectl(
-        &[
-            "rollout",
-            "status",
-            "deployment/recac-orchestrator",
-            "-n",
-            SYSTEM,
-            "--timeout=180s",
-        ],
-        None,
-    );
-    if !rollout.status.success() {
-        let pods = node.kubectl(&["describe", "pods", "-n", SYSTEM], None);
-        let logs = node.kubectl(
-            &[
-                "logs",
-                "-n",
-                SYSTEM,
-                "-l",
-                "app.kubernetes.io/name=recac",
-                "--tail=50",
-            ],
-            None,
-        );
-        panic!(
-            "the operator did not roll out: {}\n{}\n{}",
-            text(&rollout.stderr),
-            text(&pods.stdout),
-            text(&logs.stdout)
-        );
-    }
+    let config = demo.operator_config(&node);
+    realnode::write_overlay(&overlay, &node, &config).unwrap_or_else(|e| panic!("{e}"));
+    let rolled = realnode::deploy_with_kustomize(&node, &overlay).unwrap_or_else(|e| panic!("{e}"));
     say(format!(
         "operator rolled out in {:.1} s",
-        applied.elapsed().as_secs_f64()
+        rolled.as_secs_f64()
     ));
 
     // Each demo ticket ends as in `recac dev`.
     let loop_started = Instant::now();
     let deadline = Instant::now() + LOOP_TIMEOUT;
-    while !tickets.iter().all(|(key, e)| ended(&sim, key, *e)) {
+    while !tickets.iter().all(|(key, e)| ended(sim, key, *e)) {
         if Instant::now() > deadline {
-            let at = node.kubectl(&["get", "at,jobs,pods", "-n", TASKS, "-o", "wide"], None);
-            let logs = node.kubectl(
+            let at = kubectl(
+                &node,
+                &["get", "at,jobs,pods", "-n", TASKS, "-o", "wide"],
+                None,
+            );
+            let logs = kubectl(
+                &node,
                 &[
                     "logs",
                     "-n",
@@ -483,11 +224,7 @@ async fn the_demo_loop_runs_in_real_pods() {
     }
     // The failure comment carries the log tail the operator read through the kubelet
     // (pods/log): the repository's test output.
-    let failed = tickets
-        .iter()
-        .find(|(_, e)| *e == Ends::Failed)
-        .map(|(k, _)| k.clone())
-        .expect("a failing ticket");
+    let failed = failing.clone();
     let comments: Vec<String> = sim
         .issue(&failed)
         .map(|i| i.comments.into_iter().map(|c| c.body.to_string()).collect())
@@ -529,7 +266,8 @@ async fn the_demo_loop_runs_in_real_pods() {
     // A suspended task's pod stops well within its grace period, its work pushed: the agent
     // handles SIGTERM in a real container.
     let suspended_task = "e2e-suspend";
-    node.ok(
+    kubectl_ok(
+        &node,
         &["apply", "-f", "-"],
         Some(&format!(
             r#"apiVersion: recac.io/v1alpha1
@@ -557,13 +295,14 @@ spec:
         let name = pods.items.first().and_then(|p| p.metadata.name.clone());
         let logs = name
             .as_deref()
-            .map(|n| text(&node.kubectl(&["logs", "-n", TASKS, n], None).stdout))
+            .map(|n| text(&kubectl(&node, &["logs", "-n", TASKS, n], None).stdout))
             .unwrap_or_default();
         if let Some(name) = name.filter(|_| logs.contains("running tests")) {
             break name;
         }
         if Instant::now() > started_deadline {
-            let state = node.kubectl(
+            let state = kubectl(
+                &node,
                 &["get", "at", suspended_task, "-n", TASKS, "-o", "yaml"],
                 None,
             );
@@ -575,7 +314,8 @@ spec:
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let suspended_at = Instant::now();
-    node.ok(
+    kubectl_ok(
+        &node,
         &[
             "patch",
             "agenttask",
@@ -628,7 +368,8 @@ spec:
     let holder = lease_holder(&client).await.expect("a leader");
     let leader_pod = holder.split('_').next().unwrap_or_default().to_string();
     let killed = Instant::now();
-    node.ok(
+    kubectl_ok(
+        &node,
         &[
             "delete",
             "pod",
@@ -653,8 +394,68 @@ spec:
     .await;
     let handover = killed.elapsed().as_secs_f64();
 
+    // Installed once with the Helm chart: the kustomize install removed (its namespace and
+    // the CRDs with it), the chart installed into the same namespace with the same
+    // configuration, and one more ticket through the whole loop. The failing ticket went
+    // back to To Do with its trigger label; its reporter takes the label off, as a person
+    // would, so that the new operator has only the new ticket to run.
+    sim.relabel_as(&failing, demo::REPORTER_EMAIL, &[], &[demo::TRIGGER_LABEL]);
+    let removed = realnode::remove_kustomize(&node, &overlay).unwrap_or_else(|e| panic!("{e}"));
+    say(format!(
+        "the kustomize install removed in {:.1} s",
+        removed.as_secs_f64()
+    ));
+    let installed = realnode::deploy_with_helm(&node, &helm(), work.path(), &config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    say(format!(
+        "`helm install` rolled out in {:.1} s",
+        installed.as_secs_f64()
+    ));
+    let helm_ticket = demo.add_ticket(IssueSeed {
+        summary: "Greet Helm".into(),
+        description: Some(format!(
+            "Add a greeting for Helm.\n\nRepo: {repository_url}\nFile: greetings/helm.txt\nLine: Hello, Helm!"
+        )),
+        ..Default::default()
+    });
+    let helm_started = Instant::now();
+    let helm_deadline = helm_started + Duration::from_secs(180);
+    while !ended(sim, &helm_ticket, Ends::AsDemo(Expected::Succeeds)) {
+        if Instant::now() > helm_deadline {
+            let at = kubectl(&node, &["get", "at,jobs,pods", "-A", "-o", "wide"], None);
+            let logs = kubectl(
+                &node,
+                &[
+                    "logs",
+                    "-n",
+                    SYSTEM,
+                    "-l",
+                    "app.kubernetes.io/name=recac",
+                    "--tail=80",
+                ],
+                None,
+            );
+            panic!(
+                "{helm_ticket} did not end under the Helm install in 180 s: {:?}\n{}\n{}",
+                sim.issue(&helm_ticket)
+                    .map(|i| (i.status, i.comments.len())),
+                text(&at.stdout),
+                text(&logs.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let helm_seconds = helm_started.elapsed().as_secs_f64();
+    let releases = Command::new(helm())
+        .args(["list", "--namespace", SYSTEM])
+        .output()
+        .expect("helm runs");
+
     say("node:");
-    eprintln!("{}", node.ok(&["get", "node", "-o", "wide"], None));
+    eprintln!(
+        "{}",
+        kubectl_ok(&node, &["get", "node", "-o", "wide"], None)
+    );
     say("agent pods (image ID, container ID):");
     for (name, line) in &lines {
         eprintln!("  {name}: {line}");
@@ -666,8 +467,12 @@ spec:
         "leader {holder} killed; {new_holder} leads after {handover:.1} s"
     ));
     say(format!(
+        "installed with Helm: {helm_ticket} ended {helm_seconds:.1} s after it was filed"
+    ));
+    eprintln!("{}", text(&releases.stdout));
+    say(format!(
         "the loop took {loop_seconds:.1} s; the whole test {:.1} s",
         begun.elapsed().as_secs_f64()
     ));
-    drop((git, model, sim));
+    drop(demo);
 }

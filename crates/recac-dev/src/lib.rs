@@ -12,6 +12,10 @@
 //! - the operator replicas (`recac orchestrate`), reading the configuration
 //!   ([`config`]), one of which takes the Lease.
 //!
+//! With `--real-node` the same demo runs on a real node instead ([`realnode`]): a kubelet
+//! with containerd runs the agents from the built image and the operator is deployed into
+//! the cluster as the README deploys it.
+//!
 //! While they run it shows one line per ticket ([`progress`]). It ends on Ctrl-C or
 //! SIGTERM, when any part dies (saying which, with the end of its log) and, with
 //! `--once`, when every ticket has finished with its comment.
@@ -20,6 +24,7 @@ pub mod config;
 pub mod demo;
 pub mod model;
 pub mod progress;
+pub mod realnode;
 pub mod state;
 
 mod stack;
@@ -29,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use stack::run;
+pub use stack::{Outcome, run};
 
 /// Errors of `recac dev`; each names the cause and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +138,9 @@ pub struct DevOptions {
     pub envtest_script: PathBuf,
     /// Redraw the progress table in place (a terminal) or print changed lines.
     pub tty: bool,
+    /// Run on the real node `hack/realnode-up.sh` started ([`realnode`]) instead of the
+    /// local control plane and node agent.
+    pub real_node: bool,
 }
 
 impl DevOptions {
@@ -154,6 +162,7 @@ impl DevOptions {
                 "/../../hack/envtest.sh"
             )),
             tty: std::io::stdout().is_terminal(),
+            real_node: false,
         }
     }
 }

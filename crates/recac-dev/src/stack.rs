@@ -110,7 +110,7 @@ fn whole_lines(tail: &str) -> String {
     }
 }
 
-fn say(line: impl AsRef<str>) {
+pub(crate) fn say(line: impl AsRef<str>) {
     println!("recac dev: {}", line.as_ref());
 }
 
@@ -397,7 +397,7 @@ fn check_config(options: &DevOptions, path: &Path) -> Result<(), DevError> {
     }
 }
 
-async fn task_views(client: &kube::Client, namespaces: &[String]) -> Vec<TaskView> {
+pub(crate) async fn task_views(client: &kube::Client, namespaces: &[String]) -> Vec<TaskView> {
     let mut views = Vec::new();
     for namespace in namespaces {
         let api: Api<AgentTask> = Api::namespaced(client.clone(), namespace);
@@ -430,7 +430,7 @@ async fn task_views(client: &kube::Client, namespaces: &[String]) -> Vec<TaskVie
     views
 }
 
-fn ticket_views(sim: Option<&JiraSim>, keys: &[String]) -> Vec<TicketView> {
+pub(crate) fn ticket_views(sim: Option<&JiraSim>, keys: &[String]) -> Vec<TicketView> {
     let Some(sim) = sim else {
         return Vec::new();
     };
@@ -545,6 +545,9 @@ pub async fn run(options: DevOptions) -> Result<Outcome, DevError> {
                 begun.elapsed().as_secs_f64()
             ));
             watch(&options, &state, &config, &client, &mut parts, &mut signals).await
+    if options.real_node {
+        return crate::realnode::run(&options).await;
+    }
         }
         Err(e) => Err(e),
     };
@@ -669,19 +672,19 @@ async fn start_all(
 }
 
 /// Ctrl-C and SIGTERM.
-struct Signals {
+pub(crate) struct Signals {
     terminate: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Self, DevError> {
+    pub(crate) fn new() -> Result<Self, DevError> {
         let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| DevError::start("the signal handler", e))?;
         Ok(Self { terminate })
     }
 
     /// Waits for the next signal and names it.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => "interrupted",
             _ = self.terminate.recv() => "terminated",
@@ -743,7 +746,11 @@ async fn watch(
     }
 }
 
-fn finish(options: &DevOptions, rows: Vec<Row>, interrupted: bool) -> Result<Outcome, DevError> {
+pub(crate) fn finish(
+    options: &DevOptions,
+    rows: Vec<Row>,
+    interrupted: bool,
+) -> Result<Outcome, DevError> {
     for line in rows.iter().map(progress::plain_line) {
         say(format!("result: {line}"));
     }

@@ -36,6 +36,13 @@ pub struct DevArgs {
     /// The git server's port on 127.0.0.1.
     #[arg(long, default_value_t = 18083)]
     pub git_port: u16,
+    /// Run the demo on a real node instead: a kubelet with containerd on this machine runs
+    /// the agents as pods of the built image, and the operator is deployed into the cluster
+    /// with `kubectl apply -k`, as `make e2e` does. Needs root and the repository's hack/
+    /// scripts (it builds or finds the node's binaries and the image, then re-runs itself
+    /// inside hack/realnode-up.sh, which removes the node when it ends).
+    #[arg(long)]
+    pub real_node: bool,
 }
 
 pub fn run(args: DevArgs) -> ExitCode {
@@ -46,7 +53,11 @@ pub fn run(args: DevArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.real_node && recac_dev::realnode::Node::from_env().is_none() {
+        return start_real_node(&binary);
+    }
     let mut options = DevOptions::new(binary);
+    options.real_node = args.real_node;
     options.config = args.config;
     if let Some(dir) = args.state_dir {
         options.state_dir = dir;
@@ -76,4 +87,35 @@ pub fn run(args: DevArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Re-runs this command inside `hack/dev-real-node.sh`, which builds or finds the node's
+/// binaries and the image (with this binary in it) and starts the node.
+fn start_real_node(binary: &std::path::Path) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let script = recac_dev::realnode::repo_root().join("hack/dev-real-node.sh");
+    if !script.is_file() {
+        eprintln!(
+            "error: --real-node needs the recac repository's hack/ scripts ({} is missing): run it from a checkout, e.g. `make dev-real-node`",
+            script.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!(
+            "error: --real-node needs root: it runs a kubelet and containerd on this machine (mounts, cgroups, a network bridge); run it with sudo"
+        );
+        return ExitCode::FAILURE;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip_while(|a| a != "dev")
+        .skip(1)
+        .collect();
+    let error = std::process::Command::new("bash")
+        .arg(&script)
+        .args(&args)
+        .env("RECAC_BINARY", binary)
+        .exec();
+    eprintln!("error: cannot run {}: {error}", script.display());
+    ExitCode::FAILURE
 }
