@@ -11,7 +11,9 @@
 #   make test      build the control plane and helm if not cached, then run every test
 #   make image     build the container image (IMAGE, default recac:dev): with a docker
 #                  daemon, `docker build`; without one, hack/image.sh writes a docker-archive
-#                  tarball (for `ctr images import`) and prints its path
+#                  tarball (for `ctr images import`) and prints its path; IMAGE_VARIANT=toolchains
+#                  builds the variant with cargo, go, node/npm and python3 (the Dockerfile's
+#                  stage `toolchains`)
 #   make crds      regenerate crds/ from the Rust types
 #   make envtest   build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
 #   make realnode  build (or find cached) a real node's binaries: kubelet, kube-scheduler,
@@ -44,7 +46,7 @@ dev-real-node:
 
 image:
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-	  docker build -t $(IMAGE) .; \
+	  docker build $(if $(filter toolchains,$(IMAGE_VARIANT)),--target toolchains) -t $(IMAGE) .; \
 	else \
 	  IMAGE=$(IMAGE) hack/image.sh; \
 	fi

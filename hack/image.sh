@@ -2,11 +2,13 @@
 # Builds the recac image without a container engine or a registry: a
 # docker-archive tarball (what `docker save` writes: manifest.json, the image
 # config, one tar per layer) that `ctr -n k8s.io images import` and
-# `docker load` read. It is the Dockerfile's image, made another way:
-#   layer 1: a Debian bookworm root filesystem from `mmdebstrap --variant=essential`
-#            with the packages the Dockerfile's final stage installs (ca-certificates
-#            git openssh-client make, read from the Dockerfile), without docs, man
-#            pages, locales and apt lists, and the user recac (65532:65532, HOME=/workspace)
+# `docker load` read. It is the image of one of the Dockerfile's final stages (the
+# variant), made another way:
+#   layer 1: a Debian root filesystem from `mmdebstrap --variant=essential`: the
+#            release of the stage's base image (debian:bookworm-slim: bookworm) with
+#            the packages its `apt-get install` line installs (both read from the
+#            Dockerfile), without docs, man pages, locales and apt lists, and the user
+#            recac (65532:65532, HOME=/workspace)
 #   layer 2: the recac binary at /usr/local/bin/recac
 #   config:  Entrypoint ["recac"], Cmd ["--help"], User 65532:65532,
 #            Env HOME=/workspace, WorkingDir /workspace
@@ -15,14 +17,19 @@
 #
 #   BINARY / RECAC_BINARY  the recac binary (default target/release/recac; built with
 #                          `cargo build --release -p recac` when that default is missing)
-#   IMAGE                  the tag (default recac:dev)
+#   IMAGE_VARIANT          the Dockerfile stage: `default` (git, make, ssh; Debian 12) or
+#                          `toolchains` (also cargo, go, node/npm, python3 with pytest;
+#                          Debian 13); see docs/agent.md#toolchains
+#   IMAGE                  the tag (default recac:dev, recac:dev-toolchains for the variant)
 #   RECAC_IMAGE_DIR        cache root (default $HOME/.cache/recac/image)
 #
-# The base layer is cached by the sha256 of the Dockerfile and this script; the
-# archive by those and the binary's sha256 and IMAGE, so a second run takes
-# seconds (the three newest archives are kept). Needs root (mmdebstrap's root mode) the first time, and installs
-# mmdebstrap when missing. Progress and sizes go to stderr; the archive's
-# absolute path is the last line.
+# The base layer is cached per variant by the sha256 of its release, its package
+# list and this script (base-KEY, base-toolchains-KEY); the archive by those and
+# the binary's sha256 and IMAGE, so a second run takes seconds (the three newest
+# archives of each variant are kept; other variants' files are never removed).
+# Needs root (mmdebstrap's root mode) the first time, and installs mmdebstrap
+# when missing. Progress and sizes go to stderr; the archive's absolute path is
+# the last line.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,11 +39,15 @@ repo="$(dirname "$here")"
 
 log() { echo "image: $*" >&2; }
 
-image="${IMAGE:-recac:dev}"
+variant="${IMAGE_VARIANT:-default}"
+case "$variant" in
+  default) image="${IMAGE:-recac:dev}"; infix="" ;;
+  toolchains) image="${IMAGE:-recac:dev-toolchains}"; infix="toolchains-" ;;
+  *) log "IMAGE_VARIANT=$variant: expected default or toolchains"; exit 1 ;;
+esac
 binary="${1:-${RECAC_BINARY:-}}"
 cache_root="${RECAC_IMAGE_DIR:-$HOME/.cache/recac/image}"
 dockerfile="$repo/Dockerfile"
-suite=bookworm
 mirror="http://deb.debian.org/debian"
 
 if [ -z "$binary" ]; then
@@ -49,17 +60,28 @@ fi
 [ -x "$binary" ] || { log "no executable recac binary at $binary"; exit 1; }
 binary="$(cd "$(dirname "$binary")" && pwd)/$(basename "$binary")"
 
-# The packages of the Dockerfile's final stage (its `apt-get install` line), so
-# both ways of building the image install the same ones.
-packages="$(sed -n 's/.*apt-get install -y --no-install-recommends \([a-z0-9. +-]*[a-z0-9]\).*/\1/p' "$dockerfile" | tail -n 1)"
-[ -n "$packages" ] || { log "found no apt-get install line in $dockerfile"; exit 1; }
+# The variant's stage of the Dockerfile (`FROM ${ARG} AS <variant>`): the Debian
+# release of its base image (the ARG's default, debian:<release>-slim) and the
+# packages of its `apt-get install` line, so both ways of building the image
+# install the same ones.
+stage_text="$(awk -v stage="$variant" '
+  /^FROM / { in_stage = (tolower($(NF-1)) == "as" && $NF == stage) }
+  in_stage { print }
+' "$dockerfile")"
+[ -n "$stage_text" ] || { log "found no stage \`FROM ... AS $variant\` in $dockerfile"; exit 1; }
+base_arg="$(sed -n '1s/^FROM \${\([A-Z_]*\)}.*/\1/p' <<<"$stage_text")"
+base_image="$(sed -n "s/^ARG $base_arg=\(.*\)/\1/p" "$dockerfile" | head -n 1)"
+suite="$(sed -n 's/^debian:\([a-z]*\)-slim$/\1/p' <<<"$base_image")"
+[ -n "$suite" ] || { log "stage $variant: base image \`${base_image:-?}\` (ARG ${base_arg:-?}) is not debian:<release>-slim"; exit 1; }
+packages="$(sed -n 's/.*apt-get install -y --no-install-recommends \([a-z0-9. +-]*[a-z0-9]\).*/\1/p' <<<"$stage_text" | tail -n 1)"
+[ -n "$packages" ] || { log "found no apt-get install line in stage $variant of $dockerfile"; exit 1; }
 
 sha() { sha256sum "$@" | cut -d' ' -f1; }
-base_key="$(cat "$dockerfile" "$here/image.sh" | sha | cut -c1-16)"
+base_key="$( (printf '%s\n%s\n%s\n' "$variant" "$suite" "$packages"; cat "$here/image.sh") | sha | cut -c1-16)"
 bin_sha="$(sha "$binary")"
 key="$(printf '%s\n%s\n%s\n' "$base_key" "$bin_sha" "$image" | sha | cut -c1-16)"
-base="$cache_root/base-$base_key"
-archive="$cache_root/recac-$key.tar"
+base="$cache_root/base-$infix$base_key"
+archive="$cache_root/recac-$infix$key.tar"
 
 human() { numfmt --to=iec-i --suffix=B --format='%.1f' "$1"; }
 
@@ -91,7 +113,7 @@ tar_to() {
 if [ ! -s "$base/layer.tar.gz" ] || [ ! -s "$base/diff_id" ]; then
   [ "$(id -u)" -eq 0 ] || { log "building the base layer needs root (mmdebstrap's root mode)"; exit 1; }
   deb_need mmdebstrap
-  log "building the base layer: Debian $suite with $packages"
+  log "building the base layer ($variant): Debian $suite with $packages"
   start=$SECONDS
   cat > "$work/hook.sh" <<'EOF'
 set -eu
@@ -164,7 +186,7 @@ rm -f "$work/bin.tar"
 arch="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 created="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 cat > "$work/config.json" <<EOF
-{"architecture":"$arch","os":"linux","created":"$created","config":{"User":"65532:65532","Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","HOME=/workspace"],"Entrypoint":["recac"],"Cmd":["--help"],"WorkingDir":"/workspace"},"rootfs":{"type":"layers","diff_ids":["sha256:$base_diff_id","sha256:$bin_diff_id"]},"history":[{"created":"$created","created_by":"hack/image.sh: mmdebstrap --variant=essential $suite with $packages, user 65532"},{"created":"$created","created_by":"hack/image.sh: COPY recac /usr/local/bin/recac"}]}
+{"architecture":"$arch","os":"linux","created":"$created","config":{"User":"65532:65532","Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","HOME=/workspace"],"Entrypoint":["recac"],"Cmd":["--help"],"WorkingDir":"/workspace"},"rootfs":{"type":"layers","diff_ids":["sha256:$base_diff_id","sha256:$bin_diff_id"]},"history":[{"created":"$created","created_by":"hack/image.sh ($variant): mmdebstrap --variant=essential $suite with $packages, user 65532"},{"created":"$created","created_by":"hack/image.sh: COPY recac /usr/local/bin/recac"}]}
 EOF
 config_id="$(sha "$work/config.json")"
 mv "$work/config.json" "$work/archive/$config_id.json"
@@ -176,7 +198,14 @@ compressed="$(stat -c %s "$work/image.tar")"
 uncompressed=$((base_size + bin_size))
 echo "$(human "$compressed") compressed (the archive, gzipped layers), $(human "$uncompressed") uncompressed (layers), image id sha256:$config_id" > "$archive.info"
 mv "$work/image.tar" "$archive"
-# Prune: other bases, and archives but the newest three.
-find "$cache_root" -mindepth 1 -maxdepth 1 -type d -name 'base-*' ! -name "base-$base_key" -exec rm -rf {} +
-ls -t "$cache_root"/recac-*.tar | tail -n +4 | while read -r old; do rm -f "$old" "$old.info"; done
+# Prune this variant's files only: its other bases, and its archives but the
+# newest three. Keys are 16 hex digits: the default variant's names have no infix.
+if [ -z "$infix" ]; then
+  key_glob='????????????????'
+else
+  key_glob="$infix????????????????"
+fi
+find "$cache_root" -mindepth 1 -maxdepth 1 -type d -name "base-$key_glob" ! -name "base-$infix$base_key" -exec rm -rf {} +
+# shellcheck disable=SC2012
+ls -t "$cache_root"/recac-$key_glob.tar | tail -n +4 | while read -r old; do rm -f "$old" "$old.info"; done
 report

@@ -635,8 +635,8 @@ async fn ticket_text_never_chooses_what_runs() {
     for flavor in FLAVORS {
         let e = env("src-hostile", flavor, false).await;
         let mut s = source(&e);
-        s.template.image = Some("registry.example.com/agent:1".into());
-        s.template.secret_refs = vec!["agent-creds".into()];
+        s.template.agent.image = Some("registry.example.com/agent:1".into());
+        s.template.agent.secret_refs = vec!["agent-creds".into()];
         // One flavour runs without an allow-list: then ticket text may name only a host
         // the agent's git token is for.
         if flavor != Flavor::Cloud {

@@ -735,3 +735,124 @@ async fn a_task_that_cannot_dispatch_does_not_block_the_queue() {
     operator.stop().await;
     s.node.shutdown().await.expect("node agent stops");
 }
+
+/// `agent.caBundle`, a task's own `spec.agent.caBundle` (what a source's `template.caBundle`
+/// sets) and `agent.ssh.knownHosts` reach the agent as read-only files through the Job, and
+/// the schema refuses a bundle that names both a ConfigMap and a Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_bundles_and_known_hosts_are_mounted_for_the_agent() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let s = setup("tc-trust").await;
+    let maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    for (name, key, value) in [
+        ("operator-ca", "ca.crt", "OPERATOR-CA-PEM"),
+        ("team-ca", "bundle.pem", "TEAM-CA-PEM"),
+    ] {
+        let map: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "data": {key: value}
+        }))
+        .expect("config map json");
+        maps.create(&PostParams::default(), &map)
+            .await
+            .expect("config map");
+    }
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    let hosts: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "git-hosts"},
+        "stringData": {"known_hosts": "KNOWN-HOSTS-LINE"}
+    }))
+    .expect("secret json");
+    secrets
+        .create(&PostParams::default(), &hosts)
+        .await
+        .expect("secret");
+
+    // The agent reports what the files it was pointed at hold.
+    let agent = r#"printf '{"outcome":"succeeded","summary":"ca=%s hosts=%s"}' "$(cat "$RECAC_CA_BUNDLE")" "$(cat "$RECAC_SSH_KNOWN_HOSTS")" > "$RECAC_RESULT_PATH""#;
+    let setup = OperatorSetup {
+        operator: OperatorSettings {
+            namespaces: vec![s.ns.clone()],
+            ..Default::default()
+        },
+        task_controller: TaskControllerConfig {
+            queue_poll_seconds: 1,
+            ..Default::default()
+        },
+        agent: AgentDefaults {
+            command: vec!["sh".into(), "-c".into(), agent.into()],
+            ca_bundle: Some(recac_task_controller::CaBundleRef {
+                config_map: Some("operator-ca".into()),
+                secret: None,
+                key: "ca.crt".into(),
+            }),
+            ssh: recac_task_controller::config::AgentSsh {
+                known_hosts: Some(recac_task_controller::config::KnownHostsRef {
+                    config_map: None,
+                    secret: Some("git-hosts".into()),
+                    key: "known_hosts".into(),
+                }),
+            },
+            ..Default::default()
+        },
+        instance: "test".into(),
+        feedback: None,
+        sources: None,
+    };
+    let operator = RunningOperator::start(s.config.clone(), setup, Duration::from_secs(10)).await;
+    create_task(&s, &task_yaml("default-ca", "succeed", 0, "")).await;
+    create_task(
+        &s,
+        &task_yaml("own-ca", "succeed", 0, "").replace(
+            "  agent:\n",
+            "  agent:\n    caBundle: {configMap: team-ca, key: bundle.pem}\n",
+        ),
+    )
+    .await;
+
+    for (name, ca) in [("default-ca", "OPERATOR-CA-PEM"), ("own-ca", "TEAM-CA-PEM")] {
+        let task = task_where(&s, name, "Succeeded", LONG, |t| {
+            phase(t) == Some(TaskPhase::Succeeded)
+        })
+        .await;
+        let message = task.status.and_then(|s| s.message).unwrap_or_default();
+        assert!(
+            message.contains(&format!("ca={ca} hosts=KNOWN-HOSTS-LINE")),
+            "{name}: {message}"
+        );
+        let job = jobs_of(&s, name).await.remove(0);
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+        let read_only: Vec<(String, Option<bool>)> = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path.starts_with("/var/run/recac/"))
+            .map(|m| (m.mount_path.clone(), m.read_only))
+            .collect();
+        for path in ["/var/run/recac/ca", "/var/run/recac/ssh"] {
+            assert!(
+                read_only.contains(&(path.to_string(), Some(true))),
+                "{read_only:?}"
+            );
+        }
+    }
+
+    // Exactly one of configMap and secret.
+    let both: AgentTask = serde_saphyr::from_str(&task_yaml("both", "succeed", 0, "").replace(
+        "  agent:\n",
+        "  agent:\n    caBundle: {configMap: a, secret: b}\n",
+    ))
+    .expect("task yaml");
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let err = api
+        .create(&PostParams::default(), &both)
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("caBundle names exactly one of configMap or secret"),
+        "{err}"
+    );
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}

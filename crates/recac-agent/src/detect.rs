@@ -1,4 +1,8 @@
 //! Which test command a repository uses (pure: it looks only at the files it is given).
+//!
+//! The programs these commands start (`make`, `cargo`, `npm`, `python3` with pytest, `go`)
+//! must be in the agent's image; [`crate::toolchain`] checks that before the work and tells a
+//! missing program from failing tests.
 
 /// What the repository's top level holds, as far as test detection cares.
 #[derive(Clone, Debug, Default)]
@@ -32,23 +36,29 @@ impl RepoFiles {
 /// Makefile with a `test` target, Cargo.toml, package.json with a real `test` script,
 /// pyproject.toml, go.mod.
 pub fn detect(files: &RepoFiles) -> Option<Vec<String>> {
-    let argv = |a: &[&str]| Some(a.iter().map(|s| s.to_string()).collect());
+    detect_with_source(files).map(|(argv, _)| argv)
+}
+
+/// [`detect`], with the file that decided it (`Makefile`, `Cargo.toml`, `package.json`,
+/// `pyproject.toml`, `go.mod`).
+pub fn detect_with_source(files: &RepoFiles) -> Option<(Vec<String>, &'static str)> {
+    let argv = |a: &[&str], file| Some((a.iter().map(|s| s.to_string()).collect(), file));
     if files.makefile.as_deref().is_some_and(has_test_target) {
-        return argv(&["make", "test"]);
+        return argv(&["make", "test"], "Makefile");
     }
     if files.has_cargo_toml {
-        return argv(&["cargo", "test"]);
+        return argv(&["cargo", "test"], "Cargo.toml");
     }
     if let Some(pkg) = &files.package_json
         && has_npm_test(pkg)
     {
-        return argv(&["npm", "test"]);
+        return argv(&["npm", "test"], "package.json");
     }
     if files.has_pyproject {
-        return argv(&["python3", "-m", "pytest"]);
+        return argv(&["python3", "-m", "pytest"], "pyproject.toml");
     }
     if files.has_go_mod {
-        return argv(&["go", "test", "./..."]);
+        return argv(&["go", "test", "./..."], "go.mod");
     }
     None
 }
@@ -120,6 +130,14 @@ mod tests {
             })
             .as_deref(),
             Some("python3 -m pytest")
+        );
+        assert_eq!(
+            detect_with_source(&RepoFiles {
+                has_go_mod: true,
+                ..Default::default()
+            })
+            .map(|(_, file)| file),
+            Some("go.mod")
         );
     }
 }

@@ -7,12 +7,38 @@
 //! log line. For a scope with an organisation the helper also checks the repository's path
 //! (git sends it with `useHttpPath`). Redirects to another host are asked about that host,
 //! which is out of scope. The machine's own credential helpers are switched off.
+//!
+//! # SSH
+//!
+//! `ssh://` and `git@host:path` remotes go through `ssh` with `GIT_SSH_COMMAND`, set on git's
+//! own commands only (never in the agent's environment, so the commands the model runs do not
+//! get it): `BatchMode=yes` (no prompts), `StrictHostKeyChecking=yes` (a host key that is not
+//! known is refused, never accepted and remembered) and `UpdateHostKeys=no`; with
+//! [`SshSettings::known_hosts`] (`RECAC_SSH_KNOWN_HOSTS`, the operator's `agent.ssh.knownHosts`)
+//! that file is the known hosts. An unknown or changed host key is a permanent
+//! [`GitErrorKind::HostKey`] error naming the host and that setting.
+//!
+//! The private key ([`SshSettings::private_key`], the Secret key `RECAC_SSH_PRIVATE_KEY`) is a
+//! credential like the git token: it is offered only to a repository within the git token's
+//! scopes (`RECAC_GIT_CREDENTIAL_HOSTS`, `agent.gitCredentialHosts`; for `git@host:path` and
+//! `ssh://host:port/path` the scope is `host` or `host:port`, with `/organisation` the
+//! repository's first path segment), with `IdentitiesOnly=yes` and no agent. ssh reads keys
+//! only from a file that only its user can read when its user owns it, wants a final newline
+//! (a Secret's value may lack one) and a mounted Secret's file has the mode and owner of the
+//! volume (root and the pod's fsGroup in a pod, the agent's own user where a node runs the
+//! agent as a process), so the key is copied into a file of mode 0600 in a folder of mode 0700
+//! under `TMPDIR` (an emptyDir in a pod) and named with `-i`; the folder is removed when the
+//! [`Git`] is dropped (at the end of the run; a killed pod's emptyDir goes with it). The key is never
+//! in an argument, an environment variable or a log line: only its file's path is. The
+//! commands the model runs share the agent's user and could read that file (as they could the
+//! mounted Secret), which is why the key should be a deploy key of the one repository.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use recac_api::repo_host::HostScope;
+use recac_api::repo_host::{HostScope, RepoLocation, Transport, render_list};
 
 use crate::process::{self, CommandOutput, CommandSpec};
 use crate::redact::Redactor;
@@ -110,6 +136,130 @@ pub fn credential_config(credential: Option<&GitCredential>) -> Vec<String> {
     args
 }
 
+/// A private key for ssh. Its text is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SshKey(String);
+
+impl SshKey {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The key as ssh reads it from a file: LF line ends and a final newline (OpenSSH
+    /// refuses a key whose last line has none).
+    fn file_text(&self) -> String {
+        let mut text = self.0.replace("\r\n", "\n").trim().to_string();
+        text.push('\n');
+        text
+    }
+}
+
+impl std::fmt::Debug for SshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SshKey(..)")
+    }
+}
+
+/// How git reaches `ssh://` and `git@host:path` remotes (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SshSettings {
+    /// The known_hosts file (`RECAC_SSH_KNOWN_HOSTS`); unset: ssh's own files
+    /// (`~/.ssh/known_hosts`, none in a pod).
+    pub known_hosts: Option<PathBuf>,
+    /// The private key (`RECAC_SSH_PRIVATE_KEY`); unset: ssh's own identities (none in a pod).
+    pub private_key: Option<SshKey>,
+    /// The hosts (and organisations) the key is offered to: the git token's scopes.
+    pub key_scopes: Vec<HostScope>,
+}
+
+/// Whether the SSH key goes to a remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyOffer {
+    /// The remote is not reached over ssh.
+    NotSsh,
+    /// No key is configured: ssh uses its own identities, if any.
+    NoKey,
+    /// The key is offered (the remote is within its scopes).
+    Offered,
+    /// A key is configured but the remote is outside its scopes: not offered.
+    OutOfScope { host: String },
+}
+
+/// Whether the SSH key goes to `url` (pure).
+pub fn key_offer(url: &str, key_configured: bool, scopes: &[HostScope]) -> KeyOffer {
+    match RepoLocation::of(url) {
+        Some(location) if location.transport == Transport::Ssh => {
+            if !key_configured {
+                KeyOffer::NoKey
+            } else if location.in_scope(scopes) {
+                KeyOffer::Offered
+            } else {
+                KeyOffer::OutOfScope {
+                    host: location.host,
+                }
+            }
+        }
+        _ => KeyOffer::NotSsh,
+    }
+}
+
+/// `text` quoted for `sh` (git runs `GIT_SSH_COMMAND` through the shell).
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// The `GIT_SSH_COMMAND` for these files (pure): no prompts, no unknown host keys accepted,
+/// `known_hosts` as the known hosts when given, and only `key_file` as the identity when given.
+/// Only paths are in it, never a key.
+pub fn ssh_command(known_hosts: Option<&Path>, key_file: Option<&Path>) -> String {
+    let mut command =
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no".to_string();
+    if let Some(file) = known_hosts {
+        command.push_str(" -o ");
+        command.push_str(&shell_quote(&format!(
+            "UserKnownHostsFile={}",
+            file.display()
+        )));
+    }
+    if let Some(key) = key_file {
+        command.push_str(" -o IdentitiesOnly=yes -o IdentityAgent=none -i ");
+        command.push_str(&shell_quote(&key.display().to_string()));
+    }
+    command
+}
+
+/// What was wrong with the host key, in words that say what to do (pure). `host` is the
+/// remote's `host[:port]`; `known_hosts` the configured file, if any.
+pub fn host_key_message(stderr: &str, host: &str, known_hosts: Option<&Path>) -> String {
+    let s = stderr.to_ascii_lowercase();
+    let setting = match known_hosts {
+        Some(file) => format!(
+            "the operator's agent.ssh.knownHosts ({} is {})",
+            recac_api::agent_contract::env::SSH_KNOWN_HOSTS,
+            file.display()
+        ),
+        None => format!(
+            "the operator's agent.ssh.knownHosts ({} is not set)",
+            recac_api::agent_contract::env::SSH_KNOWN_HOSTS
+        ),
+    };
+    if s.contains("remote host identification has changed")
+        || s.contains("has changed and you have requested strict checking")
+    {
+        format!(
+            "the SSH host key of {host} does not match the one in the known hosts (REMOTE HOST IDENTIFICATION HAS CHANGED): the server's key changed, or something is in between; check the key with the server's owner, then replace the host's line in {setting}"
+        )
+    } else if s.contains("no matching host key type") {
+        format!(
+            "{host} offers no SSH host key type ssh accepts (no matching host key type found): the server needs a modern host key (ed25519, ecdsa or rsa-sha2); {setting} cannot change that"
+        )
+    } else {
+        format!(
+            "the SSH host key of {host} is not known, and ssh never accepts an unknown host key: add the host's key to the known_hosts of {setting} (`ssh-keyscan` prints it; check it against what the server's owner publishes)"
+        )
+    }
+}
+
 /// The system's certificate authorities followed by `extra`, as one PEM text.
 fn combined_ca_bundle(extra: &Path) -> std::io::Result<String> {
     let mut pem = SYSTEM_CA_FILES
@@ -139,6 +289,9 @@ pub enum GitErrorKind {
     /// The agent's own environment failed git (a read-only or unwritable folder, a missing
     /// program): fixable by whoever runs the agent, not by another attempt.
     Environment,
+    /// ssh refused the server's host key (unknown, changed, or no common key type): fixable
+    /// in the known hosts (`agent.ssh.knownHosts`), not by another attempt.
+    HostKey,
     /// Anything else (network trouble included).
     Other,
 }
@@ -153,6 +306,7 @@ impl GitErrorKind {
                 | Self::Declined
                 | Self::SecretInOutgoing
                 | Self::Environment
+                | Self::HostKey
         )
     }
 }
@@ -161,6 +315,15 @@ impl GitErrorKind {
 pub fn classify(stderr: &str) -> GitErrorKind {
     let s = stderr.to_ascii_lowercase();
     let any = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
+    // ssh refusing the server's host key (before anything else: its message can mention a
+    // folder it could not create).
+    if any(&[
+        "host key verification failed",
+        "remote host identification has changed",
+        "no matching host key type found",
+    ]) {
+        return GitErrorKind::HostKey;
+    }
     // What failed on this side first: the filesystem or a program, not the remote.
     if !any(&[
         "permission denied (publickey",
@@ -235,6 +398,35 @@ pub struct Identity {
     pub email: String,
 }
 
+/// How git's ssh is set up for one [`Git`].
+struct SshSetup {
+    known_hosts: Option<PathBuf>,
+    /// The private copy of the key (mode 0600), when a key is configured.
+    key_file: Option<PathBuf>,
+    key_scopes: Vec<HostScope>,
+    /// The machine's own `GIT_SSH_COMMAND`, kept when nothing is configured (a developer's
+    /// machine).
+    inherited: Option<String>,
+}
+
+impl SshSetup {
+    /// The `GIT_SSH_COMMAND` for a remote at `url` (unknown: no key offered).
+    fn command(&self, url: Option<&str>) -> String {
+        let offer = url.map(|u| key_offer(u, self.key_file.is_some(), &self.key_scopes));
+        let key = match offer {
+            Some(KeyOffer::Offered) => self.key_file.as_deref(),
+            _ => None,
+        };
+        if self.known_hosts.is_none()
+            && self.key_file.is_none()
+            && let Some(inherited) = &self.inherited
+        {
+            return inherited.clone();
+        }
+        ssh_command(self.known_hosts.as_deref(), key)
+    }
+}
+
 /// git for one workspace.
 pub struct Git {
     dir: PathBuf,
@@ -242,25 +434,26 @@ pub struct Git {
     config: Vec<String>,
     redactor: Redactor,
     timeout: Duration,
-    // Holds the combined CA bundle; removed on drop.
+    ssh: SshSetup,
+    /// The remote's URL (set by the clone, else read once from the checkout).
+    remote: OnceLock<String>,
+    // Holds the combined CA bundle and the private copy of the SSH key; removed on drop.
     _scratch: Option<tempfile::TempDir>,
 }
 
 impl Git {
     /// git working in `dir`, giving `credential` to the hosts it is scoped to, trusting the
-    /// certificate authorities in `ca_bundle` besides the system's.
+    /// certificate authorities in `ca_bundle` besides the system's, and reaching `ssh://`
+    /// remotes with `ssh` ([`crate::Settings::ssh`]).
     pub fn new(
         dir: &Path,
         credential: Option<&GitCredential>,
         ca_bundle: Option<&Path>,
+        ssh: &SshSettings,
         redactor: Redactor,
     ) -> std::io::Result<Self> {
         let mut env = vec![
             ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
-            (
-                "GIT_SSH_COMMAND".to_string(),
-                std::env::var("GIT_SSH_COMMAND").unwrap_or_else(|_| "ssh -o BatchMode=yes".into()),
-            ),
             ("LC_ALL".to_string(), "C".to_string()),
             // No program answers prompts: the credential comes from the helper or not at all.
             ("GIT_ASKPASS".to_string(), String::new()),
@@ -270,15 +463,34 @@ impl Git {
             env.push((USERNAME_VAR.into(), credential.username.clone()));
             env.push((PASSWORD_VAR.into(), credential.token.clone()));
         }
-        let scratch = match ca_bundle {
-            Some(extra) => {
-                let holder = tempfile::Builder::new().prefix("recac-git-").tempdir()?;
-                let file = holder.path().join("ca-bundle.pem");
-                std::fs::write(&file, combined_ca_bundle(extra)?)?;
-                env.push(("GIT_SSL_CAINFO".into(), file.to_string_lossy().into_owned()));
-                Some(holder)
+        let scratch = if ca_bundle.is_some() || ssh.private_key.is_some() {
+            let holder = tempfile::Builder::new().prefix("recac-git-").tempdir()?;
+            // Only the agent's user enters it.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(holder.path(), std::fs::Permissions::from_mode(0o700))?;
+            Some(holder)
+        } else {
+            None
+        };
+        if let (Some(extra), Some(holder)) = (ca_bundle, &scratch) {
+            let file = holder.path().join("ca-bundle.pem");
+            std::fs::write(&file, combined_ca_bundle(extra)?)?;
+            env.push(("GIT_SSL_CAINFO".into(), file.to_string_lossy().into_owned()));
+        }
+        let key_file = match (&ssh.private_key, &scratch) {
+            (Some(key), Some(holder)) => {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let file = holder.path().join("ssh-key");
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&file)?;
+                out.write_all(key.file_text().as_bytes())?;
+                Some(file)
             }
-            None => None,
+            _ => None,
         };
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -286,13 +498,46 @@ impl Git {
             config: credential_config(credential),
             redactor,
             timeout: Duration::from_secs(900),
+            ssh: SshSetup {
+                known_hosts: ssh.known_hosts.clone(),
+                key_file,
+                key_scopes: ssh.key_scopes.clone(),
+                inherited: std::env::var("GIT_SSH_COMMAND")
+                    .ok()
+                    .filter(|c| !c.trim().is_empty()),
+            },
+            remote: OnceLock::new(),
             _scratch: scratch,
         })
+    }
+
+    /// The remote's URL as the checkout has it, read once.
+    async fn remote_for_ssh(&self) -> Option<String> {
+        if let Some(url) = self.remote.get() {
+            return Some(url.clone());
+        }
+        if !self.dir.join(".git").exists() {
+            return None;
+        }
+        let spec = CommandSpec::new(
+            "git",
+            &["config", "--get", "remote.origin.url"],
+            &self.dir,
+            Duration::from_secs(30),
+        );
+        let out = process::run(&spec).await.ok().filter(|o| o.success())?;
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!url.is_empty()).then(|| self.remote.get_or_init(|| url).clone())
     }
 
     /// The workspace directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The private copy of the SSH key (mode 0600), while this git lives.
+    pub fn ssh_key_file(&self) -> Option<&Path> {
+        self.ssh.key_file.as_deref()
     }
 
     async fn raw(
@@ -306,6 +551,11 @@ impl Git {
         argv.extend(args);
         let mut spec = CommandSpec::new("git", &argv, cwd, self.timeout);
         spec.env = self.env.clone();
+        let remote = self.remote_for_ssh().await;
+        spec.env.push((
+            "GIT_SSH_COMMAND".into(),
+            self.ssh.command(remote.as_deref()),
+        ));
         spec.env.extend(extra_env.iter().cloned());
         spec.stdin = stdin;
         let op = args.first().copied().unwrap_or("").to_string();
@@ -342,19 +592,57 @@ impl Git {
             self.redactor.redact_bytes(&out.stderr).trim(),
             self.redactor.redact_bytes(&out.stdout).trim()
         );
-        let message = if out.timed_out {
-            "timed out".to_string()
+        let kind = if out.timed_out {
+            GitErrorKind::Other
         } else {
-            process::cap(stderr.trim(), 2000)
+            classify(&stderr)
+        };
+        let said = process::cap(stderr.trim(), 2000);
+        let message = match (kind, self.remote.get()) {
+            _ if out.timed_out => "timed out".to_string(),
+            (GitErrorKind::HostKey, remote) => {
+                let host = remote
+                    .and_then(|u| RepoLocation::of(u))
+                    .map(|l| l.host)
+                    .unwrap_or_else(|| "the remote".into());
+                format!(
+                    "{}; ssh said: {said}",
+                    host_key_message(&stderr, &host, self.ssh.known_hosts.as_deref())
+                )
+            }
+            (GitErrorKind::AuthRefused, Some(url)) => match self.ssh_key_hint(url) {
+                Some(hint) => format!("{said}; {hint}"),
+                None => said,
+            },
+            _ => said,
         };
         GitError {
             op: args.first().copied().unwrap_or("").to_string(),
-            kind: if out.timed_out {
-                GitErrorKind::Other
-            } else {
-                classify(&stderr)
-            },
+            kind,
             message,
+        }
+    }
+
+    /// Why ssh had no key the server accepted, for a refusal at `url`.
+    fn ssh_key_hint(&self, url: &str) -> Option<String> {
+        let key = recac_api::agent_contract::secret_keys::SSH_PRIVATE_KEY;
+        match key_offer(url, self.ssh.key_file.is_some(), &self.ssh.key_scopes) {
+            KeyOffer::NotSsh => None,
+            KeyOffer::NoKey => Some(format!(
+                "no SSH key is configured: put the private key in one of the task's Secrets (secretRefs) under the key {key}"
+            )),
+            KeyOffer::Offered => Some(format!(
+                "the server refused the SSH key in {key} (is its public key a deploy key of this repository, with write access?)"
+            )),
+            KeyOffer::OutOfScope { host } => Some(format!(
+                "the SSH key in {key} is not offered to {host} (it is for: {}; set {} (agent.gitCredentialHosts) to add a host)",
+                if self.ssh.key_scopes.is_empty() {
+                    "none".to_string()
+                } else {
+                    render_list(&self.ssh.key_scopes)
+                },
+                recac_api::agent_contract::env::GIT_CREDENTIAL_HOSTS
+            )),
         }
     }
 
@@ -362,6 +650,8 @@ impl Git {
     pub async fn clone_repo(&self, url: &str) -> Result<(), GitError> {
         let parent = self.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
         let target = self.dir.to_string_lossy().into_owned();
+        // ssh's settings (which key, which hosts) follow the remote.
+        let _ = self.remote.set(url.to_string());
         let args = ["clone", "--no-tags", "--", url, target.as_str()];
         let out = self.raw(&parent, &args, None, &[]).await?;
         if !out.success() {
@@ -679,5 +969,132 @@ mod tests {
         );
         assert!(Declined.is_permanent() && !NonFastForward.is_permanent() && !Other.is_permanent());
         assert!(Environment.is_permanent());
+    }
+
+    #[test]
+    fn host_key_refusals_are_permanent_and_say_what_to_set() {
+        let unknown = "No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict checking.\r\nHost key verification failed.\r\nfatal: Could not read from remote repository.\n\nPlease make sure you have the correct access rights\nand the repository exists.";
+        let changed = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\nIT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\nOffending ED25519 key in /var/run/recac/ssh/known_hosts:1\nHost key for [127.0.0.1]:2222 has changed and you have requested strict checking.\nHost key verification failed.\nfatal: Could not read from remote repository.";
+        let no_type = "Unable to negotiate with 10.0.0.1 port 22: no matching host key type found. Their offer: ssh-dss\nfatal: Could not read from remote repository.";
+        // A HOME ssh cannot write to does not make it an environment problem.
+        let no_home = "Could not create directory '/nonexistent/.ssh' (No such file or directory).\r\nHost key verification failed.\r\nfatal: Could not read from remote repository.";
+        for stderr in [unknown, changed, no_type, no_home] {
+            assert_eq!(classify(stderr), GitErrorKind::HostKey, "{stderr}");
+        }
+        assert!(GitErrorKind::HostKey.is_permanent());
+        let file = Path::new("/var/run/recac/ssh/known_hosts");
+        let m = host_key_message(unknown, "127.0.0.1:2222", Some(file));
+        assert!(
+            m.contains("SSH host key of 127.0.0.1:2222 is not known")
+                && m.contains("agent.ssh.knownHosts")
+                && m.contains("RECAC_SSH_KNOWN_HOSTS is /var/run/recac/ssh/known_hosts"),
+            "{m}"
+        );
+        let m = host_key_message(unknown, "github.com", None);
+        assert!(m.contains("RECAC_SSH_KNOWN_HOSTS is not set"), "{m}");
+        let m = host_key_message(changed, "127.0.0.1:2222", Some(file));
+        assert!(
+            m.contains("does not match") && m.contains("agent.ssh.knownHosts"),
+            "{m}"
+        );
+        let m = host_key_message(no_type, "10.0.0.1", None);
+        assert!(m.contains("no matching host key type"), "{m}");
+    }
+
+    #[test]
+    fn the_ssh_command_names_files_never_keys() {
+        assert_eq!(
+            ssh_command(None, None),
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no"
+        );
+        let command = ssh_command(
+            Some(Path::new("/var/run/recac/ssh/known_hosts")),
+            Some(Path::new("/tmp/recac-git-x/it's key")),
+        );
+        assert_eq!(
+            command,
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no -o 'UserKnownHostsFile=/var/run/recac/ssh/known_hosts' -o IdentitiesOnly=yes -o IdentityAgent=none -i '/tmp/recac-git-x/it'\\''s key'"
+        );
+        assert!(!command.contains("accept-new") && !command.contains("=no -o Strict"));
+        // What the shell makes of it: the arguments ssh gets.
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("set -- {command}; printf '%s\\n' \"$@\""),
+                "sh",
+            ])
+            .output()
+            .expect("sh runs");
+        let args = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            args.lines().any(|l| l == "/tmp/recac-git-x/it's key"),
+            "{args}"
+        );
+        assert!(
+            args.lines()
+                .any(|l| l == "UserKnownHostsFile=/var/run/recac/ssh/known_hosts"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn the_ssh_key_goes_only_to_its_scopes() {
+        let scopes = HostScope::parse_list("github.com/acme,git.example.com:2222").unwrap();
+        assert_eq!(
+            key_offer("git@github.com:acme/widgets.git", true, &scopes),
+            KeyOffer::Offered
+        );
+        assert_eq!(
+            key_offer("ssh://git@git.example.com:2222/team/r.git", true, &scopes),
+            KeyOffer::Offered
+        );
+        assert_eq!(
+            key_offer("git@github.com:other/widgets.git", true, &scopes),
+            KeyOffer::OutOfScope {
+                host: "github.com".into()
+            }
+        );
+        assert_eq!(
+            key_offer("ssh://git@git.example.com/team/r.git", true, &scopes),
+            KeyOffer::OutOfScope {
+                host: "git.example.com".into()
+            }
+        );
+        assert_eq!(
+            key_offer("git@evil.example:acme/x.git", true, &scopes),
+            KeyOffer::OutOfScope {
+                host: "evil.example".into()
+            }
+        );
+        assert_eq!(
+            key_offer("git@github.com:acme/widgets.git", false, &scopes),
+            KeyOffer::NoKey
+        );
+        assert_eq!(
+            key_offer("https://github.com/acme/w.git", true, &scopes),
+            KeyOffer::NotSsh
+        );
+        assert_eq!(
+            key_offer("file:///srv/r.git", true, &scopes),
+            KeyOffer::NotSsh
+        );
+        let setup = SshSetup {
+            known_hosts: None,
+            key_file: Some(PathBuf::from("/tmp/k")),
+            key_scopes: scopes,
+            inherited: Some("ssh -o StrictHostKeyChecking=no".into()),
+        };
+        assert!(
+            setup
+                .command(Some("git@github.com:acme/w.git"))
+                .ends_with("-i '/tmp/k'")
+        );
+        for url in [Some("git@evil.example:acme/x.git"), None] {
+            let command = setup.command(url);
+            assert!(!command.contains("/tmp/k"), "{command}");
+            // A configured key never falls back to the machine's own ssh command.
+            assert!(command.contains("StrictHostKeyChecking=yes"), "{command}");
+        }
+        assert!(!format!("{:?}", SshKey::new("-----BEGIN x")).contains("BEGIN"));
     }
 }

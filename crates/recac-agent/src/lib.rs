@@ -7,10 +7,17 @@
 //!
 //! Pure decisions live apart from I/O: [`branch`], [`detect`], [`report`], [`redact`] and
 //! [`run::decide_publish`].
+//!
+//! Failures are classified by whether another attempt may get past them: retryable
+//! (`failed`: the network, a rate limit, a lost push race; `testsFailed`: the next attempt
+//! continues the branch) or not (`gaveUp`). Among the latter, what the agent's environment
+//! lacks: a test program the image does not have ([`toolchain`]) or a folder it cannot write
+//! ([`environment`]).
 
 pub mod branch;
 pub mod detect;
 pub mod engine;
+pub mod environment;
 pub mod git;
 pub mod github;
 pub mod process;
@@ -19,6 +26,7 @@ pub mod report;
 pub mod run;
 pub mod secrets;
 pub mod settings;
+pub mod toolchain;
 
 pub use redact::Redactor;
 pub use run::{RunOutput, run, run_until};

@@ -45,6 +45,14 @@ impl CommandSpec {
             stdin: None,
         }
     }
+
+    /// The `PATH` the child gets (the agent's, unless `env` sets or `remove_env` removes it).
+    pub fn path_var(&self) -> Option<std::ffi::OsString> {
+        crate::toolchain::child_path(
+            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.remove_env.iter().map(String::as_str),
+        )
+    }
 }
 
 /// How a command ended.

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use recac_api::agent_contract::{AgentResult, Outcome, TERMINATION_MESSAGE_LIMIT, exit_code};
+use recac_api::agent_contract::{AgentResult, Outcome, TERMINATION_MESSAGE_LIMIT, env, exit_code};
+
+use crate::environment::FsError;
 
 /// The process exit code for an outcome: `0` when the work is done and pushed, `3` when
 /// another attempt would fail the same way, `1` when another attempt may succeed.
@@ -84,9 +86,11 @@ pub fn termination_message(result: &AgentResult) -> String {
     to_json_within(result, TERMINATION_MESSAGE_LIMIT)
 }
 
-/// Writes the termination message to `path`.
-pub fn write_result(path: &Path, result: &AgentResult) -> std::io::Result<()> {
+/// Writes the termination message to `path` (`RECAC_RESULT_PATH`). The error names the path
+/// and, when the environment refuses it (a read-only filesystem, a permission), how to fix it.
+pub fn write_result(path: &Path, result: &AgentResult) -> Result<(), FsError> {
     std::fs::write(path, termination_message(result))
+        .map_err(|e| FsError::new("write the result to", path, Some(env::RESULT_PATH), e))
 }
 
 #[cfg(test)]
@@ -138,6 +142,21 @@ mod tests {
         assert!(json.len() <= 60, "{json}");
         let back: AgentResult = serde_json::from_str(&json).unwrap();
         assert_eq!(back.outcome, Outcome::Succeeded);
+    }
+
+    #[test]
+    fn unwritable_result_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let e = write_result(&file.join("result"), &result("x")).unwrap_err();
+        assert!(e.is_environment());
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot write the result to") && text.contains("(RECAC_RESULT_PATH)"),
+            "{text}"
+        );
+        write_result(&dir.path().join("result"), &result("x")).unwrap();
     }
 
     proptest::proptest! {

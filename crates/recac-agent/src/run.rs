@@ -1,6 +1,6 @@
 //! The `recac start` flow: workspace, branch, work, tests, commit, push, pull request, report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use recac_api::agent_contract::{AgentResult, Outcome, TokenUsage};
 use recac_api::repo_host::{HostScope, RepoLocation, Transport, render_list};
@@ -8,12 +8,14 @@ use recac_api::repo_host::{HostScope, RepoLocation, Transport, render_list};
 use crate::branch::{self, BranchPlan};
 use crate::detect::{self, RepoFiles};
 use crate::engine::{self, EngineReport, EngineStatus, llm::LlmClient, tools::Toolbox};
+use crate::environment::{self, FsError};
 use crate::git::{Git, GitCredential, GitError, GitErrorKind, Identity};
 use crate::github::{self, GitHub, GitHubRepo, PullRequest};
 use crate::process::{self, CommandSpec};
 use crate::redact::Redactor;
 use crate::report::exit_code_for;
 use crate::settings::{EngineSettings, PullRequestMode, Settings, vars};
+use crate::toolchain::{self, Finder, MissingTool, Problem, TestCommand};
 use tokio_util::sync::CancellationToken;
 
 /// What a run produced.
@@ -56,6 +58,16 @@ impl From<GitError> for Stop {
         Stop {
             outcome,
             message: e.to_string(),
+        }
+    }
+}
+
+impl From<FsError> for Stop {
+    fn from(e: FsError) -> Self {
+        if e.is_environment() {
+            Stop::gave_up(e.to_string())
+        } else {
+            Stop::failed(e.to_string())
         }
     }
 }
@@ -216,28 +228,42 @@ struct State {
     workspace: Option<PathBuf>,
 }
 
+/// The workspace folder: `RECAC_WORKSPACE` (created when absent, refused when not empty) or a
+/// new temporary folder. Checked writable, so that a read-only or foreign folder is reported
+/// as what it is (see [`environment`]) before anything else starts.
 fn prepare_workspace(settings: &Settings) -> Result<PathBuf, Stop> {
     match &settings.workspace {
         Some(dir) => {
+            let setting = Some(vars::WORKSPACE);
+            let not_empty = || {
+                Stop::gave_up(format!(
+                    "{} ({}) must be an empty or absent directory",
+                    vars::WORKSPACE,
+                    dir.display()
+                ))
+            };
             if dir.exists() {
-                let empty = std::fs::read_dir(dir)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false);
-                if !empty {
-                    return Err(Stop::gave_up(format!(
-                        "{} ({}) must be an empty or absent directory",
-                        vars::WORKSPACE,
-                        dir.display()
-                    )));
+                if !dir.is_dir() {
+                    return Err(not_empty());
                 }
+                let mut entries = std::fs::read_dir(dir)
+                    .map_err(|e| FsError::new("read the workspace folder", dir, setting, e))?;
+                if entries.next().is_some() {
+                    return Err(not_empty());
+                }
+            } else {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| FsError::new("create the workspace folder", dir, setting, e))?;
             }
+            environment::check_writable(dir, setting)?;
             Ok(dir.clone())
         }
         None => {
+            let (tmp, setting) = environment::temp_dir();
             let holder = tempfile::Builder::new()
                 .prefix("recac-workspace-")
-                .tempdir()
-                .map_err(|e| Stop::failed(format!("cannot create a workspace: {e}")))?;
+                .tempdir_in(&tmp)
+                .map_err(|e| FsError::new("create the workspace folder in", &tmp, setting, e))?;
             Ok(holder.keep().join("repo"))
         }
     }
@@ -263,13 +289,37 @@ async fn flow(
     if let Some(hint) = &token_hint {
         tracing::warn!("{hint}");
     }
+    // git's certificate bundle and the external engine's prompt go to the temporary folder
+    // (so does an SSH key: see below).
+    if settings.ca_bundle.is_some() || matches!(settings.engine, EngineSettings::External(_)) {
+        environment::check_temp_dir()?;
+    }
     let git = Git::new(
         &dir,
         credential.as_ref(),
         settings.ca_bundle.as_deref(),
+        &settings.ssh,
         redactor.clone(),
     )
-    .map_err(|e| Stop::failed(format!("cannot set up git: {e}")))?;
+    .map_err(|e| {
+        let message = format!("cannot set up git: {e}");
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            // A setting git needs is invalid.
+            return Stop::gave_up(message);
+        }
+        match environment::environment_cause(&e) {
+            // git's files (the certificate bundle, an SSH key) go to a temporary folder.
+            Some(cause) => {
+                let (tmp, setting) = environment::temp_dir();
+                Stop::gave_up(format!(
+                    "{message}: {cause} (git's certificate bundle and SSH key are written to a temporary folder in {}{}; not retried: another attempt would meet it again)",
+                    tmp.display(),
+                    setting.map(|s| format!(", {s}")).unwrap_or_default()
+                ))
+            }
+            None => Stop::failed(message),
+        }
+    })?;
     tracing::info!(repo = %settings.repo_url, workspace = %dir.display(), "cloning");
     git.clone_repo(&settings.repo_url)
         .await
@@ -311,6 +361,16 @@ async fn flow(
     let start = git.rev_parse("HEAD").await?;
     let remote_head = exists.then(|| start.clone());
 
+    // The test command's programs, before anything is spent on the work: a missing one is the
+    // image's doing and another attempt would meet it again. (Checked again before the tests
+    // run: the work may change what is detected.)
+    if let Some(command) = test_command(settings, &dir)
+        && let Some(missing) = check_test_tools(settings, &command, &dir).await
+    {
+        tracing::warn!(program = %missing.program, "the test command cannot run");
+        return Err(Stop::gave_up(missing.message(&command)));
+    }
+
     // 3. Work (until done, or until the pod is told to stop).
     if stop.is_cancelled() {
         return Err(Stop::failed(STOPPED_BEFORE_WORK));
@@ -327,7 +387,14 @@ async fn flow(
                     redactor.clone(),
                     settings.child_env.clone(),
                 )
-                .map_err(|e| Stop::failed(format!("cannot open the workspace: {e}")))?;
+                .map_err(|e| {
+                    Stop::from(FsError::new(
+                        "open the workspace folder",
+                        &dir,
+                        settings.workspace.is_some().then_some(vars::WORKSPACE),
+                        e,
+                    ))
+                })?;
                 engine::run_builtin(&client, &toolbox, &settings.prompt, &settings.limits).await
             }
             EngineSettings::External(ext) => {
@@ -420,12 +487,16 @@ async fn flow(
     }
 
     // 5. Tests (skipped when told to stop: the push comes first).
-    state.tests_passed = tokio::select! {
-        passed = run_tests(settings, &git, redactor) => passed,
+    let tests = tokio::select! {
+        tests = run_tests(settings, &git, redactor) => tests,
         () = stop.cancelled() => {
             tracing::warn!("told to stop: tests skipped, pushing the work");
-            None
+            TestRun::NotRun
         }
+    };
+    state.tests_passed = match &tests {
+        TestRun::Ran { passed } => Some(*passed),
+        TestRun::NotRun | TestRun::CannotRun { .. } => None,
     };
 
     // 6. Push.
@@ -439,6 +510,13 @@ async fn flow(
         // Told to stop before the tests ended: the work is on the branch, its tests unknown.
         return Err(Stop::failed(format!(
             "stopped: {STOPPED}; the tests did not finish; the work is pushed to {branch_name}"
+        )));
+    }
+    if let TestRun::CannotRun { command, missing } = tests {
+        // The work is kept on the branch; no pull request for untested work.
+        return Err(Stop::gave_up(format!(
+            "the work is pushed to {branch_name}, but {}",
+            missing.message(&command)
         )));
     }
     let outcome = if state.tests_passed == Some(false) {
@@ -469,26 +547,95 @@ async fn flow(
     Ok((outcome, summary))
 }
 
-async fn run_tests(settings: &Settings, git: &Git, redactor: &Redactor) -> Option<bool> {
+/// How the test step went.
+enum TestRun {
+    /// Skipped, none found, or told to stop.
+    NotRun,
+    /// The tests ran.
+    Ran { passed: bool },
+    /// A program the command needs cannot start: the image's doing, not the work's.
+    CannotRun {
+        command: TestCommand,
+        missing: MissingTool,
+    },
+}
+
+/// The test command: `RECAC_TEST_COMMAND`, or the one detected in `dir`.
+fn test_command(settings: &Settings, dir: &Path) -> Option<TestCommand> {
     if settings.skip_tests {
-        tracing::info!("tests skipped (RECAC_TEST_COMMAND=none)");
         return None;
     }
-    let argv: Vec<String> = match &settings.test_command {
+    match &settings.test_command {
         // Operator configuration, not ticket text: run it through sh.
-        Some(cmd) => vec!["sh".into(), "-c".into(), cmd.clone()],
-        None => match detect::detect(&RepoFiles::read(git.dir())) {
-            Some(argv) => argv,
-            None => {
-                tracing::info!("no test command configured or detected");
-                return None;
-            }
-        },
-    };
-    tracing::info!(command = %argv.join(" "), "running tests");
-    let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-    let mut spec = CommandSpec::new(argv[0].clone(), &args, git.dir(), settings.test_timeout);
+        Some(cmd) => Some(TestCommand::configured(cmd)),
+        None => detect::detect_with_source(&RepoFiles::read(dir))
+            .map(|(argv, file)| TestCommand::detected(argv, file)),
+    }
+}
+
+/// How `command` runs in `dir`: its timeout and the environment the model's commands get.
+fn test_spec(settings: &Settings, command: &TestCommand, dir: &Path) -> CommandSpec {
+    let args: Vec<&str> = command.argv[1..].iter().map(String::as_str).collect();
+    let mut spec = CommandSpec::new(command.argv[0].clone(), &args, dir, settings.test_timeout);
     settings.child_env.apply(&mut spec);
+    spec
+}
+
+/// Before the work: whether the programs `command` starts are there (see
+/// [`toolchain::preflight`]) and, for `python3 -m pytest`, whether Python finds pytest (as
+/// `-m` would, from the repository's folder; nothing is imported).
+async fn check_test_tools(
+    settings: &Settings,
+    command: &TestCommand,
+    dir: &Path,
+) -> Option<MissingTool> {
+    let spec = test_spec(settings, command, dir);
+    let finder = Finder::new(spec.path_var(), dir);
+    if let Some(missing) = toolchain::preflight(command, &finder) {
+        return Some(missing);
+    }
+    let (python, module) = command.python_module()?;
+    let mut check = spec.clone();
+    check.args = vec![
+        "-c".into(),
+        "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec(sys.argv[1]) else 3)"
+            .into(),
+        module.into(),
+    ];
+    check.timeout = std::time::Duration::from_secs(60);
+    match process::run(&check).await {
+        Ok(out) if out.exit_code == Some(3) => Some(MissingTool {
+            program: python.to_string(),
+            problem: Problem::PythonModule(module.to_string()),
+            path: finder.path_text(),
+        }),
+        // Found, or the check itself failed: the test run will tell.
+        _ => None,
+    }
+}
+
+async fn run_tests(settings: &Settings, git: &Git, redactor: &Redactor) -> TestRun {
+    if settings.skip_tests {
+        tracing::info!("tests skipped (RECAC_TEST_COMMAND=none)");
+        return TestRun::NotRun;
+    }
+    let Some(command) = test_command(settings, git.dir()) else {
+        tracing::info!("no test command configured or detected");
+        return TestRun::NotRun;
+    };
+    let spec = test_spec(settings, &command, git.dir());
+    let finder = Finder::new(spec.path_var(), git.dir());
+    let cannot_run = |missing: MissingTool| {
+        tracing::warn!(program = %missing.program, "{}", missing.what());
+        TestRun::CannotRun {
+            command: command.clone(),
+            missing,
+        }
+    };
+    if let Some(missing) = toolchain::preflight(&command, &finder) {
+        return cannot_run(missing);
+    }
+    tracing::info!(command = %command.argv.join(" "), "running tests");
     match process::run(&spec).await {
         Ok(out) => {
             let passed = out.success();
@@ -501,12 +648,25 @@ async fn run_tests(settings: &Settings, git: &Git, redactor: &Redactor) -> Optio
                 seconds = out.duration.as_secs_f64(),
                 "tests finished"
             );
-            Some(passed)
+            if !passed
+                && let Some(missing) = toolchain::after_run(
+                    &command,
+                    out.exit_code,
+                    &String::from_utf8_lossy(&out.stderr),
+                    &finder,
+                )
+            {
+                return cannot_run(missing);
+            }
+            TestRun::Ran { passed }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot run the test command");
-            Some(false)
-        }
+        Err(e) => match toolchain::spawn_error(&command.argv[0], &e, &finder) {
+            Some(missing) => cannot_run(missing),
+            None => {
+                tracing::warn!(error = %e, "cannot run the test command");
+                TestRun::Ran { passed: false }
+            }
+        },
     }
 }
 

@@ -29,8 +29,9 @@ pub enum SecretsError {
 }
 
 /// Names that are never passed to a command the model can influence, whatever the allow list
-/// says: git gets its token only through its askpass helper.
-pub const NEVER_PASSED: &[&str] = &[vars::GIT_TOKEN, vars::GITHUB_TOKEN];
+/// says: git gets its token only through its credential helper, and ssh its key only from a
+/// private file named on git's own command line.
+pub const NEVER_PASSED: &[&str] = &[vars::GIT_TOKEN, vars::GITHUB_TOKEN, vars::SSH_PRIVATE_KEY];
 
 /// Whether `name` can be an environment variable (`[A-Za-z_][A-Za-z0-9_]*`).
 pub fn is_env_name(name: &str) -> bool {
@@ -236,7 +237,7 @@ impl ChildEnv {
             if allow.contains(*name) {
                 tracing::warn!(
                     name,
-                    "{} lists {name}, which is never passed to commands (git gets it through its askpass helper only)",
+                    "{} lists {name}, which is never passed to commands (only git gets it, through its credential helper or its ssh command)",
                     vars::SECRET_ENV_ALLOW
                 );
             }

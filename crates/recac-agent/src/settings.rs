@@ -7,6 +7,7 @@ use std::time::Duration;
 use recac_api::agent_contract::env as contract;
 use recac_api::repo_host::HostScope;
 
+use crate::git::{SshKey, SshSettings};
 use crate::secrets::{self, ChildEnv, SecretFiles};
 
 /// Environment variable names beyond the contract's (which are re-exported here for one list).
@@ -37,7 +38,11 @@ pub mod vars {
     pub const PULL_REQUEST: &str = "RECAC_PULL_REQUEST";
     pub const GITHUB_API_URL: &str = "RECAC_GITHUB_API_URL";
     pub const GITHUB_REPOSITORY: &str = "RECAC_GITHUB_REPOSITORY";
+    pub use recac_api::agent_contract::secret_keys::SSH_PRIVATE_KEY;
 }
+
+/// The GitHub API when `RECAC_GITHUB_API_URL` is not set.
+const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
 
 /// Variables whose values are credentials: removed from child processes the model controls
 /// and redacted from all output. Every key of a Secret under `RECAC_SECRETS_DIR` is treated the
@@ -47,6 +52,7 @@ pub const SECRET_VARS: &[&str] = &[
     vars::GITHUB_TOKEN,
     vars::OPENAI_API_KEY,
     vars::ANTHROPIC_API_KEY,
+    vars::SSH_PRIVATE_KEY,
 ];
 
 /// Credentials the agent does not use itself but may find in its environment (the Jira ones
@@ -207,6 +213,16 @@ pub const ENV_DOCS: &[(&str, &str, &str)] = &[
         "A PEM file of extra certificate authorities that git and the model client trust besides the system's.",
     ),
     (
+        vars::SSH_PRIVATE_KEY,
+        "-",
+        "The private key (OpenSSH or PEM, no passphrase) for ssh:// and git@host:path repositories, normally a key of one of the task's Secrets: offered only to repositories within RECAC_GIT_CREDENTIAL_HOSTS, from a private copy under TMPDIR; never passed to the commands the model runs.",
+    ),
+    (
+        contract::SSH_KNOWN_HOSTS,
+        "ssh's own (~/.ssh/known_hosts)",
+        "A known_hosts file: the SSH host keys git accepts (an unknown or changed host key is refused, never accepted); set by the operator from agent.ssh.knownHosts; read from the environment only.",
+    ),
+    (
         vars::GIT_USERNAME,
         "x-access-token",
         "User name sent with the git token.",
@@ -344,6 +360,9 @@ pub struct Settings {
     pub git_credential_hosts: Vec<HostScope>,
     /// Extra certificate authorities (PEM) for git and the model client.
     pub ca_bundle: Option<PathBuf>,
+    /// How git reaches ssh remotes: known hosts and the private key (with the git token's
+    /// scopes).
+    pub ssh: SshSettings,
     pub author_name: String,
     pub author_email: String,
     /// `None`: detect; `Some("")` never happens (`none` disables tests: see `skip_tests`).
@@ -384,15 +403,7 @@ impl Settings {
     /// `lookup` wins over it (as `env` won over `envFrom`, so a Secret cannot change what the
     /// operator set).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let files = match nonempty(lookup(contract::SECRETS_DIR)) {
-            Some(dir) => {
-                SecretFiles::read(Path::new(&dir)).map_err(|e| SettingsError::Secrets {
-                    var: contract::SECRETS_DIR.into(),
-                    reason: e.to_string(),
-                })?
-            }
-            None => SecretFiles::default(),
-        };
+        let files = secret_files(&lookup, false)?;
         let get = |name: &str| {
             nonempty(lookup(name)).or_else(|| nonempty(files.get(name).map(str::to_string)))
         };
@@ -401,8 +412,10 @@ impl Settings {
             var: contract::REPO_URL.into(),
             hint: "the repository to clone (or pass --repo)".into(),
         })?;
+        // A user name in an ssh URL (`ssh://git@host/...`) is the login, not a credential.
         if let Ok(parsed) = url::Url::parse(&repo_url)
-            && (!parsed.username().is_empty() || parsed.password().is_some())
+            && (parsed.password().is_some()
+                || (!parsed.username().is_empty() && parsed.scheme() != "ssh"))
         {
             return Err(SettingsError::Invalid {
                 var: contract::REPO_URL.into(),
@@ -501,20 +514,10 @@ impl Settings {
             }
         };
         let github_api_url =
-            get(vars::GITHUB_API_URL).unwrap_or_else(|| "https://api.github.com".into());
+            get(vars::GITHUB_API_URL).unwrap_or_else(|| DEFAULT_GITHUB_API_URL.into());
         check_url(vars::GITHUB_API_URL, &github_api_url)?;
-        // The token's scope is the operator's: read from the environment only, never a Secret.
-        let git_credential_hosts = match nonempty(lookup(contract::GIT_CREDENTIAL_HOSTS)) {
-            Some(none) if none.eq_ignore_ascii_case("none") => Vec::new(),
-            Some(list) => HostScope::parse_list(&list).map_err(|e| SettingsError::Invalid {
-                var: contract::GIT_CREDENTIAL_HOSTS.into(),
-                reason: e.to_string(),
-            })?,
-            None => crate::github::web_host(&github_api_url)
-                .and_then(|host| HostScope::parse(&host).ok())
-                .into_iter()
-                .collect(),
-        };
+        let git_credential_hosts = credential_scopes(&lookup, &github_api_url)?;
+        let ssh = ssh_settings(&lookup, &get, git_credential_hosts.clone())?;
         let ca_bundle = get(contract::CA_BUNDLE).map(PathBuf::from);
         if let Some(path) = &ca_bundle
             && let Err(e) = std::fs::metadata(path)
@@ -576,6 +579,7 @@ impl Settings {
             git_username: get(vars::GIT_USERNAME).unwrap_or_else(|| "x-access-token".into()),
             git_credential_hosts,
             ca_bundle,
+            ssh,
             author_name: get(vars::GIT_AUTHOR_NAME).unwrap_or_else(|| "recac".into()),
             author_email: get(vars::GIT_AUTHOR_EMAIL)
                 .unwrap_or_else(|| "recac@users.noreply.github.com".into()),
@@ -599,6 +603,161 @@ impl Settings {
     pub fn secrets(&self) -> Vec<Vec<u8>> {
         self.secret_values.0.clone()
     }
+}
+
+/// The Secrets under the folder `RECAC_SECRETS_DIR` names (none when unset); `lenient` skips
+/// what cannot be read instead of failing.
+fn secret_files(
+    lookup: &impl Fn(&str) -> Option<String>,
+    lenient: bool,
+) -> Result<SecretFiles, SettingsError> {
+    let Some(dir) = nonempty(lookup(contract::SECRETS_DIR)) else {
+        return Ok(SecretFiles::default());
+    };
+    if lenient {
+        return Ok(SecretFiles::read_lenient(Path::new(&dir)));
+    }
+    SecretFiles::read(Path::new(&dir)).map_err(|e| SettingsError::Secrets {
+        var: contract::SECRETS_DIR.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The git token's (and the SSH key's) scopes. They are the operator's: read from the
+/// environment only, never a Secret. Unset: the web host of the GitHub API.
+fn credential_scopes(
+    lookup: &impl Fn(&str) -> Option<String>,
+    github_api_url: &str,
+) -> Result<Vec<HostScope>, SettingsError> {
+    Ok(match nonempty(lookup(contract::GIT_CREDENTIAL_HOSTS)) {
+        Some(none) if none.eq_ignore_ascii_case("none") => Vec::new(),
+        Some(list) => HostScope::parse_list(&list).map_err(|e| SettingsError::Invalid {
+            var: contract::GIT_CREDENTIAL_HOSTS.into(),
+            reason: e.to_string(),
+        })?,
+        None => crate::github::web_host(github_api_url)
+            .and_then(|host| HostScope::parse(&host).ok())
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// The SSH settings: the known hosts from the environment only (the operator's, like the
+/// scopes), the private key from the environment or a Secret, each checked.
+fn ssh_settings(
+    lookup: &impl Fn(&str) -> Option<String>,
+    get: &impl Fn(&str) -> Option<String>,
+    key_scopes: Vec<HostScope>,
+) -> Result<SshSettings, SettingsError> {
+    let known_hosts = match nonempty(lookup(contract::SSH_KNOWN_HOSTS)) {
+        None => None,
+        Some(path) => {
+            check_known_hosts(Path::new(&path)).map_err(|reason| SettingsError::Invalid {
+                var: contract::SSH_KNOWN_HOSTS.into(),
+                reason,
+            })?;
+            Some(PathBuf::from(path))
+        }
+    };
+    let private_key = match get(vars::SSH_PRIVATE_KEY) {
+        None => None,
+        Some(text) => {
+            check_private_key(&text).map_err(|reason| SettingsError::Invalid {
+                var: vars::SSH_PRIVATE_KEY.into(),
+                reason,
+            })?;
+            Some(SshKey::new(text))
+        }
+    };
+    Ok(SshSettings {
+        known_hosts,
+        private_key,
+        key_scopes,
+    })
+}
+
+/// Checks a known_hosts file: a path ssh takes as one file, readable, with a host key line.
+fn check_known_hosts(path: &Path) -> Result<(), String> {
+    let shown = path.display().to_string();
+    if shown
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '%' | '\\'))
+        || shown.starts_with('~')
+    {
+        return Err(format!(
+            "{shown:?} must be a path without spaces, quotes, `%`, `\\` or a leading `~` (ssh would read it as something else)"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let has_key = text.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip_while(|f| f.starts_with('@'));
+        let (Some(hosts), Some(kind), Some(key)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        !hosts.starts_with('#')
+            && (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+            && key.starts_with("AAAA")
+    });
+    if has_key {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown} holds no host key line (`HOST KEY-TYPE BASE64-KEY`, as `ssh-keyscan HOST` prints)"
+        ))
+    }
+}
+
+/// Checks a private key's form without ever printing it: OpenSSH or PEM, not a public key,
+/// not protected by a passphrase (nothing could type it).
+fn check_private_key(text: &str) -> Result<(), String> {
+    let text = text.trim();
+    let first = text.lines().next().unwrap_or("").trim();
+    if ["ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-"]
+        .iter()
+        .any(|p| first.starts_with(p))
+    {
+        return Err(
+            "this is a public key; the private key is needed (the file ssh-keygen wrote without `.pub`)"
+                .into(),
+        );
+    }
+    if !(first.starts_with("-----BEGIN ") && first.ends_with("PRIVATE KEY-----")) {
+        return Err(
+            "not a private key in OpenSSH or PEM form (its first line must be like `-----BEGIN OPENSSH PRIVATE KEY-----`)"
+                .into(),
+        );
+    }
+    let passphrase = || {
+        "the key is protected by a passphrase, which nothing can type in the pod; use a key without one (a deploy key of the repository)".to_string()
+    };
+    if first.contains("ENCRYPTED") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(passphrase());
+    }
+    if first == "-----BEGIN OPENSSH PRIVATE KEY-----" {
+        use base64::Engine as _;
+        let body: String = text
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.starts_with("-----END "))
+            .flat_map(|l| l.trim().chars())
+            .collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(body.as_bytes())
+            .map_err(|_| "the OpenSSH key's body is not base64".to_string())?;
+        let rest = bytes
+            .strip_prefix(b"openssh-key-v1\0")
+            .ok_or_else(|| "not an OpenSSH private key (no openssh-key-v1 header)".to_string())?;
+        let cipher = rest
+            .get(..4)
+            .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+            .and_then(|n| rest.get(4..4 + n))
+            .ok_or_else(|| "the OpenSSH key is cut short".to_string())?;
+        if cipher != b"none" {
+            return Err(passphrase());
+        }
+    }
+    Ok(())
 }
 
 fn nonempty(value: Option<String>) -> Option<String> {
@@ -785,6 +944,26 @@ mod tests {
         );
         let err = settings(&BASE[..3]).unwrap_err();
         assert!(err.to_string().contains("OPENAI_API_KEY"), "{err}");
+        for url in [
+            "ssh://u:p@github.com/o/r.git",
+            "https://token@github.com/o/r.git",
+        ] {
+            let mut v = BASE.to_vec();
+            v[0] = ("RECAC_REPO_URL", url);
+            assert!(
+                settings(&v)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("RECAC_REPO_URL"),
+                "{url}"
+            );
+        }
+        // An ssh login is not a credential.
+        for url in ["ssh://git@github.com/o/r.git", "git@github.com:o/r.git"] {
+            let mut v = BASE.to_vec();
+            v[0] = ("RECAC_REPO_URL", url);
+            assert_eq!(settings(&v).unwrap().repo_url, url);
+        }
         let mut v = BASE.to_vec();
         v[0] = ("RECAC_REPO_URL", "https://u:p@github.com/o/r.git");
         assert!(
@@ -916,6 +1095,119 @@ mod tests {
         );
     }
 
+    /// An OpenSSH private key's text whose body names `cipher` (the rest is not a real key:
+    /// only the form is checked).
+    fn openssh_key(cipher: &str) -> String {
+        use base64::Engine as _;
+        let mut body = b"openssh-key-v1\0".to_vec();
+        body.extend_from_slice(&(cipher.len() as u32).to_be_bytes());
+        body.extend_from_slice(cipher.as_bytes());
+        body.extend_from_slice(&[0; 24]);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(body);
+        format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n{encoded}\n-----END OPENSSH PRIVATE KEY-----\n"
+        )
+    }
+
+    #[test]
+    fn ssh_settings_are_checked_and_never_printed() {
+        let root = tempfile::tempdir().unwrap();
+        let known = root.path().join("known_hosts");
+        std::fs::write(
+            &known,
+            "# comment\n[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n",
+        )
+        .unwrap();
+        let secrets = root.path().join("secrets");
+        std::fs::create_dir_all(secrets.join("git")).unwrap();
+        let key = openssh_key("none");
+        std::fs::write(secrets.join("git/RECAC_SSH_PRIVATE_KEY"), &key).unwrap();
+        let known_s = known.display().to_string();
+        let secrets_s = secrets.display().to_string();
+        let with = |extra: &[(&str, &str)]| {
+            let mut v: Vec<(&str, &str)> = vec![
+                ("RECAC_REPO_URL", "git@github.com:acme/r.git"),
+                ("RECAC_PROMPT", "x"),
+                ("RECAC_AGENT_COMMAND", "true"),
+                ("RECAC_SECRETS_DIR", secrets_s.as_str()),
+                ("RECAC_SSH_KNOWN_HOSTS", known_s.as_str()),
+                ("RECAC_GIT_CREDENTIAL_HOSTS", "github.com/acme"),
+            ];
+            v.extend_from_slice(extra);
+            settings(&v)
+        };
+        let s = with(&[]).unwrap();
+        assert_eq!(s.ssh.known_hosts.as_deref(), Some(known.as_path()));
+        assert_eq!(s.ssh.private_key, Some(crate::git::SshKey::new(key.trim())));
+        assert_eq!(render_scopes(&s.ssh.key_scopes), "github.com/acme");
+        // The key is a secret: redacted, withheld from commands, never printed.
+        assert!(s.secrets().contains(&key.trim().as_bytes().to_vec()));
+        assert!(s.child_env.withholds("RECAC_SSH_PRIVATE_KEY"));
+        assert!(!format!("{s:?}").contains("OPENSSH"));
+
+        for (extra, var, says) in [
+            (
+                vec![("RECAC_SSH_KNOWN_HOSTS", "/nowhere/known_hosts")],
+                "RECAC_SSH_KNOWN_HOSTS",
+                "cannot read /nowhere/known_hosts",
+            ),
+            (
+                vec![("RECAC_SSH_KNOWN_HOSTS", "/a b/known_hosts")],
+                "RECAC_SSH_KNOWN_HOSTS",
+                "without spaces",
+            ),
+            (
+                vec![("RECAC_SSH_PRIVATE_KEY", "ssh-ed25519 AAAAC3Nza test@host")],
+                "RECAC_SSH_PRIVATE_KEY",
+                "public key",
+            ),
+            (
+                vec![("RECAC_SSH_PRIVATE_KEY", "hunter2-not-a-key")],
+                "RECAC_SSH_PRIVATE_KEY",
+                "not a private key",
+            ),
+        ] {
+            let err = with(&extra).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(says), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let encrypted = openssh_key("aes256-ctr");
+        let err = with(&[("RECAC_SSH_PRIVATE_KEY", encrypted.as_str())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RECAC_SSH_PRIVATE_KEY") && err.contains("passphrase"),
+            "{err}"
+        );
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----";
+        let err = with(&[("RECAC_SSH_PRIVATE_KEY", pem)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("passphrase"), "{err}");
+        std::fs::write(&known, "# only a comment\n").unwrap();
+        let err = with(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("RECAC_SSH_KNOWN_HOSTS") && err.contains("no host key line"),
+            "{err}"
+        );
+        // The known hosts are the operator's: a Secret key of that name is not read as it.
+        std::fs::write(secrets.join("git/RECAC_SSH_KNOWN_HOSTS"), "/etc/passwd").unwrap();
+        let s = settings(&[
+            ("RECAC_REPO_URL", "git@github.com:acme/r.git"),
+            ("RECAC_PROMPT", "x"),
+            ("RECAC_AGENT_COMMAND", "true"),
+            ("RECAC_SECRETS_DIR", secrets_s.as_str()),
+        ])
+        .unwrap();
+        assert_eq!(s.ssh.known_hosts, None);
+        // Unset, the key's scopes are the git token's default.
+        assert_eq!(render_scopes(&s.ssh.key_scopes), "github.com");
+    }
+
+    fn render_scopes(scopes: &[HostScope]) -> String {
+        recac_api::repo_host::render_list(scopes)
+    }
+
     #[test]
     fn every_variable_is_documented() {
         let names: Vec<&str> = ENV_DOCS.iter().map(|d| d.0).collect();
@@ -925,5 +1217,6 @@ mod tests {
         assert!(names.contains(&vars::SECRETS_DIR) && names.contains(&vars::SECRET_ENV_ALLOW));
         assert!(names.contains(&vars::TEST_COMMAND));
         assert!(names.contains(&vars::RESULT_PATH));
+        assert!(names.contains(&vars::SSH_KNOWN_HOSTS) && names.contains(&vars::SSH_PRIVATE_KEY));
     }
 }

@@ -864,3 +864,244 @@ async fn told_to_stop_during_the_tests_it_pushes_the_work_without_calling_it_don
     let head = remote_head(&bare, "recac/PROJ-1").expect("the work is pushed");
     assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
 }
+
+/// A repository whose tests `cargo test` runs: a Cargo.toml, a Makefile without a test target.
+fn cargo_repo(root: &std::path::Path, name: &str) -> std::path::PathBuf {
+    bare_repo(
+        root,
+        name,
+        &[
+            ("Makefile", "build:\n\ttrue\n"),
+            (
+                "Cargo.toml",
+                "[package]\nname = \"x\"\nversion = \"0.1.0\"\n",
+            ),
+        ],
+    )
+}
+
+/// A summary that names the missing `program` and says how to provide it.
+fn names_missing_tool(result: &AgentResult, program: &str) -> bool {
+    let summary = result.summary.as_deref().unwrap_or("");
+    summary.contains(&format!("`{program}`"))
+        && summary.contains("not installed")
+        && summary.contains("agent.image")
+        && summary.contains("toolchains")
+}
+
+#[tokio::test]
+async fn a_missing_test_tool_gives_up_naming_it() {
+    // PATH without cargo (what the agent's image lacks), in a process of its own.
+    let Some(root) = in_child("a_missing_test_tool_gives_up_naming_it", |root| {
+        vec![("PATH", bin_dir(root, &["git", "sh"]))]
+    }) else {
+        return;
+    };
+
+    // Detected from Cargo.toml before the work: nothing is spent on the model.
+    let bare = cargo_repo(&root, "r.git");
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let url = file_url(&bare);
+    let ran = run_with(&root, &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert!(names_missing_tool(&result, "cargo"), "{result:?}");
+    assert!(sim.requests().is_empty(), "the model was called");
+    assert!(remote_head(&bare, "recac/PROJ-1").is_none());
+
+    // The work added the Cargo.toml: found when the tests are to run; the work is pushed.
+    let bare = bare_repo(&root, "r2.git", &[("Makefile", "build:\n\ttrue\n")]);
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call(
+                "write_file",
+                json!({"path": "Cargo.toml", "content": "[package]\nname = \"x\"\n"}),
+            ),
+            finish("Made it a crate"),
+        ],
+    )
+    .await;
+    let url = file_url(&bare);
+    let ran = run_with(&root, &openai_vars(&sim, &url, &[])).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert!(names_missing_tool(&result, "cargo"), "{result:?}");
+    assert_eq!(result.tests_passed, None);
+    let head = remote_head(&bare, "recac/PROJ-1").expect("the work is pushed");
+    assert_eq!(result.commit.as_deref(), Some(head.as_str()));
+}
+
+#[tokio::test]
+async fn a_test_command_whose_program_is_missing_gives_up_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+
+    // The command's program is checked before the work.
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let vars = openai_vars(
+        &sim,
+        &url,
+        &[("RECAC_TEST_COMMAND", "recac-no-such-tool --check")],
+    );
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert!(
+        names_missing_tool(&result, "recac-no-such-tool"),
+        "{result:?}"
+    );
+    assert!(sim.requests().is_empty(), "the model was called");
+    assert!(remote_head(&bare, "recac/PROJ-1").is_none());
+
+    // Not the command's first word: the shell's report (exit 127, "not found") after the work.
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let vars = openai_vars(
+        &sim,
+        &url,
+        &[(
+            "RECAC_TEST_COMMAND",
+            "test -f value.txt && recac-no-such-tool --check",
+        )],
+    );
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert!(
+        names_missing_tool(&result, "recac-no-such-tool"),
+        "{result:?}"
+    );
+    assert_eq!(result.tests_passed, None);
+    let head = remote_head(&bare, "recac/PROJ-1").expect("the work is pushed");
+    assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
+}
+
+#[tokio::test]
+async fn tests_that_run_and_fail_stay_retryable() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    for command in [
+        // Exit 127 without a program reported missing.
+        "grep -q 'value = 3' value.txt || exit 127",
+        // A program reported missing that is on PATH: not the image's doing.
+        "echo 'sh: 1: git: not found' >&2; exit 127",
+        // A missing program reported by tests that ran and failed.
+        "echo 'sh: 1: recac-no-such-tool: not found' >&2; exit 1",
+    ] {
+        let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+        let vars = openai_vars(&sim, &url, &[("RECAC_TEST_COMMAND", command)]);
+        let ran = run_with(root.path(), &vars).await;
+        let result = parsed(&ran);
+        assert_eq!(
+            (result.outcome.clone(), ran.out.exit_code),
+            (Outcome::TestsFailed, 1),
+            "{command}: {result:?}\n{}",
+            ran.logs
+        );
+        assert_eq!(result.tests_passed, Some(false));
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_workspace_gives_up_naming_the_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    // A folder under a file: unwritable for every user, root included.
+    let file = root.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let workspace = file.join("repo");
+    let workspace = workspace.to_str().unwrap();
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let vars = openai_vars(&sim, &url, &[("RECAC_WORKSPACE", workspace)]);
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let summary = result.summary.unwrap();
+    for part in ["cannot create", workspace, "RECAC_WORKSPACE", "emptyDir"] {
+        assert!(summary.contains(part), "{part}: {summary}");
+    }
+    assert!(sim.requests().is_empty());
+}
+
+#[tokio::test]
+async fn an_unwritable_temporary_folder_gives_up_naming_it() {
+    // TMPDIR under a file, in a process of its own.
+    let Some(root) = in_child(
+        "an_unwritable_temporary_folder_gives_up_naming_it",
+        |root| {
+            std::fs::write(root.join("a-file"), "").unwrap();
+            vec![("TMPDIR", root.join("a-file/tmp").into_os_string())]
+        },
+    ) else {
+        return;
+    };
+    let bare = bare_repo(&root, "r.git", &[]);
+    let url = file_url(&bare);
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    // No RECAC_WORKSPACE: the workspace is made under TMPDIR.
+    let vars = openai_vars(&sim, &url, &[("RECAC_WORKSPACE", "")]);
+    let ran = run_with(&root, &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let summary = result.summary.unwrap();
+    let tmp = root.join("a-file/tmp");
+    for part in ["cannot create", tmp.to_str().unwrap(), "TMPDIR"] {
+        assert!(summary.contains(part), "{part}: {summary}");
+    }
+    assert!(sim.requests().is_empty());
+
+    // A workspace of its own, but git's certificate bundle goes to TMPDIR.
+    let ca = root.join("ca.pem");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let vars = openai_vars(&sim, &url, &[("RECAC_CA_BUNDLE", ca.to_str().unwrap())]);
+    let ran = run_with(&root, &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::GaveUp, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let summary = result.summary.unwrap();
+    for part in [
+        "cannot create a temporary folder in",
+        tmp.to_str().unwrap(),
+        "TMPDIR",
+    ] {
+        assert!(summary.contains(part), "{part}: {summary}");
+    }
+    assert!(sim.requests().is_empty());
+}

@@ -45,6 +45,17 @@ pub mod env {
     /// A PEM file of extra certificate authorities that git and the model client trust
     /// besides the system's (a private CA of an internal git server or model endpoint).
     pub const CA_BUNDLE: &str = "RECAC_CA_BUNDLE";
+    /// A known_hosts file (the operator's `agent.ssh.knownHosts`): the host keys ssh accepts
+    /// for `ssh://` and `git@host:path` repositories. ssh never accepts a host key it does
+    /// not know.
+    pub const SSH_KNOWN_HOSTS: &str = "RECAC_SSH_KNOWN_HOSTS";
+}
+
+/// Names of Secret keys the agent reads from the task's Secrets (`secretRefs`).
+pub mod secret_keys {
+    /// The private key (OpenSSH or PEM, without a passphrase) git uses for `ssh://` and
+    /// `git@host:path` repositories on the hosts of `RECAC_GIT_CREDENTIAL_HOSTS`.
+    pub const SSH_PRIVATE_KEY: &str = "RECAC_SSH_PRIVATE_KEY";
 }
 
 /// Exit codes of `recac start`.

@@ -182,6 +182,46 @@ pub struct AgentSpec {
     /// CPU and memory for the agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Extra certificate authorities (PEM) that git and the model client trust besides the
+    /// image's, for a git server or model endpoint with a private CA: one key of a ConfigMap
+    /// or Secret in the task's namespace. Replaces the operator's agent.caBundle for this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+}
+
+/// One key of a ConfigMap or a Secret in the task's namespace holding PEM certificates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.configMap) != has(self.secret)").message("caBundle names exactly one of configMap or secret"))]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// The ConfigMap holding the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub config_map: Option<String>,
+
+    /// The Secret holding the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub secret: Option<String>,
+
+    /// The key holding the bundle (default ca.crt).
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// The key of a CA bundle when none is named.
+pub const DEFAULT_CA_KEY: &str = "ca.crt";
+
+fn default_ca_key() -> String {
+    DEFAULT_CA_KEY.into()
 }
 
 /// An environment variable with a plain, non-secret value.

@@ -41,6 +41,22 @@ pub struct DevConfig {
     pub secret_name: String,
     /// The first source's trigger label.
     pub trigger_label: Option<String>,
+    /// Where the agents find the git server's CA (`agent.caBundle`): `recac dev` creates that
+    /// ConfigMap or Secret in each task namespace. Added as [`DEFAULT_CA_CONFIG_MAP`] when the
+    /// configuration names none.
+    pub ca_bundle: CaBundle,
+}
+
+/// The ConfigMap of the git server's CA when `agent.caBundle` names none.
+pub const DEFAULT_CA_CONFIG_MAP: &str = "recac-demo-ca";
+
+/// `agent.caBundle`: a ConfigMap or a Secret, and the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaBundle {
+    /// `true`: a Secret; `false`: a ConfigMap.
+    pub secret: bool,
+    pub name: String,
+    pub key: String,
 }
 
 fn invalid(what: impl Into<String>) -> DevError {
@@ -94,6 +110,15 @@ pub fn prepare(text: &str, jira_url: Option<&str>, model: &Model) -> Result<DevC
         }
     }
 
+    // The agents trust the demo git server's CA through agent.caBundle, as in a cluster.
+    if let Some(Value::Object(agent)) = root.get_mut("agent")
+        && !agent.contains_key("caBundle")
+    {
+        agent.insert(
+            "caBundle".into(),
+            json!({"configMap": DEFAULT_CA_CONFIG_MAP}),
+        );
+    }
     let jira_url = str_at(&root, "/jira/url")
         .ok_or_else(|| invalid("`jira.url` is required: the demo needs a Jira (the simulator's address, or --jira-url)"))?
         .to_string();
@@ -155,6 +180,22 @@ pub fn prepare(text: &str, jira_url: Option<&str>, model: &Model) -> Result<DevC
             invalid("`agent.secretRefs` is empty: the agent needs a Secret for the git token and the model's key")
         })?
         .to_string();
+    let ca_key = str_at(&root, "/agent/caBundle/key").unwrap_or(recac_api::DEFAULT_CA_KEY);
+    let ca_bundle = match (
+        str_at(&root, "/agent/caBundle/configMap"),
+        str_at(&root, "/agent/caBundle/secret"),
+    ) {
+        (Some(name), None) | (None, Some(name)) => CaBundle {
+            secret: str_at(&root, "/agent/caBundle/secret").is_some(),
+            name: name.to_string(),
+            key: ca_key.to_string(),
+        },
+        _ => {
+            return Err(invalid(
+                "`agent.caBundle` must name one configMap or secret: the agents trust the demo git server's CA through it",
+            ));
+        }
+    };
     let text = serde_saphyr::to_string(&root)
         .map_err(|e| invalid(format!("cannot write the configuration: {e}")))?;
     Ok(DevConfig {
@@ -166,6 +207,7 @@ pub fn prepare(text: &str, jira_url: Option<&str>, model: &Model) -> Result<DevC
         lease_namespace,
         secret_name,
         trigger_label,
+        ca_bundle,
     })
 }
 
@@ -186,6 +228,48 @@ mod tests {
         assert_eq!(config.lease_namespace, "recac-system");
         assert_eq!(config.secret_name, "recac-demo-credentials");
         assert_eq!(config.trigger_label.as_deref(), Some("recac"));
+        assert_eq!(
+            config.ca_bundle,
+            CaBundle {
+                secret: false,
+                name: "recac-demo-ca".into(),
+                key: "ca.crt".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_git_servers_ca_reaches_the_agents_through_agent_ca_bundle() {
+        // A copy without caBundle gets the default ConfigMap.
+        let without = BUILT_IN.replace("  caBundle: {configMap: recac-demo-ca}", "");
+        let parsed: Value = serde_saphyr::from_str(&without).expect("yaml");
+        assert_eq!(parsed.pointer("/agent/caBundle"), None);
+        let config = prepare(&without, None, &Model::Demo).expect("valid");
+        let root: Value = serde_saphyr::from_str(&config.text).expect("yaml");
+        assert_eq!(
+            root.pointer("/agent/caBundle"),
+            Some(&json!({"configMap": "recac-demo-ca"}))
+        );
+        // A Secret of its own, with its own key.
+        let own = BUILT_IN.replace(
+            "caBundle: {configMap: recac-demo-ca}",
+            "caBundle: {secret: my-ca, key: ca.pem}",
+        );
+        let config = prepare(&own, None, &Model::Demo).expect("valid");
+        assert_eq!(
+            config.ca_bundle,
+            CaBundle {
+                secret: true,
+                name: "my-ca".into(),
+                key: "ca.pem".into()
+            }
+        );
+        let both = BUILT_IN.replace(
+            "caBundle: {configMap: recac-demo-ca}",
+            "caBundle: {secret: my-ca, configMap: x}",
+        );
+        let err = prepare(&both, None, &Model::Demo).expect_err("both");
+        assert!(err.to_string().contains("agent.caBundle"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::CustomResourceExt;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use rand::Rng;
@@ -284,6 +284,7 @@ async fn prepare_cluster(
     plane: &ControlPlane,
     config: &DevConfig,
     secret_data: &BTreeMap<String, String>,
+    git_ca: &str,
 ) -> Result<(), DevError> {
     let cluster = |e: &dyn std::fmt::Display| DevError::start("the control plane", e);
     plane
@@ -329,6 +330,40 @@ async fn prepare_cluster(
             .create(&PostParams::default(), &secret)
             .await
             .map_err(|e| cluster(&e))?;
+        // The git server's CA, where `agent.caBundle` says: the agents trust it through
+        // RECAC_CA_BUNDLE, as they would a private CA in a cluster.
+        let ca = &config.ca_bundle;
+        let metadata = ObjectMeta {
+            name: Some(ca.name.clone()),
+            ..Default::default()
+        };
+        let data = BTreeMap::from([(ca.key.clone(), git_ca.to_string())]);
+        let created = if ca.secret {
+            secrets
+                .create(
+                    &PostParams::default(),
+                    &Secret {
+                        metadata,
+                        string_data: Some(data),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(drop)
+        } else {
+            Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .create(
+                    &PostParams::default(),
+                    &ConfigMap {
+                        metadata,
+                        data: Some(data),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(drop)
+        };
+        created.map_err(|e| cluster(&e))?;
     }
     Ok(())
 }
@@ -510,6 +545,9 @@ fn print_commands(
 /// Runs `recac dev` until Ctrl-C, SIGTERM, a part dying or, with `once`, every ticket
 /// finishing. Everything it started is stopped before it returns.
 pub async fn run(options: DevOptions) -> Result<Outcome, DevError> {
+    if options.real_node {
+        return crate::realnode::run(&options).await;
+    }
     let begun = Instant::now();
     let model = model_from_env();
     let text = match &options.config {
@@ -545,9 +583,6 @@ pub async fn run(options: DevOptions) -> Result<Outcome, DevError> {
                 begun.elapsed().as_secs_f64()
             ));
             watch(&options, &state, &config, &client, &mut parts, &mut signals).await
-    if options.real_node {
-        return crate::realnode::run(&options).await;
-    }
         }
         Err(e) => Err(e),
     };
@@ -611,7 +646,8 @@ async fn start_all(
     })
     .await
     .map_err(|e| DevError::start("the control plane", e))?;
-    prepare_cluster(&plane, config, &secret_data).await?;
+    let git_ca = std::fs::read_to_string(&ca).map_err(io_error(&ca))?;
+    prepare_cluster(&plane, config, &secret_data, &git_ca).await?;
     let kubeconfig = plane.kubeconfig_path().to_path_buf();
     let client = plane
         .client()
@@ -637,10 +673,7 @@ async fn start_all(
             node_name: Some("recac-dev-node".into()),
             namespaces: config.task_namespaces.clone(),
             work_dir: Some(node_dir),
-            node_env: vec![
-                ("PATH".into(), path),
-                ("GIT_SSL_CAINFO".into(), ca.display().to_string()),
-            ],
+            node_env: vec![("PATH".into(), path)],
             ..Default::default()
         },
     )

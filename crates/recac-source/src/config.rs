@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use recac_api::AgentSpec;
 use recac_runtime::config::{InvalidConfig, invalid, is_dns_label, is_dns_subdomain};
 use serde::{Deserialize, Serialize};
 
@@ -138,23 +139,162 @@ fn default_max_prompt_chars() -> usize {
 }
 
 /// The AgentTask fields a source sets; unset fields take the operator's `agent:` defaults.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+///
+/// The agent's fields are the AgentTask's own `spec.agent` ([`AgentSpec`]), written flat
+/// beside `maxRetries`, `timeoutSeconds` and `ttlSecondsAfterFinished`, so a field added to
+/// the API is a template key at once and the two cannot drift. serde's `deny_unknown_fields`
+/// does not work with `flatten`, so the keys are checked against the API's JSON schema
+/// instead ([`unknown_key`]): an unknown or misspelt key, at any depth, is still an error
+/// naming it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskTemplate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secret_refs: Vec<String>,
+    #[serde(flatten)]
+    pub agent: AgentSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds_after_finished: Option<i32>,
+}
+
+/// The keys of a template that are not the agent's.
+const TEMPLATE_OWN_KEYS: [&str; 3] = ["maxRetries", "timeoutSeconds", "ttlSecondsAfterFinished"];
+
+impl<'de> Deserialize<'de> for TaskTemplate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Fields {
+            #[serde(flatten)]
+            agent: AgentSpec,
+            #[serde(default)]
+            max_retries: Option<i32>,
+            #[serde(default)]
+            timeout_seconds: Option<i64>,
+            #[serde(default)]
+            ttl_seconds_after_finished: Option<i32>,
+        }
+
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let serde_json::Value::Object(map) = &value else {
+            return Err(D::Error::custom("expected a mapping of the task's fields"));
+        };
+        let schema = schemars::schema_for!(AgentSpec);
+        let schema = schema.as_value();
+        for (key, field) in map {
+            if TEMPLATE_OWN_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let known = schema.get("properties").and_then(|p| p.get(key));
+            match known {
+                None => {
+                    let mut expected = property_names(schema);
+                    expected.extend(TEMPLATE_OWN_KEYS.iter().map(|k| k.to_string()));
+                    expected.sort();
+                    return Err(D::Error::custom(format!(
+                        "unknown field `{key}`, expected one of {}",
+                        expected.join(", ")
+                    )));
+                }
+                Some(field_schema) => {
+                    if let Some((path, expected)) = unknown_key(field, field_schema, schema) {
+                        return Err(D::Error::custom(format!(
+                            "unknown field `{key}{path}`, expected one of {}",
+                            expected.join(", ")
+                        )));
+                    }
+                }
+            }
+        }
+        let fields: Fields = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            D::Error::custom(format!("{path}: {}", e.into_inner()))
+        })?;
+        Ok(TaskTemplate {
+            agent: fields.agent,
+            max_retries: fields.max_retries,
+            timeout_seconds: fields.timeout_seconds,
+            ttl_seconds_after_finished: fields.ttl_seconds_after_finished,
+        })
+    }
+}
+
+/// The property names of an object schema, sorted.
+fn property_names(schema: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = schema
+        .get("properties")
+        .and_then(serde_json::Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The first key in `value` that `schema` does not declare, as a path below `value`
+/// (`.caBundle.keys`, `[0].nmae`), with the keys declared there. Objects whose schema
+/// declares no properties (maps, such as resource quantities) take any key. `$ref`s are
+/// resolved in `root`'s `$defs`; of `anyOf`/`oneOf`/`allOf` (an `Option` is `anyOf` with
+/// null) the subschema that declares properties counts.
+pub fn unknown_key(
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+    root: &serde_json::Value,
+) -> Option<(String, Vec<String>)> {
+    let schema = object_schema(schema, root, 0)?;
+    match value {
+        serde_json::Value::Object(map) => {
+            let properties = schema.get("properties")?.as_object()?;
+            for (key, field) in map {
+                let Some(field_schema) = properties.get(key) else {
+                    return Some((format!(".{key}"), property_names(schema)));
+                };
+                if let Some((path, expected)) = unknown_key(field, field_schema, root) {
+                    return Some((format!(".{key}{path}"), expected));
+                }
+            }
+            None
+        }
+        serde_json::Value::Array(items) => {
+            let item_schema = schema.get("items")?;
+            items.iter().enumerate().find_map(|(i, item)| {
+                unknown_key(item, item_schema, root).map(|(path, e)| (format!("[{i}]{path}"), e))
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `schema` with `$ref`s resolved and, of `anyOf`/`oneOf`/`allOf`, the branch that
+/// declares properties or items.
+fn object_schema<'a>(
+    schema: &'a serde_json::Value,
+    root: &'a serde_json::Value,
+    depth: usize,
+) -> Option<&'a serde_json::Value> {
+    if depth > 16 {
+        return None;
+    }
+    if let Some(reference) = schema.get("$ref").and_then(serde_json::Value::as_str) {
+        let name = reference.rsplit('/').next()?;
+        let target = root
+            .get("$defs")
+            .or_else(|| root.get("definitions"))?
+            .get(name)?;
+        return object_schema(target, root, depth + 1);
+    }
+    for combinator in ["anyOf", "oneOf", "allOf"] {
+        if let Some(branches) = schema.get(combinator).and_then(serde_json::Value::as_array) {
+            return branches
+                .iter()
+                .filter_map(|b| object_schema(b, root, depth + 1))
+                .find(|b| b.get("properties").is_some() || b.get("items").is_some());
+        }
+    }
+    Some(schema)
 }
 
 /// Repository resolution, first match wins: description line, custom field,
@@ -509,13 +649,14 @@ impl SourceConfig {
             ));
         }
         let t = &self.template;
-        if t.image
+        if t.agent
+            .image
             .as_deref()
             .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
         {
             return Err(invalid(&key("template.image"), "is not an image reference"));
         }
-        if let Some(p) = &t.provider
+        if let Some(p) = &t.agent.provider
             && !["openai", "anthropic"].contains(&p.as_str())
         {
             return Err(invalid(
@@ -523,7 +664,7 @@ impl SourceConfig {
                 "must be openai or anthropic",
             ));
         }
-        for (i, s) in t.secret_refs.iter().enumerate() {
+        for (i, s) in t.agent.secret_refs.iter().enumerate() {
             if !is_dns_subdomain(s) {
                 return Err(invalid(
                     &key(&format!("template.secretRefs[{i}]")),
@@ -550,6 +691,35 @@ impl SourceConfig {
                 &key("template.ttlSecondsAfterFinished"),
                 "must be at least 60",
             ));
+        }
+        if let Some(ca) = &t.agent.ca_bundle {
+            match (&ca.config_map, &ca.secret) {
+                (Some(name), None) | (None, Some(name)) if is_dns_subdomain(name) => {}
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(invalid(
+                        &key("template.caBundle"),
+                        "name exactly one of configMap or secret",
+                    ));
+                }
+                (Some(name), None) | (None, Some(name)) => {
+                    return Err(invalid(
+                        &key("template.caBundle"),
+                        format!("{name:?} is not a ConfigMap or Secret name"),
+                    ));
+                }
+            }
+            let key_ok = !ca.key.is_empty()
+                && ca.key.len() <= 253
+                && ca
+                    .key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !key_ok {
+                return Err(invalid(
+                    &key("template.caBundle.key"),
+                    format!("{:?} is not a ConfigMap or Secret key", ca.key),
+                ));
+            }
         }
         let r = &self.repository;
         for (i, entry) in r.allowed.iter().enumerate() {
@@ -703,6 +873,22 @@ mod tests {
                 "project: OPS\nlabel: l\nclaim:\n  addLabels: [\"x y\"]\n",
                 "sources[0].claim.addLabels[0]",
             ),
+            (
+                "project: OPS\nlabel: l\ntemplate:\n  caBundle: {key: ca.crt}\n",
+                "sources[0].template.caBundle",
+            ),
+            (
+                "project: OPS\nlabel: l\ntemplate:\n  caBundle: {configMap: a, secret: b}\n",
+                "sources[0].template.caBundle",
+            ),
+            (
+                "project: OPS\nlabel: l\ntemplate:\n  caBundle: {secret: Bad_Name}\n",
+                "sources[0].template.caBundle",
+            ),
+            (
+                "project: OPS\nlabel: l\ntemplate:\n  caBundle: {configMap: ca, key: a/b}\n",
+                "sources[0].template.caBundle.key",
+            ),
         ] {
             let s = parse(&format!("{base}{extra}"));
             let err = s.validate("sources[0]").expect_err(extra);
@@ -711,6 +897,54 @@ mod tests {
         let a = parse("name: ops\nnamespace: a\nproject: OPS\nlabel: l\n");
         let err = validate_sources(&[a.clone(), a], "sources").unwrap_err();
         assert_eq!(err.key, "sources[1].name");
+    }
+
+    #[test]
+    fn a_template_takes_every_field_of_the_agent_spec_and_no_other() {
+        let s = parse(
+            "name: ops\nnamespace: agents\nproject: OPS\nlabel: l\ntemplate:\n  image: registry/agent:2\n  provider: anthropic\n  model: m\n  command: [recac, start]\n  args: [--verbose]\n  env: [{name: RECAC_TEST_COMMAND, value: make check}]\n  secretRefs: [creds]\n  resources: {limits: {memory: 1Gi}}\n  caBundle: {secret: ops-ca, key: bundle.pem}\n  maxRetries: 1\n",
+        );
+        s.validate("sources[0]").expect("valid");
+        let agent = &s.template.agent;
+        assert_eq!(
+            agent.command.as_deref(),
+            Some(&["recac".to_string(), "start".to_string()][..])
+        );
+        assert_eq!(agent.env[0].value, "make check");
+        assert!(agent.resources.is_some());
+        assert_eq!(
+            agent.ca_bundle.as_ref().map(|c| c.key.as_str()),
+            Some("bundle.pem")
+        );
+        assert_eq!(s.template.max_retries, Some(1));
+        // Every field of the API's AgentSpec is a template key: none can be added to one
+        // and forgotten in the other.
+        let schema = schemars::schema_for!(AgentSpec);
+        let encoded = serde_json::to_value(&s.template).expect("encodes");
+        for field in property_names(schema.as_value()) {
+            assert!(
+                encoded.get(&field).is_some(),
+                "template lacks {field}: {encoded}"
+            );
+        }
+
+        for (template, unknown) in [
+            ("  imagee: x\n", "`imagee`"),
+            ("  caBundle: {secret: a, keys: b}\n", "`caBundle.keys`"),
+            ("  env: [{name: A, vaule: b}]\n", "`env[0].vaule`"),
+            ("  resources: {limit: {memory: 1Gi}}\n", "`resources.limit`"),
+        ] {
+            let text =
+                format!("name: ops\nnamespace: a\nproject: OPS\nlabel: l\ntemplate:\n{template}");
+            let tree: serde_json::Value = serde_saphyr::from_str(&text).expect("yaml");
+            let err =
+                serde_path_to_error::deserialize::<_, SourceConfig>(tree).expect_err(template);
+            assert_eq!(err.path().to_string(), "template", "{template}");
+            assert!(
+                err.inner().to_string().contains(unknown),
+                "{template}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -61,14 +61,7 @@ pub fn build(new: NewTask<'_>) -> AgentTask {
         ),
         (TRIGGER_ANNOTATION.to_string(), new.trigger.to_string()),
     ]);
-    let agent = AgentSpec {
-        image: t.image.clone(),
-        provider: t.provider.clone(),
-        model: t.model.clone(),
-        secret_refs: t.secret_refs.clone(),
-        ..Default::default()
-    };
-    let agent = (agent != AgentSpec::default()).then(|| Box::new(agent));
+    let agent = (t.agent != AgentSpec::default()).then(|| Box::new(t.agent.clone()));
     let mut task = AgentTask::new(
         &task_name(new.key, new.run),
         AgentTaskSpec {
@@ -152,8 +145,13 @@ mod tests {
     #[test]
     fn the_task_takes_only_config_and_ticket_data() {
         let mut source = SourceConfig::for_label("ops", "OPS", "agent", "agents");
-        source.template.image = Some("registry/agent:1".into());
-        source.template.secret_refs = vec!["creds".into()];
+        source.template.agent.image = Some("registry/agent:1".into());
+        source.template.agent.secret_refs = vec!["creds".into()];
+        source.template.agent.ca_bundle = Some(recac_api::CaBundleRef {
+            config_map: Some("ops-git-ca".into()),
+            secret: None,
+            key: "ca.crt".into(),
+        });
         source.repository.base_branch = Some("main".into());
         let task = build(NewTask {
             source: &source,
@@ -172,6 +170,13 @@ mod tests {
         let agent = task.spec.agent.clone().unwrap_or_default();
         assert_eq!(agent.image.as_deref(), Some("registry/agent:1"));
         assert_eq!(agent.command, None);
+        assert_eq!(
+            agent
+                .ca_bundle
+                .as_ref()
+                .map(|ca| (ca.config_map.as_deref(), ca.key.as_str())),
+            Some((Some("ops-git-ca"), "ca.crt"))
+        );
         assert_eq!(task.spec.repository.branch, None);
         let v = view(&task).expect("a source's task");
         assert_eq!(

@@ -84,8 +84,51 @@ pub struct AgentDefaults {
     pub termination_grace_period_seconds: i64,
     /// Extra certificate authorities (a private CA of an internal git server or model
     /// endpoint) that git and the model client trust besides the image's: a key of a
-    /// ConfigMap or Secret in the task's namespace, mounted read-only.
+    /// ConfigMap or Secret in the task's namespace, mounted read-only. A task's (or its
+    /// source's) `spec.agent.caBundle` replaces it for that task.
     pub ca_bundle: Option<CaBundleRef>,
+    /// How the agent's git reaches `ssh://` and `git@host:path` repositories.
+    pub ssh: AgentSsh,
+}
+
+/// The `agent.ssh:` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentSsh {
+    /// The SSH host keys the agent accepts (a known_hosts file): one key of a ConfigMap or
+    /// Secret in the task's namespace, mounted read-only. Unset: the agent knows no host key,
+    /// so every ssh repository fails with a host key error.
+    #[serde(default)]
+    pub known_hosts: Option<KnownHostsRef>,
+}
+
+/// Where the agent's known_hosts file is: one key of a ConfigMap or a Secret.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KnownHostsRef {
+    /// The ConfigMap holding the known_hosts lines.
+    #[serde(default)]
+    pub config_map: Option<String>,
+    /// The Secret holding the known_hosts lines.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The key holding the known_hosts lines.
+    #[serde(default = "default_known_hosts_key")]
+    pub key: String,
+}
+
+fn default_known_hosts_key() -> String {
+    "known_hosts".into()
+}
+
+impl From<&recac_api::CaBundleRef> for CaBundleRef {
+    fn from(r: &recac_api::CaBundleRef) -> Self {
+        Self {
+            config_map: r.config_map.clone(),
+            secret: r.secret.clone(),
+            key: r.key.clone(),
+        }
+    }
 }
 
 /// Where the agent's extra certificate authorities are: one key of a ConfigMap or a Secret.
@@ -136,6 +179,7 @@ impl Default for AgentDefaults {
             git_credential_hosts: vec!["github.com".into()],
             termination_grace_period_seconds: 60,
             ca_bundle: None,
+            ssh: AgentSsh::default(),
         }
     }
 }
@@ -221,32 +265,20 @@ impl AgentDefaults {
             ));
         }
         if let Some(ca) = &self.ca_bundle {
-            match (&ca.config_map, &ca.secret) {
-                (Some(name), None) | (None, Some(name)) if is_dns_subdomain(name) => {}
-                (Some(_), Some(_)) | (None, None) => {
-                    return Err(invalid(
-                        "agent.caBundle",
-                        "name exactly one of configMap or secret",
-                    ));
-                }
-                (Some(name), None) | (None, Some(name)) => {
-                    return Err(invalid(
-                        "agent.caBundle",
-                        format!("{name:?} is not a ConfigMap or Secret name"),
-                    ));
-                }
-            }
-            let key_ok = !ca.key.is_empty()
-                && ca
-                    .key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if !key_ok {
-                return Err(invalid(
-                    "agent.caBundle.key",
-                    format!("{:?} is not a ConfigMap or Secret key", ca.key),
-                ));
-            }
+            validate_file_ref(
+                "agent.caBundle",
+                ca.config_map.as_deref(),
+                ca.secret.as_deref(),
+                &ca.key,
+            )?;
+        }
+        if let Some(hosts) = &self.ssh.known_hosts {
+            validate_file_ref(
+                "agent.ssh.knownHosts",
+                hosts.config_map.as_deref(),
+                hosts.secret.as_deref(),
+                &hosts.key,
+            )?;
         }
         if !(10..=3600).contains(&self.termination_grace_period_seconds) {
             return Err(invalid(
@@ -287,9 +319,94 @@ impl AgentDefaults {
     }
 }
 
+/// Checks a reference to one key of a ConfigMap or a Secret; `at` is its key path.
+pub fn validate_file_ref(
+    at: &str,
+    config_map: Option<&str>,
+    secret: Option<&str>,
+    key: &str,
+) -> Result<(), InvalidConfig> {
+    match (config_map, secret) {
+        (Some(name), None) | (None, Some(name)) if is_dns_subdomain(name) => {}
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(invalid(at, "name exactly one of configMap or secret"));
+        }
+        (Some(name), None) | (None, Some(name)) => {
+            return Err(invalid(
+                at,
+                format!("{name:?} is not a ConfigMap or Secret name"),
+            ));
+        }
+    }
+    let key_ok = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !key_ok {
+        return Err(invalid(
+            &format!("{at}.key"),
+            format!("{key:?} is not a ConfigMap or Secret key"),
+        ));
+    }
+    Ok(())
+}
+
 fn is_env_name(name: &str) -> bool {
     name.chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(yaml: &str) -> Result<AgentDefaults, String> {
+        let agent: AgentDefaults = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        agent.validate().map_err(|e| e.to_string())?;
+        Ok(agent)
+    }
+
+    #[test]
+    fn ssh_known_hosts_and_ca_bundles_are_checked_by_key() {
+        let ok = agent("ssh:\n  knownHosts: {configMap: git-hosts}\n").expect("valid");
+        assert_eq!(
+            ok.ssh.known_hosts,
+            Some(KnownHostsRef {
+                config_map: Some("git-hosts".into()),
+                secret: None,
+                key: "known_hosts".into(),
+            })
+        );
+        let ok = agent("ssh:\n  knownHosts: {secret: hosts, key: hosts.txt}\n").expect("valid");
+        assert_eq!(
+            ok.ssh.known_hosts.map(|k| (k.secret, k.key)),
+            Some((Some("hosts".into()), "hosts.txt".into()))
+        );
+        for (yaml, at) in [
+            ("ssh:\n  knownHosts: {key: k}\n", "agent.ssh.knownHosts"),
+            (
+                "ssh:\n  knownHosts: {configMap: a, secret: b}\n",
+                "agent.ssh.knownHosts",
+            ),
+            (
+                "ssh:\n  knownHosts: {configMap: Bad_Name}\n",
+                "agent.ssh.knownHosts",
+            ),
+            (
+                "ssh:\n  knownHosts: {configMap: a, key: 'a/b'}\n",
+                "agent.ssh.knownHosts.key",
+            ),
+            ("caBundle: {secret: ca, key: ''}\n", "agent.caBundle.key"),
+            ("caBundle: {}\n", "agent.caBundle"),
+        ] {
+            let err = agent(yaml).expect_err(yaml);
+            assert!(err.contains(at), "{yaml}: {err}");
+        }
+        // Unknown keys stop start-up too.
+        let err = agent("ssh:\n  knownHost: {configMap: a}\n").expect_err("typo");
+        assert!(err.contains("knownHost"), "{err}");
+    }
 }

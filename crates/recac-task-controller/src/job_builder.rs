@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use recac_api::agent_contract::{env, exit_code};
 use recac_api::{AgentSpec, AgentTask};
 
-use crate::config::AgentDefaults;
+use crate::config::{AgentDefaults, CaBundleRef};
 use crate::naming;
 
 pub use recac_api::agent_contract::CONTAINER_NAME;
@@ -33,8 +33,11 @@ pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 pub const SECRETS_PATH: &str = "/var/run/recac/secrets";
 /// Where a long prompt is mounted from the task's prompt ConfigMap.
 pub const PROMPT_PATH: &str = "/var/run/recac/prompt";
-/// Where the agent's extra certificate authorities (`agent.caBundle`) are mounted.
+/// Where the agent's extra certificate authorities (`agent.caBundle`, or the task's
+/// `spec.agent.caBundle`) are mounted.
 pub const CA_BUNDLE_PATH: &str = "/var/run/recac/ca";
+/// Where the agent's SSH known hosts (`agent.ssh.knownHosts`) are mounted.
+pub const SSH_PATH: &str = "/var/run/recac/ssh";
 /// The key of the prompt in the prompt ConfigMap.
 pub const PROMPT_KEY: &str = "prompt";
 /// Prompts longer than this (in bytes) reach the agent as a file, not an environment
@@ -66,7 +69,18 @@ const RESERVED_ENV: &[&str] = &[
     env::GIT_CREDENTIAL_HOSTS,
     env::WORKSPACE,
     env::CA_BUNDLE,
+    env::SSH_KNOWN_HOSTS,
 ];
+
+/// The task's CA bundle (its `spec.agent.caBundle`, set by a person or its source), else the
+/// operator's `agent.caBundle`.
+pub fn ca_bundle(agent: &AgentSpec, defaults: &AgentDefaults) -> Option<CaBundleRef> {
+    agent
+        .ca_bundle
+        .as_ref()
+        .map(CaBundleRef::from)
+        .or_else(|| defaults.ca_bundle.clone())
+}
 
 /// The labels of one attempt's Job and pods.
 pub fn job_labels(task: &AgentTask, attempt: i32) -> BTreeMap<String, String> {
@@ -209,10 +223,18 @@ fn agent_container(
             ..Default::default()
         });
     }
-    if defaults.ca_bundle.is_some() {
+    if ca_bundle(agent, defaults).is_some() {
         mounts.push(VolumeMount {
             name: "ca-bundle".into(),
             mount_path: CA_BUNDLE_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if defaults.ssh.known_hosts.is_some() {
+        mounts.push(VolumeMount {
+            name: "ssh-known-hosts".into(),
+            mount_path: SSH_PATH.into(),
             read_only: Some(true),
             ..Default::default()
         });
@@ -304,10 +326,16 @@ fn agent_env(
         defaults.git_credential_hosts.join(",")
     };
     env_vars.push(plain(env::GIT_CREDENTIAL_HOSTS, credential_hosts));
-    if let Some(ca) = &defaults.ca_bundle {
+    if let Some(ca) = ca_bundle(agent, defaults) {
         env_vars.push(plain(
             env::CA_BUNDLE,
             format!("{CA_BUNDLE_PATH}/{}", ca.key),
+        ));
+    }
+    if let Some(hosts) = &defaults.ssh.known_hosts {
+        env_vars.push(plain(
+            env::SSH_KNOWN_HOSTS,
+            format!("{SSH_PATH}/{}", hosts.key),
         ));
     }
     if !defaults.secret_env_allow.is_empty() {
@@ -414,30 +442,21 @@ fn volumes(task: &AgentTask, agent: &AgentSpec, defaults: &AgentDefaults) -> Vec
             ..Default::default()
         });
     }
-    if let Some(ca) = &defaults.ca_bundle {
-        let items = Some(vec![KeyToPath {
-            key: ca.key.clone(),
-            path: ca.key.clone(),
-            ..Default::default()
-        }]);
-        volumes.push(Volume {
-            name: "ca-bundle".into(),
-            config_map: ca.config_map.as_ref().map(|name| ConfigMapVolumeSource {
-                name: name.clone(),
-                items: items.clone(),
-                default_mode: Some(0o444),
-                optional: Some(false),
-                ..Default::default()
-            }),
-            secret: ca.secret.as_ref().map(|name| SecretVolumeSource {
-                secret_name: Some(name.clone()),
-                items: items.clone(),
-                default_mode: Some(0o444),
-                optional: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+    if let Some(ca) = ca_bundle(agent, defaults) {
+        volumes.push(one_key_volume(
+            "ca-bundle",
+            ca.config_map.as_deref(),
+            ca.secret.as_deref(),
+            &ca.key,
+        ));
+    }
+    if let Some(hosts) = &defaults.ssh.known_hosts {
+        volumes.push(one_key_volume(
+            "ssh-known-hosts",
+            hosts.config_map.as_deref(),
+            hosts.secret.as_deref(),
+            &hosts.key,
+        ));
     }
     for secret in secret_names(agent, defaults) {
         volumes.push(Volume {
@@ -452,6 +471,34 @@ fn volumes(task: &AgentTask, agent: &AgentSpec, defaults: &AgentDefaults) -> Vec
         });
     }
     volumes
+}
+
+/// A volume holding one key of a ConfigMap or a Secret (neither secret nor writable: mode
+/// 0444; a missing object or key keeps the pod from starting, which names it).
+fn one_key_volume(name: &str, config_map: Option<&str>, secret: Option<&str>, key: &str) -> Volume {
+    let items = Some(vec![KeyToPath {
+        key: key.to_string(),
+        path: key.to_string(),
+        ..Default::default()
+    }]);
+    Volume {
+        name: name.into(),
+        config_map: config_map.map(|name| ConfigMapVolumeSource {
+            name: name.to_string(),
+            items: items.clone(),
+            default_mode: Some(0o444),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        secret: secret.map(|name| SecretVolumeSource {
+            secret_name: Some(name.to_string()),
+            items: items.clone(),
+            default_mode: Some(0o444),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Disruptions do not burn the attempt; the agent giving up fails the Job at once.
@@ -725,6 +772,101 @@ mod tests {
             .expect("the CA bundle's ConfigMap");
         assert_eq!(ca.name, "internal-ca");
         assert_eq!(ca.items.unwrap_or_default()[0].key, "ca.pem");
+    }
+
+    #[test]
+    fn ssh_known_hosts_and_the_tasks_ca_bundle_are_mounted_read_only() {
+        let defaults = AgentDefaults {
+            ca_bundle: Some(crate::CaBundleRef {
+                config_map: Some("operator-ca".into()),
+                secret: None,
+                key: "ca.crt".into(),
+            }),
+            ssh: crate::config::AgentSsh {
+                known_hosts: Some(crate::config::KnownHostsRef {
+                    config_map: None,
+                    secret: Some("git-hosts".into()),
+                    key: "known_hosts".into(),
+                }),
+            },
+            ..Default::default()
+        };
+        let mut t = task();
+        if let Some(agent) = t.spec.agent.as_mut() {
+            agent.ca_bundle = Some(recac_api::CaBundleRef {
+                config_map: None,
+                secret: Some("team-ca".into()),
+                key: "bundle.pem".into(),
+            });
+            agent.env.push(EnvVarPair {
+                name: "RECAC_SSH_KNOWN_HOSTS".into(),
+                value: "/elsewhere".into(),
+            });
+        }
+        let job = build_job(&t, 1, "b", &defaults, false);
+        let pod = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .unwrap_or_default();
+        let mounts: Vec<(String, String, Option<bool>)> = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone(), m.read_only))
+            .collect();
+        for (name, path) in [("ca-bundle", CA_BUNDLE_PATH), ("ssh-known-hosts", SSH_PATH)] {
+            assert!(
+                mounts.contains(&(name.to_string(), path.to_string(), Some(true))),
+                "{mounts:?}"
+            );
+        }
+        // The task's own bundle replaces the operator's; the known hosts are the operator's
+        // (a task's env cannot point elsewhere).
+        assert_eq!(
+            env_value(&job, "RECAC_CA_BUNDLE"),
+            Some(format!("{CA_BUNDLE_PATH}/bundle.pem"))
+        );
+        assert_eq!(
+            env_value(&job, "RECAC_SSH_KNOWN_HOSTS"),
+            Some(format!("{SSH_PATH}/known_hosts"))
+        );
+        let volume = |name: &str| {
+            pod.volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("volume {name}"))
+        };
+        let ca = volume("ca-bundle").secret.expect("the task's CA Secret");
+        assert_eq!(ca.secret_name.as_deref(), Some("team-ca"));
+        assert_eq!(ca.items.unwrap_or_default()[0].key, "bundle.pem");
+        let hosts = volume("ssh-known-hosts")
+            .secret
+            .expect("the known hosts' Secret");
+        assert_eq!(hosts.secret_name.as_deref(), Some("git-hosts"));
+        assert_eq!(hosts.default_mode, Some(0o444));
+        assert_eq!(hosts.items.unwrap_or_default()[0].path, "known_hosts");
+
+        // Without a task bundle the operator's is used; without ssh settings nothing is mounted.
+        let plain_defaults = AgentDefaults {
+            ssh: Default::default(),
+            ..defaults
+        };
+        let job = build_job(&task(), 1, "b", &plain_defaults, false);
+        assert_eq!(
+            env_value(&job, "RECAC_CA_BUNDLE"),
+            Some(format!("{CA_BUNDLE_PATH}/ca.crt"))
+        );
+        assert_eq!(env_value(&job, "RECAC_SSH_KNOWN_HOSTS"), None);
+        let pod = job.spec.and_then(|s| s.template.spec).unwrap_or_default();
+        assert!(
+            !pod.volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "ssh-known-hosts")
+        );
     }
 
     #[test]

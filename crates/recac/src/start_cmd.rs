@@ -167,9 +167,9 @@ fn finish(result: &AgentResult, path: Option<&std::path::Path>) -> ExitCode {
     let message = recac_agent::report::termination_message(result);
     tracing::info!(result = %message, "result");
     if let Some(path) = path
-        && let Err(e) = std::fs::write(path, &message)
+        && let Err(e) = recac_agent::report::write_result(path, result)
     {
-        tracing::warn!(path = %path.display(), error = %e, "cannot write the result file");
+        tracing::warn!(error = %e, "cannot write the result file");
     }
     println!("{message}");
     let code = recac_agent::report::exit_code_for(&result.outcome);

@@ -432,6 +432,10 @@ fn helm_lint_passes() {
             "jira.email=a@example.com,jira.token=t,webhook.secret=s,namespace.create=false",
             "--set-string",
             "agent.caBundle=-----BEGIN CERTIFICATE-----",
+            "--set-string",
+            "agent.knownHosts=git.example.com ssh-ed25519 AAAA",
+            "--set-string",
+            "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://proxy:3128",
         ],
     );
     assert!(
@@ -457,6 +461,10 @@ fn values_create_the_optional_objects() {
                 "jira.secretName=my-jira,namespace.create=false,image.pullPolicy=Always",
                 "--set-file",
                 &ca_arg,
+                "--set-string",
+                "agent.knownHosts=git.example.com ssh-ed25519 AAAA",
+                "--set-string",
+                "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://proxy:3128",
             ]),
             "helm template",
         ),
@@ -475,6 +483,11 @@ fn values_create_the_optional_objects() {
     assert_eq!(webhook["data"]["secret"], "aG9vaw==");
     let agent_ca = object("ConfigMap/recac-system/recac-agent-ca");
     assert_eq!(agent_ca["data"]["ca.crt"], ca);
+    let known_hosts = object("ConfigMap/recac-system/recac-agent-known-hosts");
+    assert_eq!(
+        known_hosts["data"]["known_hosts"],
+        "git.example.com ssh-ed25519 AAAA\n"
+    );
     assert!(
         !objects.keys().any(|k| k.starts_with("Namespace/")),
         "namespace.create=false renders no Namespace"
@@ -494,6 +507,13 @@ fn values_create_the_optional_objects() {
     assert_eq!(env_secret("JIRA_EMAIL"), "my-jira");
     assert_eq!(env_secret("JIRA_API_TOKEN"), "my-jira");
     assert_eq!(env_secret("JIRA_WEBHOOK_SECRET"), "recac-jira-webhook");
+    let extra = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "HTTPS_PROXY")
+        .expect("extraEnv's HTTPS_PROXY");
+    assert_eq!(extra["value"], "http://proxy:3128");
     // normalise() dropped the checksums: look at the raw render for the Secrets' one.
     let raw = helm_template(&["--set", "webhook.secret=hook"]);
     assert!(

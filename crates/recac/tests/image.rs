@@ -1,7 +1,8 @@
 //! What can be checked of the container image without a container engine: the
-//! Dockerfile builds the binary `make release` builds, its runtime stage installs
-//! packages that exist in its Debian release, it runs as the non-root user the agent's
-//! pods use, and the build context leaves out what it must not send.
+//! Dockerfile builds the binary `make release` builds, its runtime stages (the default
+//! image, last, and the `toolchains` variant) install packages that exist in their Debian
+//! release, they run as the non-root user the agent's pods use, and the build context
+//! leaves out what it must not send.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -39,10 +40,24 @@ fn stages() -> Vec<(String, Vec<String>)> {
     stages
 }
 
+/// A stage's name (`FROM ... AS name`).
+fn stage_name(from: &str) -> Option<&str> {
+    let words: Vec<&str> = from.split_whitespace().collect();
+    match words.as_slice() {
+        [.., as_, name] if as_.eq_ignore_ascii_case("as") => Some(name),
+        _ => None,
+    }
+}
+
 #[test]
 fn the_image_builds_the_binary_make_release_builds() {
     let stages = stages();
-    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let names: Vec<Option<&str>> = stages.iter().map(|(from, _)| stage_name(from)).collect();
+    assert_eq!(
+        names,
+        [Some("build"), Some("toolchains"), Some("default")],
+        "a build stage, the toolchains variant, and the default image last (what `docker build .` makes)"
+    );
     let (build_from, build) = &stages[0];
     let build_cmd = build
         .iter()
@@ -90,60 +105,85 @@ fn the_image_builds_the_binary_make_release_builds() {
 }
 
 #[test]
-fn the_runtime_stage_is_non_root_with_git_and_ca_certificates() {
+fn the_runtime_stages_are_non_root_with_git_and_ca_certificates() {
     let stages = stages();
-    let (from, runtime) = &stages[1];
-    assert!(from.starts_with("debian:bookworm"), "{from}");
-    let install = runtime
-        .iter()
-        .find(|l| l.contains("apt-get install"))
-        .expect("the runtime stage installs packages");
-    let packages: Vec<&str> = install
-        .split("--no-install-recommends")
-        .nth(1)
-        .expect("--no-install-recommends")
-        .split("&&")
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    for needed in ["git", "ca-certificates"] {
-        assert!(packages.contains(&needed), "{needed} in {packages:?}");
-    }
-    assert!(
-        runtime
-            .iter()
-            .any(|l| l.contains("COPY --from=build /recac /usr/local/bin/recac")),
-        "the binary of the build stage is the one installed"
-    );
-    // The agent's pods run as 65532 (`agent.runAsUser`); so does the image.
-    assert!(
-        runtime.iter().any(|l| l == "USER 65532:65532"),
-        "{runtime:?}"
-    );
-    assert!(install.contains("--uid 65532"), "{install}");
-    assert!(
-        runtime.iter().any(|l| l == "ENTRYPOINT [\"recac\"]"),
-        "{runtime:?}"
-    );
-
-    // On a machine of the same Debian release, each package must exist.
     let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let apt = Command::new("apt-cache").arg("--version").output();
-    if !os.contains("VERSION_CODENAME=bookworm") || apt.is_err() {
-        eprintln!("skipped the package check: not a Debian bookworm machine with apt-cache");
-        return;
-    }
-    for package in packages {
-        let out = Command::new("apt-cache")
-            .args(["show", "--no-all-versions", package])
-            .output()
-            .expect("apt-cache runs");
+    for (stage, release, also) in [
+        ("default", "bookworm", &[][..]),
+        (
+            "toolchains",
+            "trixie",
+            &[
+                "cargo",
+                "rustc",
+                "golang-go",
+                "nodejs",
+                "npm",
+                "python3",
+                "python3-pytest",
+            ][..],
+        ),
+    ] {
+        let (from, runtime) = stages
+            .iter()
+            .find(|(from, _)| stage_name(from) == Some(stage))
+            .unwrap_or_else(|| panic!("a stage `{stage}`"));
+        assert!(from.starts_with(&format!("debian:{release}")), "{from}");
+        let install = runtime
+            .iter()
+            .find(|l| l.contains("apt-get install"))
+            .expect("the runtime stage installs packages");
+        let packages: Vec<&str> = install
+            .split("--no-install-recommends")
+            .nth(1)
+            .expect("--no-install-recommends")
+            .split("&&")
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        for needed in ["git", "ca-certificates"].iter().chain(also) {
+            assert!(
+                packages.contains(needed),
+                "{stage}: {needed} in {packages:?}"
+            );
+        }
         assert!(
-            out.status.success() && !out.stdout.is_empty(),
-            "package {package} is not in Debian bookworm: {}",
-            String::from_utf8_lossy(&out.stderr)
+            runtime
+                .iter()
+                .any(|l| l.contains("COPY --from=build /recac /usr/local/bin/recac")),
+            "{stage}: the binary of the build stage is the one installed"
         );
+        // The agent's pods run as 65532 (`agent.runAsUser`); so does the image.
+        assert!(
+            runtime.iter().any(|l| l == "USER 65532:65532"),
+            "{stage}: {runtime:?}"
+        );
+        assert!(install.contains("--uid 65532"), "{stage}: {install}");
+        assert!(
+            runtime.iter().any(|l| l == "ENTRYPOINT [\"recac\"]"),
+            "{stage}: {runtime:?}"
+        );
+
+        // On a machine of the same Debian release, each package must exist.
+        if !os.contains(&format!("VERSION_CODENAME={release}")) || apt.is_err() {
+            eprintln!(
+                "{stage}: skipped the package check: not a Debian {release} machine with apt-cache"
+            );
+            continue;
+        }
+        for package in packages {
+            let out = Command::new("apt-cache")
+                .args(["show", "--no-all-versions", package])
+                .output()
+                .expect("apt-cache runs");
+            assert!(
+                out.status.success() && !out.stdout.is_empty(),
+                "package {package} is not in Debian {release}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod github_sim;
 pub mod llm_sim;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -200,4 +201,51 @@ pub async fn https_git(root: &Path, served: &Path, token: &str) -> HttpsGit {
         ca_file: ca.display().to_string(),
         host,
     }
+}
+
+/// Set in the child process [`in_child`] starts: the folder the child's test works in.
+const CHILD_ROOT: &str = "RECAC_FLOW_TEST_CHILD_ROOT";
+
+/// For a test that needs a process-wide setting of its own (`PATH`, `TMPDIR`), which the other
+/// tests of this process must not see. In the test process: makes a folder, runs this test
+/// binary again with only the test `name` and the variables `env` returns (given that folder),
+/// asserts that the test passed there, and returns `None`. In that child process: returns the
+/// folder, and the test runs its body.
+pub fn in_child(
+    name: &str,
+    env: impl FnOnce(&Path) -> Vec<(&'static str, OsString)>,
+) -> Option<PathBuf> {
+    if let Some(root) = std::env::var_os(CHILD_ROOT) {
+        return Some(PathBuf::from(root));
+    }
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROOT, root.path())
+        .envs(env(root.path()))
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} in a child process:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    None
+}
+
+/// A folder `<root>/bin` holding links to `programs` (found on this process's PATH), to be
+/// a whole `PATH` of its own.
+pub fn bin_dir(root: &Path, programs: &[&str]) -> OsString {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for program in programs {
+        let found = std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{program} is not on PATH"));
+        std::os::unix::fs::symlink(&found, bin.join(program)).unwrap();
+    }
+    bin.into_os_string()
 }
