@@ -278,10 +278,9 @@ async fn jira_url_drives_the_loop_from_another_jira() {
     );
     let issue = jira.issue(&key).expect("the ticket");
     assert_eq!(issue.status, "In Review", "the configured transition");
-    assert!(
-        issue.comments.len() >= 2,
-        "picked up and succeeded comments"
-    );
+    // The "picked up" comment comes only when the agent was seen running; the demo agent
+    // may finish before that, so only the outcome's comment is certain.
+    assert!(!issue.comments.is_empty(), "the succeeded comment");
 }
 
 /// A running `recac dev` whose output lines arrive on a channel.

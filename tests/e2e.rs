@@ -260,8 +260,121 @@ async fn the_demo_loop_runs_in_real_pods() {
             "{name}: image {}",
             status.image
         );
+        // The task's Secrets were mounted only into the secret broker, a sidecar that ran
+        // from the same image.
+        let broker = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|c| c.iter().find(|c| c.name == "secrets"));
+        assert!(
+            broker.is_some_and(|b| b
+                .container_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("containerd://"))
+                && b.image_id == status.image_id),
+            "{name}: no secret broker ran beside the agent: {broker:?}"
+        );
         lines.insert(name, format!("{} {}", status.image_id, container_id));
     }
+
+    // The commands the model runs cannot read the task's Secrets: the Secret files are in
+    // the broker's container only (mounted for another user), and neither the broker's nor the
+    // agent's `/proc` entries (root, environment, memory) open to them. The task's test
+    // command tries, and fails the tests (and the task) if any read succeeds.
+    let probe_task = "e2e-secret-probe";
+    let probe = r#"n=0 hits=0 procs=0
+try() { n=$((n+1)); if "$@" >/dev/null 2>&1; then hits=$((hits+1)); echo "secret-probe: READ $*"; fi; }
+for f in /var/run/recac/secrets/*/* /proc/[0-9]*/root/var/run/recac/secrets/*/*; do try cat "$f"; done
+for p in /proc/[0-9]*; do
+  case "$(tr '\000' ' ' < "$p/cmdline" 2>/dev/null)" in
+    "recac start"*|"recac secret-broker"*)
+      procs=$((procs+1))
+      try cat "$p/environ"; try ls "$p/root/"; try sh -c ': < "$1"' sh "$p/mem" ;;
+  esac
+done
+echo "secret-probe: $hits of $n reads succeeded, $procs recac processes probed"
+[ "$hits" = 0 ]"#;
+    let manifest = serde_json::json!({
+        "apiVersion": "recac.io/v1alpha1",
+        "kind": "AgentTask",
+        "metadata": {"name": probe_task, "namespace": TASKS},
+        "spec": {
+            "prompt": "Add a greeting for Pat.\nFile: greetings/pat.txt\nLine: Hello, Pat!\n",
+            "repository": {"url": repository_url, "baseBranch": "main"},
+            "maxRetries": 0,
+            "agent": {"env": [{"name": "RECAC_TEST_COMMAND", "value": probe}]},
+        },
+    });
+    kubectl_ok(&node, &["apply", "-f", "-"], Some(&manifest.to_string()));
+    let tasks_api: Api<AgentTask> = Api::namespaced(client.clone(), TASKS);
+    let probed = wait_for(
+        "the secret probe's task to end",
+        Duration::from_secs(120),
+        || {
+            let tasks_api = tasks_api.clone();
+            async move {
+                let task = tasks_api.get_opt(probe_task).await.ok()??;
+                let status = task.status.clone()?;
+                matches!(status.phase, Some(TaskPhase::Succeeded | TaskPhase::Failed))
+                    .then_some(status)
+            }
+        },
+    )
+    .await;
+    let probe_log = text(
+        &kubectl(
+            &node,
+            &[
+                "logs",
+                "-n",
+                TASKS,
+                "-l",
+                &format!("recac.io/task={probe_task}"),
+                "-c",
+                "agent",
+                "--tail=-1",
+            ],
+            None,
+        )
+        .stdout,
+    );
+    let probe_ok = probed.phase == Some(TaskPhase::Succeeded)
+        && probe_log.contains("secret-probe: 0 of ")
+        && probe_log.contains(", 2 recac processes probed");
+    if !probe_ok {
+        let selector = format!("recac.io/task={probe_task}");
+        let pods = kubectl(
+            &node,
+            &["describe", "pods", "-n", TASKS, "-l", &selector],
+            None,
+        );
+        let broker = kubectl(
+            &node,
+            &[
+                "logs",
+                "-n",
+                TASKS,
+                "-l",
+                &selector,
+                "-c",
+                "secrets",
+                "--tail=-1",
+            ],
+            None,
+        );
+        panic!(
+            "a command the model runs read the task's Secrets (or the probe did not run): {probed:?}\n{probe_log}\n{}\n{}{}",
+            text(&pods.stdout),
+            text(&broker.stdout),
+            text(&broker.stderr)
+        );
+    }
+    let probe_summary = probe_log
+        .lines()
+        .find(|l| l.starts_with("secret-probe: ") && l.contains(" reads succeeded"))
+        .unwrap_or_default()
+        .to_string();
 
     // A suspended task's pod stops well within its grace period, its work pushed: the agent
     // handles SIGTERM in a real container.
@@ -460,6 +573,9 @@ spec:
     for (name, line) in &lines {
         eprintln!("  {name}: {line}");
     }
+    say(format!(
+        "the task's Secrets from a command the model runs, in a real pod: {probe_summary}"
+    ));
     say(format!(
         "suspended task: its pod ended {stop_seconds:.1} s after the suspend, its work pushed to {branch}"
     ));

@@ -22,9 +22,12 @@ use recac_tests::{
 };
 use serde_json::Value;
 
-/// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent.
+/// Stands in for `recac start`: behaves as FAKE_MODE says and reports like the agent. It
+/// runs for a second at least, as an agent does, so that the task is seen Running (when the
+/// "picked up" comment is owed).
 const FAKE_AGENT: &str = r#"
 echo "agent: task=$RECAC_TASK attempt=$RECAC_ATTEMPT ticket=$RECAC_TICKET"
+sleep 1
 case "$FAKE_MODE" in
   fail)
     i=0; while [ $i -lt 70 ]; do echo "step $i: compiling"; i=$((i+1)); done

@@ -366,3 +366,140 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The CPU time (user and system, every thread) a process has used, in seconds: utime and
+/// stime of `/proc/<pid>/stat`, counted in USER_HZ, which Linux fixes at 100 for userspace.
+/// 0 when the process is gone.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start at the state.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the state.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The apiserver's write requests so far (every client's), by `VERB resource` or
+/// `VERB resource/subresource`, from its own `apiserver_request_total`; reads (GET, LIST,
+/// WATCH) are left out.
+pub async fn apiserver_writes(client: &kube::Client) -> std::collections::BTreeMap<String, f64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a request");
+    let body = client
+        .request_text(request)
+        .await
+        .expect("the apiserver's /metrics");
+    let mut writes = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        let Some(labels) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let verb = label("verb");
+        if !["POST", "PUT", "PATCH", "DELETE", "APPLY"].contains(&verb.as_str()) {
+            continue;
+        }
+        let (resource, subresource) = (label("resource"), label("subresource"));
+        let key = if subresource.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{subresource}")
+        };
+        *writes.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    writes
+}
+
+/// What changed between two [`apiserver_writes`] readings, per `per` objects, as
+/// "VERB resource: n.nn" (the changes only) and their sum.
+pub fn writes_per(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    per: usize,
+) -> (Vec<String>, f64) {
+    let mut lines = Vec::new();
+    let mut total = 0.0;
+    for (key, value) in after {
+        let delta = value - before.get(key).copied().unwrap_or(0.0);
+        if delta > 0.0 {
+            let each = delta / per as f64;
+            total += each;
+            lines.push(format!("{key}: {each:.2}"));
+        }
+    }
+    (lines, total)
+}
+
+/// Creates `n` Jobs shaped like an agent's directly (32 in flight, one client) in a new
+/// namespace; (Jobs per second, the apiserver's CPU seconds per Job). The yardstick for the
+/// operator's cost: nothing it does per task can be cheaper than this.
+pub async fn bare_job_creates(plane: &ControlPlane, n: usize) -> (f64, f64) {
+    use futures::StreamExt;
+    let ns = plane
+        .namespace(&format!("bench-bare-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(client, &ns);
+    let defaults = recac_task_controller::AgentDefaults::default();
+    let mut task = recac_api::AgentTask::new(
+        "bare",
+        recac_api::AgentTaskSpec {
+            prompt: Some("benchmark task".into()),
+            ticket: None,
+            repository: recac_api::Repository {
+                url: "https://git.example.com/org/repo.git".into(),
+                base_branch: None,
+                branch: None,
+            },
+            agent: None,
+            max_retries: 2,
+            timeout_seconds: 3600,
+            ttl_seconds_after_finished: None,
+            suspend: false,
+        },
+    );
+    task.metadata.namespace = Some(ns.clone());
+    task.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    let template = recac_task_controller::job_builder::build_job(&task, 1, "b", &defaults, true);
+    let apiserver = plane.component_pid("kube-apiserver").unwrap_or(0);
+    let cpu_before = process_cpu_seconds(apiserver);
+    let start = std::time::Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let jobs = jobs.clone();
+            let mut job = template.clone();
+            job.metadata.name = Some(format!("bare-{i:05}"));
+            job.metadata.owner_references = None;
+            async move {
+                jobs.create(&kube::api::PostParams::default(), &job)
+                    .await
+                    .expect("bare job created");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds(apiserver) - cpu_before;
+    (rate, cpu / n as f64)
+}

@@ -43,23 +43,6 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 }
 
 /// CPU seconds a process has used so far (user and system).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces) start at the state.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the state.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// The resident set split into anonymous memory (the heap among it) and mapped files (the
 /// binary's pages): "anonymous A MiB, files F MiB".
 fn rss_split(pid: u32) -> String {
@@ -177,38 +160,6 @@ async fn count_jobs(jobs: &Api<Job>) -> usize {
         .unwrap_or(0)
 }
 
-/// Jobs per second the apiserver accepts from one client with 32 creates in flight.
-async fn raw_job_create_rate(plane: &ControlPlane, n: usize) -> f64 {
-    let ns = plane
-        .namespace(&format!("bench-raw-{n}"))
-        .await
-        .expect("namespace");
-    let client = plane.client().await.expect("client");
-    let jobs: Api<Job> = Api::namespaced(client, &ns);
-    let defaults = recac_task_controller::AgentDefaults::default();
-    let mut task = AgentTask::new("raw", spec(0));
-    task.metadata.namespace = Some(ns.clone());
-    task.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
-    let template = recac_task_controller::job_builder::build_job(&task, 1, "b", &defaults, true);
-    let start = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let jobs = jobs.clone();
-            let mut job = template.clone();
-            job.metadata.name = Some(format!("raw-{i:05}"));
-            job.metadata.owner_references = None;
-            async move {
-                jobs.create(&PostParams::default(), &job)
-                    .await
-                    .expect("raw job created");
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
 async fn dispatch(n: usize) {
     let plane = plane().await;
     let ns = plane
@@ -225,7 +176,7 @@ async fn dispatch(n: usize) {
 
     let mut counter = WatchCounter::start::<Job>(client.clone(), &ns, "app=recac-agent");
     let apiserver = plane.component_pid("kube-apiserver").unwrap_or(0);
-    let apiserver_cpu_before = cpu_seconds(apiserver);
+    let apiserver_cpu_before = recac_tests::process_cpu_seconds(apiserver);
     let start = Instant::now();
     let operator = start_operator(plane, &ns, n + 10).await;
     let ready_after = start.elapsed();
@@ -236,14 +187,12 @@ async fn dispatch(n: usize) {
     // Let status writes and Events settle before reading the request count.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (after, _) = recac_tests::scrape_metrics(operator.port).await;
-    let apiserver_cpu = cpu_seconds(apiserver) - apiserver_cpu_before;
+    let apiserver_cpu = recac_tests::process_cpu_seconds(apiserver) - apiserver_cpu_before;
     let (peak, current) = rss_mib(operator.process.0.id());
     let split = rss_split(operator.process.0.id());
     drop(operator);
     let raw_jobs = n.min(2000);
-    let raw_cpu_before = cpu_seconds(apiserver);
-    let raw_rate = raw_job_create_rate(plane, raw_jobs).await;
-    let raw_cpu = cpu_seconds(apiserver) - raw_cpu_before;
+    let (raw_rate, raw_cpu_per_job) = recac_tests::bare_job_creates(plane, raw_jobs).await;
 
     let mut per_task = Vec::new();
     let mut total = 0;
@@ -277,7 +226,7 @@ async fn dispatch(n: usize) {
     println!(
         "  apiserver CPU                    {:.2} ms per dispatched task (its start-up lists and watches included), {:.2} ms per raw Job create",
         apiserver_cpu * 1000.0 / n as f64,
-        raw_cpu * 1000.0 / raw_jobs as f64
+        raw_cpu_per_job * 1000.0
     );
     println!(
         "  API requests per dispatched task {:.2} ({})",

@@ -3,8 +3,13 @@
 //! `cargo bench -p recac-tests --bench source`. Prints figures; asserts only correctness.
 //!
 //! - **burst** (`BENCH_SOURCE_BURST`, default 1000): that many labelled tickets → that many
-//!   Jobs. Seconds until the last Job exists, Jira requests (reads, writes, writes per claim),
-//!   the operator's peak RSS.
+//!   Jobs, with the feedback controller on (its picked-up comment is part of a ticket's way
+//!   to its Job). Seconds until the last Job exists and from the last claim (the last Jira
+//!   transition) to it; the apiserver's writes per ticket by verb and resource (from the
+//!   apiserver's own `apiserver_request_total`, every client, counted until 3 s after the
+//!   last Job) and its CPU per ticket, beside a bare Job create measured in the same run (the
+//!   same number of Jobs created directly, 32 in flight); Jira requests (reads, writes per
+//!   ticket); the operator's peak RSS.
 //! - **large** (`BENCH_SOURCE_LARGE`, default 5000): every ticket becomes a task (no page or
 //!   result cap); then, idle, the Jira requests per poll interval.
 //! - **latency** (`BENCH_SOURCE_SAMPLES`, default 30): from a ticket becoming ready to its Job
@@ -17,8 +22,8 @@
 //!
 //! A size of 0 skips that case. `BENCH_LOG` sets the operator's `RUST_LOG` (default `warn`).
 //!
-//! The feedback controller is switched off so that the Jira figures are the source's alone.
-//! There is no kubelet: Jobs are created but never run.
+//! In the other cases the feedback controller is switched off, so that the Jira figures are
+//! the source's alone. There is no kubelet: Jobs are created but never run.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +50,7 @@ async fn start_operator(
     sim: &JiraSim,
     poll: u64,
     cap: usize,
+    feedback: bool,
 ) -> Operator {
     let port = free_port();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -58,7 +64,7 @@ async fn start_operator(
              jira:\n  url: {url}\n  auth: {{type: basic, email: {email}, tokenEnv: BENCH_JIRA_TOKEN}}\n\
              sources:\n  - name: ops\n    project: OPS\n    label: recac-agent\n    namespace: {ns}\n    pollIntervalSeconds: {poll}\n    maxTicketsPerPoll: 100000\n    maxInFlight: 100000\n\
              jiraWebhook:\n  secretEnv: BENCH_WEBHOOK_SECRET\n\
-             feedback:\n  enabled: false\n",
+             feedback:\n  enabled: {feedback}\n",
             url = sim.url(),
             email = recac_jira_sim::BOT_EMAIL,
         ),
@@ -159,14 +165,29 @@ async fn burst(plane: &ControlPlane, n: usize) {
     let sim = JiraSim::start(Seed::default()).await.expect("sim");
     sim.set_write_limits(None);
     add_tickets(&sim, n);
-    let mut jobs = WatchCounter::start::<Job>(client, &ns, "app=recac-agent");
+    let mut jobs = WatchCounter::start::<Job>(client.clone(), &ns, "app=recac-agent");
+    let apiserver = plane.component_pid("kube-apiserver").unwrap_or(0);
+    let writes_before = recac_tests::apiserver_writes(&client).await;
+    let cpu_before = recac_tests::process_cpu_seconds(apiserver);
     let started = Instant::now();
-    let op = start_operator(plane, &ns, &sim, 30, n + 10).await;
+    let op = start_operator(plane, &ns, &sim, 30, n + 10, true).await;
     if let Err(seen) = jobs.wait_for(n, Duration::from_secs(300)).await {
         panic!("only {seen}/{n} tickets got their Job");
     }
+    let last_job = Instant::now();
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_to_last_job = recac_tests::process_cpu_seconds(apiserver) - cpu_before;
+    // What the burst leaves to do after the last Job (status, Events, the picked-up
+    // comments' records) is part of each ticket's cost.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes_after = recac_tests::apiserver_writes(&client).await;
+    let cpu_settled = recac_tests::process_cpu_seconds(apiserver) - cpu_before;
     let calls = sim.calls();
+    let last_claim = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/transitions") && c.status == 204)
+        .map(|c| c.at)
+        .max();
     let writes = calls.iter().filter(|c| is_write(c)).count();
     let reads = calls.len() - writes;
     let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
@@ -187,16 +208,40 @@ async fn burst(plane: &ControlPlane, n: usize) {
         .filter(|(series, _)| !series.starts_with("watch ") && !series.starts_with("list "))
         .map(|(series, count)| format!("{series}: {:.2}", *count as f64 / n as f64))
         .collect();
+    let peak = recac_tests::process_memory_mib(op.process.0.id(), "VmHWM");
+    drop(op);
+    let bare_jobs = n.min(2000);
+    let (bare_rate, bare_cpu) = recac_tests::bare_job_creates(plane, bare_jobs).await;
+    let (writes_by_kind, writes_total) = recac_tests::writes_per(&writes_before, &writes_after, n);
+    let claim_to_job = last_claim
+        .map(|at| {
+            format!(
+                "{:.2} s",
+                last_job.saturating_duration_since(at).as_secs_f64()
+            )
+        })
+        .unwrap_or_else(|| "- (no claim seen)".into());
     println!("burst {n}: Jira requests by method, resource and status: {kinds:?}");
     println!(
-        "burst {n}: API requests per ticket (watches and lists left out): {}",
+        "burst {n}: the operator's API requests per ticket (watches and lists left out): {}",
         per_ticket.join(", ")
     );
     println!(
-        "burst {n}: last Job after {elapsed:.2} s (from operator start); Jira requests: {reads} reads, {writes} writes ({:.2} writes per claim, {:.2} reads per ticket); operator peak RSS {:.1} MiB",
+        "burst {n}: apiserver writes per ticket (every client, until 3 s after the last Job): {writes_total:.2} ({})",
+        writes_by_kind.join(", ")
+    );
+    println!(
+        "burst {n}: apiserver CPU per ticket {:.2} ms to the last Job, {:.2} ms with what follows it; a bare Job create {:.2} ms ({bare_rate:.0} Jobs/s, {bare_jobs} Jobs): {:.1}x and {:.1}x",
+        cpu_to_last_job * 1000.0 / n as f64,
+        cpu_settled * 1000.0 / n as f64,
+        bare_cpu * 1000.0,
+        cpu_to_last_job / n as f64 / bare_cpu.max(1e-9),
+        cpu_settled / n as f64 / bare_cpu.max(1e-9),
+    );
+    println!(
+        "burst {n}: last Job after {elapsed:.2} s (from operator start), {claim_to_job} after the last claim; Jira requests: {reads} reads, {writes} writes ({:.2} writes per ticket, {:.2} reads per ticket); operator peak RSS {peak:.1} MiB",
         writes as f64 / n as f64,
         reads as f64 / n as f64,
-        recac_tests::process_memory_mib(op.process.0.id(), "VmHWM"),
     );
 }
 
@@ -213,7 +258,7 @@ async fn large(plane: &ControlPlane, n: usize) {
     sim.set_write_limits(None);
     add_tickets(&sim, n);
     let started = Instant::now();
-    let op = start_operator(plane, &ns, &sim, 2, 10).await;
+    let op = start_operator(plane, &ns, &sim, 2, 10, false).await;
     let tasks: Api<AgentTask> = Api::namespaced(client, &ns);
     let deadline = Instant::now() + Duration::from_secs(600);
     while claimed_tasks(&tasks).await < n {
@@ -271,7 +316,7 @@ async fn latency(plane: &ControlPlane, samples: usize, webhook: bool) {
     let client = plane.client().await.expect("client");
     let sim = JiraSim::start(Seed::default()).await.expect("sim");
     sim.add_project("OPS", "Operations");
-    let op = start_operator(plane, &ns, &sim, interval, samples + 10).await;
+    let op = start_operator(plane, &ns, &sim, interval, samples + 10, false).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let jobs: Api<Job> = Api::namespaced(client, &ns);
     let mut seconds = Vec::new();
@@ -318,7 +363,7 @@ async fn stranded(plane: &ControlPlane, n: usize) {
     sim.set_write_limits(None);
     add_tickets(&sim, n);
     // One operator claims every ticket, then their tasks go while no operator runs.
-    let first = start_operator(plane, &ns, &sim, 30, n + 10).await;
+    let first = start_operator(plane, &ns, &sim, 30, n + 10, false).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     while claimed_tasks(&tasks).await < n {
         assert!(
@@ -345,7 +390,7 @@ async fn stranded(plane: &ControlPlane, n: usize) {
     let fresh_task = recac_source::task::task_name(&fresh, 1);
     let before = comments_posted(&sim);
     let started = Instant::now();
-    let _second = start_operator(plane, &ns, &sim, 30, n + 10).await;
+    let _second = start_operator(plane, &ns, &sim, 30, n + 10, false).await;
     let mut new_ticket = None;
     let mut all_back = None;
     let deadline = Instant::now() + Duration::from_secs(600);

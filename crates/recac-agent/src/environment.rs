@@ -56,10 +56,10 @@ pub fn environment_cause(error: &std::io::Error) -> Option<String> {
     })
 }
 
-/// The user this process runs as (from `/proc/self`, which it owns).
+/// The user this process runs as. (Not from the owner of `/proc/self`: a non-dumpable
+/// process's `/proc` entries belong to root, see [`crate::broker::make_undumpable`].)
 fn own_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+    Some(rustix::process::getuid().as_raw())
 }
 
 /// How to fix a path chosen by `setting`.

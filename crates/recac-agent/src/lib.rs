@@ -15,6 +15,7 @@
 //! ([`environment`]).
 
 pub mod branch;
+pub mod broker;
 pub mod detect;
 pub mod engine;
 pub mod environment;

@@ -1,6 +1,7 @@
 //! The Secrets a task names, mounted by the operator as files
-//! (`RECAC_SECRETS_DIR/<secret-name>/<key>`), and what the commands the model can influence get
-//! to see of the agent's credentials.
+//! (`RECAC_SECRETS_DIR/<secret-name>/<key>`) into the agent's container or, with the secret
+//! broker, only into the broker's, which hands them to the agent once ([`crate::broker`]); and
+//! what the commands the model can influence get to see of the agent's credentials.
 //!
 //! Every value read is redacted from all output. A key named like an environment variable is
 //! also a setting (see [`crate::settings::Settings::from_lookup`] for the precedence). Commands
@@ -61,83 +62,141 @@ impl fmt::Debug for SecretFiles {
     }
 }
 
+/// One key of one Secret as read, before trimming (the value is a secret: never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretEntry {
+    /// The Secret's folder name (empty for a key mounted directly under the folder).
+    pub secret: String,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for SecretEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SecretEntry({}, {} bytes)",
+            self.origin(),
+            self.value.len()
+        )
+    }
+}
+
+impl SecretEntry {
+    /// `secret/key` (or `key`), for messages.
+    pub fn origin(&self) -> String {
+        if self.secret.is_empty() {
+            self.key.clone()
+        } else {
+            format!("{}/{}", self.secret, self.key)
+        }
+    }
+}
+
+/// Reads every key of every Secret folder under `dir`, in the order [`SecretFiles`] takes
+/// them; fails on the first folder or file that exists but cannot be read. A missing `dir`
+/// holds no Secrets.
+pub fn read_entries(dir: &Path) -> Result<Vec<SecretEntry>, SecretsError> {
+    let (entries, mut errors) = scan(dir);
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(errors.swap_remove(0))
+    }
+}
+
+/// Folders in name order, keys in name order within each. Entries starting with `..` are
+/// Kubernetes' bookkeeping (`..data` and its timestamped target) and are skipped; symlinks
+/// are followed.
+fn scan(dir: &Path) -> (Vec<SecretEntry>, Vec<SecretsError>) {
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    let top = match sorted_entries(dir) {
+        Ok(top) => top,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (entries, errors),
+        Err(source) => {
+            errors.push(SecretsError::Folder {
+                path: dir.to_path_buf(),
+                source,
+            });
+            return (entries, errors);
+        }
+    };
+    let mut take = |result: Result<Option<SecretEntry>, SecretsError>| match result {
+        Ok(Some(entry)) => entries.push(entry),
+        Ok(None) => {}
+        Err(e) => errors.push(e),
+    };
+    for (name, path) in top {
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => match sorted_entries(&path) {
+                Ok(keys) => {
+                    for (key, key_path) in keys {
+                        take(read_entry(&name, &key, &key_path));
+                    }
+                }
+                Err(source) => take(Err(SecretsError::Folder { path, source })),
+            },
+            // A key mounted directly under the folder.
+            Ok(_) => take(read_entry("", &name, &path)),
+            Err(source) => take(Err(SecretsError::File { path, source })),
+        }
+    }
+    (entries, errors)
+}
+
+/// One key file; `None` for a folder (only `items` with nested paths make folders here; the
+/// operator mounts none).
+fn read_entry(secret: &str, key: &str, path: &Path) -> Result<Option<SecretEntry>, SecretsError> {
+    let file_error = |source| SecretsError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::fs::metadata(path).map_err(file_error)?.is_dir() {
+        return Ok(None);
+    }
+    let value = std::fs::read(path).map_err(file_error)?;
+    Ok(Some(SecretEntry {
+        secret: secret.to_string(),
+        key: key.to_string(),
+        value,
+    }))
+}
+
 impl SecretFiles {
     /// Reads every key of every Secret folder under `dir`; fails on the first folder or file
     /// that exists but cannot be read. A missing `dir` holds no Secrets.
     pub fn read(dir: &Path) -> Result<Self, SecretsError> {
-        let (files, mut errors) = Self::scan(dir);
-        if errors.is_empty() {
-            Ok(files)
-        } else {
-            Err(errors.swap_remove(0))
-        }
+        Ok(Self::from_entries(&read_entries(dir)?))
     }
 
     /// Reads what can be read under `dir`, skipping what cannot (for a redactor set up before
     /// the settings report those errors).
     pub fn read_lenient(dir: &Path) -> Self {
-        Self::scan(dir).0
+        Self::from_entries(&scan(dir).0)
     }
 
-    /// Folders in name order; when two Secrets hold the same key, the one whose name sorts last
-    /// wins (as the last `envFrom` source did). Entries starting with `..` are Kubernetes'
-    /// bookkeeping (`..data` and its timestamped target) and are skipped; symlinks are followed.
-    fn scan(dir: &Path) -> (Self, Vec<SecretsError>) {
+    /// The Secrets from their keys as read (from the folder, or from the secret broker, which
+    /// read the same folder in its own container). When two Secrets hold the same key, the
+    /// later entry (the Secret whose name sorts last) wins, as the last `envFrom` source did.
+    pub fn from_entries(entries: &[SecretEntry]) -> Self {
         let mut files = Self::default();
-        let mut errors = Vec::new();
-        let top = match sorted_entries(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (files, errors),
-            Err(source) => {
-                errors.push(SecretsError::Folder {
-                    path: dir.to_path_buf(),
-                    source,
-                });
-                return (files, errors);
-            }
-        };
-        for (name, path) in top {
-            match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_dir() => match sorted_entries(&path) {
-                    Ok(keys) => {
-                        for (key, key_path) in keys {
-                            if let Err(e) = files.read_key(&key, &key_path) {
-                                errors.push(e);
-                            }
-                        }
-                    }
-                    Err(source) => errors.push(SecretsError::Folder { path, source }),
-                },
-                // A key mounted directly under the folder.
-                Ok(_) => {
-                    if let Err(e) = files.read_key(&name, &path) {
-                        errors.push(e);
-                    }
-                }
-                Err(source) => errors.push(SecretsError::File { path, source }),
-            }
+        for entry in entries {
+            files.accept(entry);
         }
-        (files, errors)
+        files
     }
 
-    fn read_key(&mut self, key: &str, path: &Path) -> Result<(), SecretsError> {
-        let file_error = |source| SecretsError::File {
-            path: path.to_path_buf(),
-            source,
-        };
-        if std::fs::metadata(path).map_err(file_error)?.is_dir() {
-            // Only `items` with nested paths make folders here; the operator mounts none.
-            return Ok(());
-        }
-        let bytes = std::fs::read(path).map_err(file_error)?;
-        let value = bytes.trim_ascii();
+    fn accept(&mut self, entry: &SecretEntry) {
+        let value = entry.value.trim_ascii();
         if value.is_empty() {
-            return Ok(());
+            return;
         }
         self.values.push(value.to_vec());
-        if !is_env_name(key) {
-            return Ok(());
+        if !is_env_name(&entry.key) {
+            return;
         }
+        let key = entry.key.as_str();
         match std::str::from_utf8(value) {
             Ok(text) => {
                 if self
@@ -147,18 +206,17 @@ impl SecretFiles {
                 {
                     tracing::warn!(
                         key,
-                        file = %path.display(),
+                        secret = %entry.secret,
                         "the key is in more than one Secret: the one whose name sorts last wins"
                     );
                 }
             }
             Err(_) => tracing::warn!(
                 key,
-                file = %path.display(),
+                secret = %entry.secret,
                 "the value is not text: it is redacted but not a setting"
             ),
         }
-        Ok(())
     }
 
     /// The value of a key named `name`.

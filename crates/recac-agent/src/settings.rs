@@ -192,6 +192,11 @@ pub const ENV_DOCS: &[(&str, &str, &str)] = &[
         "Folder of the Secrets mounted as files (<folder>/<secret>/<key>, set by the operator): every key named like a variable is a setting (a non-empty environment variable of the same name wins), every value is redacted.",
     ),
     (
+        contract::SECRETS_SOCKET,
+        "-",
+        "The secret broker's unix socket (set by the operator when the pod has the `secrets` sidecar, which alone mounts the task's Secrets): the agent reads every Secret key from it once, at start, instead of from RECAC_SECRETS_DIR, then makes itself non-dumpable.",
+    ),
+    (
         contract::SECRET_ENV_ALLOW,
         "-",
         "Comma-separated Secret keys that test and model-run commands may see; every other credential is withheld (RECAC_GIT_TOKEN and GITHUB_TOKEN always are).",
@@ -403,7 +408,16 @@ impl Settings {
     /// `lookup` wins over it (as `env` won over `envFrom`, so a Secret cannot change what the
     /// operator set).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let files = secret_files(&lookup, false)?;
+        let files = secret_files(&lookup)?;
+        Self::with_secret_files(lookup, files)
+    }
+
+    /// As [`Settings::from_lookup`], with the task's Secrets given (from the secret broker,
+    /// [`crate::broker::fetch`]) instead of read from `RECAC_SECRETS_DIR`, which is ignored.
+    pub fn with_secret_files(
+        lookup: impl Fn(&str) -> Option<String>,
+        files: SecretFiles,
+    ) -> Result<Self, SettingsError> {
         let get = |name: &str| {
             nonempty(lookup(name)).or_else(|| nonempty(files.get(name).map(str::to_string)))
         };
@@ -605,18 +619,11 @@ impl Settings {
     }
 }
 
-/// The Secrets under the folder `RECAC_SECRETS_DIR` names (none when unset); `lenient` skips
-/// what cannot be read instead of failing.
-fn secret_files(
-    lookup: &impl Fn(&str) -> Option<String>,
-    lenient: bool,
-) -> Result<SecretFiles, SettingsError> {
+/// The Secrets under the folder `RECAC_SECRETS_DIR` names (none when unset).
+fn secret_files(lookup: &impl Fn(&str) -> Option<String>) -> Result<SecretFiles, SettingsError> {
     let Some(dir) = nonempty(lookup(contract::SECRETS_DIR)) else {
         return Ok(SecretFiles::default());
     };
-    if lenient {
-        return Ok(SecretFiles::read_lenient(Path::new(&dir)));
-    }
     SecretFiles::read(Path::new(&dir)).map_err(|e| SettingsError::Secrets {
         var: contract::SECRETS_DIR.into(),
         reason: e.to_string(),
@@ -774,6 +781,11 @@ pub fn secrets_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Vec<Strin
     let files = nonempty(lookup(contract::SECRETS_DIR))
         .map(|dir| SecretFiles::read_lenient(Path::new(&dir)))
         .unwrap_or_default();
+    secret_texts(lookup, &files)
+}
+
+/// As [`secrets_from_lookup`], with the Secrets given (from the secret broker).
+pub fn secret_texts(lookup: impl Fn(&str) -> Option<String>, files: &SecretFiles) -> Vec<String> {
     let mut out: Vec<String> = SECRET_VARS
         .iter()
         .chain(OTHER_CREDENTIAL_VARS)
@@ -1095,6 +1107,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn secrets_from_the_broker_are_settings_and_secrets() {
+        use crate::secrets::SecretEntry;
+        let entry = |secret: &str, key: &str, value: &str| SecretEntry {
+            secret: secret.into(),
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+        };
+        let files = SecretFiles::from_entries(&[
+            entry("a-creds", "OPENAI_API_KEY", "sk-from-broker-0123\n"),
+            entry("a-creds", "RECAC_GIT_TOKEN", "broker-git-token"),
+            entry("b-db", "DB_PASSWORD", "broker-db-password"),
+        ]);
+        let root = tempfile::tempdir().unwrap();
+        // A folder that cannot be read: ignored, the broker's Secrets are the task's.
+        let not_a_folder = root.path().join("file");
+        std::fs::write(&not_a_folder, "x").unwrap();
+        let dir = not_a_folder.join("secrets").display().to_string();
+        let map: HashMap<String, String> = [
+            ("RECAC_REPO_URL", "file:///r"),
+            ("RECAC_PROMPT", "x"),
+            ("RECAC_MODEL", "m"),
+            ("RECAC_SECRETS_DIR", dir.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert!(Settings::from_lookup(|k| map.get(k).cloned()).is_err());
+        let s = Settings::with_secret_files(|k| map.get(k).cloned(), files.clone()).unwrap();
+        let EngineSettings::Builtin(llm) = &s.engine else {
+            panic!()
+        };
+        assert_eq!(llm.api_key.as_deref(), Some("sk-from-broker-0123"));
+        assert_eq!(s.git_token.as_deref(), Some("broker-git-token"));
+        assert!(s.secrets().contains(&b"broker-db-password".to_vec()));
+        assert!(s.child_env.withholds("DB_PASSWORD"));
+        let texts = secret_texts(|_| None, &files);
+        assert!(texts.contains(&"broker-db-password".to_string()));
+    }
+
     /// An OpenSSH private key's text whose body names `cipher` (the rest is not a real key:
     /// only the form is checked).
     fn openssh_key(cipher: &str) -> String {
@@ -1215,6 +1267,7 @@ mod tests {
             assert!(names.contains(v));
         }
         assert!(names.contains(&vars::SECRETS_DIR) && names.contains(&vars::SECRET_ENV_ALLOW));
+        assert!(names.contains(&vars::SECRETS_SOCKET));
         assert!(names.contains(&vars::TEST_COMMAND));
         assert!(names.contains(&vars::RESULT_PATH));
         assert!(names.contains(&vars::SSH_KNOWN_HOSTS) && names.contains(&vars::SSH_PRIVATE_KEY));

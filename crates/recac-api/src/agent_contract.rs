@@ -32,6 +32,10 @@ pub mod env {
     /// `<folder>/<secret-name>/<key>`. The agent reads every key at start: a key named like an
     /// environment variable becomes a setting, and every value is redacted from all output.
     pub const SECRETS_DIR: &str = "RECAC_SECRETS_DIR";
+    /// The unix socket of the pod's secret broker (the `secrets` sidecar, which alone mounts
+    /// the task's Secrets): the agent reads the Secrets from it, once, at start, instead of
+    /// from `RECAC_SECRETS_DIR`. The broker listens on it (and reads `RECAC_SECRETS_DIR`).
+    pub const SECRETS_SOCKET: &str = "RECAC_SECRETS_SOCKET";
     /// Comma-separated names of Secret keys that may be passed to the commands the model runs
     /// (tests, tool commands, an external agent CLI); every other one is withheld. Empty or
     /// unset: none.
@@ -71,6 +75,10 @@ pub mod exit_code {
 
 /// The agent container's name in every agent pod.
 pub const CONTAINER_NAME: &str = "agent";
+
+/// The secret broker's container (a native sidecar: an init container with
+/// `restartPolicy: Always`) in agent pods whose task names Secrets.
+pub const BROKER_CONTAINER_NAME: &str = "secrets";
 
 /// Kubernetes keeps at most this many bytes of a container's termination message.
 pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;

@@ -13,7 +13,7 @@ use crate::template::Template;
 pub struct FeedbackConfig {
     /// Report at all (only when a `jira:` connection is configured).
     pub enabled: bool,
-    /// Post a "picked up" comment when the first attempt is dispatched.
+    /// Post a "picked up" comment when the first attempt's agent starts running.
     pub comment_on_dispatch: bool,
     /// Post a short comment when a retry is dispatched.
     pub comment_on_retry: bool,

@@ -112,7 +112,14 @@ pub fn due(task: &AgentTask, deleted: bool, options: &Options) -> Vec<Report> {
             attempt,
         }),
         _ => {
-            if attempt == 1 && options.comment_on_dispatch {
+            // "Picked up" once the first attempt's agent runs, not when its Job is created:
+            // a burst of new tickets then costs the apiserver and Jira nothing beyond the
+            // claims and the Jobs, and the comment comes when the work has really started.
+            // An attempt that ends before it was seen running gets its outcome comment only.
+            if attempt == 1
+                && options.comment_on_dispatch
+                && status.phase == Some(TaskPhase::Running)
+            {
                 out.push(Report {
                     kind: ReportKind::PickedUp,
                     attempt,
@@ -181,9 +188,11 @@ mod tests {
     #[test]
     fn dispatch_then_outcome_each_once() {
         assert!(due(&task(true, TaskPhase::Pending, 0, &[]), false, &OPTIONS).is_empty());
+        // A created Job whose agent has not started yet is owed nothing.
+        assert!(due(&task(true, TaskPhase::Pending, 1, &[]), false, &OPTIONS).is_empty());
         assert_eq!(
             keys(due(
-                &task(true, TaskPhase::Pending, 1, &[]),
+                &task(true, TaskPhase::Running, 1, &[]),
                 false,
                 &OPTIONS
             )),

@@ -78,6 +78,8 @@ pub struct CallRecord {
     pub response: Option<Value>,
     /// Account id of the authenticated caller.
     pub user: Option<String>,
+    /// When the call arrived.
+    pub at: std::time::Instant,
 }
 
 pub(crate) struct Shared {

@@ -203,6 +203,7 @@ async fn handle(
         status: 0,
         response: None,
         user: None,
+        at: std::time::Instant::now(),
     };
     let mut malformed = false;
     match fault {

@@ -132,6 +132,7 @@ async fn the_check_catches_violations() {
         status,
         response,
         user: None,
+        at: std::time::Instant::now(),
     };
     // An endpoint or a method the contract does not have.
     assert!(

@@ -761,12 +761,8 @@ impl SourceController {
             .claimed
             .get_or_create(&SourceMetrics::source(&source.name))
             .inc();
-        self.publish(
-            task,
-            EventType::Normal,
-            "Claimed",
-            &format!("claimed Jira ticket {key}; the task may run"),
-        );
+        // No Event: the task's `recac.io/claim: claimed` annotation says it, and an Event
+        // per ticket would compete with the Jobs for the apiserver in a burst.
         self.step("after-claim");
         info!(ticket = key, task = %task.name_any(), "ticket claimed");
         Ok(())

@@ -89,6 +89,44 @@ pub struct AgentDefaults {
     pub ca_bundle: Option<CaBundleRef>,
     /// How the agent's git reaches `ssh://` and `git@host:path` repositories.
     pub ssh: AgentSsh,
+    /// Whether the task's Secrets are mounted only into a sidecar, the secret broker, which
+    /// runs as another user and hands them to the agent once, so that the commands the model
+    /// runs (the agent's children, of its user) cannot read the Secret files.
+    pub secret_broker: SecretBroker,
+}
+
+/// The `agent.secretBroker:` section: the `secrets` sidecar of agent pods whose task names
+/// Secrets.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SecretBroker {
+    /// On: the Secrets are mounted only into the broker (a native sidecar, `recac
+    /// secret-broker`), which hands them to the agent over a unix socket once. Off: they are
+    /// mounted into the agent's container, where the commands the model runs can read them.
+    pub enabled: bool,
+    /// The non-root user the broker runs as; not `agent.runAsUser`, so that the agent's user
+    /// (and so the commands the model runs) can neither read its files nor its memory.
+    pub run_as_user: i64,
+    /// CPU and memory for the broker's container.
+    pub resources: ResourceRequirements,
+}
+
+impl Default for SecretBroker {
+    fn default() -> Self {
+        let quantity = |q: &str| Quantity(q.to_string());
+        Self {
+            enabled: true,
+            run_as_user: 65_533,
+            resources: ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_string(), quantity("10m")),
+                    ("memory".to_string(), quantity("16Mi")),
+                ])),
+                limits: Some(BTreeMap::from([("memory".to_string(), quantity("128Mi"))])),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// The `agent.ssh:` section.
@@ -180,6 +218,7 @@ impl Default for AgentDefaults {
             termination_grace_period_seconds: 60,
             ca_bundle: None,
             ssh: AgentSsh::default(),
+            secret_broker: SecretBroker::default(),
         }
     }
 }
@@ -262,6 +301,21 @@ impl AgentDefaults {
             return Err(invalid(
                 "agent.runAsUser",
                 "must be a non-root user id (1 or more)",
+            ));
+        }
+        if self.secret_broker.run_as_user <= 0 {
+            return Err(invalid(
+                "agent.secretBroker.runAsUser",
+                "must be a non-root user id (1 or more)",
+            ));
+        }
+        if self.secret_broker.enabled && self.secret_broker.run_as_user == self.run_as_user {
+            return Err(invalid(
+                "agent.secretBroker.runAsUser",
+                format!(
+                    "must differ from agent.runAsUser ({}): the agent's user, which the commands the model runs share, must not be the broker's",
+                    self.run_as_user
+                ),
             ));
         }
         if let Some(ca) = &self.ca_bundle {
@@ -408,5 +462,36 @@ mod tests {
         // Unknown keys stop start-up too.
         let err = agent("ssh:\n  knownHost: {configMap: a}\n").expect_err("typo");
         assert!(err.contains("knownHost"), "{err}");
+    }
+
+    #[test]
+    fn the_secret_broker_is_on_by_default_under_its_own_user() {
+        let defaults = agent("{}\n").expect("valid");
+        assert!(defaults.secret_broker.enabled);
+        assert_eq!(defaults.secret_broker.run_as_user, 65_533);
+        assert_ne!(defaults.secret_broker.run_as_user, defaults.run_as_user);
+        let off = agent("secretBroker: {enabled: false}\n").expect("valid");
+        assert!(!off.secret_broker.enabled);
+        assert_eq!(off.secret_broker.run_as_user, 65_533);
+        let own = agent("runAsUser: 1000\nsecretBroker:\n  runAsUser: 1001\n  resources: {limits: {memory: 32Mi}}\n")
+            .expect("valid");
+        assert_eq!(own.secret_broker.run_as_user, 1001);
+        for (yaml, says) in [
+            (
+                "runAsUser: 65533\n",
+                "must differ from agent.runAsUser (65533)",
+            ),
+            ("secretBroker: {runAsUser: 0}\n", "non-root"),
+        ] {
+            let err = agent(yaml).expect_err(yaml);
+            assert!(
+                err.contains("agent.secretBroker.runAsUser") && err.contains(says),
+                "{yaml}: {err}"
+            );
+        }
+        let err = agent("secretBroker: {enable: true}\n").expect_err("typo");
+        assert!(err.contains("enable"), "{err}");
+        // Off, the broker's user is not checked against the agent's.
+        agent("runAsUser: 65533\nsecretBroker: {enabled: false}\n").expect("valid");
     }
 }

@@ -408,18 +408,16 @@ fn dispatch(
         "JobCreated",
         &format!("attempt {attempt} runs as Job {job_name}"),
     );
-    let (reason, note) = if attempt == 1 {
-        (
-            "Dispatched",
-            format!("created Job {job_name} for attempt 1"),
-        )
-    } else {
-        (
+    // The first dispatch has no Event: the Dispatched condition (with its time) says it, and
+    // an Event per task in a burst of new tasks would compete with the Jobs for the
+    // apiserver. A retry is rarer and worth its line in `kubectl describe`'s Events.
+    if attempt > 1 {
+        draft.event(
+            EventType::Normal,
             "Retrying",
             format!("created Job {job_name} for attempt {attempt}"),
-        )
-    };
-    draft.event(EventType::Normal, reason, note);
+        );
+    }
 }
 
 fn retry_when_due(draft: &mut Draft, task: &AgentTask, observed: &Observation, attempt: i32) {

@@ -20,7 +20,7 @@ use recac_api::{AgentSpec, AgentTask};
 use crate::config::{AgentDefaults, CaBundleRef};
 use crate::naming;
 
-pub use recac_api::agent_contract::CONTAINER_NAME;
+pub use recac_api::agent_contract::{BROKER_CONTAINER_NAME, CONTAINER_NAME};
 /// Where the workspace volume is mounted (also the agent's HOME).
 pub const WORKSPACE_PATH: &str = "/workspace";
 /// Where the agent clones the repository, inside the workspace volume.
@@ -31,6 +31,13 @@ pub const SCRATCH_PATH: &str = "/tmp";
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// Where each referenced Secret is mounted, as `<dir>/<secret-name>/<key>`.
 pub const SECRETS_PATH: &str = "/var/run/recac/secrets";
+/// Where the secret broker's folder (an emptyDir: its socket and markers) is mounted, read-write
+/// in the broker's container and read-only in the agent's.
+pub const BROKER_PATH: &str = "/var/run/recac/broker";
+/// The secret broker's socket (`RECAC_SECRETS_SOCKET`).
+pub const BROKER_SOCKET: &str = "/var/run/recac/broker/secrets.sock";
+/// The broker folder's volume (Secret volumes are all `secret-...`).
+const BROKER_VOLUME: &str = "broker";
 /// Where a long prompt is mounted from the task's prompt ConfigMap.
 pub const PROMPT_PATH: &str = "/var/run/recac/prompt";
 /// Where the agent's extra certificate authorities (`agent.caBundle`, or the task's
@@ -65,6 +72,7 @@ const RESERVED_ENV: &[&str] = &[
     env::PROMPT,
     env::PROMPT_FILE,
     env::SECRETS_DIR,
+    env::SECRETS_SOCKET,
     env::SECRET_ENV_ALLOW,
     env::GIT_CREDENTIAL_HOSTS,
     env::WORKSPACE,
@@ -126,6 +134,8 @@ pub fn build_job(
         service_account_name: defaults.service_account_name.clone(),
         enable_service_links: Some(false),
         security_context: Some(pod_security(defaults)),
+        init_containers: broker_on(&agent, defaults)
+            .then(|| vec![broker_container(&agent, defaults)]),
         containers: vec![agent_container(task, &agent, attempt, branch, defaults)],
         volumes: Some(volumes(task, &agent, defaults)),
         ..Default::default()
@@ -154,6 +164,11 @@ pub fn build_job(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    // `kubectl logs` shows the agent, not the broker.
+                    annotations: Some(BTreeMap::from([(
+                        "kubectl.kubernetes.io/default-container".to_string(),
+                        CONTAINER_NAME.to_string(),
+                    )])),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -239,13 +254,16 @@ fn agent_container(
             ..Default::default()
         });
     }
-    for secret in secret_names(agent, defaults) {
+    if broker_on(agent, defaults) {
+        // The socket only; the agent's container never mounts the Secrets.
         mounts.push(VolumeMount {
-            name: secret_volume_name(secret),
-            mount_path: format!("{SECRETS_PATH}/{secret}"),
+            name: BROKER_VOLUME.into(),
+            mount_path: BROKER_PATH.into(),
             read_only: Some(true),
             ..Default::default()
         });
+    } else {
+        mounts.extend(secret_mounts(agent, defaults));
     }
     Container {
         name: CONTAINER_NAME.to_string(),
@@ -275,6 +293,79 @@ fn agent_container(
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(container_security()),
+        ..Default::default()
+    }
+}
+
+/// Each Secret, read-only, at `SECRETS_PATH/<secret>`.
+fn secret_mounts(agent: &AgentSpec, defaults: &AgentDefaults) -> Vec<VolumeMount> {
+    secret_names(agent, defaults)
+        .into_iter()
+        .map(|secret| VolumeMount {
+            name: secret_volume_name(secret),
+            mount_path: format!("{SECRETS_PATH}/{secret}"),
+            read_only: Some(true),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Whether the pod has the secret broker: it is on and the task names Secrets.
+pub fn broker_on(agent: &AgentSpec, defaults: &AgentDefaults) -> bool {
+    defaults.secret_broker.enabled && !secret_names(agent, defaults).is_empty()
+}
+
+/// The broker's command: `recac secret-broker`, with the agent's program when it is `recac`
+/// named by its path (the broker runs from the agent's image: the same `recac`, so the two
+/// speak the same protocol).
+fn broker_command(agent_command: &[String]) -> Vec<String> {
+    let program = agent_command
+        .first()
+        .filter(|p| std::path::Path::new(p).file_name() == Some("recac".as_ref()))
+        .cloned()
+        .unwrap_or_else(|| "recac".into());
+    vec![program, "secret-broker".into()]
+}
+
+/// The secret broker: a native sidecar (an init container with `restartPolicy: Always`,
+/// started before the agent's container and stopped after it), from the agent's image, as
+/// another non-root user in the pod's group (the Secret files are root's, mode 0440, group
+/// `fsGroup`), with the same restricted security. It alone mounts the Secrets; it hands them
+/// to the agent over a socket in the broker emptyDir once (see `recac_agent::broker`).
+fn broker_container(agent: &AgentSpec, defaults: &AgentDefaults) -> Container {
+    let command = agent
+        .command
+        .clone()
+        .unwrap_or_else(|| defaults.command.clone());
+    let mut mounts = vec![VolumeMount {
+        name: BROKER_VOLUME.into(),
+        mount_path: BROKER_PATH.into(),
+        ..Default::default()
+    }];
+    mounts.extend(secret_mounts(agent, defaults));
+    Container {
+        name: BROKER_CONTAINER_NAME.to_string(),
+        image: Some(
+            agent
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults.image.clone()),
+        ),
+        image_pull_policy: defaults.image_pull_policy.clone(),
+        command: Some(broker_command(&command)),
+        restart_policy: Some("Always".into()),
+        env: Some(vec![
+            plain(env::SECRETS_DIR, SECRETS_PATH),
+            plain(env::SECRETS_SOCKET, BROKER_SOCKET),
+        ]),
+        resources: Some(defaults.secret_broker.resources.clone()),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(defaults.secret_broker.run_as_user),
+            run_as_group: Some(defaults.run_as_user),
+            ..container_security()
+        }),
         ..Default::default()
     }
 }
@@ -317,7 +408,9 @@ fn agent_env(
             env_vars.push(plain(env::PROMPT, prompt.clone()));
         }
     }
-    if !secret_names(agent, defaults).is_empty() {
+    if broker_on(agent, defaults) {
+        env_vars.push(plain(env::SECRETS_SOCKET, BROKER_SOCKET));
+    } else if !secret_names(agent, defaults).is_empty() {
         env_vars.push(plain(env::SECRETS_DIR, SECRETS_PATH));
     }
     let credential_hosts = if defaults.git_credential_hosts.is_empty() {
@@ -412,9 +505,10 @@ pub fn prompt_config_map(task: &AgentTask) -> Option<ConfigMap> {
     })
 }
 
-/// The workspace, the prompt file when the prompt is long, and each Secret, read-only.
-/// Secrets are mounted, not put in the environment, so that the agent knows every value
-/// that came from a Secret and can keep each one out of what it prints and reports.
+/// The workspace, the prompt file when the prompt is long, and each Secret, read-only (with
+/// the broker's folder when the broker has them). Secrets are mounted, not put in the
+/// environment, so that the agent knows every value that came from a Secret and can keep each
+/// one out of what it prints and reports.
 fn volumes(task: &AgentTask, agent: &AgentSpec, defaults: &AgentDefaults) -> Vec<Volume> {
     let mut volumes = vec![
         Volume {
@@ -457,6 +551,16 @@ fn volumes(task: &AgentTask, agent: &AgentSpec, defaults: &AgentDefaults) -> Vec
             hosts.secret.as_deref(),
             &hosts.key,
         ));
+    }
+    if broker_on(agent, defaults) {
+        volumes.push(Volume {
+            name: BROKER_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("1Mi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
     }
     for secret in secret_names(agent, defaults) {
         volumes.push(Volume {
@@ -635,8 +739,13 @@ mod tests {
 
     #[test]
     fn env_has_the_contract_and_secrets_only_by_reference() {
+        // Without the broker, the agent's container mounts the Secrets itself.
         let defaults = AgentDefaults {
             secret_refs: vec!["git-token".into()],
+            secret_broker: crate::config::SecretBroker {
+                enabled: false,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let job = build_job(&task(), 1, "recac/PROJ-7", &defaults, false);
@@ -716,6 +825,166 @@ mod tests {
             env_value(&job, "RECAC_GIT_CREDENTIAL_HOSTS").as_deref(),
             Some("github.com")
         );
+    }
+
+    fn mounts_of(container: &Container) -> Vec<(String, String, Option<bool>)> {
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone(), m.read_only))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_secret_broker_mounts_the_secrets() {
+        let defaults = AgentDefaults {
+            secret_refs: vec!["git-token".into()],
+            command: vec!["/usr/local/bin/recac".into(), "start".into()],
+            ..Default::default()
+        };
+        let job = build_job(&task(), 1, "recac/PROJ-7", &defaults, false);
+        let pod = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .unwrap_or_default();
+        let agent = &pod.containers[0];
+        let sidecars = pod.init_containers.clone().unwrap_or_default();
+        assert_eq!(sidecars.len(), 1);
+        let broker = &sidecars[0];
+        assert_eq!(broker.name, "secrets");
+        // A native sidecar: started before the agent, stopped after it.
+        assert_eq!(broker.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(broker.image, agent.image);
+        assert_eq!(
+            broker.command,
+            Some(vec![
+                "/usr/local/bin/recac".to_string(),
+                "secret-broker".to_string()
+            ])
+        );
+
+        // Only the broker mounts the Secrets; both mount the socket's folder, the agent
+        // read-only.
+        let broker_mounts = mounts_of(broker);
+        let agent_mounts = mounts_of(agent);
+        for secret in ["git-token", "llm-keys"] {
+            assert!(
+                broker_mounts.contains(&(
+                    format!("secret-{secret}"),
+                    format!("{SECRETS_PATH}/{secret}"),
+                    Some(true)
+                )),
+                "{broker_mounts:?}"
+            );
+        }
+        assert!(
+            !agent_mounts.iter().any(
+                |(name, path, _)| name.starts_with("secret-") || path.starts_with(SECRETS_PATH)
+            ),
+            "{agent_mounts:?}"
+        );
+        assert!(broker_mounts.contains(&("broker".into(), BROKER_PATH.into(), None)));
+        assert!(agent_mounts.contains(&("broker".into(), BROKER_PATH.into(), Some(true))));
+        let broker_volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "broker")
+            .and_then(|v| v.empty_dir.clone())
+            .expect("the broker's emptyDir");
+        assert_eq!(broker_volume.size_limit, Some(Quantity("1Mi".into())));
+
+        // The agent reads the socket, not the folder; the broker the folder.
+        assert_eq!(
+            env_value(&job, "RECAC_SECRETS_SOCKET").as_deref(),
+            Some(BROKER_SOCKET)
+        );
+        assert_eq!(env_value(&job, "RECAC_SECRETS_DIR"), None);
+        let broker_env: Vec<(String, Option<String>)> = broker
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        assert_eq!(
+            broker_env,
+            vec![
+                ("RECAC_SECRETS_DIR".into(), Some(SECRETS_PATH.into())),
+                ("RECAC_SECRETS_SOCKET".into(), Some(BROKER_SOCKET.into())),
+            ]
+        );
+
+        // Another user in the pod's group, with the agent's restricted security.
+        let psc = pod.security_context.clone().unwrap_or_default();
+        let bsc = broker.security_context.clone().unwrap_or_default();
+        assert_eq!(psc.run_as_user, Some(65_532));
+        assert_eq!(psc.fs_group, Some(65_532));
+        assert_eq!(bsc.run_as_user, Some(65_533));
+        assert_eq!(bsc.run_as_group, Some(65_532));
+        assert_eq!(bsc.run_as_non_root, Some(true));
+        assert_eq!(bsc.allow_privilege_escalation, Some(false));
+        assert_eq!(bsc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            bsc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()])
+        );
+        let requests = broker
+            .resources
+            .clone()
+            .and_then(|r| r.requests)
+            .unwrap_or_default();
+        assert_eq!(requests.get("cpu"), Some(&Quantity("10m".into())));
+        let annotations = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.clone())
+            .and_then(|m| m.annotations)
+            .unwrap_or_default();
+        assert_eq!(
+            annotations
+                .get("kubectl.kubernetes.io/default-container")
+                .map(String::as_str),
+            Some("agent")
+        );
+
+        // A task cannot point the agent elsewhere; an agent command that is not `recac` itself
+        // leaves the broker to the image's `recac`.
+        let mut t = task();
+        if let Some(agent) = t.spec.agent.as_mut() {
+            agent.env.push(EnvVarPair {
+                name: "RECAC_SECRETS_SOCKET".into(),
+                value: "/workspace/fake.sock".into(),
+            });
+            agent.command = Some(vec!["sh".into(), "-c".into(), "exec recac start".into()]);
+        }
+        let job = build_job(&t, 1, "b", &defaults, false);
+        assert_eq!(
+            env_value(&job, "RECAC_SECRETS_SOCKET").as_deref(),
+            Some(BROKER_SOCKET)
+        );
+        let pod = job.spec.and_then(|s| s.template.spec).unwrap_or_default();
+        assert_eq!(
+            pod.init_containers.unwrap_or_default()[0].command,
+            Some(vec!["recac".to_string(), "secret-broker".to_string()])
+        );
+
+        // No Secrets, no broker.
+        let job = build_job(&task(), 1, "b", &AgentDefaults::default(), false);
+        let mut no_secrets = task();
+        if let Some(agent) = no_secrets.spec.agent.as_mut() {
+            agent.secret_refs.clear();
+        }
+        let bare = build_job(&no_secrets, 1, "b", &AgentDefaults::default(), false);
+        assert!(
+            job.spec
+                .and_then(|s| s.template.spec)
+                .is_some_and(|p| p.init_containers.is_some())
+        );
+        let pod = bare.spec.and_then(|s| s.template.spec).unwrap_or_default();
+        assert!(pod.init_containers.is_none());
+        assert!(!pod.volumes.iter().flatten().any(|v| v.name == "broker"));
     }
 
     #[test]

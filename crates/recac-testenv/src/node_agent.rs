@@ -56,8 +56,18 @@
 //! Succeeded (all exit codes 0) or Failed with `state.terminated` (exit code,
 //! reason `Completed`/`Error`, message, start and finish times, container ID).
 //! Containers are **never restarted**: `restartPolicy` OnFailure and Always are
-//! treated like Never. Init containers are not supported (the pod is reported
-//! `CreateContainerConfigError`).
+//! treated like Never.
+//!
+//! Native sidecars (init containers with `restartPolicy: Always`) are started first, in
+//! order, then the pod's containers; they are reported in `initContainerStatuses`, and when
+//! every container of the pod has exited they get SIGTERM (SIGKILL after the grace period),
+//! as a kubelet stops them. The pod's phase follows its containers only (a sidecar's exit
+//! code does not count) and turns terminal once the sidecars have stopped too. A sidecar that
+//! exits early is not restarted. Init containers that run to completion are not supported
+//! (the pod is reported `CreateContainerConfigError`). Each container's process sees the
+//! paths of its own volume mounts only; all processes run as the agent's user, so nothing
+//! keeps one container's process from another's folders (unlike separate users and mount
+//! namespaces on a real node).
 //!
 //! When a pod gets a `deletionTimestamp` (deleted directly, by the Job controller,
 //! by garbage collection), its processes get SIGTERM, then SIGKILL after the pod's
@@ -830,6 +840,8 @@ struct ContainerInfo {
     termination_log: PathBuf,
     log_path: PathBuf,
     fallback_to_logs: bool,
+    /// A native sidecar (an init container with `restartPolicy: Always`).
+    sidecar: bool,
     state: State,
 }
 
@@ -901,6 +913,9 @@ fn status_patch(
     pod_reason: Option<(&str, &str)>,
 ) -> Value {
     let now = Timestamp::now();
+    let (sidecars, main): (Vec<&ContainerInfo>, Vec<&ContainerInfo>) =
+        containers.iter().partition(|c| c.sidecar);
+    // Terminal only once the sidecars have stopped too; their exit codes do not count.
     let all_terminated = containers
         .iter()
         .all(|c| matches!(c.state, State::Terminated { .. }));
@@ -913,7 +928,7 @@ fn status_patch(
     let phase = if any_waiting {
         "Pending"
     } else if all_terminated {
-        let all_zero = containers
+        let all_zero = main
             .iter()
             .all(|c| matches!(c.state, State::Terminated { exit_code: 0, .. }));
         if all_zero && pod_reason.is_none() {
@@ -932,8 +947,15 @@ fn status_patch(
         "podIPs": [{"ip": "127.0.0.1"}],
         "startTime": time(start_time),
         "conditions": conditions(true, all_running, now),
-        "containerStatuses": containers.iter().map(container_status).collect::<Vec<_>>(),
+        "containerStatuses": main.iter().map(|c| container_status(c)).collect::<Vec<_>>(),
     });
+    if !sidecars.is_empty() {
+        status["initContainerStatuses"] = sidecars
+            .iter()
+            .map(|c| container_status(c))
+            .collect::<Vec<_>>()
+            .into();
+    }
     if let Some((reason, message)) = pod_reason {
         status["reason"] = json!(reason);
         status["message"] = json!(message);
@@ -979,6 +1001,7 @@ async fn run_pod(shared: Arc<Shared>, handle: Arc<PodHandle>, mut updates: watch
                             termination_log: PathBuf::new(),
                             log_path: PathBuf::new(),
                             fallback_to_logs: false,
+                            sidecar: false,
                             state: State::Waiting {
                                 reason: "CreateContainerConfigError".into(),
                                 message: message.clone(),
@@ -1058,6 +1081,7 @@ async fn run_pod(shared: Arc<Shared>, handle: Arc<PodHandle>, mut updates: watch
             termination_log: spec.termination_log,
             log_path: spec.log_path,
             fallback_to_logs: spec.fallback_to_logs,
+            sidecar: spec.sidecar,
             state,
         });
     }
@@ -1087,6 +1111,7 @@ async fn run_pod(shared: Arc<Shared>, handle: Arc<PodHandle>, mut updates: watch
         let changed = poll_exits(&handle, &mut infos);
         if infos
             .iter()
+            .filter(|c| !c.sidecar)
             .all(|c| matches!(c.state, State::Terminated { .. }))
         {
             break None;
@@ -1110,8 +1135,8 @@ async fn run_pod(shared: Arc<Shared>, handle: Arc<PodHandle>, mut updates: watch
             break Some(Stop::Deadline);
         }
     };
-    if stop.is_some() {
-        let pod = updates.borrow().clone();
+    let grace = {
+        let pod = updates.borrow();
         let requested = pod
             .metadata
             .deletion_grace_period_seconds
@@ -1120,9 +1145,19 @@ async fn run_pod(shared: Arc<Shared>, handle: Arc<PodHandle>, mut updates: watch
                 .as_ref()
                 .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30);
-        let grace = Duration::from_secs(u64::try_from(requested).unwrap_or(0))
-            .min(shared.options.max_grace_period);
-        terminate(&handle, &mut infos, grace).await;
+        Duration::from_secs(u64::try_from(requested).unwrap_or(0))
+            .min(shared.options.max_grace_period)
+    };
+    // The pod's containers first, then its sidecars (also when the containers ended on their
+    // own), as a kubelet stops them.
+    if stop.is_some() {
+        terminate(&handle, &mut infos, grace, false).await;
+    }
+    if infos
+        .iter()
+        .any(|c| c.sidecar && matches!(c.state, State::Running { .. }))
+    {
+        terminate(&handle, &mut infos, grace, true).await;
     }
     let reason = match stop {
         Some(Stop::Deadline) => Some((
@@ -1202,11 +1237,21 @@ fn poll_exits(handle: &PodHandle, infos: &mut [ContainerInfo]) -> bool {
     changed
 }
 
-/// SIGTERM to every running process, SIGKILL after `grace`, then records the exits.
-async fn terminate(handle: &PodHandle, infos: &mut [ContainerInfo], grace: Duration) {
+/// SIGTERM to every running process of the pod's containers (`sidecars` false) or of its
+/// sidecars, SIGKILL after `grace`, then records the exits.
+async fn terminate(
+    handle: &PodHandle,
+    infos: &mut [ContainerInfo],
+    grace: Duration,
+    sidecars: bool,
+) {
     let runs: Vec<Arc<ContainerRun>> = lock(&handle.containers).clone();
+    let chosen: Vec<bool> = infos.iter().map(|c| c.sidecar == sidecars).collect();
     let signal_all = |sig: libc::c_int| {
-        for run in &runs {
+        for (run, chosen) in runs.iter().zip(&chosen) {
+            if !chosen {
+                continue;
+            }
             if let Some(process) = lock(&run.process).as_mut() {
                 process.signal(sig);
             }
@@ -1215,7 +1260,7 @@ async fn terminate(handle: &PodHandle, infos: &mut [ContainerInfo], grace: Durat
     let running = |infos: &[ContainerInfo]| {
         infos
             .iter()
-            .any(|c| matches!(c.state, State::Running { .. }))
+            .any(|c| c.sidecar == sidecars && matches!(c.state, State::Running { .. }))
     };
     signal_all(libc::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
@@ -1233,6 +1278,9 @@ async fn terminate(handle: &PodHandle, infos: &mut [ContainerInfo], grace: Durat
     }
     // Anything still unaccounted for (should not happen) counts as killed.
     for (info, run) in infos.iter_mut().zip(runs.iter()) {
+        if info.sidecar != sidecars {
+            continue;
+        }
         if let State::Running { started_at } = info.state {
             run.kill_now();
             info.state = State::Terminated {

@@ -103,8 +103,8 @@ fn kubectl(plane: &ControlPlane, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn pod(name: &str, script: &str) -> Pod {
-    from_json(serde_json::json!({
+fn pod_json(name: &str, script: &str) -> serde_json::Value {
+    serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
@@ -112,7 +112,11 @@ fn pod(name: &str, script: &str) -> Pod {
             "restartPolicy": "Never",
             "containers": [{"name": "main", "image": "ignored", "command": ["sh", "-c", script]}],
         },
-    }))
+    })
+}
+
+fn pod(name: &str, script: &str) -> Pod {
+    from_json(pod_json(name, script))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,6 +268,133 @@ echo "pod=$POD_NAME ns=$NS"
     assert!(logs.contains(&format!("ns={namespace}")), "logs: {logs}");
     agent.shutdown().await.expect("shutdown");
     eprintln!("secret env job test took {:?}", started.elapsed());
+}
+
+/// A native sidecar (an init container with `restartPolicy: Always`) starts before the pod's
+/// container, sees only its own mounts (a Secret the container does not mount), is reported
+/// in `initContainerStatuses`, and gets SIGTERM when the container has ended; the pod's phase
+/// follows the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_start_first_and_stop_after_the_container() {
+    let started = Instant::now();
+    let (plane, client, namespace, agent) = setup("na-sidecar").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret: Secret = from_json(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "only-for-the-sidecar"},
+        "stringData": {"token": "sidecar-token"},
+    }));
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    let sidecar = r#"trap 'echo "sidecar stopped after: $(cat /shared/main-done)"; exit 0' TERM
+cat /secret/token > /shared/from-sidecar
+while true; do sleep 0.1; done
+"#;
+    let main = r#"set -e
+i=0; while [ ! -s /shared/from-sidecar ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "main read: $(cat /shared/from-sidecar)"
+test "$SECRET_DIR" = /secret
+echo main > /shared/main-done
+"#;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let job: Job = from_json(serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "sidecar"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "volumes": [
+                    {"name": "shared", "emptyDir": {}},
+                    {"name": "secret", "secret": {"secretName": "only-for-the-sidecar"}},
+                ],
+                "initContainers": [{
+                    "name": "side",
+                    "image": "ignored",
+                    "restartPolicy": "Always",
+                    "command": ["sh", "-c", sidecar],
+                    "volumeMounts": [
+                        {"name": "shared", "mountPath": "/shared"},
+                        {"name": "secret", "mountPath": "/secret", "readOnly": true},
+                    ],
+                }],
+                "containers": [{
+                    "name": "main",
+                    "image": "ignored",
+                    "command": ["sh", "-c", main],
+                    "env": [{"name": "SECRET_DIR", "value": "/secret"}],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                }],
+            }},
+        },
+    }));
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+    wait_job_condition(&jobs, "sidecar", "Complete").await;
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let list = pods
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name=sidecar"))
+        .await
+        .expect("list pods");
+    let pod = &list.items[0];
+    let status = pod.status.clone().unwrap_or_default();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let names = |statuses: Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
+        statuses
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| {
+                let code = c.state.and_then(|s| s.terminated).map(|t| t.exit_code);
+                (c.name, code)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(status.container_statuses),
+        vec![("main".to_string(), Some(0))]
+    );
+    assert_eq!(
+        names(status.init_container_statuses),
+        vec![("side".to_string(), Some(0))]
+    );
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let main_log = kubectl(plane, &["logs", "-n", &namespace, &name, "-c", "main"]);
+    assert_eq!(main_log, "main read: sidecar-token\n");
+    let side_log = kubectl(plane, &["logs", "-n", &namespace, &name, "-c", "side"]);
+    // (sh may say that its `sleep` was terminated too: the whole group gets the signal.)
+    assert!(
+        side_log.ends_with("sidecar stopped after: main\n"),
+        "{side_log}"
+    );
+
+    // An init container that runs to completion is not supported: the pod waits, saying so.
+    let mut once = pod_json("once", "exit 0");
+    once["spec"]["initContainers"] =
+        serde_json::json!([{"name": "setup", "image": "ignored", "command": ["true"]}]);
+    pods.create(&PostParams::default(), &from_json(once))
+        .await
+        .expect("create pod");
+    let waiting = wait_for(
+        "the pod's config error",
+        Duration::from_secs(20),
+        || async {
+            let pod = pods.get("once").await.ok()?;
+            let state = pod.status?.container_statuses?.first()?.state.clone()?;
+            state.waiting?.message
+        },
+    )
+    .await;
+    assert!(
+        waiting.contains("\"setup\" runs to completion"),
+        "{waiting}"
+    );
+    agent.shutdown().await.expect("shutdown");
+    eprintln!("sidecar test took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The `recac` command: the operator, the agent and the tools around them.
 
+mod broker_cmd;
 mod config;
 mod dev_cmd;
 mod jira_cmd;
@@ -40,6 +41,11 @@ enum Command {
     /// Run the whole loop on this machine: a local control plane, the Jira simulator with
     /// demo tickets, a git server, the demo model, a node agent and two operator replicas.
     Dev(dev_cmd::DevArgs),
+    /// The secret broker of an agent pod (its `secrets` sidecar): reads the task's Secrets
+    /// from RECAC_SECRETS_DIR and hands them to the first connection on the unix socket
+    /// RECAC_SECRETS_SOCKET (the agent's), then waits for SIGTERM.
+    #[command(hide = true)]
+    SecretBroker,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +61,10 @@ fn main() -> ExitCode {
             orchestrate_cmd::run(args)
         }
         Command::Start(args) => start_cmd::run(*args, log_format),
+        Command::SecretBroker => {
+            logging::init(log_format, "info", std::io::stderr);
+            broker_cmd::run()
+        }
         Command::Dev(args) => {
             // The control plane is polled while it starts; its refusals are expected.
             logging::init(log_format, "warn,kube_client=off", std::io::stderr);

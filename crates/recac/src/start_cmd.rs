@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use recac_agent::broker::{self, BrokerError};
 use recac_agent::redact::{RedactingStderr, Redactor};
-use recac_agent::settings::{ENV_DOCS, Settings, secrets_from_lookup, vars};
+use recac_agent::secrets::SecretFiles;
+use recac_agent::settings::{ENV_DOCS, Settings, secret_texts, secrets_from_lookup, vars};
 use recac_api::agent_contract::{AgentResult, Outcome, exit_code};
 
 /// Jira credentials `--jira` may use; their values are redacted too.
@@ -177,8 +179,12 @@ fn finish(result: &AgentResult, path: Option<&std::path::Path>) -> ExitCode {
 }
 
 fn gave_up(message: String) -> AgentResult {
+    ended(Outcome::GaveUp, message)
+}
+
+fn ended(outcome: Outcome, message: String) -> AgentResult {
     AgentResult {
-        outcome: Outcome::GaveUp,
+        outcome,
         branch: None,
         commit: None,
         pull_request_url: None,
@@ -208,11 +214,32 @@ async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
     stop.cancel();
 }
 
+/// The task's Secrets from the secret broker, when `RECAC_SECRETS_SOCKET` names its socket
+/// (the pod has the `secrets` sidecar): read once, first, and then this process is made
+/// non-dumpable, so that the commands the model runs (its children, of its user) cannot read
+/// its memory or environment through `/proc`. `None` without a socket: the Secrets are read
+/// from `RECAC_SECRETS_DIR`, if anything.
+fn secrets_from_broker() -> Option<(Result<SecretFiles, BrokerError>, std::io::Result<()>)> {
+    let socket = std::env::var(vars::SECRETS_SOCKET)
+        .ok()
+        .filter(|s| !s.trim().is_empty())?;
+    // Before the values are in memory: nothing of them is ever in a dumpable process.
+    let undumpable = broker::make_undumpable();
+    let files = broker::fetch(std::path::Path::new(socket.trim()), broker::CONNECT_WAIT)
+        .map(|entries| SecretFiles::from_entries(&entries));
+    Some((files, undumpable))
+}
+
 /// Runs `recac start`.
 pub fn run(args: StartArgs, log_format: recac_runtime::logging::LogFormat) -> ExitCode {
     let mut overrides = args.overrides();
     let env_lookup = |k: &str| std::env::var(k).ok();
-    let mut secrets = secrets_from_lookup(env_lookup);
+    let from_broker = secrets_from_broker();
+    let mut secrets = match &from_broker {
+        Some((Ok(files), _)) => secret_texts(env_lookup, files),
+        Some((Err(_), _)) => secret_texts(env_lookup, &SecretFiles::default()),
+        None => secrets_from_lookup(env_lookup),
+    };
     secrets.extend(
         JIRA_SECRET_VARS
             .iter()
@@ -231,6 +258,39 @@ pub fn run(args: StartArgs, log_format: recac_runtime::logging::LogFormat) -> Ex
         .cloned()
         .or_else(|| std::env::var(vars::RESULT_PATH).ok())
         .unwrap_or_else(|| "/dev/termination-log".into());
+    let broker_files = match from_broker {
+        None => None,
+        Some((files, undumpable)) => {
+            if let Err(e) = undumpable {
+                tracing::warn!(error = %e, "cannot make the agent non-dumpable: the commands the model runs may read its memory");
+            }
+            match files {
+                Ok(files) => {
+                    if std::env::var(vars::SECRETS_DIR).is_ok_and(|d| !d.trim().is_empty()) {
+                        tracing::warn!(
+                            "{} is ignored: the Secrets come from the secret broker ({})",
+                            vars::SECRETS_DIR,
+                            vars::SECRETS_SOCKET
+                        );
+                    }
+                    Some(files)
+                }
+                Err(e) => {
+                    let message = redactor.redact(&format!("{}: {e}", vars::SECRETS_SOCKET));
+                    tracing::error!("{message}");
+                    let outcome = if e.is_permanent() {
+                        Outcome::GaveUp
+                    } else {
+                        Outcome::Failed
+                    };
+                    return finish(
+                        &ended(outcome, message),
+                        Some(std::path::Path::new(&fallback_result_path)),
+                    );
+                }
+            }
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -265,7 +325,11 @@ pub fn run(args: StartArgs, log_format: recac_runtime::logging::LogFormat) -> Ex
             }
             overrides.get(k).cloned().or_else(|| std::env::var(k).ok())
         };
-        let settings = match Settings::from_lookup(lookup) {
+        let settings = match broker_files {
+            Some(files) => Settings::with_secret_files(lookup, files),
+            None => Settings::from_lookup(lookup),
+        };
+        let settings = match settings {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("invalid settings: {e}");

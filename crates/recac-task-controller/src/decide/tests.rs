@@ -118,7 +118,11 @@ fn a_new_task_with_a_free_slot_is_dispatched() {
         Some("True")
     );
     assert!(condition(&plan, "Queued").is_none());
-    assert_eq!(event_reasons(&plan), vec!["Dispatched"]);
+    assert!(
+        event_reasons(&plan).is_empty(),
+        "{:?}",
+        event_reasons(&plan)
+    );
 }
 
 #[test]

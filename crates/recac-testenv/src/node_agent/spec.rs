@@ -23,6 +23,9 @@ pub struct ProcessSpec {
     pub termination_log: PathBuf,
     pub log_path: PathBuf,
     pub fallback_to_logs: bool,
+    /// A native sidecar: an init container with `restartPolicy: Always`, started before the
+    /// pod's containers and stopped after them.
+    pub sidecar: bool,
 }
 
 /// Reads Secrets and ConfigMaps once per pod preparation.
@@ -93,10 +96,15 @@ pub async fn prepare(
         .spec
         .as_ref()
         .ok_or_else(|| ConfigError("pod has no spec".into()))?;
-    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
-        return Err(ConfigError(
-            "init containers are not supported by the recac node agent".into(),
-        ));
+    let sidecars = spec.init_containers.as_deref().unwrap_or_default();
+    if let Some(init) = sidecars
+        .iter()
+        .find(|c| c.restart_policy.as_deref() != Some("Always"))
+    {
+        return Err(ConfigError(format!(
+            "init container {:?} runs to completion, which the recac node agent does not support (only sidecars: restartPolicy Always)",
+            init.name
+        )));
     }
     let mut sources = Sources {
         client: client.clone(),
@@ -110,9 +118,18 @@ pub async fn prepare(
         pod_dir,
     )
     .await?;
+    // Sidecars first, in order, like the kubelet starts them. Each container sees only its own
+    // volume mounts.
     let mut specs = Vec::new();
-    for container in &spec.containers {
-        specs.push(prepare_container(&mut sources, pod, container, &volumes, pod_dir).await?);
+    for (container, sidecar) in sidecars
+        .iter()
+        .map(|c| (c, true))
+        .chain(spec.containers.iter().map(|c| (c, false)))
+    {
+        let mut prepared =
+            prepare_container(&mut sources, pod, container, &volumes, pod_dir).await?;
+        prepared.sidecar = sidecar;
+        specs.push(prepared);
     }
     Ok(specs)
 }
@@ -311,6 +328,7 @@ async fn prepare_container(
         termination_log,
         fallback_to_logs: container.termination_message_policy.as_deref()
             == Some("FallbackToLogsOnError"),
+        sidecar: false,
     })
 }
 
