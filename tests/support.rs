@@ -503,3 +503,110 @@ pub async fn bare_job_creates(plane: &ControlPlane, n: usize) -> (f64, f64) {
     let cpu = process_cpu_seconds(apiserver) - cpu_before;
     (rate, cpu / n as f64)
 }
+
+/// The apiserver's CPU per write of each kind on the way from a ticket to its Job, each
+/// measured alone on `n` AgentTasks made here (32 in flight): create the task, patch its
+/// metadata (the claim's annotation, a JSON merge patch) and apply its status (server-side
+/// apply under the task controller's field manager, as a dispatch writes it). Seconds per
+/// write, in that order.
+pub async fn bare_task_writes(plane: &ControlPlane, n: usize) -> [(&'static str, f64); 3] {
+    use futures::StreamExt;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let ns = plane
+        .namespace(&format!("bench-task-writes-{n}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let api: kube::Api<recac_api::AgentTask> = kube::Api::namespaced(client, &ns);
+    let apiserver = plane.component_pid("kube-apiserver").unwrap_or(0);
+    let names: Vec<String> = (0..n).map(|i| format!("ops-{i}-r1")).collect();
+    let measure = |cpu_before: f64| (process_cpu_seconds(apiserver) - cpu_before) / n as f64;
+
+    let before = process_cpu_seconds(apiserver);
+    futures::stream::iter(names.iter())
+        .map(|name| {
+            let api = api.clone();
+            let task: recac_api::AgentTask = serde_json::from_value(serde_json::json!({
+                "apiVersion": "recac.io/v1alpha1",
+                "kind": "AgentTask",
+                "metadata": {
+                    "name": name,
+                    "labels": {"recac.io/source": "ops", "recac.io/ticket": "OPS-1", "recac.io/run": "1"},
+                    "annotations": {"recac.io/claim": "pending", "recac.io/trigger": "created"},
+                },
+                "spec": {
+                    "prompt": "Jira ticket OPS-1: bench ticket\n\nRepo: https://git.example.com/org/repo.git\n",
+                    "ticket": {"source": "jira", "key": "OPS-1", "url": "https://jira.example.com/browse/OPS-1"},
+                    "repository": {"url": "https://git.example.com/org/repo.git"},
+                },
+            }))
+            .expect("a task");
+            async move {
+                api.create(&PostParams::default(), &task)
+                    .await
+                    .expect("task created");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let create = measure(before);
+
+    let before = process_cpu_seconds(apiserver);
+    futures::stream::iter(names.iter())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let patch =
+                    serde_json::json!({"metadata": {"annotations": {"recac.io/claim": "claimed"}}});
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("task patched");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let patch = measure(before);
+
+    let before = process_cpu_seconds(apiserver);
+    futures::stream::iter(names.iter())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let status = serde_json::json!({
+                    "phase": "Pending",
+                    "attempt": 1,
+                    "retries": 0,
+                    "jobName": format!("{name}-a1"),
+                    "branch": "recac/OPS-1",
+                    "startTime": "2026-12-06T10:00:00Z",
+                    "message": format!("attempt 1 starting as Job {name}-a1"),
+                    "observedGeneration": 1,
+                    "conditions": [{
+                        "type": "Dispatched", "status": "True", "reason": "JobCreated",
+                        "message": format!("attempt 1 runs as Job {name}-a1"),
+                        "lastTransitionTime": "2026-12-06T10:00:00Z", "observedGeneration": 1,
+                    }],
+                });
+                recac_runtime::status::apply_status(
+                    &api,
+                    name,
+                    None,
+                    recac_task_controller::controller::FIELD_MANAGER,
+                    &status,
+                )
+                .await
+                .expect("status applied");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let status = measure(before);
+    [
+        ("create the task", create),
+        ("patch its metadata", patch),
+        ("apply its status", status),
+    ]
+}

@@ -72,6 +72,11 @@ struct Setup {
 }
 
 async fn setup(prefix: &str) -> Setup {
+    setup_with_env(prefix, Vec::new()).await
+}
+
+/// [`setup`] with `node_env` given to every container the node agent runs.
+async fn setup_with_env(prefix: &str, node_env: Vec<(String, String)>) -> Setup {
     let plane = control_plane(ControlPlaneOptions {
         controller_manager: true,
         ..Default::default()
@@ -84,6 +89,7 @@ async fn setup(prefix: &str) -> Setup {
         client.clone(),
         NodeAgentOptions {
             namespaces: vec![ns.clone()],
+            node_env,
             ..Default::default()
         },
     )
@@ -886,8 +892,16 @@ fn git(dir: &std::path::Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_gets_its_secrets_from_the_secret_broker() {
     use k8s_openapi::api::core::v1::Secret;
+    // `recac` from the node's PATH, as an image has it: a command path under /tmp would be
+    // mapped into the pod's /tmp emptyDir by the node agent (a checkout under /tmp).
     let recac = recac_binary();
-    let s = setup("tc-broker").await;
+    let bin = recac
+        .parent()
+        .expect("the binary's folder")
+        .display()
+        .to_string();
+    let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+    let s = setup_with_env("tc-broker", vec![("PATH".into(), path)]).await;
 
     // A repository to clone and push to.
     let work = tempfile::tempdir().expect("temp dir");
@@ -937,7 +951,7 @@ async fn the_agent_gets_its_secrets_from_the_secret_broker() {
             ..Default::default()
         },
         agent: AgentDefaults {
-            command: vec![recac.display().to_string(), "start".into()],
+            command: vec!["recac".into(), "start".into()],
             secret_refs: vec!["agent-creds".into()],
             secret_env_allow: vec!["DB_PASSWORD".into()],
             env: vec![
@@ -1015,7 +1029,7 @@ spec:
     assert_eq!(broker.name, "secrets");
     assert_eq!(
         broker.command,
-        Some(vec![recac.display().to_string(), "secret-broker".into()])
+        Some(vec!["recac".to_string(), "secret-broker".into()])
     );
     let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
         c.volume_mounts

@@ -8,8 +8,9 @@
 //!   transition) to it; the apiserver's writes per ticket by verb and resource (from the
 //!   apiserver's own `apiserver_request_total`, every client, counted until 3 s after the
 //!   last Job) and its CPU per ticket, beside a bare Job create measured in the same run (the
-//!   same number of Jobs created directly, 32 in flight); Jira requests (reads, writes per
-//!   ticket); the operator's peak RSS.
+//!   same number of Jobs created directly, 32 in flight) and each write of a ticket's way
+//!   measured alone (create a task, patch its metadata, apply its status); Jira requests
+//!   (reads, writes per ticket); the operator's peak RSS.
 //! - **large** (`BENCH_SOURCE_LARGE`, default 5000): every ticket becomes a task (no page or
 //!   result cap); then, idle, the Jira requests per poll interval.
 //! - **latency** (`BENCH_SOURCE_SAMPLES`, default 30): from a ticket becoming ready to its Job
@@ -212,6 +213,7 @@ async fn burst(plane: &ControlPlane, n: usize) {
     drop(op);
     let bare_jobs = n.min(2000);
     let (bare_rate, bare_cpu) = recac_tests::bare_job_creates(plane, bare_jobs).await;
+    let task_writes = recac_tests::bare_task_writes(plane, bare_jobs).await;
     let (writes_by_kind, writes_total) = recac_tests::writes_per(&writes_before, &writes_after, n);
     let claim_to_job = last_claim
         .map(|at| {
@@ -237,6 +239,15 @@ async fn burst(plane: &ControlPlane, n: usize) {
         bare_cpu * 1000.0,
         cpu_to_last_job / n as f64 / bare_cpu.max(1e-9),
         cpu_settled / n as f64 / bare_cpu.max(1e-9),
+    );
+    println!(
+        "burst {n}: apiserver CPU per write, each alone ({bare_jobs} of each, 32 in flight): create a Job {:.2} ms, {}",
+        bare_cpu * 1000.0,
+        task_writes
+            .iter()
+            .map(|(what, cpu)| format!("{what} {:.2} ms", cpu * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "burst {n}: last Job after {elapsed:.2} s (from operator start), {claim_to_job} after the last claim; Jira requests: {reads} reads, {writes} writes ({:.2} writes per ticket, {:.2} reads per ticket); operator peak RSS {peak:.1} MiB",
