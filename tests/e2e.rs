@@ -372,7 +372,8 @@ echo "secret-probe: $hits of $n reads succeeded, $procs recac processes probed"
     }
     let probe_summary = probe_log
         .lines()
-        .find(|l| l.starts_with("secret-probe: ") && l.contains(" reads succeeded"))
+        .filter_map(|l| l.find("secret-probe: ").map(|at| &l[at..]))
+        .find(|l| l.contains(" reads succeeded"))
         .unwrap_or_default()
         .to_string();
 

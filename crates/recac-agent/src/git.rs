@@ -203,6 +203,39 @@ pub fn key_offer(url: &str, key_configured: bool, scopes: &[HostScope]) -> KeyOf
     }
 }
 
+/// The git commands that reach the remote: the only ones given the token.
+const NETWORK_COMMANDS: [&str; 4] = ["clone", "fetch", "push", "ls-remote"];
+
+/// Set on every git command: no hooks, no file-system monitor, no `ext::` transport (each runs
+/// a program the repository's configuration names, and the model's commands can write that
+/// configuration), certificates always verified.
+const HARDENING: [&str; 4] = [
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "protocol.ext.allow=never",
+    "http.sslVerify=true",
+];
+
+/// The keys of a repository's own configuration that survive [`Git::own_local_config`]: what
+/// a clone writes and the agent's branches need. Everything else (credential helpers, URL
+/// rewrites, proxies, per-URL TLS settings, filters, includes, `sshCommand`, push URLs) is
+/// dropped before git talks to the remote.
+fn kept_local_key(key: &str) -> bool {
+    const EXACT: [&str; 8] = [
+        "core.repositoryformatversion",
+        "core.filemode",
+        "core.bare",
+        "core.logallrefupdates",
+        "core.ignorecase",
+        "core.precomposeunicode",
+        "remote.origin.fetch",
+        "init.defaultbranch",
+    ];
+    EXACT.contains(&key)
+        || key.starts_with("extensions.")
+        || (key.starts_with("branch.") && (key.ends_with(".remote") || key.ends_with(".merge")))
+}
+
 /// `text` quoted for `sh` (git runs `GIT_SSH_COMMAND` through the shell).
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
@@ -212,8 +245,11 @@ fn shell_quote(text: &str) -> String {
 /// `known_hosts` as the known hosts when given, and only `key_file` as the identity when given.
 /// Only paths are in it, never a key.
 pub fn ssh_command(known_hosts: Option<&Path>, key_file: Option<&Path>) -> String {
+    // -F /dev/null: no ssh_config of the agent's home (a writable emptyDir the model's
+    // commands share) can add a ProxyCommand or LocalCommand.
     let mut command =
-        "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no".to_string();
+        "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no"
+            .to_string();
     if let Some(file) = known_hosts {
         command.push_str(" -o ");
         command.push_str(&shell_quote(&format!(
@@ -398,11 +434,42 @@ pub struct Identity {
     pub email: String,
 }
 
+/// The SSH key's private copy (mode 0600, in a folder only the agent's user enters), removed
+/// when dropped: it exists only while a git command reaches the remote, so the commands the
+/// model runs (the same user) find it only if one of them is running then.
+struct KeyCopy(PathBuf);
+
+impl KeyCopy {
+    fn write(file: &Path, text: &str) -> std::io::Result<Self> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let _ = std::fs::remove_file(file);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)?;
+        let copy = Self(file.to_path_buf());
+        out.write_all(text.as_bytes())?;
+        Ok(copy)
+    }
+}
+
+impl Drop for KeyCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// How git's ssh is set up for one [`Git`].
 struct SshSetup {
     known_hosts: Option<PathBuf>,
-    /// The private copy of the key (mode 0600), when a key is configured.
+    /// Where the private copy of the key (mode 0600) is written while a command reaches the
+    /// remote, when a key is configured; absent the rest of the time (see
+    /// [`KeyCopy`]).
     key_file: Option<PathBuf>,
+    /// The key's file text, for that copy.
+    key_text: Option<String>,
     key_scopes: Vec<HostScope>,
     /// The machine's own `GIT_SSH_COMMAND`, kept when nothing is configured (a developer's
     /// machine).
@@ -437,6 +504,8 @@ pub struct Git {
     ssh: SshSetup,
     /// The remote's URL (set by the clone, else read once from the checkout).
     remote: OnceLock<String>,
+    /// The token's variables, for [`NETWORK_COMMANDS`] only.
+    credential_env: Vec<(String, String)>,
     // Holds the combined CA bundle and the private copy of the SSH key; removed on drop.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -459,10 +528,17 @@ impl Git {
             ("GIT_ASKPASS".to_string(), String::new()),
             ("SSH_ASKPASS".to_string(), String::new()),
         ];
-        if let Some(credential) = credential {
-            env.push((USERNAME_VAR.into(), credential.username.clone()));
-            env.push((PASSWORD_VAR.into(), credential.token.clone()));
-        }
+        // The token is given only to the commands that talk to the remote (see
+        // [`NETWORK_COMMANDS`]), never to the others, which a repository's configuration could
+        // make run programs of the model's choosing.
+        let credential_env = credential
+            .map(|c| {
+                vec![
+                    (USERNAME_VAR.to_string(), c.username.clone()),
+                    (PASSWORD_VAR.to_string(), c.token.clone()),
+                ]
+            })
+            .unwrap_or_default();
         let scratch = if ca_bundle.is_some() || ssh.private_key.is_some() {
             let holder = tempfile::Builder::new().prefix("recac-git-").tempdir()?;
             // Only the agent's user enters it.
@@ -477,30 +553,32 @@ impl Git {
             std::fs::write(&file, combined_ca_bundle(extra)?)?;
             env.push(("GIT_SSL_CAINFO".into(), file.to_string_lossy().into_owned()));
         }
-        let key_file = match (&ssh.private_key, &scratch) {
+        let (key_file, key_text) = match (&ssh.private_key, &scratch) {
             (Some(key), Some(holder)) => {
-                use std::io::Write as _;
-                use std::os::unix::fs::OpenOptionsExt as _;
                 let file = holder.path().join("ssh-key");
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&file)?;
-                out.write_all(key.file_text().as_bytes())?;
-                Some(file)
+                // Written once to find a folder that cannot hold it now, not mid-run.
+                drop(KeyCopy::write(&file, &key.file_text())?);
+                (Some(file), Some(key.file_text()))
             }
-            _ => None,
+            _ => (None, None),
         };
+        let mut config = credential_config(credential);
+        config.extend(
+            HARDENING
+                .iter()
+                .flat_map(|c| ["-c".to_string(), c.to_string()]),
+        );
         Ok(Self {
             dir: dir.to_path_buf(),
             env,
-            config: credential_config(credential),
+            credential_env,
+            config,
             redactor,
             timeout: Duration::from_secs(900),
             ssh: SshSetup {
                 known_hosts: ssh.known_hosts.clone(),
                 key_file,
+                key_text,
                 key_scopes: ssh.key_scopes.clone(),
                 inherited: std::env::var("GIT_SSH_COMMAND")
                     .ok()
@@ -530,12 +608,68 @@ impl Git {
         (!url.is_empty()).then(|| self.remote.get_or_init(|| url).clone())
     }
 
+    /// Rewrites the checkout's own configuration (`.git/config`) to what the agent needs
+    /// before git talks to the remote: the keys [`kept_local_key`] allows, and `origin` at
+    /// the URL that was cloned. The model's commands can write that file; a credential
+    /// helper, a URL rewrite or a proxy there must not see the token or choose the remote.
+    async fn own_local_config(&self) -> Result<(), GitError> {
+        let config = self.dir.join(".git").join("config");
+        if !config.exists() {
+            return Ok(());
+        }
+        let failed = |e: &dyn std::fmt::Display| GitError {
+            op: "config".into(),
+            kind: GitErrorKind::Other,
+            message: format!("cannot rewrite {}: {e}", config.display()),
+        };
+        let list = CommandSpec::new(
+            "git",
+            &["config", "--file", ".git/config", "--list", "--null"],
+            &self.dir,
+            Duration::from_secs(30),
+        );
+        let out = process::run(&list).await.map_err(|e| failed(&e))?;
+        if !out.success() {
+            return Err(failed(&String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        let fresh = self.dir.join(".git").join("config.recac");
+        let _ = std::fs::remove_file(&fresh);
+        let mut entries: Vec<(String, String)> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter_map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let (key, value) = entry.split_once('\n').unwrap_or((&entry, ""));
+                kept_local_key(&key.to_ascii_lowercase())
+                    .then(|| (key.to_string(), value.to_string()))
+            })
+            .collect();
+        if let Some(url) = self.remote.get() {
+            entries.push(("remote.origin.url".into(), url.clone()));
+        }
+        for (key, value) in &entries {
+            let fresh_path = fresh.display().to_string();
+            let add = CommandSpec::new(
+                "git",
+                &["config", "--file", &fresh_path, "--add", key, value],
+                &self.dir,
+                Duration::from_secs(30),
+            );
+            let out = process::run(&add).await.map_err(|e| failed(&e))?;
+            if !out.success() {
+                return Err(failed(&String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+        std::fs::rename(&fresh, &config).map_err(|e| failed(&e))
+    }
+
     /// The workspace directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The private copy of the SSH key (mode 0600), while this git lives.
+    /// Where the private copy of the SSH key (mode 0600) is written while a git command
+    /// reaches the remote.
     pub fn ssh_key_file(&self) -> Option<&Path> {
         self.ssh.key_file.as_deref()
     }
@@ -551,6 +685,25 @@ impl Git {
         argv.extend(args);
         let mut spec = CommandSpec::new("git", &argv, cwd, self.timeout);
         spec.env = self.env.clone();
+        let subcommand = args.first().copied().unwrap_or("");
+        // The SSH key's copy exists only while a command reaches the remote.
+        let mut _key_copy = None;
+        if NETWORK_COMMANDS.contains(&subcommand) {
+            if subcommand != "clone" {
+                self.own_local_config().await?;
+            }
+            spec.env.extend(self.credential_env.iter().cloned());
+            if let (Some(file), Some(text)) = (&self.ssh.key_file, &self.ssh.key_text) {
+                _key_copy = Some(KeyCopy::write(file, text).map_err(|e| GitError {
+                    op: subcommand.to_string(),
+                    kind: GitErrorKind::Environment,
+                    message: format!(
+                        "cannot write the SSH key's private copy {}: {e}",
+                        file.display()
+                    ),
+                })?);
+            }
+        }
         let remote = self.remote_for_ssh().await;
         spec.env.push((
             "GIT_SSH_COMMAND".into(),
@@ -801,9 +954,15 @@ impl Git {
             });
         }
         let refspec = format!("HEAD:refs/heads/{branch}");
-        self.ok(&["push", "--porcelain", "origin", refspec.as_str()])
-            .await
-            .map(drop)
+        self.ok(&[
+            "push",
+            "--porcelain",
+            "--no-verify",
+            "origin",
+            refspec.as_str(),
+        ])
+        .await
+        .map(drop)
     }
 
     /// Where a known secret value sits in what a push of HEAD would send: every object HEAD
@@ -1002,10 +1161,27 @@ mod tests {
     }
 
     #[test]
+    fn the_key_copy_is_private_and_gone_when_dropped() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ssh-key");
+        let copy = KeyCopy::write(&file, "KEY\n").unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "KEY\n");
+        // A copy left behind (a crash) is replaced, not appended to.
+        std::mem::forget(copy);
+        let copy = KeyCopy::write(&file, "KEY2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "KEY2\n");
+        drop(copy);
+        assert!(!file.exists());
+    }
+
+    #[test]
     fn the_ssh_command_names_files_never_keys() {
         assert_eq!(
             ssh_command(None, None),
-            "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no"
+            "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no"
         );
         let command = ssh_command(
             Some(Path::new("/var/run/recac/ssh/known_hosts")),
@@ -1013,7 +1189,7 @@ mod tests {
         );
         assert_eq!(
             command,
-            "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no -o 'UserKnownHostsFile=/var/run/recac/ssh/known_hosts' -o IdentitiesOnly=yes -o IdentityAgent=none -i '/tmp/recac-git-x/it'\\''s key'"
+            "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no -o 'UserKnownHostsFile=/var/run/recac/ssh/known_hosts' -o IdentitiesOnly=yes -o IdentityAgent=none -i '/tmp/recac-git-x/it'\\''s key'"
         );
         assert!(!command.contains("accept-new") && !command.contains("=no -o Strict"));
         // What the shell makes of it: the arguments ssh gets.
@@ -1081,6 +1257,7 @@ mod tests {
         let setup = SshSetup {
             known_hosts: None,
             key_file: Some(PathBuf::from("/tmp/k")),
+            key_text: None,
             key_scopes: scopes,
             inherited: Some("ssh -o StrictHostKeyChecking=no".into()),
         };

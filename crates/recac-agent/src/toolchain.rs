@@ -317,8 +317,13 @@ pub fn first_program(command: &str) -> Option<&str> {
     let word = command
         .split_whitespace()
         .find(|w| !ASSIGNMENT.is_match(w))?;
+    // `PATH=... tool`: the tool is looked up on a PATH of the command's own.
+    let sets_path = command
+        .split_whitespace()
+        .take_while(|w| ASSIGNMENT.is_match(w))
+        .any(|w| w.starts_with("PATH="));
     // Quoting, an expansion, a path or an operator glued to the word: not certain.
-    (NAME.is_match(word) && !SHELL_WORDS.contains(&word)).then_some(word)
+    (!sets_path && NAME.is_match(word) && !SHELL_WORDS.contains(&word)).then_some(word)
 }
 
 /// The program a test command starts first and must find, when that is certain: the
@@ -660,6 +665,7 @@ mod tests {
             "exec cargo test",
             "test -f x",
             "X=\"a b\" cargo test",
+            "PATH=/opt/tool/bin:/usr/bin mytool --check",
             "",
         ] {
             assert_eq!(first_program(unsure), None, "{unsure}");

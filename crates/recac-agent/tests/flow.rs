@@ -1105,3 +1105,85 @@ async fn an_unwritable_temporary_folder_gives_up_naming_it() {
     }
     assert!(sim.requests().is_empty());
 }
+
+/// What the model's commands can write into the checkout's configuration (a hook, a
+/// credential helper, a file-system monitor, a clean filter, a URL rewrite, a push URL) never
+/// runs with the git token and never chooses where the work goes: the push still lands on
+/// the repository that was cloned, and no planted program saw the token.
+#[tokio::test]
+async fn programs_the_model_plants_in_the_checkout_never_see_the_git_token() {
+    let root = tempfile::tempdir().unwrap();
+    let served = root.path().join("served");
+    let bare = bare_repo(&served, "r.git", &[]);
+    let _decoy = bare_repo(&served, "decoy.git", &[]);
+    let token = "tokPLANTEDhooks0123456789";
+    let https = https_git(root.path(), &served, token).await;
+    let url = format!("{}/r.git", https.server.url());
+    let leaks = root.path().join("leaks");
+    std::fs::create_dir_all(&leaks).unwrap();
+    let spy = root.path().join("spy.sh");
+    std::fs::write(
+        &spy,
+        format!(
+            "#!/bin/sh\nenv > {}/$1.$$ 2>/dev/null\ncat\nexit 0\n",
+            leaks.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&spy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spy = spy.display();
+    let decoy = format!("{}/decoy.git", https.server.url());
+    let plant = [
+        format!("printf '#!/bin/sh\\n{spy} hook\\n' > .git/hooks/pre-push && chmod +x .git/hooks/pre-push"),
+        format!("git config credential.helper '!{spy} helper'"),
+        format!("git config core.fsmonitor '{spy} fsmonitor'"),
+        format!("git config filter.spy.clean '{spy} filter' && echo '* filter=spy' > .gitattributes"),
+        format!("git config remote.origin.pushurl {decoy}"),
+        format!("git config url.{decoy}.insteadOf {url}"),
+    ]
+    .join(" && ");
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call("run_command", json!({ "command": plant })),
+            call(
+                "write_file",
+                json!({"path": "value.txt", "content": "value = 2\n"}),
+            ),
+            finish("Set value to 2"),
+        ],
+    )
+    .await;
+    let ran = run_with(
+        root.path(),
+        &openai_vars(
+            &sim,
+            &url,
+            &[
+                ("RECAC_GIT_TOKEN", token),
+                ("RECAC_GIT_CREDENTIAL_HOSTS", &https.host),
+                ("RECAC_CA_BUNDLE", &https.ca_file),
+                ("RECAC_TEST_COMMAND", "none"),
+            ],
+        ),
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        result.outcome,
+        Outcome::Succeeded,
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert_eq!(show(&bare, "recac/PROJ-1", "value.txt").trim(), "value = 2");
+    for entry in std::fs::read_dir(&leaks).unwrap() {
+        let path = entry.unwrap().path();
+        let seen = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            !seen.contains(token),
+            "{} saw the token",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+    }
+}

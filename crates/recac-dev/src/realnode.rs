@@ -215,42 +215,30 @@ impl Demo {
     pub fn install_prerequisites(&self, node: &Node) -> Result<(), DevError> {
         node.kubectl_ok(&["apply", "-f", "-"], Some(&restricted_namespaces()))?;
         node.kubectl_ok(&["apply", "-f", "-"], Some(&self.ca_config_map()?))?;
-        let git = format!("--from-literal=RECAC_GIT_TOKEN={}", self.git_token);
-        let model = format!("--from-literal=OPENAI_API_KEY={}", self.model_key);
-        node.kubectl_ok(
+        let agent_secret = secret_manifest(
+            AGENT_SECRET,
+            TASKS,
             &[
-                "create",
-                "secret",
-                "generic",
-                AGENT_SECRET,
-                "-n",
-                TASKS,
-                &git,
-                &model,
+                ("RECAC_GIT_TOKEN", &self.git_token),
+                ("OPENAI_API_KEY", &self.model_key),
             ],
-            None,
-        )?;
+        );
+        node.kubectl_ok(&["apply", "-f", "-"], Some(&agent_secret))?;
         self.create_jira_secret(node)
     }
 
     /// The Secret `recac-jira` in [`SYSTEM`] with the simulator's bot credentials.
     pub fn create_jira_secret(&self, node: &Node) -> Result<(), DevError> {
-        let email = format!("--from-literal=email={}", recac_jira_sim::BOT_EMAIL);
-        let token = format!("--from-literal=token={}", recac_jira_sim::BOT_TOKEN);
-        node.kubectl_ok(
+        let secret = secret_manifest(
+            "recac-jira",
+            SYSTEM,
             &[
-                "create",
-                "secret",
-                "generic",
-                "recac-jira",
-                "-n",
-                SYSTEM,
-                &email,
-                &token,
+                ("email", recac_jira_sim::BOT_EMAIL),
+                ("token", recac_jira_sim::BOT_TOKEN),
             ],
-            None,
-        )
-        .map(drop)
+        );
+        node.kubectl_ok(&["apply", "-f", "-"], Some(&secret))
+            .map(drop)
     }
 
     fn ca_config_map(&self) -> Result<String, DevError> {
@@ -324,6 +312,22 @@ feedback:
             label = demo::TRIGGER_LABEL,
         )
     }
+}
+
+/// A Secret as JSON for `kubectl apply -f -`: the values go through kubectl's input, never
+/// its command line (which any process can read) or an error message.
+fn secret_manifest(name: &str, namespace: &str, data: &[(&str, &str)]) -> String {
+    let data: serde_json::Map<String, serde_json::Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": data,
+    })
+    .to_string()
 }
 
 fn random_suffix() -> String {
