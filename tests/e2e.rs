@@ -373,7 +373,11 @@ echo "secret-probe: $hits of $n reads succeeded, $procs recac processes probed"
     let probe_summary = probe_log
         .lines()
         .filter_map(|l| l.find("secret-probe: ").map(|at| &l[at..]))
-        .find(|l| l.contains(" reads succeeded"))
+        // The summary the probe printed (a digit), not the command's text in the log.
+        .find(|l| {
+            l.contains(" reads succeeded")
+                && l["secret-probe: ".len()..].starts_with(|c: char| c.is_ascii_digit())
+        })
         .unwrap_or_default()
         .to_string();
 
