@@ -61,6 +61,22 @@ fn failing_ticket(repository_url: &str) -> IssueSeed {
     }
 }
 
+/// The end of the operator replicas' logs, for a failure's message.
+fn operator_logs(node: &Node) -> Output {
+    kubectl(
+        node,
+        &[
+            "logs",
+            "-n",
+            SYSTEM,
+            "-l",
+            "app.kubernetes.io/name=recac",
+            "--tail=80",
+        ],
+        None,
+    )
+}
+
 /// The helm binary `hack/e2e.sh` exports.
 fn helm() -> PathBuf {
     let path = std::env::var("RECAC_HELM")
@@ -163,18 +179,7 @@ async fn the_demo_loop_runs_in_real_pods() {
                 &["get", "at,jobs,pods", "-n", TASKS, "-o", "wide"],
                 None,
             );
-            let logs = kubectl(
-                &node,
-                &[
-                    "logs",
-                    "-n",
-                    SYSTEM,
-                    "-l",
-                    "app.kubernetes.io/name=recac",
-                    "--tail=80",
-                ],
-                None,
-            );
+            let logs = operator_logs(&node);
             let states: Vec<String> = tickets
                 .iter()
                 .map(|(k, _)| {
@@ -541,18 +546,7 @@ spec:
     while !ended(sim, &helm_ticket, Ends::AsDemo(Expected::Succeeds)) {
         if Instant::now() > helm_deadline {
             let at = kubectl(&node, &["get", "at,jobs,pods", "-A", "-o", "wide"], None);
-            let logs = kubectl(
-                &node,
-                &[
-                    "logs",
-                    "-n",
-                    SYSTEM,
-                    "-l",
-                    "app.kubernetes.io/name=recac",
-                    "--tail=80",
-                ],
-                None,
-            );
+            let logs = operator_logs(&node);
             panic!(
                 "{helm_ticket} did not end under the Helm install in 180 s: {:?}\n{}\n{}",
                 sim.issue(&helm_ticket)

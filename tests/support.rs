@@ -461,23 +461,7 @@ pub async fn bare_job_creates(plane: &ControlPlane, n: usize) -> (f64, f64) {
     let client = plane.client().await.expect("client");
     let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(client, &ns);
     let defaults = recac_task_controller::AgentDefaults::default();
-    let mut task = recac_api::AgentTask::new(
-        "bare",
-        recac_api::AgentTaskSpec {
-            prompt: Some("benchmark task".into()),
-            ticket: None,
-            repository: recac_api::Repository {
-                url: "https://git.example.com/org/repo.git".into(),
-                base_branch: None,
-                branch: None,
-            },
-            agent: None,
-            max_retries: 2,
-            timeout_seconds: 3600,
-            ttl_seconds_after_finished: None,
-            suspend: false,
-        },
-    );
+    let mut task = recac_api::AgentTask::new("bare", bench_task_spec(0));
     task.metadata.namespace = Some(ns.clone());
     task.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
     let template = recac_task_controller::job_builder::build_job(&task, 1, "b", &defaults, true);
@@ -609,4 +593,22 @@ pub async fn bare_task_writes(plane: &ControlPlane, n: usize) -> [(&'static str,
         ("patch its metadata", patch),
         ("apply its status", status),
     ]
+}
+
+/// The spec of the benchmarks' `i`th AgentTask: a prompt, a repository, the defaults.
+pub fn bench_task_spec(i: usize) -> recac_api::AgentTaskSpec {
+    recac_api::AgentTaskSpec {
+        prompt: Some(format!("benchmark task {i}")),
+        ticket: None,
+        repository: recac_api::Repository {
+            url: "https://git.example.com/org/repo.git".into(),
+            base_branch: None,
+            branch: None,
+        },
+        agent: None,
+        max_retries: 2,
+        timeout_seconds: 3600,
+        ttl_seconds_after_finished: None,
+        suspend: false,
+    }
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams, PostParams};
-use recac_api::{AgentTask, AgentTaskSpec, Repository};
+use recac_api::AgentTask;
 use recac_testenv::{ControlPlane, ControlPlaneOptions, shared_control_plane};
 use recac_tests::{KillOnDrop, WatchCounter, free_port, release_binary};
 
@@ -52,23 +52,6 @@ fn rss_split(pid: u32) -> String {
         mib("RssAnon"),
         mib("RssFile") + mib("RssShmem")
     )
-}
-
-fn spec(i: usize) -> AgentTaskSpec {
-    AgentTaskSpec {
-        prompt: Some(format!("benchmark task {i}")),
-        ticket: None,
-        repository: Repository {
-            url: "https://git.example.com/org/repo.git".into(),
-            base_branch: None,
-            branch: None,
-        },
-        agent: None,
-        max_retries: 2,
-        timeout_seconds: 3600,
-        ttl_seconds_after_finished: None,
-        suspend: false,
-    }
 }
 
 async fn plane() -> &'static ControlPlane {
@@ -142,7 +125,10 @@ async fn create_tasks(api: &Api<AgentTask>, n: usize) {
         .map(|i| {
             let api = api.clone();
             async move {
-                let task = AgentTask::new(&format!("bench-task-{i:05}"), spec(i));
+                let task = AgentTask::new(
+                    &format!("bench-task-{i:05}"),
+                    recac_tests::bench_task_spec(i),
+                );
                 api.create(&PostParams::default(), &task)
                     .await
                     .expect("task created");
