@@ -577,13 +577,22 @@ async fn a_partitioned_leader_steps_down_in_time_and_writes_nothing_when_it_retu
     )
     .await;
     c.create_task("before-partition").await;
+    // The task's first status follows its Job (when the pod runs, or 5 s later: no pod
+    // runs here): the leader is done with the task once the status records the attempt.
     wait_for(
-        "a Job before the partition",
+        "a Job and its recorded attempt before the partition",
         Duration::from_secs(30),
-        || async { (!c.jobs_of("before-partition").await.is_empty()).then_some(()) },
+        || async {
+            let recorded = c
+                .task("before-partition")
+                .await
+                .status
+                .and_then(|s| s.job_name)
+                .is_some();
+            (recorded && !c.jobs_of("before-partition").await.is_empty()).then_some(())
+        },
     )
     .await;
-    // Let the leader finish what it does with that task before the cut.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writes_before = partitioned.controller_writes().await;
 

@@ -240,13 +240,24 @@ fn claim_of(task: &AgentTask) -> String {
         .unwrap_or_default()
 }
 
+/// The task's status records the claim (the task controller writes the `Claimed`
+/// condition with the task's first status; the annotation stays `pending`).
+fn recorded_claimed(task: &AgentTask) -> bool {
+    claim_of(task) == "pending"
+        && task.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Claimed" && c.status == "True")
+        })
+}
+
 async fn wait_claimed(e: &Env, key: &str, run: u32) -> AgentTask {
     let name = recac_source::task::task_name(key, run);
     wait_for(&format!("{name} claimed"), LONG, || async {
         tasks_of(e, key)
             .await
             .into_iter()
-            .find(|t| t.name_any() == name && claim_of(t) == "claimed")
+            .find(|t| t.name_any() == name && recorded_claimed(t))
     })
     .await
 }
@@ -359,16 +370,11 @@ async fn labelled_tickets_become_one_claimed_task_and_one_job_each() {
             .into_iter()
             .filter(|ev| ev.reason.as_deref() == Some("Claimed"))
             .count();
-        // The claim is told by the task's recac.io/claim annotation: an Event per ticket
-        // would compete with the Jobs in a burst.
+        // The claim is told by the task's Claimed condition: an Event per ticket would
+        // compete with the Jobs in a burst.
         assert_eq!(claimed, 0, "{claimed} Claimed events");
         for task in all_tasks(&e).await {
-            assert_eq!(
-                task.annotations().get("recac.io/claim").map(String::as_str),
-                Some("claimed"),
-                "{}",
-                task.name_any()
-            );
+            assert!(recorded_claimed(&task), "{}", task.name_any());
         }
         op.stop().await;
     }
@@ -826,7 +832,7 @@ async fn pagination_and_429_and_5xx_storms() {
         let op = Running::start(&e, source(&e), None).await;
         wait_for("500 claimed tasks", Duration::from_secs(120), || async {
             let tasks = all_tasks(&e).await;
-            (tasks.len() == 500 && tasks.iter().all(|t| claim_of(t) == "claimed")).then_some(())
+            (tasks.len() == 500 && tasks.iter().all(recorded_claimed)).then_some(())
         })
         .await;
         let posts = e
@@ -915,14 +921,18 @@ async fn the_real_operator_killed_at_each_step_takes_each_ticket_once() {
                 .spawn()
                 .expect("recac orchestrate starts")
         };
+        // The source's steps, and the task controller's Job create: a successful claim is
+        // only in this process's memory until the Job exists, and the Job records it until
+        // the task's first status (written when the pod runs or 5 s later) does.
         for step in [
-            "after-create",
-            "after-transition",
-            "after-edit",
-            "after-claim",
+            "source.after-create",
+            "source.after-transition",
+            "source.after-edit",
+            "source.after-claim",
+            "task-controller.after-create-job",
         ] {
             let key = ticket(&e, &format!("killed {step}"), &format!("Repo: {REPO}"));
-            let mut killed = run(&format!("source.{step}=exit"));
+            let mut killed = run(&format!("{step}=exit"));
             let status = wait_for("the failpoint to end the operator", LONG, || {
                 let status = killed.try_wait().ok().flatten();
                 async move { status }
@@ -935,6 +945,13 @@ async fn the_real_operator_killed_at_each_step_takes_each_ticket_once() {
             let _ = restarted.kill();
             let _ = restarted.wait();
             assert_eq!(tasks_of(&e, &key).await.len(), 1, "{flavor:?} {step}");
+            let task_name = recac_source::task::task_name(&key, 1);
+            let jobs_of_task = jobs(&e)
+                .await
+                .into_iter()
+                .filter(|j| j.labels().get("recac.io/task") == Some(&task_name))
+                .count();
+            assert_eq!(jobs_of_task, 1, "{flavor:?} {step}: one Job");
             assert_eq!(transitions(&e, &key), 1, "{flavor:?} {step}");
             assert_eq!(assignments(&e, &key), 1, "{flavor:?} {step}");
             let issue = e.sim.issue(&key).expect("issue");

@@ -490,10 +490,11 @@ pub async fn bare_job_creates(plane: &ControlPlane, n: usize) -> (f64, f64) {
 
 /// The apiserver's CPU per write of each kind on the way from a ticket to its Job, each
 /// measured alone on `n` AgentTasks made here (32 in flight): create the task, patch its
-/// metadata (the claim's annotation, a JSON merge patch) and apply its status (server-side
-/// apply under the task controller's field manager, as a dispatch writes it). Seconds per
-/// write, in that order.
-pub async fn bare_task_writes(plane: &ControlPlane, n: usize) -> [(&'static str, f64); 3] {
+/// metadata (a JSON merge patch of one annotation), and write its dispatch status three
+/// ways, each on tasks that have no status yet: server-side apply under the task
+/// controller's field manager, a JSON merge patch, and a replace (PUT) of the status
+/// subresource. Seconds per write, in that order.
+pub async fn bare_task_writes(plane: &ControlPlane, n: usize) -> [(&'static str, f64); 5] {
     use futures::StreamExt;
     use kube::api::{Patch, PatchParams, PostParams};
     let ns = plane
@@ -503,11 +504,32 @@ pub async fn bare_task_writes(plane: &ControlPlane, n: usize) -> [(&'static str,
     let client = plane.client().await.expect("client");
     let api: kube::Api<recac_api::AgentTask> = kube::Api::namespaced(client, &ns);
     let apiserver = plane.component_pid("kube-apiserver").unwrap_or(0);
-    let names: Vec<String> = (0..n).map(|i| format!("ops-{i}-r1")).collect();
-    let measure = |cpu_before: f64| (process_cpu_seconds(apiserver) - cpu_before) / n as f64;
+    let names: Vec<String> = (0..3 * n).map(|i| format!("ops-{i}-r1")).collect();
+    let (applied, rest) = names.split_at(n);
+    let (merged, replaced) = rest.split_at(n);
+    let per_write = |cpu_before: f64, writes: usize| {
+        (process_cpu_seconds(apiserver) - cpu_before) / writes as f64
+    };
+    let dispatch_status = |name: &str| {
+        serde_json::json!({
+            "phase": "Pending",
+            "attempt": 1,
+            "retries": 0,
+            "jobName": format!("{name}-a1"),
+            "branch": "recac/OPS-1",
+            "startTime": "2026-12-06T10:00:00Z",
+            "message": format!("attempt 1 starting as Job {name}-a1"),
+            "observedGeneration": 1,
+            "conditions": [{
+                "type": "Dispatched", "status": "True", "reason": "JobCreated",
+                "message": format!("attempt 1 runs as Job {name}-a1"),
+                "lastTransitionTime": "2026-12-06T10:00:00Z", "observedGeneration": 1,
+            }],
+        })
+    };
 
     let before = process_cpu_seconds(apiserver);
-    futures::stream::iter(names.iter())
+    let created: Vec<recac_api::AgentTask> = futures::stream::iter(names.iter())
         .map(|name| {
             let api = api.clone();
             let task: recac_api::AgentTask = serde_json::from_value(serde_json::json!({
@@ -528,16 +550,16 @@ pub async fn bare_task_writes(plane: &ControlPlane, n: usize) -> [(&'static str,
             async move {
                 api.create(&PostParams::default(), &task)
                     .await
-                    .expect("task created");
+                    .expect("task created")
             }
         })
         .buffer_unordered(32)
-        .collect::<Vec<_>>()
+        .collect()
         .await;
-    let create = measure(before);
+    let create = per_write(before, names.len());
 
     let before = process_cpu_seconds(apiserver);
-    futures::stream::iter(names.iter())
+    futures::stream::iter(applied.iter())
         .map(|name| {
             let api = api.clone();
             async move {
@@ -551,28 +573,14 @@ pub async fn bare_task_writes(plane: &ControlPlane, n: usize) -> [(&'static str,
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
-    let patch = measure(before);
+    let patch = per_write(before, n);
 
     let before = process_cpu_seconds(apiserver);
-    futures::stream::iter(names.iter())
+    futures::stream::iter(applied.iter())
         .map(|name| {
             let api = api.clone();
+            let status = dispatch_status(name);
             async move {
-                let status = serde_json::json!({
-                    "phase": "Pending",
-                    "attempt": 1,
-                    "retries": 0,
-                    "jobName": format!("{name}-a1"),
-                    "branch": "recac/OPS-1",
-                    "startTime": "2026-12-06T10:00:00Z",
-                    "message": format!("attempt 1 starting as Job {name}-a1"),
-                    "observedGeneration": 1,
-                    "conditions": [{
-                        "type": "Dispatched", "status": "True", "reason": "JobCreated",
-                        "message": format!("attempt 1 runs as Job {name}-a1"),
-                        "lastTransitionTime": "2026-12-06T10:00:00Z", "observedGeneration": 1,
-                    }],
-                });
                 recac_runtime::status::apply_status(
                     &api,
                     name,
@@ -587,11 +595,51 @@ pub async fn bare_task_writes(plane: &ControlPlane, n: usize) -> [(&'static str,
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
-    let status = measure(before);
+    let apply = per_write(before, n);
+
+    let before = process_cpu_seconds(apiserver);
+    futures::stream::iter(merged.iter())
+        .map(|name| {
+            let api = api.clone();
+            let patch = serde_json::json!({ "status": dispatch_status(name) });
+            async move {
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("status merge-patched");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let merge = per_write(before, n);
+
+    let replace_from: std::collections::HashMap<String, recac_api::AgentTask> = created
+        .into_iter()
+        .filter_map(|t| t.metadata.name.clone().map(|name| (name, t)))
+        .collect();
+    let before = process_cpu_seconds(apiserver);
+    futures::stream::iter(replaced.iter())
+        .map(|name| {
+            let api = api.clone();
+            let mut task = replace_from.get(name).cloned().expect("created task");
+            task.metadata.managed_fields = None;
+            task.status = Some(serde_json::from_value(dispatch_status(name)).expect("a status"));
+            async move {
+                api.replace_status(name, &PostParams::default(), &task)
+                    .await
+                    .expect("status replaced");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let replace = per_write(before, n);
     [
         ("create the task", create),
         ("patch its metadata", patch),
-        ("apply its status", status),
+        ("apply its status", apply),
+        ("merge-patch its status", merge),
+        ("replace its status", replace),
     ]
 }
 

@@ -170,8 +170,9 @@ async fn dispatch(n: usize) {
         panic!("only {seen}/{n} Jobs after 900 s");
     }
     let all_dispatched = start.elapsed();
-    // Let status writes and Events settle before reading the request count.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let status writes and Events settle before reading the request count: a task's first
+    // status waits up to 5 s for its pod, and no pod runs here.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let (after, _) = recac_tests::scrape_metrics(operator.port).await;
     let apiserver_cpu = recac_tests::process_cpu_seconds(apiserver) - apiserver_cpu_before;
     let (peak, current) = rss_mib(operator.process.0.id());
@@ -311,8 +312,9 @@ async fn high_availability(n: usize) {
     if let Err(seen) = counter.wait_for(n, Duration::from_secs(900)).await {
         panic!("only {seen}/{n} Jobs after 900 s");
     }
-    // Let the last status writes and Events settle, then measure a quiet minute.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let the last status writes (a first status waits up to 5 s for a pod) and Events
+    // settle, then measure a quiet minute.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     const IDLE: Duration = Duration::from_secs(60);
     let mut before = Vec::new();
     for r in &replicas {

@@ -14,11 +14,14 @@ pub const MAX_PROMPT_CHARS: u32 = 200_000;
 
 /// Annotations other controllers set on a task to steer the task controller.
 pub mod annotations {
-    /// Set by the source controller on the tasks it creates: `pending` until the ticket is
-    /// claimed in Jira (no Job is dispatched), then `claimed`; `lost` when someone else took
-    /// the ticket first (the task ends Failed with reason `ClaimLost`, never run);
-    /// `unavailable` when the ticket is still free but its workflow offers the bot no claim
-    /// transition (reason `ClaimUnavailable`, never run; `recac.io/claim-message` says why).
+    /// Set by the source controller on the tasks it creates: `pending` means no Job may be
+    /// dispatched before the ticket is claimed in Jira. A successful claim is recorded by the
+    /// task controller as the [`CLAIMED`](super::conditions::CLAIMED) condition in status
+    /// (the annotation stays `pending`, which saves a write per ticket); `claimed` is what
+    /// earlier versions wrote. `lost` when someone else took the ticket first (the task ends
+    /// Failed with reason `ClaimLost`, never run); `unavailable` when the ticket is still free
+    /// but its workflow offers the bot no claim transition (reason `ClaimUnavailable`, never
+    /// run; `recac.io/claim-message` says why).
     pub const CLAIM: &str = "recac.io/claim";
     pub const CLAIM_PENDING: &str = "pending";
     pub const CLAIM_CLAIMED: &str = "claimed";
@@ -26,6 +29,13 @@ pub mod annotations {
     pub const CLAIM_UNAVAILABLE: &str = "unavailable";
     /// Why a claim ended as it did, in words.
     pub const CLAIM_MESSAGE: &str = "recac.io/claim-message";
+}
+
+/// Condition types that more than one controller reads.
+pub mod conditions {
+    /// The task's ticket was claimed in Jira by the source that created it (True), written
+    /// by the task controller with the task's first status.
+    pub const CLAIMED: &str = "Claimed";
 }
 
 /// One AI coding-agent run for one ticket or prompt: the operator turns it into a Job per

@@ -120,8 +120,10 @@ impl Operator {
         }
         let namespaces = &setup.operator.namespaces;
 
+        let claims = Arc::new(recac_runtime::claims::ClaimBoard::new());
         let queue = Arc::new(AdmissionQueue::new(
             setup.task_controller.max_concurrent_tasks,
+            claims.clone(),
         ));
         let task_metrics = TaskMetrics::register(&registry);
         let reconciles = ReconcileMetrics::register(&registry);
@@ -161,6 +163,7 @@ impl Operator {
                 tasks.clone(),
                 &registry,
                 &setup.instance,
+                claims.clone(),
             )
         });
         // Schedules: their cache starts once the AgentTaskSchedule CRD is served.
@@ -191,6 +194,7 @@ impl Operator {
             config: setup.task_controller.clone(),
             agent: setup.agent.clone(),
             instance: setup.instance.clone(),
+            claims,
         }));
 
         let mut supervisor = Supervisor::new(

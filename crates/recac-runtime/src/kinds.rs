@@ -63,9 +63,9 @@ pub fn agent_tasks(
     }
 }
 
-/// What sweeps over every cached task read: its metadata and phase. Read from the task
-/// cache with [`crate::store::Store::scan`], it skips decoding the spec and the rest of the
-/// status.
+/// What sweeps over every cached task read: its metadata, phase and condition states.
+/// Read from the task cache with [`crate::store::Store::scan`], it skips decoding the spec
+/// and the rest of the status.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct TaskSummary {
     #[serde(default)]
@@ -78,12 +78,41 @@ pub struct TaskSummary {
 pub struct TaskSummaryStatus {
     #[serde(default)]
     pub phase: Option<TaskPhase>,
+    #[serde(default)]
+    pub conditions: Vec<ConditionSummary>,
+}
+
+/// A condition's type and state, nothing else.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ConditionSummary {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default)]
+    pub status: String,
 }
 
 impl TaskSummary {
     pub fn phase(&self) -> Option<TaskPhase> {
         self.status.as_ref().and_then(|s| s.phase)
     }
+
+    /// Whether the condition `type_` is True.
+    pub fn condition_true(&self, type_: &str) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "True")
+        })
+    }
+}
+
+/// Whether `task`'s status has the condition `type_` True.
+pub fn task_condition_true(task: &AgentTask, type_: &str) -> bool {
+    task.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    })
 }
 
 /// The owner reference of `meta` that controls it, when that owner is of kind `O`.

@@ -14,10 +14,12 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`metrics`]: the shared registry and the kube client layer that counts API requests;
 //! - [`memory`]: returns the heap memory freed after busy moments to the operating system;
+//! - [`claims`]: claims the source settled, told to the task controller without a write;
 //! - [`events`], [`logging`], [`failpoint`], [`config`]: small shared pieces.
 
 pub mod admin;
 pub mod cache;
+pub mod claims;
 pub mod client;
 pub mod config;
 pub mod election;

@@ -17,6 +17,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use recac_api::AgentTask;
 use recac_jira::{ChangeHistory, Issue, JiraClient, JiraError, Transition, User};
+use recac_runtime::claims::ClaimBoard;
 use recac_runtime::events::{EventPublisher, EventType};
 use recac_runtime::kinds::TaskSummary;
 use recac_runtime::{Cache, Component, ComponentError, Term, failpoint};
@@ -102,6 +103,8 @@ pub struct SourceParts {
     /// Names this replica in Events.
     pub instance: String,
     pub hook: Option<StepHook>,
+    /// Where a successful claim is told to the task controller (see [`ClaimBoard`]).
+    pub claims: Arc<ClaimBoard>,
 }
 
 /// The Jira source controller.
@@ -114,6 +117,7 @@ pub struct SourceController {
     triggers: PollTriggers,
     events: EventPublisher,
     hook: Option<StepHook>,
+    claims: Arc<ClaimBoard>,
 }
 
 /// One term's memory.
@@ -136,6 +140,7 @@ impl SourceController {
             metrics: parts.metrics,
             triggers: parts.triggers,
             hook: parts.hook,
+            claims: parts.claims,
         }
     }
 
@@ -266,8 +271,11 @@ impl SourceController {
         let mut index: HashMap<String, Vec<TaskView>> = HashMap::new();
         for t in self.tasks.store().scan::<TaskSummary>() {
             let meta = &t.metadata;
-            if let (Some(view), Some(key)) = (task::view_of(meta, t.phase()), task::ticket_in(meta))
-            {
+            let claimed = t.condition_true(recac_api::conditions::CLAIMED);
+            if let (Some(view), Some(key)) = (
+                task::view_of(meta, t.phase(), claimed),
+                task::ticket_in(meta),
+            ) {
                 index.entry(key.to_string()).or_default().push(view);
             }
         }
@@ -688,6 +696,11 @@ impl SourceController {
         state: &TermState,
     ) -> Result<(), SourceError> {
         self.mark(source, task, claim, message).await?;
+        Self::settled_in_term(task, state);
+        Ok(())
+    }
+
+    fn settled_in_term(task: &AgentTask, state: &TermState) {
         if let Ok(mut s) = state.settled.lock() {
             s.insert(format!(
                 "{}/{}",
@@ -695,7 +708,6 @@ impl SourceController {
                 task.name_any()
             ));
         }
-        Ok(())
     }
 
     /// Posts `text` on the ticket unless a comment with `marker` is there already.
@@ -755,14 +767,16 @@ impl SourceController {
         key: &str,
         state: &TermState,
     ) -> Result<(), SourceError> {
-        self.settle(source, task, ClaimState::Claimed, None, state)
-            .await?;
+        // Nothing is written to the task: the task controller learns of the claim from the
+        // board and records it with the task's first status (see `recac_runtime::claims`).
+        // Nor is there an Event: the `Claimed` condition says it, and an Event per ticket
+        // would compete with the Jobs for the apiserver in a burst.
+        self.claims.record_claimed(task);
+        Self::settled_in_term(task, state);
         self.metrics
             .claimed
             .get_or_create(&SourceMetrics::source(&source.name))
             .inc();
-        // No Event: the task's `recac.io/claim: claimed` annotation says it, and an Event
-        // per ticket would compete with the Jobs for the apiserver in a burst.
         self.step("after-claim");
         info!(ticket = key, task = %task.name_any(), "ticket claimed");
         Ok(())

@@ -15,9 +15,15 @@
 //! 3. **Transition** the ticket out of the trigger state: this is the claim. A racing
 //!    claimer finds the transition unavailable or gets 409.
 //! 4. **Assign and label** in one edit (repeating it changes nothing).
-//! 5. **Mark** the task `recac.io/claim: claimed` (or `lost`), a metadata patch.
+//! 5. **Tell** the task controller of this process through the
+//!    [`ClaimBoard`](recac_runtime::claims::ClaimBoard): it dispatches at once. Nothing is
+//!    written for a successful claim; it becomes durable as the attempt's Job (only ever
+//!    created after a claim) and then as the `Claimed` condition in the task's first
+//!    status. A lost or unavailable claim is marked on the task (`recac.io/claim: lost`
+//!    or `unavailable`, a metadata patch): those tasks never run.
 //!
-//! Recovery: every poll first resumes each task of the source still `pending`, deciding
+//! Recovery: every poll first resumes each task of the source still `pending` (no
+//! `Claimed` condition, not settled in this term), deciding
 //! the next step from the ticket's changelog *after the task's trigger* ([`claim_step`]):
 //! a status change by the bot there means step 3 happened (never transition twice); a
 //! status or assignee change by someone else before it means the ticket was taken

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use recac_api::AgentTask;
 use recac_jira::JiraClient;
+use recac_runtime::claims::ClaimBoard;
 use recac_runtime::{Cache, MetricsRegistry};
 
 use crate::config::SourceConfig;
@@ -38,6 +39,7 @@ pub fn assemble(
     tasks: Cache<AgentTask>,
     registry: &MetricsRegistry,
     instance: &str,
+    claims: Arc<ClaimBoard>,
 ) -> (Arc<SourceController>, Option<axum::Router>) {
     let metrics = SourceMetrics::register(registry);
     let triggers = PollTriggers::new(&setup.sources);
@@ -54,6 +56,7 @@ pub fn assemble(
         triggers,
         instance: instance.to_string(),
         hook: setup.hook,
+        claims,
     }));
     (controller, router)
 }

@@ -97,11 +97,21 @@ pub fn build(new: NewTask<'_>) -> AgentTask {
 
 /// What decisions read of an existing task; `None` for tasks no source made.
 pub fn view(task: &AgentTask) -> Option<TaskView> {
-    view_of(&task.metadata, task.status.as_ref().and_then(|s| s.phase))
+    view_of(
+        &task.metadata,
+        task.status.as_ref().and_then(|s| s.phase),
+        recac_runtime::kinds::task_condition_true(task, recac_api::conditions::CLAIMED),
+    )
 }
 
-/// [`view`] from a task's metadata and phase (all a sweep of the task cache decodes).
-pub fn view_of(meta: &ObjectMeta, phase: Option<TaskPhase>) -> Option<TaskView> {
+/// [`view`] from a task's metadata, phase and whether its status has the `Claimed`
+/// condition (all a sweep of the task cache decodes). A task whose annotation still says
+/// `pending` is claimed once its status says so (see [`recac_api::annotations::CLAIM`]).
+pub fn view_of(
+    meta: &ObjectMeta,
+    phase: Option<TaskPhase>,
+    claimed_in_status: bool,
+) -> Option<TaskView> {
     let labels = meta.labels.as_ref()?;
     let source = labels.get(SOURCE_LABEL)?.clone();
     let run = labels.get(RUN_LABEL)?.parse().ok()?;
@@ -111,7 +121,10 @@ pub fn view_of(meta: &ObjectMeta, phase: Option<TaskPhase>) -> Option<TaskView> 
         name: meta.name.clone().unwrap_or_default(),
         source,
         run,
-        claim: ClaimState::parse(annotation(CLAIM_ANNOTATION).map(String::as_str)),
+        claim: match ClaimState::parse(annotation(CLAIM_ANNOTATION).map(String::as_str)) {
+            ClaimState::Pending if claimed_in_status => ClaimState::Claimed,
+            claim => claim,
+        },
         trigger: annotation(TRIGGER_ANNOTATION).cloned(),
         finished: phase.is_some_and(TaskPhase::is_finished),
     })
@@ -183,16 +196,40 @@ mod tests {
             (v.run, v.claim, v.trigger.as_deref()),
             (2, ClaimState::Pending, Some("10001"))
         );
+        let mut claimed = task.clone();
+        claimed.status = Some(recac_api::AgentTaskStatus {
+            phase: Some(TaskPhase::Pending),
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: recac_api::conditions::CLAIMED.into(),
+                status: "True".into(),
+                reason: "TicketClaimed".into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        assert_eq!(
+            view(&claimed).map(|v| v.claim),
+            Some(ClaimState::Claimed),
+            "a pending annotation with the Claimed condition is claimed"
+        );
         let mut finished = task.clone();
         finished.status = Some(recac_api::AgentTaskStatus {
             phase: Some(TaskPhase::Succeeded),
             ..Default::default()
         });
-        for task in [task, finished] {
+        for task in [task, claimed, finished] {
             let json = serde_json::to_vec(&task).expect("encodes");
             let summary: recac_runtime::kinds::TaskSummary =
                 serde_json::from_slice(&json).expect("a task reads as a summary");
-            assert_eq!(view_of(&summary.metadata, summary.phase()), view(&task));
+            let claimed = summary.condition_true(recac_api::conditions::CLAIMED);
+            assert_eq!(
+                view_of(&summary.metadata, summary.phase(), claimed),
+                view(&task)
+            );
             assert_eq!(ticket_in(&summary.metadata), Some("OPS-7"));
         }
     }

@@ -15,13 +15,14 @@
 //! controller: [`AdmissionQueue::start_term`] drops those of an earlier term.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use recac_api::{AgentTask, TaskPhase};
+use recac_runtime::claims::ClaimBoard;
 use recac_runtime::{CacheChange, CacheHook};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -69,12 +70,17 @@ pub fn holds_slot(task: &AgentTask) -> bool {
         && task.metadata.deletion_timestamp.is_none()
 }
 
-/// The task needs a slot now: never dispatched, or its retry is due.
-pub fn wants_slot(task: &AgentTask, now: Timestamp) -> bool {
+/// The task needs a slot now: never dispatched, or its retry is due. `known_claimed`:
+/// the task's pending claim is known to be settled (see [`crate::decide::claim_state`]).
+pub fn wants_slot(task: &AgentTask, now: Timestamp, known_claimed: bool) -> bool {
+    use crate::decide::Claim;
     if finished(task)
         || task.spec.suspend
         || task.metadata.deletion_timestamp.is_some()
-        || crate::decide::claim_state(task) != crate::decide::Claim::None
+        || !matches!(
+            crate::decide::claim_state(task, known_claimed),
+            Claim::None | Claim::Settled
+        )
     {
         return false;
     }
@@ -136,6 +142,7 @@ struct Inner {
 pub struct AdmissionQueue {
     cap: usize,
     inner: Mutex<Inner>,
+    claims: Arc<ClaimBoard>,
 }
 
 /// Figures for metrics and the benchmark.
@@ -147,10 +154,32 @@ pub struct QueueFigures {
 }
 
 impl AdmissionQueue {
-    pub fn new(cap: usize) -> Self {
+    /// `claims`: the claims settled in this process, which let a task whose claim
+    /// annotation still says `pending` into the line.
+    pub fn new(cap: usize, claims: Arc<ClaimBoard>) -> Self {
         Self {
             cap,
             inner: Mutex::new(Inner::default()),
+            claims,
+        }
+    }
+
+    /// Whether `task` wants a slot now (see [`wants_slot`]).
+    pub fn wants_slot(&self, task: &AgentTask, now: Timestamp) -> bool {
+        let claimed = task.uid().is_some_and(|uid| self.claims.is_claimed(&uid));
+        wants_slot(task, now, claimed)
+    }
+
+    /// Re-reads `task` (its claim was settled, which the cache does not show).
+    pub fn refresh(&self, task: &AgentTask) {
+        self.upsert(task);
+    }
+
+    /// `task`'s first attempt has a Job that its status does not show yet: it holds a slot
+    /// (counted as a grant, until the cache shows it) whatever the cap says.
+    pub fn hold(&self, task: &AgentTask) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.hold(key(task));
         }
     }
 
@@ -165,11 +194,16 @@ impl AdmissionQueue {
             .unwrap_or_default()
     }
 
-    /// A new term: grants of an earlier term are void; woken tasks go to `waker`.
-    pub fn start_term(&self, waker: UnboundedSender<ObjectRef<AgentTask>>) {
+    /// A new term: grants of an earlier term are void; woken tasks go to `waker`. `held`
+    /// are the keys (`namespace/name`) of tasks whose first attempt has a Job that their
+    /// status does not show yet: they hold their slots before any is handed out.
+    pub fn start_term(&self, waker: UnboundedSender<ObjectRef<AgentTask>>, held: Vec<String>) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.grants.clear();
             inner.grant_order.clear();
+            for key in held {
+                inner.hold(key);
+            }
             inner.waker = Some(waker);
             inner.fill(self.cap);
         }
@@ -241,7 +275,8 @@ impl AdmissionQueue {
         let key = key(task);
         let holds = holds_slot(task);
         let attempt = attempt_of(task);
-        let wants = !holds && wants_slot(task, Timestamp::now());
+        let claimed = task.uid().is_some_and(|uid| self.claims.is_claimed(&uid));
+        let wants = !holds && wants_slot(task, Timestamp::now(), claimed);
         let (held_before, place_before) = match inner.tracked.remove(&key) {
             Some(t) => (t.holds, t.waiting),
             None => (false, None),
@@ -295,6 +330,27 @@ impl AdmissionQueue {
 }
 
 impl Inner {
+    /// A grant for attempt 1 that no cap check gave: the Job exists already.
+    fn hold(&mut self, key: String) {
+        if let Some(tracked) = self.tracked.get_mut(&key)
+            && let Some(place) = tracked.waiting.take()
+        {
+            self.waiting.remove(&place);
+        }
+        if self.grants.contains_key(&key) {
+            return;
+        }
+        let now = Instant::now();
+        self.grant_order.push_back((key.clone(), now));
+        self.grants.insert(
+            key,
+            Grant {
+                attempt: 1,
+                at: now,
+            },
+        );
+    }
+
     fn expire_grants(&mut self) {
         while let Some((key, at)) = self.grant_order.front() {
             if at.elapsed() < GRANT_TTL {
@@ -405,14 +461,14 @@ mod tests {
 
     #[test]
     fn the_oldest_waiting_tasks_get_the_slots_and_a_freed_slot_wakes_the_next() {
-        let queue = AdmissionQueue::new(2);
+        let queue = AdmissionQueue::new(2, Default::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tasks: Vec<AgentTask> = (0..4).map(|i| task(&format!("t{i}"), 10 - i)).collect();
         // Listed by the cache newest first; the oldest (t3, t2) still win.
         for t in &tasks {
             queue.apply(CacheChange::Upsert(t));
         }
-        queue.start_term(tx);
+        queue.start_term(tx, Vec::new());
         let granted = woken(&mut rx);
         assert_eq!(granted.len(), 2);
         assert!(queue.try_admit(&tasks[3]), "t3 is oldest");
@@ -443,13 +499,13 @@ mod tests {
 
     #[test]
     fn a_released_slot_goes_to_the_next_and_failing_tasks_queue_last() {
-        let queue = AdmissionQueue::new(1);
+        let queue = AdmissionQueue::new(1, Default::default());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let old = task("old", 0);
         let new = task("new", 5);
         queue.apply(CacheChange::Upsert(&new));
         queue.apply(CacheChange::Upsert(&old));
-        queue.start_term(tx);
+        queue.start_term(tx, Vec::new());
         assert_eq!(woken(&mut rx), vec!["old".to_string()]);
         assert!(queue.try_admit(&old));
         // Its Job is refused: the slot goes back and the next task gets it.
@@ -461,14 +517,14 @@ mod tests {
 
     #[test]
     fn a_new_term_voids_old_grants_and_memory_follows_live_tasks_only() {
-        let queue = AdmissionQueue::new(1);
+        let queue = AdmissionQueue::new(1, Default::default());
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        queue.start_term(tx);
+        queue.start_term(tx, Vec::new());
         let a = task("a", 0);
         queue.apply(CacheChange::Upsert(&a));
         assert!(queue.try_admit(&a));
         let (tx, _rx2) = tokio::sync::mpsc::unbounded_channel();
-        queue.start_term(tx);
+        queue.start_term(tx, Vec::new());
         assert_eq!(queue.figures().granted, 0);
         assert!(queue.try_admit(&a));
         queue.apply(CacheChange::Upsert(&finished_task(a.clone())));
@@ -478,10 +534,54 @@ mod tests {
     }
 
     #[test]
+    fn a_first_job_without_status_holds_its_slot_from_the_terms_start() {
+        let queue = AdmissionQueue::new(1, Default::default());
+        let running = task("running", 0);
+        let waiting = task("waiting", 1);
+        queue.apply(CacheChange::Upsert(&running));
+        queue.apply(CacheChange::Upsert(&waiting));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        queue.start_term(tx, vec!["ns/running".into()]);
+        assert!(woken(&mut rx).is_empty(), "the held slot is the only one");
+        assert!(!queue.try_admit(&waiting));
+        // Its status shows attempt 1: the hold becomes an ordinary holder.
+        queue.apply(CacheChange::Upsert(&dispatched(running.clone(), 1)));
+        assert_eq!(queue.figures().holding, 1);
+        assert_eq!(queue.figures().granted, 0);
+        assert!(!queue.try_admit(&waiting));
+        queue.apply(CacheChange::Upsert(&finished_task(running)));
+        assert_eq!(woken(&mut rx), vec!["waiting".to_string()]);
+    }
+
+    #[test]
+    fn a_pending_claim_waits_outside_the_line_until_the_board_settles_it() {
+        let board = Arc::new(ClaimBoard::new());
+        let queue = AdmissionQueue::new(1, board.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        queue.start_term(tx, Vec::new());
+        let mut pending = task("pending", 0);
+        pending.metadata.uid = Some("uid-p".into());
+        pending.metadata.annotations = Some(
+            [(
+                recac_api::annotations::CLAIM.to_string(),
+                recac_api::annotations::CLAIM_PENDING.to_string(),
+            )]
+            .into(),
+        );
+        queue.apply(CacheChange::Upsert(&pending));
+        assert!(woken(&mut rx).is_empty());
+        assert!(!queue.wants_slot(&pending, Timestamp::now()));
+        board.record_claimed(&pending);
+        queue.refresh(&pending);
+        assert_eq!(woken(&mut rx), vec!["pending".to_string()]);
+        assert!(queue.try_admit(&pending));
+    }
+
+    #[test]
     fn ten_thousand_queued_tasks_decide_fast() {
-        let queue = AdmissionQueue::new(10);
+        let queue = AdmissionQueue::new(10, Default::default());
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        queue.start_term(tx);
+        queue.start_term(tx, Vec::new());
         let tasks: Vec<AgentTask> = (0..10_000).map(|i| task(&format!("t{i}"), i)).collect();
         for t in &tasks {
             queue.apply(CacheChange::Upsert(t));

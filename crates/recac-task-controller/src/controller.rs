@@ -18,6 +18,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
+use recac_runtime::claims::ClaimBoard;
 use recac_runtime::events::{EventPublisher, EventType as KubeEventType};
 use recac_runtime::kinds::{CachedJob, TaskSummary, controller_of};
 use recac_runtime::runner::{
@@ -27,7 +28,7 @@ use recac_runtime::{Cache, CacheHook, Component, ComponentError, Term, failpoint
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::admission::{AdmissionQueue, wants_slot};
+use crate::admission::AdmissionQueue;
 use crate::config::{AgentDefaults, TaskControllerConfig};
 use crate::decide::{self, Action, AttemptObservation, EventType, Observation, Plan, RetryPolicy};
 use crate::job_builder;
@@ -40,7 +41,8 @@ use crate::orphans;
 pub const FIELD_MANAGER: &str = "recac-task-controller";
 
 /// The status conditions this controller owns (other controllers own others).
-pub const OWNED_CONDITIONS: [&str; 5] = [
+pub const OWNED_CONDITIONS: [&str; 6] = [
+    decide::condition::CLAIMED,
     decide::condition::QUEUED,
     decide::condition::DISPATCHED,
     decide::condition::SUSPENDED,
@@ -132,6 +134,8 @@ pub struct TaskControllerParts {
     pub agent: AgentDefaults,
     /// Names this replica in Events (e.g. the pod name).
     pub instance: String,
+    /// The claims the source controller settled in this process.
+    pub claims: Arc<ClaimBoard>,
 }
 
 /// The task controller: every AgentTask becomes one Job per attempt.
@@ -145,6 +149,7 @@ pub struct TaskController {
     config: TaskControllerConfig,
     agent: AgentDefaults,
     events: EventPublisher,
+    claims: Arc<ClaimBoard>,
 }
 
 impl TaskController {
@@ -164,12 +169,15 @@ impl TaskController {
             reconciles: parts.reconciles,
             config: parts.config,
             agent: parts.agent,
+            claims: parts.claims,
         }
     }
 
     async fn run_term(self: Arc<Self>, term: Term) -> Result<(), ComponentError> {
         let (wake_tx, wake_rx) = mpsc::unbounded_channel::<ObjectRef<AgentTask>>();
-        self.queue.start_term(wake_tx);
+        let claimed = self.claims.subscribe();
+        self.queue
+            .start_term(wake_tx, self.first_jobs_without_status());
         let (events_tx, events_rx) = mpsc::channel(EVENT_BACKLOG);
         let events = tokio::spawn(publish_events(
             self.events.clone(),
@@ -215,9 +223,24 @@ impl TaskController {
             .jobs
             .changes()
             .filter_map(|job| futures::future::ready(owning_task(&job)));
+        // A claim the source settled: the task now wants a slot, which its cached copy
+        // does not show.
+        let claims = {
+            let controller = self.clone();
+            futures::stream::unfold(
+                claimed,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            )
+            .map(move |reference| {
+                if let Some(task) = controller.tasks.store().get(&reference) {
+                    controller.queue.refresh(&task);
+                }
+                reference
+            })
+        };
         let triggers = futures::stream::select(
             self.tasks.trigger_refs(),
-            futures::stream::select(job_owners, wakes),
+            futures::stream::select(job_owners, futures::stream::select(wakes, claims)),
         );
         runner::run(
             self.tasks.store(),
@@ -253,6 +276,24 @@ impl TaskController {
 }
 
 impl TaskController {
+    /// The tasks (`namespace/name`) whose first attempt has an unfinished Job that their
+    /// status does not show yet (its write waits for the pod): they hold slots.
+    fn first_jobs_without_status(&self) -> Vec<String> {
+        self.jobs
+            .store()
+            .iter()
+            .filter(|job| !observe::cached_job_finished(job))
+            .filter_map(|job| {
+                let reference = owning_task(&job)?;
+                let task = self.tasks.store().get(&reference)?;
+                let unrecorded = task.status.as_ref().and_then(|s| s.attempt).unwrap_or(0) == 0;
+                let first = TaskIdentity::of(&task).job_name(1);
+                (unrecorded && job.metadata.name.as_deref() == Some(first.as_str()))
+                    .then(|| TaskIdentity::of(&task).key())
+            })
+            .collect()
+    }
+
     /// Deletes agent Jobs whose task is gone (see [`crate::orphans`]); each suspect from
     /// the caches is confirmed against the API first. Failures are logged; the next term
     /// looks again.
@@ -348,8 +389,12 @@ impl TermContext {
             return false;
         };
         match dispatched.get(&id.uid) {
+            // The first attempt's status is written later on purpose: [`observe`] looks
+            // for its Job instead.
             Some((attempt, at))
-                if status.attempt.unwrap_or(0) < *attempt && at.elapsed() < STALE_CACHE_WAIT =>
+                if *attempt > 1
+                    && status.attempt.unwrap_or(0) < *attempt
+                    && at.elapsed() < STALE_CACHE_WAIT =>
             {
                 true
             }
@@ -421,10 +466,14 @@ async fn observe(
     let attempt = status.attempt.unwrap_or(0);
     let finished = status.phase.is_some_and(TaskPhase::is_finished);
     // While a retry waits out its backoff, the failed attempt's Job no longer matters.
-    if attempt == 0 || finished || status.next_attempt_time.is_some() {
+    if finished || status.next_attempt_time.is_some() {
         return Ok(Seen::Attempt(None));
     }
     let c = &ctx.controller;
+    // Before its status is written, the first attempt may already have its Job (the status
+    // waits for the pod): the cache says whether it does; create-or-adopt covers a lag.
+    let unrecorded = attempt == 0;
+    let attempt = attempt.max(1);
     let job_name = id.job_name(attempt);
     let cached = c
         .jobs
@@ -433,6 +482,7 @@ async fn observe(
     let job = match cached {
         Some(job) => Some(Arc::new(job.to_job())),
         None if ctx.recently_dispatched(&id.uid, attempt) => return Ok(Seen::CacheBehind),
+        None if unrecorded => None,
         None => {
             // Not cached: make sure before concluding it was deleted.
             let jobs: Api<Job> = Api::namespaced(c.client.clone(), &id.namespace);
@@ -468,6 +518,7 @@ async fn observe(
     };
     Ok(Seen::Attempt(Some(Box::new(AttemptObservation {
         job_name,
+        created: job.metadata.creation_timestamp.as_ref().map(|t| t.0),
         state,
         termination,
     }))))
@@ -489,13 +540,23 @@ async fn reconcile(
         Seen::CacheBehind => return Ok(RequeueAction::requeue(Duration::from_millis(300))),
         Seen::Attempt(attempt) => attempt,
     };
-    let admitted = wants_slot(&task, now) && c.queue.try_admit(&task);
+    let unrecorded_first =
+        attempt.is_some() && task.status.as_ref().and_then(|s| s.attempt).unwrap_or(0) == 0;
+    let admitted = if unrecorded_first {
+        // Its Job exists: the task holds a slot until its status shows it.
+        c.queue.hold(&task);
+        false
+    } else {
+        c.queue.wants_slot(&task, now) && c.queue.try_admit(&task)
+    };
     c.metrics.set_queued(c.queue.figures().waiting);
+    let claimed = c.claims.is_claimed(&id.uid);
     let plan = decide::decide(
         &task,
         &Observation {
             attempt: attempt.map(|a| *a),
             admitted,
+            claimed,
             now,
         },
         &ctx.retry,
@@ -553,10 +614,19 @@ async fn act(
             Action::Event { .. } => {}
         }
     }
-    if owned_status(&plan.status) != owned_status(&current) {
+    if plan.defer_status.is_none() && owned_status(&plan.status) != owned_status(&current) {
         let api: Api<AgentTask> = Api::namespaced(c.client.clone(), &id.namespace);
         match write_owned_status(&api, task, &plan.status).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if plan
+                    .status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == decide::condition::CLAIMED)
+                {
+                    c.claims.forget(&id.uid);
+                }
+            }
             // Decided on a stale copy of the task: decide again on the fresh one.
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 debug!(task = %id.key(), "status changed meanwhile; reconciling again");

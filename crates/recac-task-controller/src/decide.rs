@@ -24,12 +24,16 @@ pub mod condition {
     pub const FAILED: &str = "Failed";
     /// `Dispatched`'s reason when the apiserver refuses the attempt's Job.
     pub const DISPATCH_FAILED: &str = "DispatchFailed";
+    /// The source claimed the task's ticket in Jira.
+    pub const CLAIMED: &str = recac_api::conditions::CLAIMED;
 }
 
 /// What the controller saw of the current attempt's Job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttemptObservation {
     pub job_name: String,
+    /// When the Job was created.
+    pub created: Option<Timestamp>,
     pub state: AttemptState,
     /// How the agent ended, for finished attempts.
     pub termination: Option<Termination>,
@@ -42,6 +46,9 @@ pub struct Observation {
     pub attempt: Option<AttemptObservation>,
     /// Whether a slot under the concurrency cap is free for this task now.
     pub admitted: bool,
+    /// The source controller of this process settled the task's pending claim (see
+    /// [`recac_runtime::claims`]).
+    pub claimed: bool,
     pub now: Timestamp,
 }
 
@@ -100,6 +107,10 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// When to look again without an event.
     pub requeue_after: Option<Duration>,
+    /// The status may wait this long before it is written: the first attempt's Job was
+    /// created moments ago, and its status goes out with the pod's start (see
+    /// [`FIRST_STATUS_GRACE`]).
+    pub defer_status: Option<Duration>,
 }
 
 struct Draft<'a> {
@@ -112,11 +123,24 @@ struct Draft<'a> {
 
 impl Draft<'_> {
     fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        let now = *self.now;
+        self.set_condition_at(type_, status, reason, message, now);
+    }
+
+    /// [`Draft::set_condition`] for a change that happened at `at`.
+    fn set_condition_at(
+        &mut self,
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: &str,
+        at: Timestamp,
+    ) {
         let status_text = if status { "True" } else { "False" };
         let conditions = &mut self.status.conditions;
         if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
             if existing.status != status_text {
-                existing.last_transition_time = Time(*self.now);
+                existing.last_transition_time = Time(at);
             }
             existing.status = status_text.into();
             existing.reason = reason.into();
@@ -128,7 +152,7 @@ impl Draft<'_> {
                 status: status_text.into(),
                 reason: reason.into(),
                 message: message.into(),
-                last_transition_time: Time(*self.now),
+                last_transition_time: Time(at),
                 observed_generation: self.generation,
             });
         }
@@ -167,6 +191,7 @@ impl Draft<'_> {
             status: self.status,
             actions: self.actions,
             requeue_after: self.requeue_after,
+            defer_status: None,
         }
     }
 }
@@ -176,17 +201,28 @@ impl Draft<'_> {
 /// `AwaitingClaim` at once would be a status write per ticket that nobody reads.
 pub const CLAIM_STATUS_GRACE: Duration = Duration::from_secs(5);
 
-/// How much of the claim grace is left for a task created at `created` (`None`: none).
-fn claim_grace_left(task: &AgentTask, now: Timestamp) -> Option<Duration> {
-    let created = task.metadata.creation_timestamp.as_ref()?.0;
-    let age = now.duration_since(created);
-    let grace = SignedDuration::try_from(CLAIM_STATUS_GRACE).ok()?;
+/// How long the first attempt's status waits for its pod: a pod that starts within it makes
+/// dispatch and start one status write (`Running`), and in a burst of new tickets the
+/// status writes come after the Jobs instead of between them. A pod that takes longer gets
+/// the `Pending` status at the grace's end.
+pub const FIRST_STATUS_GRACE: Duration = Duration::from_secs(5);
+
+/// How much of `grace` is left for something that began at `since` (`None`: none).
+fn grace_left(since: Timestamp, grace: Duration, now: Timestamp) -> Option<Duration> {
+    let age = now.duration_since(since);
+    let grace = SignedDuration::try_from(grace).ok()?;
     let left = grace.checked_sub(age)?;
     if left > SignedDuration::ZERO {
         Duration::try_from(left).ok()
     } else {
         None
     }
+}
+
+/// How much of the claim grace is left for a task created at `created` (`None`: none).
+fn claim_grace_left(task: &AgentTask, now: Timestamp) -> Option<Duration> {
+    let created = task.metadata.creation_timestamp.as_ref()?.0;
+    grace_left(created, CLAIM_STATUS_GRACE, now)
 }
 
 /// Decides what to do with `task` given what was observed.
@@ -205,9 +241,12 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
         return draft.finish();
     }
 
-    let attempt = current.attempt.unwrap_or(0);
+    let mut attempt = current.attempt.unwrap_or(0);
+    // The first attempt's Job, when it exists before the status says so.
+    let mut first = None;
     if attempt == 0 {
-        match claim_state(task) {
+        // A Job is only ever created after the claim, so one that exists settles it.
+        match claim_state(task, observed.claimed || observed.attempt.is_some()) {
             Claim::Pending => {
                 if current == AgentTaskStatus::default()
                     && let Some(left) = claim_grace_left(task, observed.now)
@@ -217,6 +256,7 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
                         status: current,
                         actions: Vec::new(),
                         requeue_after: Some(left),
+                        defer_status: None,
                     };
                 }
                 draft.status.phase = Some(TaskPhase::Pending);
@@ -256,12 +296,36 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
                 draft.event(EventType::Warning, "ClaimUnavailable", message);
                 return draft.finish();
             }
+            Claim::Settled => draft.set_condition(
+                condition::CLAIMED,
+                true,
+                "TicketClaimed",
+                "the source claimed the ticket in Jira",
+            ),
             Claim::None => {}
         }
         let branch = feature_branch(task);
         draft.status.branch = Some(branch.clone());
-        dispatch(&mut draft, task, observed, 1, branch);
-        return draft.finish();
+        match &observed.attempt {
+            None => {
+                dispatch(&mut draft, task, observed, 1, branch);
+                let created = draft
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::CreateJob { .. }));
+                let mut plan = draft.finish();
+                if created {
+                    plan.defer_status = Some(FIRST_STATUS_GRACE);
+                    plan.requeue_after = Some(FIRST_STATUS_GRACE);
+                }
+                return plan;
+            }
+            Some(observation) => {
+                adopt_first_attempt(&mut draft, observation);
+                attempt = 1;
+                first = Some(observation);
+            }
+        }
     }
 
     let job_name = naming::job_name(&task.name_any(), attempt);
@@ -300,7 +364,41 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
             }
         },
     }
-    draft.finish()
+    let mut plan = draft.finish();
+    if let Some(first) = first
+        && first.state == AttemptState::Starting
+        && plan.actions.is_empty()
+        && let Some(left) = grace_left(
+            first.created.unwrap_or(observed.now),
+            FIRST_STATUS_GRACE,
+            observed.now,
+        )
+    {
+        plan.defer_status = Some(left);
+        plan.requeue_after = Some(left);
+    }
+    plan
+}
+
+/// The first attempt's Job exists but the status does not say so yet (its write waits for
+/// the pod, see [`FIRST_STATUS_GRACE`]): records the dispatch as of the Job's creation.
+fn adopt_first_attempt(draft: &mut Draft, first: &AttemptObservation) {
+    let at = first.created.unwrap_or(*draft.now);
+    draft.status.attempt = Some(1);
+    draft.status.retries = Some(0);
+    draft.status.job_name = Some(first.job_name.clone());
+    draft.status.next_attempt_time = None;
+    if draft.status.start_time.is_none() {
+        draft.status.start_time = Some(Time(at));
+    }
+    draft.clear_condition(condition::QUEUED, "Dispatched", "a slot was free");
+    draft.set_condition_at(
+        condition::DISPATCHED,
+        true,
+        "JobCreated",
+        &format!("attempt 1 runs as Job {}", first.job_name),
+        at,
+    );
 }
 
 /// The status recording that the apiserver refused the task's Job (`message` says why);
@@ -328,18 +426,29 @@ pub fn dispatch_failed(task: &AgentTask, message: &str, now: Timestamp) -> Agent
 /// [`recac_api::annotations::CLAIM`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// No claim is involved (a task made by a person), or the ticket is claimed.
+    /// No claim is involved (a task made by a person), or the annotation says `claimed`.
     None,
     Pending,
+    /// The annotation says `pending`, but the claim is settled: the status has the
+    /// `Claimed` condition, or the caller knows it (the source told this process, or the
+    /// first attempt's Job exists).
+    Settled,
     Lost,
     /// The ticket is free but no claim transition is offered to the bot.
     Unavailable,
 }
 
-/// Reads the claim annotation.
-pub fn claim_state(task: &AgentTask) -> Claim {
+/// Reads the claim annotation; `known_claimed` says the caller knows a pending claim is
+/// settled.
+pub fn claim_state(task: &AgentTask, known_claimed: bool) -> Claim {
     use recac_api::annotations::{CLAIM, CLAIM_LOST, CLAIM_PENDING, CLAIM_UNAVAILABLE};
     match task.annotations().get(CLAIM).map(String::as_str) {
+        Some(CLAIM_PENDING)
+            if known_claimed
+                || recac_runtime::kinds::task_condition_true(task, condition::CLAIMED) =>
+        {
+            Claim::Settled
+        }
         Some(CLAIM_PENDING) => Claim::Pending,
         Some(CLAIM_LOST) => Claim::Lost,
         Some(CLAIM_UNAVAILABLE) => Claim::Unavailable,

@@ -64,6 +64,18 @@ pub fn attempt_state(job: &Job) -> AttemptState {
     }
 }
 
+/// Whether a cached Job has finished (a true `Complete` or `Failed` condition).
+pub fn cached_job_finished(job: &recac_runtime::kinds::CachedJob) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

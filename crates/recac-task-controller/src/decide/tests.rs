@@ -44,6 +44,7 @@ fn observe(attempt: Option<AttemptObservation>, admitted: bool) -> Observation {
     Observation {
         attempt,
         admitted,
+        claimed: false,
         now: now(),
     }
 }
@@ -51,6 +52,7 @@ fn observe(attempt: Option<AttemptObservation>, admitted: bool) -> Observation {
 fn job(attempt: i32, state: AttemptState) -> Option<AttemptObservation> {
     Some(AttemptObservation {
         job_name: format!("fix-login-a{attempt}"),
+        created: None,
         state,
         termination: None,
     })
@@ -236,6 +238,7 @@ fn success_copies_the_agents_result() {
     .expect("result json");
     let observation = Some(AttemptObservation {
         job_name: "fix-login-a1".into(),
+        created: None,
         state: AttemptState::Succeeded,
         termination: Some(Termination {
             exit_code: Some(0),
@@ -288,6 +291,7 @@ fn failure_with_retries_left_waits_then_dispatches_the_next_attempt() {
     let early = Observation {
         attempt: job(1, failed("BackoffLimitExceeded", false)),
         admitted: true,
+        claimed: false,
         now: now()
             .checked_add(SignedDuration::from_secs(10))
             .expect("time"),
@@ -301,6 +305,7 @@ fn failure_with_retries_left_waits_then_dispatches_the_next_attempt() {
     let late = Observation {
         attempt: None, // the failed Job may be gone (TTL)
         admitted: true,
+        claimed: false,
         now: due,
     };
     let plan = decide(&waiting, &late, &policy());
@@ -324,6 +329,7 @@ fn a_due_retry_without_a_slot_stays_queued() {
     let late = Observation {
         attempt: None,
         admitted: false,
+        claimed: false,
         now: now()
             .checked_add(SignedDuration::from_secs(60))
             .expect("time"),
@@ -383,6 +389,7 @@ fn giving_up_fails_without_retry() {
     // The exit code alone also says so.
     let observation = Some(AttemptObservation {
         job_name: "fix-login-a1".into(),
+        created: None,
         state: failed("BackoffLimitExceeded", false),
         termination: Some(Termination {
             exit_code: Some(3),
@@ -434,6 +441,7 @@ fn condition_transition_times_change_only_on_flips() {
     let later = Observation {
         attempt: None,
         admitted: false,
+        claimed: false,
         now: now()
             .checked_add(SignedDuration::from_secs(100))
             .expect("time"),
@@ -506,7 +514,8 @@ fn a_pending_claim_holds_dispatch_and_a_lost_claim_fails_without_running() {
         condition(&plan, condition::DISPATCHED).map(|c| c.reason.as_str()),
         Some("AwaitingClaim")
     );
-    assert!(!crate::admission::wants_slot(&pending, now()));
+    assert!(!crate::admission::wants_slot(&pending, now(), false));
+    assert!(crate::admission::wants_slot(&pending, now(), true));
 
     // A task created a moment ago gets no status while its claim is in progress: the
     // claim's annotation wakes it, and if the claim takes longer, the grace's end does.
@@ -581,4 +590,129 @@ fn a_pending_claim_holds_dispatch_and_a_lost_claim_fails_without_running() {
             .message
             .starts_with("no transition In Progress from To Do")
     );
+}
+
+fn at(seconds_before_now: i64) -> Timestamp {
+    now()
+        .checked_sub(SignedDuration::from_secs(seconds_before_now))
+        .expect("time")
+}
+
+fn first_job(state: AttemptState, created_seconds_ago: i64) -> Option<AttemptObservation> {
+    Some(AttemptObservation {
+        job_name: "fix-login-a1".into(),
+        created: Some(at(created_seconds_ago)),
+        state,
+        termination: None,
+    })
+}
+
+#[test]
+fn the_first_dispatch_writes_no_status_until_the_pod_runs_or_the_grace_ends() {
+    let plan = decide(&task(2), &observe(None, true), &policy());
+    assert_eq!(creates(&plan), vec![1]);
+    assert_eq!(plan.defer_status, Some(FIRST_STATUS_GRACE));
+    assert_eq!(plan.requeue_after, Some(FIRST_STATUS_GRACE));
+
+    // The Job shows in the cache while the status still has no attempt: nothing to write
+    // until the grace ends, and no second create.
+    let plan = decide(
+        &task(2),
+        &observe(first_job(AttemptState::Starting, 2), false),
+        &policy(),
+    );
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.defer_status, Some(Duration::from_secs(3)));
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(3)));
+
+    // The grace is over: the dispatch is recorded as of the Job's creation.
+    let plan = decide(
+        &task(2),
+        &observe(first_job(AttemptState::Starting, 6), false),
+        &policy(),
+    );
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.defer_status, None);
+    let s = &plan.status;
+    assert_eq!(s.phase, Some(TaskPhase::Pending));
+    assert_eq!(
+        (s.attempt, s.retries, s.job_name.as_deref()),
+        (Some(1), Some(0), Some("fix-login-a1"))
+    );
+    assert_eq!(s.start_time, Some(Time(at(6))));
+    let dispatched = condition(&plan, condition::DISPATCHED).expect("Dispatched");
+    assert_eq!(dispatched.status, "True");
+    assert_eq!(dispatched.last_transition_time, Time(at(6)));
+
+    // A pod that runs within the grace: dispatch and start are one write.
+    let plan = decide(
+        &task(2),
+        &observe(first_job(AttemptState::Running, 1), false),
+        &policy(),
+    );
+    assert_eq!(plan.defer_status, None);
+    assert_eq!(plan.status.phase, Some(TaskPhase::Running));
+    assert_eq!(plan.status.attempt, Some(1));
+
+    // Recorded: the next look is the ordinary one.
+    let t = after(task(2), &plan);
+    let again = decide(
+        &t,
+        &observe(job(1, AttemptState::Running), false),
+        &policy(),
+    );
+    assert_eq!(Some(&again.status), t.status.as_ref());
+    assert_eq!(again.defer_status, None);
+}
+
+#[test]
+fn a_claim_settled_in_this_process_or_shown_by_a_job_dispatches_and_is_recorded() {
+    let mut pending = task(2);
+    pending.metadata.annotations = Some(
+        [(
+            recac_api::annotations::CLAIM.to_string(),
+            recac_api::annotations::CLAIM_PENDING.to_string(),
+        )]
+        .into(),
+    );
+    let told = Observation {
+        attempt: None,
+        admitted: true,
+        claimed: true,
+        now: now(),
+    };
+    let plan = decide(&pending, &told, &policy());
+    assert_eq!(creates(&plan), vec![1]);
+    let claimed = condition(&plan, condition::CLAIMED).expect("Claimed");
+    assert_eq!(
+        (claimed.status.as_str(), claimed.reason.as_str()),
+        ("True", "TicketClaimed")
+    );
+
+    // Not admitted: the queued status records the claim at once.
+    let queued = decide(
+        &pending,
+        &Observation {
+            admitted: false,
+            ..told.clone()
+        },
+        &policy(),
+    );
+    assert!(creates(&queued).is_empty());
+    assert_eq!(queued.defer_status, None);
+    assert!(condition(&queued, condition::CLAIMED).is_some());
+    // Once written, the status alone settles it (after a restart, nobody tells it again).
+    let recorded = after(pending.clone(), &queued);
+    assert_eq!(claim_state(&recorded, false), Claim::Settled);
+    assert!(crate::admission::wants_slot(&recorded, now(), false));
+
+    // After a restart the Job alone settles it: a Job is only created after a claim.
+    let plan = decide(
+        &pending,
+        &observe(first_job(AttemptState::Starting, 9), false),
+        &policy(),
+    );
+    assert!(plan.actions.is_empty());
+    assert!(condition(&plan, condition::CLAIMED).is_some());
+    assert_eq!(plan.status.attempt, Some(1));
 }
