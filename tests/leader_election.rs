@@ -1180,3 +1180,103 @@ async fn a_new_leader_recovers_what_the_old_one_left() {
         "a2 only: a1 was deleted"
     );
 }
+
+/// Commands posted on tickets while the leader dies: the new leader acts on each once (a
+/// follow-up is one new run, a `retry` one more, an unknown command one reply), whether or
+/// not the old leader got to them before it died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_posted_during_a_failover_act_once() {
+    let c = &mut Cluster::new("ha-commands", true).await;
+    let (_node, sim) = c.with_node_and_jira().await;
+    sim.add_user(recac_jira_sim::UserDef {
+        account_id: "acc-alice".into(),
+        name: "alice".into(),
+        display_name: "alice".into(),
+        email: "alice@example.com".into(),
+        token: None,
+        pat: None,
+        permissions: None,
+    });
+    let keys = sim.add_issues("OPS", "talk", &["recac-agent"], 3);
+    c.extra_config = jira_config(&sim, &c.ns, "", "");
+    let env = JIRA_ENV.map(|(k, v)| (k, v.to_string()));
+    let kubeconfig = c.plane.kubeconfig_path().to_path_buf();
+    let names = ["replica-a", "replica-b"];
+    let mut replicas: BTreeMap<String, Replica> = names
+        .iter()
+        .map(|name| (name.to_string(), c.start(name, &kubeconfig, &env)))
+        .collect();
+    let tasks: Api<AgentTask> = Api::namespaced(c.client.clone(), &c.ns);
+    let finished = |name: String| {
+        let tasks = tasks.clone();
+        async move {
+            tasks.get_opt(&name).await.ok().flatten().filter(|t| {
+                t.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(recac_api::TaskPhase::is_finished)
+            })
+        }
+    };
+    for key in &keys {
+        let first = recac_source::task::task_name(key, 1);
+        wait_for(
+            &format!("{first} finished"),
+            Duration::from_secs(60),
+            || finished(first.clone()),
+        )
+        .await;
+    }
+    let follow_up = sim.comment_as(&keys[0], "alice", "/recac also log the result");
+    assert!(!follow_up.is_empty(), "the comment was posted");
+    let retry = sim.comment_as(&keys[1], "alice", "/recac retry");
+    let unknown = sim.comment_as(&keys[2], "alice", "/recac frobnicate");
+    let leader = c.wait_leader(&names).await;
+    {
+        let replica = replicas.get_mut(&leader).expect("leader");
+        let _ = replica.child.kill();
+        let _ = replica.child.wait();
+    }
+    replicas.insert(leader.clone(), c.start(&leader, &kubeconfig, &env));
+    for (key, comment) in [(&keys[0], &follow_up), (&keys[1], &retry)] {
+        let second = recac_source::task::task_name(key, 2);
+        let task = wait_for(
+            &format!("{second} finished"),
+            Duration::from_secs(60),
+            || finished(second.clone()),
+        )
+        .await;
+        assert_eq!(task.annotations().get("recac.io/command"), Some(comment));
+    }
+    let marker = recac_source::commands::reply_marker(&unknown);
+    let replies = || {
+        sim.issue(&keys[2])
+            .map(|i| {
+                i.comments
+                    .iter()
+                    .filter(|c| c.body.to_string().contains(&marker))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the reply to the unknown command",
+        Duration::from_secs(60),
+        || async { (replies() > 0).then_some(()) },
+    )
+    .await;
+    // Both replicas go on polling (one leads): nothing more happens.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for key in &keys {
+        let runs = tasks
+            .list(&ListParams::default().labels(&format!("recac.io/ticket={key}")))
+            .await
+            .expect("tasks")
+            .items
+            .len();
+        let expected = if key == &keys[2] { 1 } else { 2 };
+        assert_eq!(runs, expected, "{key}: one run per command");
+    }
+    assert_eq!(replies(), 1, "one reply to the unknown command");
+    drop(replicas);
+}

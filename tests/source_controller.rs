@@ -144,6 +144,16 @@ struct Running {
 
 impl Running {
     async fn start(e: &Env, source: SourceConfig, hook: Option<StepHook>) -> Self {
+        Self::start_with_agent(e, source, hook, FAKE_AGENT).await
+    }
+
+    /// With `agent` as the agent's shell script.
+    async fn start_with_agent(
+        e: &Env,
+        source: SourceConfig,
+        hook: Option<StepHook>,
+        agent: &str,
+    ) -> Self {
         let setup = OperatorSetup {
             operator: OperatorSettings {
                 namespaces: vec![e.ns.clone()],
@@ -154,7 +164,7 @@ impl Running {
                 ..Default::default()
             },
             agent: AgentDefaults {
-                command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
+                command: vec!["sh".into(), "-c".into(), agent.into()],
                 ..Default::default()
             },
             instance: "test".into(),
@@ -1024,4 +1034,249 @@ async fn the_repository_comes_from_a_custom_field_or_a_component() {
         op.stop().await;
         assert!(tasks_of(&e, &refused).await.is_empty(), "{flavor:?}");
     }
+}
+
+/// An agent that sleeps 8 s when its prompt says SLOW and 300 s when it says ENDLESS, and
+/// reports its prompt's last line as its summary.
+const TALKING_AGENT: &str = r#"case "$RECAC_PROMPT" in *ENDLESS*) sleep 300;; *SLOW*) sleep 8;; esac; last=$(printf '%s' "$RECAC_PROMPT" | tail -n 1 | tr -d '"\\'); printf '{"outcome":"succeeded","branch":"%s","summary":"did: %s"}' "$RECAC_BRANCH" "$last" > "$RECAC_RESULT_PATH""#;
+
+async fn task_named(e: &Env, name: &str) -> Option<AgentTask> {
+    let api: Api<AgentTask> = Api::namespaced(e.client.clone(), &e.ns);
+    api.get_opt(name).await.expect("task read")
+}
+
+async fn wait_phase(e: &Env, name: &str, phase: recac_api::TaskPhase) -> AgentTask {
+    wait_for(&format!("{name} {phase:?}"), LONG, || async {
+        task_named(e, name)
+            .await
+            .filter(|t| t.status.as_ref().and_then(|s| s.phase) == Some(phase))
+    })
+    .await
+}
+
+fn failed_reason(task: &AgentTask) -> Option<String> {
+    task.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .map(|c| c.reason.clone())
+    })
+}
+
+/// recac's comments on `key` that answer the comment `id`.
+fn replies_to(e: &Env, key: &str, id: &str) -> Vec<String> {
+    let marker = recac_source::commands::reply_marker(id);
+    e.sim
+        .issue(key)
+        .map(|i| {
+            i.comments
+                .iter()
+                .map(|c| match &c.body {
+                    serde_json::Value::String(wiki) => wiki.clone(),
+                    adf => recac_jira::adf::plain_text(adf),
+                })
+                .filter(|t| t.contains(&marker))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A follow-up asked in a comment (by a `/recac` line, then by a mention of the bot) is a
+/// new run on the same branch with the earlier runs in its prompt, started once although
+/// the comment arrives by webhook and by every poll and the operator restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_comment_asks_for_a_follow_up_that_runs_once_on_the_same_branch() {
+    for flavor in FLAVORS {
+        let e = env("conv-follow", flavor, true).await;
+        let key = ticket(&e, "Parse the list", &format!("Repo: {REPO}"));
+        let op = Running::start_with_agent(&e, source(&e), None, TALKING_AGENT).await;
+        e.sim.set_webhook(
+            &format!("http://{}/webhooks/jira", op.http),
+            Some(SECRET.to_vec()),
+        );
+        let run1 = recac_source::task::task_name(&key, 1);
+        let first = wait_phase(&e, &run1, recac_api::TaskPhase::Succeeded).await;
+        let branch = first.status.as_ref().and_then(|s| s.branch.clone());
+        assert!(branch.is_some(), "{flavor:?}: run 1 has a branch");
+
+        let asked = e
+            .sim
+            .comment_as(&key, "alice", "Thanks!\n/recac also handle the empty list");
+        let run2 = recac_source::task::task_name(&key, 2);
+        let second = wait_phase(&e, &run2, recac_api::TaskPhase::Succeeded).await;
+        assert_eq!(
+            second.annotations().get("recac.io/command"),
+            Some(&asked),
+            "{flavor:?}"
+        );
+        assert_eq!(second.labels()["recac.io/ticket"], key);
+        assert_eq!(second.labels()["recac.io/run"], "2");
+        assert_eq!(
+            second.spec.repository.branch, branch,
+            "{flavor:?}: same branch"
+        );
+        let prompt = second.spec.prompt.clone().unwrap_or_default();
+        let original = prompt.find("Parse the list").expect("the original request");
+        let earlier = prompt
+            .find("- run 1: attempt 1 succeeded")
+            .expect("run 1's outcome");
+        let follow_up = prompt
+            .find("also handle the empty list")
+            .expect("the follow-up");
+        assert!(original < earlier && earlier < follow_up, "{prompt}");
+
+        let mentioned = e.sim.comment_mentioning_as(
+            &key,
+            "alice",
+            BOT_ACCOUNT_ID,
+            "and treat nulls like empty lists",
+        );
+        let run3 = recac_source::task::task_name(&key, 3);
+        let third = wait_phase(&e, &run3, recac_api::TaskPhase::Succeeded).await;
+        assert_eq!(
+            third.annotations().get("recac.io/command"),
+            Some(&mentioned)
+        );
+        let prompt = third.spec.prompt.clone().unwrap_or_default();
+        assert!(
+            prompt.contains("- run 2 (follow-up: also handle the empty list)"),
+            "{prompt}"
+        );
+        assert!(
+            prompt.ends_with("and treat nulls like empty lists"),
+            "{flavor:?}: the mention is not part of the request: {prompt}"
+        );
+
+        // The same comments again: more polls, a redelivered webhook, a restart.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        op.stop().await;
+        let op = Running::start_with_agent(&e, source(&e), None, TALKING_AGENT).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        op.stop().await;
+        e.sim.clear_webhook();
+        assert_eq!(
+            tasks_of(&e, &key).await.len(),
+            3,
+            "{flavor:?}: one run per command"
+        );
+        let bot_comments = e
+            .sim
+            .issue(&key)
+            .expect("issue")
+            .comments
+            .iter()
+            .filter(|c| c.author == BOT_ACCOUNT_ID || c.author == recac_jira_sim::BOT_NAME)
+            .count();
+        assert_eq!(bot_comments, 0, "{flavor:?}: a follow-up needs no reply");
+    }
+}
+
+/// A command from someone who may not trigger the source, an unknown command and an
+/// approval with no plan waiting each get one reply, whatever polls and restarts follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_that_cannot_act_get_one_reply_each() {
+    for flavor in FLAVORS {
+        let e = env("conv-reply", flavor, false).await;
+        let mut s = source(&e);
+        s.allowed_users = vec!["alice@example.com".into()];
+        let key = ticket(&e, "Guarded", &format!("Repo: {REPO}"));
+        let op = Running::start(&e, s.clone(), None).await;
+        wait_claimed(&e, &key, 1).await;
+        let by_mallory = e.sim.comment_as(&key, "mallory", "/recac retry");
+        let unknown = e.sim.comment_as(&key, "alice", "/recac frobnicate");
+        let approve = e.sim.comment_as(&key, "alice", "/recac approve");
+        let remark = e
+            .sim
+            .comment_as(&key, "alice", "just a remark for the team");
+        for (id, words) in [
+            (
+                &by_mallory,
+                "only alice@example.com may give recac commands",
+            ),
+            (&unknown, "does not know the command \"frobnicate\""),
+            (&approve, "no plan waiting for approval"),
+        ] {
+            let reply = wait_for(&format!("a reply to {id}"), LONG, || async {
+                replies_to(&e, &key, id).into_iter().next()
+            })
+            .await;
+            assert!(reply.contains(words), "{flavor:?}: {reply}");
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        op.stop().await;
+        let op = Running::start(&e, s, None).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        op.stop().await;
+        for id in [&by_mallory, &unknown, &approve] {
+            assert_eq!(
+                replies_to(&e, &key, id).len(),
+                1,
+                "{flavor:?}: one reply to {id}"
+            );
+        }
+        assert!(
+            replies_to(&e, &key, &remark).is_empty(),
+            "a remark is no command"
+        );
+        assert_eq!(tasks_of(&e, &key).await.len(), 1, "{flavor:?}: nothing ran");
+    }
+}
+
+/// A follow-up while the ticket's run is still going queues behind it and runs after it;
+/// `stop` ends the running task (its Job suspended, so the agent gets SIGTERM) and every
+/// queued one, and a second `stop` is told there is nothing left to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follow_up_queues_behind_the_running_run_and_stop_ends_them() {
+    let e = env("conv-queue", Flavor::Cloud, true).await;
+    let key = ticket(&e, "SLOW work", &format!("Repo: {REPO}"));
+    let op = Running::start_with_agent(&e, source(&e), None, TALKING_AGENT).await;
+    let run1 = recac_source::task::task_name(&key, 1);
+    wait_phase(&e, &run1, recac_api::TaskPhase::Running).await;
+    e.sim
+        .comment_as(&key, "alice", "/recac then write the docs");
+    let run2 = recac_source::task::task_name(&key, 2);
+    let queued = wait_for("run 2 queued behind run 1", LONG, || async {
+        task_named(&e, &run2).await.filter(|t| {
+            t.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Queued" && c.status == "True" && c.reason == "PreviousRunActive"
+                })
+            })
+        })
+    })
+    .await;
+    assert!(queued.status.and_then(|s| s.job_name).is_none());
+    assert!(
+        jobs(&e)
+            .await
+            .iter()
+            .all(|j| j.labels().get("recac.io/task") != Some(&run2)),
+        "no Job for run 2 while run 1 runs"
+    );
+    wait_phase(&e, &run1, recac_api::TaskPhase::Succeeded).await;
+    wait_phase(&e, &run2, recac_api::TaskPhase::Succeeded).await;
+
+    let endless = ticket(&e, "ENDLESS work", &format!("Repo: {REPO}"));
+    let endless1 = recac_source::task::task_name(&endless, 1);
+    wait_phase(&e, &endless1, recac_api::TaskPhase::Running).await;
+    e.sim.comment_as(&endless, "alice", "/recac and more");
+    let endless2 = recac_source::task::task_name(&endless, 2);
+    wait_for("the queued follow-up", LONG, || async {
+        task_named(&e, &endless2).await
+    })
+    .await;
+    let stop = e.sim.comment_as(&endless, "alice", "/recac stop");
+    let stopped = wait_phase(&e, &endless1, recac_api::TaskPhase::Failed).await;
+    assert_eq!(failed_reason(&stopped).as_deref(), Some("Stopped"));
+    assert_eq!(stopped.annotations().get("recac.io/stop"), Some(&stop));
+    let never_ran = wait_phase(&e, &endless2, recac_api::TaskPhase::Failed).await;
+    assert_eq!(failed_reason(&never_ran).as_deref(), Some("Stopped"));
+    assert!(never_ran.status.and_then(|s| s.job_name).is_none());
+    let again = e.sim.comment_as(&endless, "alice", "/recac stop");
+    let reply = wait_for("the answer to a second stop", LONG, || async {
+        replies_to(&e, &endless, &again).into_iter().next()
+    })
+    .await;
+    assert!(reply.contains("nothing running"), "{reply}");
+    op.stop().await;
 }

@@ -1067,3 +1067,172 @@ spec:
     operator.stop().await;
     s.node.shutdown().await.expect("node agent stops");
 }
+
+/// A run of a ticket as the source makes it: the ticket and run labels, the ticket's branch.
+fn ticket_run_yaml(name: &str, ticket: &str, run: u32, mode: &str, extra_env: &str) -> String {
+    format!(
+        r#"
+apiVersion: recac.io/v1alpha1
+kind: AgentTask
+metadata:
+  name: {name}
+  labels:
+    recac.io/ticket: {ticket}
+    recac.io/run: "{run}"
+spec:
+  prompt: fix the login timeout
+  ticket:
+    source: jira
+    key: {ticket}
+  repository:
+    url: https://git.example.com/org/repo.git
+  maxRetries: 2
+  agent:
+    env:
+      - name: FAKE_MODE
+        value: "{mode}"
+{extra_env}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_a_ticket_run_one_after_another() {
+    let s = setup("tc-runs").await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
+    create_task(
+        &s,
+        &ticket_run_yaml(
+            "ops-7-1",
+            "OPS-7",
+            1,
+            "slow",
+            "      - name: FAKE_SLEEP\n        value: \"8\"\n",
+        ),
+    )
+    .await;
+    task_where(&s, "ops-7-1", "run 1 Running", LONG, |t| {
+        phase(t) == Some(TaskPhase::Running)
+    })
+    .await;
+    create_task(&s, &ticket_run_yaml("ops-7-2", "OPS-7", 2, "succeed", "")).await;
+
+    // Run 2 says at once that it waits for run 1, and makes no Job while run 1 runs.
+    let waiting = task_where(&s, "ops-7-2", "run 2 queued behind run 1", LONG, |t| {
+        condition(t, "Queued") == Some(("True".into(), "PreviousRunActive".into()))
+    })
+    .await;
+    assert_eq!(phase(&waiting), Some(TaskPhase::Pending));
+    let message = waiting
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Queued"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("ops-7-1"), "{message}");
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    loop {
+        let first = api.get("ops-7-1").await.expect("run 1");
+        if phase(&first) != Some(TaskPhase::Running) {
+            break;
+        }
+        assert!(
+            jobs_of(&s, "ops-7-2").await.is_empty(),
+            "run 2 got a Job while run 1 runs"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Run 1 finishes: run 2 gets its Job and runs.
+    let first = task_where(&s, "ops-7-1", "run 1 Succeeded", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    let second = task_where(&s, "ops-7-2", "run 2 Succeeded", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    let finished = first.status.and_then(|s| s.completion_time).expect("done");
+    let started = second
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .expect("started");
+    assert!(started.0 >= finished.0, "run 2 started before run 1 ended");
+    assert_eq!(
+        second.status.and_then(|s| s.branch).as_deref(),
+        Some("recac/OPS-7")
+    );
+    assert_eq!(jobs_of(&s, "ops-7-2").await.len(), 1);
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_on_the_ticket_suspends_the_job_and_ends_the_task_without_retry() {
+    let s = setup("tc-stop").await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
+    create_task(&s, &ticket_run_yaml("ops-8-1", "OPS-8", 1, "sleep", "")).await;
+    task_where(&s, "ops-8-1", "Running", LONG, |t| {
+        phase(t) == Some(TaskPhase::Running)
+    })
+    .await;
+
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let stop = serde_json::json!({"metadata": {"annotations": {
+        "recac.io/stop": "10042",
+        "recac.io/stop-by": "Ada Lovelace",
+    }}});
+    api.patch("ops-8-1", &PatchParams::default(), &Patch::Merge(&stop))
+        .await
+        .expect("stop annotation");
+
+    let jobs: Api<Job> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("the Job to be suspended", LONG, || {
+        let jobs = jobs.clone();
+        async move {
+            let job = jobs.get("ops-8-1-a1").await.ok()?;
+            job.spec.and_then(|s| s.suspend).filter(|s| *s)
+        }
+    })
+    .await;
+    let task = task_where(&s, "ops-8-1", "Failed as stopped", LONG, |t| {
+        phase(t) == Some(TaskPhase::Failed)
+    })
+    .await;
+    assert_eq!(
+        condition(&task, "Failed"),
+        Some(("True".into(), "Stopped".into()))
+    );
+    let status = task.status.clone().expect("status");
+    assert!(status.completion_time.is_some());
+    assert_eq!(status.next_attempt_time, None);
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("by Ada Lovelace (comment 10042)"),
+        "{message}"
+    );
+
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("the Stopped event", LONG, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("ops-8-1")
+                        && e.reason.as_deref() == Some("Stopped")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // No second attempt, and nothing changes on a second look.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = api.get("ops-8-1").await.expect("task");
+    assert_eq!(later.resource_version(), task.resource_version());
+    assert_eq!(jobs_of(&s, "ops-8-1").await.len(), 1);
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}

@@ -14,7 +14,8 @@
 //!   by apply, merge patch or replace); Jira requests (reads, writes per ticket); the
 //!   operator's peak RSS.
 //! - **large** (`BENCH_SOURCE_LARGE`, default 5000): every ticket becomes a task (no page or
-//!   result cap); then, idle, the Jira requests per poll interval.
+//!   result cap); the comment reads that follow (each claim changed its ticket); then, at
+//!   rest with every ticket worked on, the Jira requests per poll interval.
 //! - **latency** (`BENCH_SOURCE_SAMPLES`, default 30): from a ticket becoming ready to its Job
 //!   existing, p50/p99, in webhook mode and in poll mode (interval 2 s).
 //!
@@ -22,6 +23,10 @@
 //!   operator whose tasks are then deleted; a second operator starts with one new ready
 //!   ticket. Seconds until the new ticket's task exists (the stranded-claims check must not
 //!   hold it up) and until every stranded claim is handed back.
+//!
+//! - **commands** (`BENCH_SOURCE_COMMANDS`, default 30): from a `/recac` follow-up comment
+//!   on a ticket whose run finished to the follow-up's Job, p50/p99, by webhook (the
+//!   simulator delivers `comment_created`) and by poll (interval 2 s).
 //!
 //! A size of 0 skips that case. `BENCH_LOG` sets the operator's `RUST_LOG` (default `warn`).
 //!
@@ -297,7 +302,27 @@ async fn large(plane: &ControlPlane, n: usize) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each claim changed its ticket, so the next polls read each ticket's comments once
+    // (for commands); then the source is at rest.
+    let settle_deadline = Instant::now() + Duration::from_secs(300);
+    let mut comment_reads = 0;
+    loop {
+        sim.clear_calls();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let calls = sim.calls();
+        let reads = calls
+            .iter()
+            .filter(|c| c.path.ends_with("/comment"))
+            .count();
+        comment_reads += reads;
+        if calls.iter().all(|c| c.path.contains("/search")) {
+            break;
+        }
+        assert!(
+            Instant::now() < settle_deadline,
+            "the source never came to rest"
+        );
+    }
     sim.clear_calls();
     let idle = Duration::from_secs(10);
     tokio::time::sleep(idle).await;
@@ -305,11 +330,91 @@ async fn large(plane: &ControlPlane, n: usize) {
     let searches = calls.iter().filter(|c| c.path.contains("/search")).count();
     let others = calls.len() - searches;
     println!(
-        "large {n}: every ticket a claimed task after {elapsed:.1} s; idle for {}s with a 2 s interval: {searches} searches, {others} other Jira requests; operator peak RSS {:.1} MiB",
+        "large {n}: every ticket a claimed task after {elapsed:.1} s; then {comment_reads} comment reads (each claimed ticket's comments, once, for commands); at rest for {}s with a 2 s interval and {n} tickets worked on: {searches} searches, {others} other Jira requests; operator peak RSS {:.1} MiB",
         idle.as_secs(),
         recac_tests::process_memory_mib(op.process.0.id(), "VmHWM"),
     );
-    assert_eq!(others, 0, "an idle source makes no request but its search");
+    assert_eq!(
+        others, 0,
+        "a source at rest makes no request but its search"
+    );
+}
+
+/// From a `/recac` follow-up comment on a ticket whose run finished to the follow-up's
+/// Job, p50/p99, in webhook mode (the simulator delivers `comment_created`) and in poll
+/// mode (interval 2 s).
+async fn commands(plane: &ControlPlane, samples: usize, webhook: bool) {
+    let mode = if webhook { "webhook" } else { "poll" };
+    let interval = if webhook { 3600 } else { 2 };
+    let ns = plane
+        .namespace(&format!("bench-src-cmd-{mode}"))
+        .await
+        .expect("namespace");
+    let client = plane.client().await.expect("client");
+    let sim = JiraSim::start(Seed::default()).await.expect("sim");
+    sim.set_write_limits(None);
+    sim.add_user(recac_jira_sim::UserDef {
+        account_id: "acc-alice".into(),
+        name: "alice".into(),
+        display_name: "alice".into(),
+        email: "alice@example.com".into(),
+        token: None,
+        pat: None,
+        permissions: None,
+    });
+    let keys = add_tickets(&sim, samples);
+    let op = start_operator(plane, &ns, &sim, interval, 2 * samples + 10, false).await;
+    if webhook {
+        sim.set_webhook(
+            &format!("http://127.0.0.1:{}/webhooks/jira", op.port),
+            Some(SECRET.as_bytes().to_vec()),
+        );
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let tasks: Api<AgentTask> = Api::namespaced(client, &ns);
+    let wait_job = |name: String| {
+        let jobs = jobs.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while jobs.get_metadata_opt(&name).await.ok().flatten().is_none() {
+                assert!(Instant::now() < deadline, "no Job {name}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // There is no kubelet: each first run is marked finished as its agent would leave it.
+    for key in &keys {
+        wait_job(job_name(key)).await;
+        let name = recac_source::task::task_name(key, 1);
+        let status = serde_json::json!({"status": {
+            "phase": "Succeeded", "attempt": 1, "message": "attempt 1 succeeded: done",
+        }});
+        tasks
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&status),
+            )
+            .await
+            .expect("run 1 marked finished");
+    }
+    // Let the polls read the claims' changes first.
+    tokio::time::sleep(Duration::from_secs(if webhook { 1 } else { 6 })).await;
+    let mut seconds = Vec::new();
+    for key in &keys {
+        tokio::time::sleep(Duration::from_millis(if webhook { 50 } else { 370 })).await;
+        let asked = Instant::now();
+        sim.comment_as(key, "alice", "/recac also handle the empty list");
+        wait_job(format!("{}-a1", recac_source::task::task_name(key, 2))).await;
+        seconds.push(asked.elapsed().as_secs_f64());
+    }
+    seconds.sort_by(f64::total_cmp);
+    println!(
+        "commands ({mode}): follow-up comment to its Job over {samples} tickets: p50 {:.3} s, p99 {:.3} s",
+        percentile(&seconds, 0.5),
+        percentile(&seconds, 0.99),
+    );
+    drop(op);
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -469,6 +574,11 @@ async fn main() {
     if samples > 0 {
         latency(plane, samples, true).await;
         latency(plane, samples, false).await;
+    }
+    let command_samples = env_usize("BENCH_SOURCE_COMMANDS", 30);
+    if command_samples > 0 {
+        commands(plane, command_samples, true).await;
+        commands(plane, command_samples, false).await;
     }
     let stranded_size = env_usize("BENCH_SOURCE_STRANDED", 1000);
     if stranded_size > 0 {

@@ -29,6 +29,34 @@ pub mod annotations {
     pub const CLAIM_UNAVAILABLE: &str = "unavailable";
     /// Why a claim ended as it did, in words.
     pub const CLAIM_MESSAGE: &str = "recac.io/claim-message";
+    /// Set by the source controller on a run that a command in a ticket comment started
+    /// (a follow-up or `retry`): the comment's id. A command acts once: a task with its id
+    /// exists.
+    pub const COMMAND: &str = "recac.io/command";
+    /// Set by the source controller when an allowed user asked on the ticket to stop: the
+    /// comment's id. The task controller stops the run's Job (its pod gets SIGTERM, so the
+    /// agent pushes what it has) and ends the task Failed with reason
+    /// [`STOPPED`](super::reasons::STOPPED), without retries.
+    pub const STOP: &str = "recac.io/stop";
+    /// Who asked to stop, for people (a display name).
+    pub const STOP_BY: &str = "recac.io/stop-by";
+}
+
+/// Condition reasons that more than one controller reads.
+pub mod reasons {
+    /// `Failed`'s reason for a task stopped by a command on its ticket.
+    pub const STOPPED: &str = "Stopped";
+    /// `Queued`'s reason while an earlier run of the same ticket is unfinished: runs of a
+    /// ticket share its branch, so they run one after another.
+    pub const PREVIOUS_RUN: &str = "PreviousRunActive";
+}
+
+/// Labels that more than one controller reads.
+pub mod labels {
+    /// The ticket a task works on (set by the source on the tasks it creates).
+    pub const TICKET: &str = "recac.io/ticket";
+    /// The run number of the task within its ticket.
+    pub const RUN: &str = "recac.io/run";
 }
 
 /// Condition types that more than one controller reads.

@@ -33,7 +33,8 @@ pub struct FeedbackConfig {
     pub succeeded: TicketActions,
     /// ... when it fails.
     pub failed: TicketActions,
-    /// ... when it is deleted or suspended by a person while it runs.
+    /// ... when it is deleted or suspended by a person while it runs, or stopped on its
+    /// ticket.
     pub cancelled: TicketActions,
     /// The first paragraph of each comment (see [`crate::template::PLACEHOLDERS`]).
     pub templates: Templates,

@@ -8,7 +8,7 @@ use recac_api::agent_contract::AgentResult;
 
 use crate::config::FeedbackConfig;
 use crate::render::{CancelCause, Facts, Log};
-use crate::report::{Report, ReportKind, jira_ticket};
+use crate::report::{self, Report, ReportKind, jira_ticket};
 
 /// The facts in the task itself; the result and log come from its pod.
 pub fn facts(
@@ -31,11 +31,21 @@ pub fn facts(
         .iter()
         .find(|c| c.type_ == "Failed" && c.status == "True")
         .map(|c| c.reason.clone());
-    let cancel = (report.kind == ReportKind::Cancelled).then_some(if deleted {
+    let stopped = report::stopped(task);
+    let cancel = (report.kind == ReportKind::Cancelled).then_some(if stopped {
+        CancelCause::Stopped
+    } else if deleted {
         CancelCause::Deleted
     } else {
         CancelCause::Suspended
     });
+    let stop_annotation = |key: &str| {
+        task.annotations()
+            .get(key)
+            .map(|value| value.trim())
+            .filter(|value| stopped && !value.is_empty())
+            .map(str::to_string)
+    };
     let pick = |from_status: Option<String>, from_result: Option<&String>| {
         from_status.or_else(|| from_result.cloned())
     };
@@ -70,10 +80,80 @@ pub fn facts(
         log,
         log_lines: config.log_tail_lines,
         cancel,
+        stopped_by: stop_annotation(recac_api::annotations::STOP_BY),
+        stop_comment: stop_annotation(recac_api::annotations::STOP),
     }
 }
 
 /// Whether a report needs the attempt's pod (its result, and for failures its log).
 pub fn needs_pod(report: &Report) -> bool {
     matches!(report.kind, ReportKind::Succeeded | ReportKind::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use recac_api::{AgentTaskStatus, TaskPhase};
+
+    fn task(reason: &str, annotations: &[(&str, &str)]) -> AgentTask {
+        let mut task: AgentTask = serde_saphyr::from_str(
+            "apiVersion: recac.io/v1alpha1\nkind: AgentTask\nmetadata: {name: t, namespace: ns, uid: u1}\nspec:\n  prompt: p\n  ticket: {source: jira, key: OPS-1}\n  repository: {url: https://g.example/r.git}\n",
+        )
+        .expect("task");
+        task.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        task.status = Some(AgentTaskStatus {
+            phase: Some(TaskPhase::Failed),
+            attempt: Some(1),
+            branch: Some("recac/OPS-1".into()),
+            conditions: vec![Condition {
+                type_: "Failed".into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: String::new(),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        task
+    }
+
+    fn cancel_facts(task: &AgentTask, deleted: bool) -> Facts {
+        let report = Report {
+            kind: ReportKind::Cancelled,
+            attempt: 1,
+        };
+        facts(
+            task,
+            &report,
+            &FeedbackConfig::default(),
+            None,
+            Log::NotRead,
+            deleted,
+        )
+    }
+
+    #[test]
+    fn a_stop_names_who_asked_and_the_comment_even_once_deleted() {
+        use recac_api::annotations::{STOP, STOP_BY};
+        let stopped = task("Stopped", &[(STOP, "10042"), (STOP_BY, " Ada ")]);
+        for deleted in [false, true] {
+            let f = cancel_facts(&stopped, deleted);
+            assert_eq!(f.cancel, Some(CancelCause::Stopped));
+            assert_eq!(f.stopped_by.as_deref(), Some("Ada"));
+            assert_eq!(f.stop_comment.as_deref(), Some("10042"));
+            assert_eq!(f.branch.as_deref(), Some("recac/OPS-1"));
+        }
+        // A stop annotation on a task that ended otherwise is not the cause.
+        let deleted = cancel_facts(&task("RetriesExhausted", &[(STOP, "10042")]), true);
+        assert_eq!(deleted.cancel, Some(CancelCause::Deleted));
+        assert_eq!(deleted.stopped_by, None);
+        assert_eq!(deleted.stop_comment, None);
+    }
 }

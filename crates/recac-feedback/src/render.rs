@@ -16,6 +16,8 @@ use crate::template::Template;
 pub enum CancelCause {
     Deleted,
     Suspended,
+    /// Someone asked on the ticket to stop (a `Failed` task with reason `Stopped`).
+    Stopped,
 }
 
 /// The agent's log, as far as it could be read.
@@ -53,6 +55,10 @@ pub struct Facts {
     pub log: Log,
     pub log_lines: usize,
     pub cancel: Option<CancelCause>,
+    /// Who asked on the ticket to stop the task (a display name).
+    pub stopped_by: Option<String>,
+    /// The id of the ticket comment that asked to stop the task.
+    pub stop_comment: Option<String>,
     /// The configured dashboard link, placeholders filled.
     pub dashboard: Option<String>,
 }
@@ -155,6 +161,7 @@ fn default_headline(facts: &Facts, report: &Report) -> String {
             failure_words(facts)
         ),
         ReportKind::Cancelled => match facts.cancel {
+            Some(CancelCause::Stopped) => stopped_headline(facts, attempt),
             Some(CancelCause::Suspended) => format!(
                 "recac stopped working on this ticket: its task was suspended during attempt {attempt}. It continues if the task is resumed."
             ),
@@ -163,6 +170,26 @@ fn default_headline(facts: &Facts, report: &Report) -> String {
             ),
         },
     }
+}
+
+fn stopped_headline(facts: &Facts, attempt: i32) -> String {
+    let who = match &facts.stopped_by {
+        Some(by) => format!("as {by} asked"),
+        None => "as asked on the ticket".to_string(),
+    };
+    let comment = facts
+        .stop_comment
+        .as_ref()
+        .map(|id| format!(" (comment {id})"))
+        .unwrap_or_default();
+    let pushed = facts
+        .branch
+        .as_ref()
+        .map(|branch| format!(" What was pushed is on branch {branch}."))
+        .unwrap_or_default();
+    format!(
+        "recac stopped working on this ticket during attempt {attempt}, {who}{comment}.{pushed}"
+    )
 }
 
 fn template_for(templates: &Templates, kind: ReportKind) -> Option<&String> {
@@ -357,6 +384,8 @@ mod tests {
             log: Log::NotRead,
             log_lines: 50,
             cancel: None,
+            stopped_by: None,
+            stop_comment: None,
             dashboard: Some("https://dash.example/at/team/ops-1".into()),
         }
     }
@@ -456,6 +485,33 @@ mod tests {
         f.cancel = Some(CancelCause::Deleted);
         let wiki = render(&f, &report(ReportKind::Cancelled, 2), &Templates::default()).to_wiki();
         assert!(wiki.contains("deleted during attempt 2"), "{wiki}");
+    }
+
+    #[test]
+    fn a_stop_says_who_asked_in_which_comment_and_where_the_work_is() {
+        let mut f = facts();
+        f.cancel = Some(CancelCause::Stopped);
+        f.stopped_by = Some("Ada Lovelace".into());
+        f.stop_comment = Some("10042".into());
+        let wiki = render(&f, &report(ReportKind::Cancelled, 2), &Templates::default()).to_wiki();
+        assert!(
+            wiki.starts_with(
+                "recac stopped working on this ticket during attempt 2, as Ada Lovelace asked (comment 10042). What was pushed is on branch recac/OPS-1."
+            ),
+            "{wiki}"
+        );
+        assert!(wiki.contains("recac-feedback/uid-1/cancelled/2"), "{wiki}");
+        f.stopped_by = None;
+        f.stop_comment = None;
+        f.branch = None;
+        let wiki = render(&f, &report(ReportKind::Cancelled, 1), &Templates::default()).to_wiki();
+        assert!(
+            wiki.starts_with(
+                "recac stopped working on this ticket during attempt 1, as asked on the ticket."
+            ),
+            "{wiki}"
+        );
+        assert!(!wiki.contains("What was pushed"), "{wiki}");
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub enum ReportKind {
     Succeeded,
     /// The task ended badly.
     Failed,
-    /// The task was deleted, or suspended by a person, while it ran.
+    /// The task was deleted, or suspended by a person, while it ran, or stopped on its
+    /// ticket.
     Cancelled,
 }
 
@@ -77,6 +78,17 @@ fn suspended(task: &AgentTask) -> bool {
         })
 }
 
+/// Whether someone stopped the task on its ticket: it ended `Failed` with reason `Stopped`,
+/// which is a cancellation, not a failure.
+pub fn stopped(task: &AgentTask) -> bool {
+    task.status.as_ref().is_some_and(|s| {
+        s.phase == Some(TaskPhase::Failed)
+            && s.conditions.iter().any(|c| {
+                c.type_ == "Failed" && c.status == "True" && c.reason == recac_api::reasons::STOPPED
+            })
+    })
+}
+
 /// The reports `task` is owed now and has not had, in posting order. `deleted`: the task is
 /// gone (this is the last time it is seen).
 pub fn due(task: &AgentTask, deleted: bool, options: &Options) -> Vec<Report> {
@@ -101,6 +113,10 @@ pub fn due(task: &AgentTask, deleted: bool, options: &Options) -> Vec<Report> {
     match status.phase {
         Some(TaskPhase::Succeeded) => out.push(Report {
             kind: ReportKind::Succeeded,
+            attempt,
+        }),
+        Some(TaskPhase::Failed) if stopped(task) => out.push(Report {
+            kind: ReportKind::Cancelled,
             attempt,
         }),
         Some(TaskPhase::Failed) => out.push(Report {
@@ -248,6 +264,37 @@ mod tests {
             keys(due(&task(true, TaskPhase::Failed, 3, &[]), false, &chatty)),
             ["failed/3"]
         );
+    }
+
+    #[test]
+    fn a_stop_is_reported_once_as_a_cancellation_never_as_a_failure() {
+        let mut t = task(true, TaskPhase::Failed, 2, &["pickedUp/1"]);
+        assert_eq!(keys(due(&t, false, &OPTIONS)), ["failed/2"], "not stopped");
+        if let Some(status) = t.status.as_mut() {
+            status.conditions.push(Condition {
+                type_: "Failed".into(),
+                status: "True".into(),
+                reason: recac_api::reasons::STOPPED.into(),
+                message: "stopped on the ticket by Ada (comment 10042)".into(),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            });
+        }
+        assert!(stopped(&t));
+        let reports = due(&t, false, &OPTIONS);
+        assert_eq!(keys(reports.clone()), ["cancelled/2"]);
+        let mut config = crate::config::FeedbackConfig::default();
+        config.failed.add_labels = vec!["recac-failed".into()];
+        config.cancelled.add_labels = vec!["recac-stopped".into()];
+        let actions = crate::plan::ticket_actions(&config, reports[0].kind).expect("actions");
+        assert_eq!(actions.add_labels, ["recac-stopped"]);
+        // Deleted before it was reported: still the cancellation.
+        assert_eq!(keys(due(&t, true, &OPTIONS)), ["cancelled/2"]);
+        if let Some(feedback) = t.status.as_mut().and_then(|s| s.feedback.as_mut()) {
+            feedback.reported.push("cancelled/2".into());
+        }
+        assert!(due(&t, false, &OPTIONS).is_empty());
+        assert!(due(&t, true, &OPTIONS).is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::model::{
 use crate::params::{Params, split_list};
 use crate::server::{Api, Ctx, Reply, empty, error, field_error, reply};
 use crate::text::{adf_to_text, check_adf};
+use crate::webhook::EventSubject;
 use crate::{Shared, jql, lock};
 
 const NO_ISSUE: &str = "Issue does not exist or you do not have permission to see it.";
@@ -98,11 +99,80 @@ fn comment_json(ctx: &Ctx, st: &State, c: &CommentRec, issue_id: u64) -> Value {
         "id": c.id,
         "author": author,
         "updateAuthor": author,
-        "body": ctx.rich(&c.body),
+        "body": ctx.rich(st, &c.body),
         "created": jira_time(c.created),
         "updated": jira_time(c.created),
         "jsdPublic": true,
     })
+}
+
+/// Jira's `comment_created` webhook payload: the comment, its body as the flavour keeps
+/// rich text (ADF on Cloud, wiki markup on Data Center), and the issue with a few fields.
+/// Links are REST v2 ones, as in the deliveries Jira Cloud makes.
+fn comment_created_event(site: &str, st: &State, issue: &IssueRec, comment: &CommentRec) -> Value {
+    let links = Ctx {
+        site: site.to_string(),
+        api: Api::V2,
+        flavor: st.flavor,
+    };
+    let bodies = Ctx {
+        site: site.to_string(),
+        api: match st.flavor {
+            SimFlavor::Cloud => Api::V3,
+            SimFlavor::Datacenter => Api::V2,
+        },
+        flavor: st.flavor,
+    };
+    let mut comment_out = comment_json(&links, st, comment, issue.id);
+    comment_out["body"] = bodies.rich(st, &comment.body);
+    let fields: Vec<String> = ["summary", "status", "project", "assignee"]
+        .map(String::from)
+        .to_vec();
+    let mut issue_out = issue_json(
+        &links,
+        st,
+        issue,
+        &FieldSel::from_list(&fields),
+        &Extras::default(),
+    );
+    if let Some(out) = issue_out.as_object_mut() {
+        out.remove("expand");
+    }
+    json!({
+        "timestamp": Timestamp::now().as_millisecond(),
+        "webhookEvent": "comment_created",
+        "comment": comment_out,
+        "issue": issue_out,
+    })
+}
+
+/// Sends `comment_created` for each of `comment_ids` on the issue, when a webhook is set.
+pub(crate) fn announce_comments(
+    shared: &Shared,
+    site: &str,
+    st: &State,
+    issue_id: u64,
+    comment_ids: &[String],
+) {
+    if !shared.webhooks.enabled() {
+        return;
+    }
+    let Some(issue) = st.issues.get(&issue_id) else {
+        return;
+    };
+    for comment in issue
+        .comments
+        .iter()
+        .filter(|c| comment_ids.contains(&c.id))
+    {
+        let payload = comment_created_event(site, st, issue, comment);
+        let subject = EventSubject {
+            event: "comment_created",
+            issue_key: issue.key.clone(),
+            comment_id: comment.id.clone(),
+        };
+        shared.webhooks.deliver(subject, &payload);
+    }
 }
 
 fn transitions_json(ctx: &Ctx, st: &State, issue: &IssueRec, only: Option<&str>) -> Vec<Value> {
@@ -161,7 +231,7 @@ fn issue_json(ctx: &Ctx, st: &State, issue: &IssueRec, sel: &FieldSel, extras: &
     if sel.wants("description") {
         let d = match &issue.description {
             None => Value::Null,
-            Some(t) => ctx.rich_text(t),
+            Some(t) => ctx.rich_text(st, t),
         };
         out.insert("description".into(), d);
     }
@@ -1288,7 +1358,7 @@ pub(crate) fn edit_issue(
     if let Some(a) = edit.assignee {
         issue.assignee = a;
     }
-    for (body, cid) in edit.comments.into_iter().zip(comment_ids) {
+    for (body, cid) in edit.comments.into_iter().zip(comment_ids.iter().cloned()) {
         issue.comments.push(CommentRec {
             id: cid,
             author: user.account_id.clone(),
@@ -1296,6 +1366,7 @@ pub(crate) fn edit_issue(
             created: now,
         });
     }
+    announce_comments(shared, &ctx.site, &st, id, &comment_ids);
     if p.get("returnIssue") == Some("true") {
         let issue = &st.issues[&id];
         return reply(
@@ -1448,14 +1519,18 @@ pub(crate) async fn do_transition(
         issue.status_id = target;
         issue.updated = Timestamp::now();
     }
+    let mut new_ids = Vec::new();
     for (i, body) in comments.into_iter().enumerate() {
+        let cid = (first_comment + i as u64).to_string();
+        new_ids.push(cid.clone());
         issue.comments.push(CommentRec {
-            id: (first_comment + i as u64).to_string(),
+            id: cid,
             author: user.account_id.clone(),
             body,
             created: Timestamp::now(),
         });
     }
+    announce_comments(shared, &ctx.site, &st, id, &new_ids);
     empty(204)
 }
 
@@ -1540,9 +1615,11 @@ pub(crate) fn add_comment(
         created: Timestamp::now(),
     };
     let out = comment_json(ctx, &st, &rec, id);
+    let new_ids = [rec.id.clone()];
     if let Some(issue) = st.issues.get_mut(&id) {
         issue.comments.push(rec);
     }
+    announce_comments(shared, &ctx.site, &st, id, &new_ids);
     reply(201, out)
 }
 

@@ -6,7 +6,7 @@
 
 use std::cmp::Ordering;
 
-use jiff::{Span, Timestamp, civil::Date, tz::TimeZone};
+use jiff::{SignedDuration, Timestamp, civil::Date, tz::TimeZone};
 
 use crate::model::{Category, IssueRec, State, UserDef};
 
@@ -438,7 +438,8 @@ fn unsupported(op: &str, field: &str) -> String {
 }
 
 /// Parses a date value: `2024-01-31`, `2024/01/31`, `2024-01-31 10:00`, RFC 3339,
-/// or relative `-7d`, `2w`, `-4h`, `-30m`.
+/// or a period relative to `now` as Jira writes them: `-7d`, `2w`, `-4h`, `-30m`,
+/// `"-4w 2d"` (w weeks, d days, h hours, m minutes; a leading sign applies to all).
 pub fn parse_date(text: &str, now: Timestamp) -> Option<Timestamp> {
     let t = text.trim();
     if let Ok(ts) = t.parse::<Timestamp>() {
@@ -455,16 +456,36 @@ pub fn parse_date(text: &str, now: Timestamp) -> Option<Timestamp> {
     } else if let Ok(d) = normalized.parse::<Date>() {
         return d.to_zoned(TimeZone::UTC).ok().map(|z| z.timestamp());
     }
-    let (num, unit) = t.split_at(t.len().checked_sub(1)?);
-    let n: i64 = num.parse().ok()?;
-    let span = match unit {
-        "w" => Span::new().hours(n.checked_mul(24 * 7)?),
-        "d" => Span::new().hours(n.checked_mul(24)?),
-        "h" => Span::new().hours(n),
-        "m" => Span::new().minutes(n),
-        _ => return None,
+    let minutes = period_minutes(t)?;
+    now.checked_add(SignedDuration::from_mins(minutes)).ok()
+}
+
+/// A Jira period (`-5m`, `2h`, `"-4w 2d"`) in minutes, negative for the past.
+fn period_minutes(text: &str) -> Option<i64> {
+    let (sign, mut rest) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(text)),
     };
-    now.checked_add(span).ok()
+    let mut total: i64 = 0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let amount: i64 = rest[..digits].parse().ok()?;
+        let mut after = rest[digits..].chars();
+        let minutes_per_unit = match after.next()? {
+            'w' => 7 * 24 * 60,
+            'd' => 24 * 60,
+            'h' => 60,
+            'm' => 1,
+            _ => return None,
+        };
+        total = total.checked_add(amount.checked_mul(minutes_per_unit)?)?;
+        rest = after.as_str().trim_start();
+        parts += 1;
+    }
+    (parts > 0).then_some(sign * total)
 }
 
 /// Checks fields, operators and values; returns Jira's 400 messages.
@@ -824,5 +845,71 @@ mod tests {
             "2025-01-02T10:30:00Z".parse::<Timestamp>().unwrap()
         );
         assert!(parse_date("yesterday", now).is_none());
+        let ago = |minutes: i64| now.checked_sub(SignedDuration::from_mins(minutes)).ok();
+        assert_eq!(parse_date("-5m", now), ago(5));
+        assert_eq!(parse_date("-2h", now), ago(120));
+        assert_eq!(parse_date("-1w", now), ago(7 * 24 * 60));
+        assert_eq!(parse_date("-4w 2d", now), ago((4 * 7 + 2) * 24 * 60));
+        assert_eq!(parse_date("3d", now), ago(-3 * 24 * 60));
+        assert_eq!(parse_date("+1h", now), ago(-60));
+        for bad in ["-5", "-m", "5x", "-5m x", "--5m", "-5M", ""] {
+            assert!(parse_date(bad, now).is_none(), "{bad}");
+        }
+    }
+
+    /// The operator's search: its tickets still waiting, or changed in the last minutes.
+    #[tokio::test]
+    async fn relative_updated_in_an_or_with_status_category() {
+        let sim = crate::JiraSim::cloud().await.expect("sim");
+        let ago = |minutes: i64| {
+            Timestamp::now()
+                .checked_sub(SignedDuration::from_mins(minutes))
+                .expect("time")
+                .to_string()
+        };
+        let seed = |summary: &str, label: &str, status: &str, updated: String| {
+            sim.add_issue(crate::IssueSeed {
+                project: "OPS".into(),
+                summary: summary.into(),
+                labels: vec![label.into()],
+                status: Some(status.into()),
+                created: Some(updated),
+                ..Default::default()
+            })
+        };
+        let fresh = seed(
+            "commented a minute ago",
+            "recac-agent",
+            "In Progress",
+            ago(1),
+        );
+        let stale = seed(
+            "untouched for an hour",
+            "recac-agent",
+            "In Progress",
+            ago(60),
+        );
+        let waiting = seed("waiting for an hour", "recac-agent", "To Do", ago(60));
+        let other_label = seed("someone else's", "other", "To Do", ago(1));
+
+        for period in ["-5m", "\"-5m\""] {
+            let jql = format!(
+                r#"project = "OPS" AND labels = "recac-agent" AND (statusCategory = "To Do" OR updated >= {period})"#
+            );
+            let query = parse(&jql).expect("parses");
+            let st = crate::lock(&sim.shared.state);
+            validate(&query, &st).expect("valid");
+            let filter = query.filter.as_ref().expect("filter");
+            let mut matched: Vec<&str> = st
+                .issues
+                .values()
+                .filter(|issue| matches(filter, issue, &st, crate::BOT_ACCOUNT_ID))
+                .map(|issue| issue.key.as_str())
+                .collect();
+            matched.sort();
+            assert_eq!(matched, vec![fresh.as_str(), waiting.as_str()], "{jql}");
+            assert!(!matched.contains(&stale.as_str()));
+            assert!(!matched.contains(&other_label.as_str()));
+        }
     }
 }

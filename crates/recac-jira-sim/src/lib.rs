@@ -5,7 +5,9 @@
 //! common Jira client libraries call (server info, fields, user search),
 //! checks credentials and permissions, runs a configurable workflow,
 //! understands a JQL subset, enforces per-issue write limits, injects faults
-//! on demand and records every call.
+//! on demand, records every call, lets tests comment as other people
+//! ([`JiraSim::comment_as`]) and sends `comment_created` webhooks
+//! ([`JiraSim::set_webhook`]).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -26,6 +28,7 @@ mod model;
 mod params;
 mod server;
 mod text;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,6 +41,7 @@ pub use model::{
 };
 use model::{IssueRec, Project, State};
 use serde_json::Value;
+pub use webhook::WebhookDelivery;
 
 /// The default bot user's e-mail (Cloud basic auth user).
 pub const BOT_EMAIL: &str = "bot@example.com";
@@ -91,6 +95,7 @@ pub(crate) struct Shared {
     /// Calls being handled now, and the most at once so far.
     pub in_flight: std::sync::atomic::AtomicUsize,
     pub most_in_flight: std::sync::atomic::AtomicUsize,
+    pub webhooks: webhook::Webhooks,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,6 +176,7 @@ impl JiraSim {
             calls: Mutex::new(Vec::new()),
             in_flight: Default::default(),
             most_in_flight: Default::default(),
+            webhooks: webhook::Webhooks::new()?,
         });
         let task = tokio::spawn(server::serve(listener, shared.clone()));
         let sim = JiraSim {
@@ -473,6 +479,107 @@ impl JiraSim {
         if let Some(issue) = st.issues.get_mut(&id) {
             issue.description = Some(description.to_string());
         }
+    }
+
+    /// Comments `text` (plain or wiki text) as `actor` (accountId, name or e-mail), as a
+    /// person would in Jira's editor: stored as an ADF document on Cloud and as wiki
+    /// markup on Data Center, created now; the issue's `updated` moves to now and the
+    /// webhook, if set, gets `comment_created`. Returns the comment's id, or an empty
+    /// string when the issue or the actor does not exist.
+    pub fn comment_as(&self, key: &str, actor: &str, text: &str) -> String {
+        self.add_comment_as(key, actor, None, text)
+    }
+
+    /// Like [`JiraSim::comment_as`], the comment starting with a mention of `mentioned`
+    /// (accountId, name or e-mail; usually the bot) followed by `text` in the same
+    /// paragraph: on Cloud an ADF `mention` node (`[~accountid:<accountId>]` to REST v2
+    /// readers), on Data Center the wiki mention `[~<user name>]`. Returns an empty string
+    /// when the issue, the actor or the mentioned user does not exist.
+    pub fn comment_mentioning_as(
+        &self,
+        key: &str,
+        actor: &str,
+        mentioned: &str,
+        text: &str,
+    ) -> String {
+        self.add_comment_as(key, actor, Some(mentioned), text)
+    }
+
+    fn add_comment_as(
+        &self,
+        key: &str,
+        actor: &str,
+        mentioned: Option<&str>,
+        text: &str,
+    ) -> String {
+        let mut st = lock(&self.shared.state);
+        let (Some(author), Some(&id)) = (st.user_id(actor), st.by_key.get(key)) else {
+            return String::new();
+        };
+        let mention = match mentioned {
+            None => None,
+            Some(who) => {
+                let Some(user) = st
+                    .user_id(who)
+                    .and_then(|id| st.users.iter().find(|u| u.account_id == id))
+                else {
+                    return String::new();
+                };
+                Some(match st.flavor {
+                    SimFlavor::Cloud => format!("[~accountid:{}]", user.account_id),
+                    SimFlavor::Datacenter => format!("[~{}]", user.name),
+                })
+            }
+        };
+        let wiki = match mention {
+            Some(mention) if text.is_empty() => mention,
+            Some(mention) => format!("{mention} {text}"),
+            None => text.to_string(),
+        };
+        let body = match st.flavor {
+            SimFlavor::Cloud => text::adf_from_text(&wiki, &|id| st.display_name(id)),
+            SimFlavor::Datacenter => Value::String(wiki),
+        };
+        let comment_id = st.next_comment_id.to_string();
+        st.next_comment_id += 1;
+        let now = jiff::Timestamp::now();
+        let Some(issue) = st.issues.get_mut(&id) else {
+            return String::new();
+        };
+        issue.comments.push(CommentRec {
+            id: comment_id.clone(),
+            author,
+            body,
+            created: now,
+        });
+        issue.updated = now;
+        api::announce_comments(
+            &self.shared,
+            &self.url,
+            &st,
+            id,
+            std::slice::from_ref(&comment_id),
+        );
+        comment_id
+    }
+
+    /// Sends webhook events to `url` from now on (replacing an earlier URL): a
+    /// `comment_created` for each new comment, made through the API or
+    /// [`JiraSim::comment_as`]. With a secret, each body is signed like a Jira admin
+    /// webhook's (`X-Hub-Signature: sha256=<hex HMAC-SHA256 of the raw body>`).
+    pub fn set_webhook(&self, url: &str, secret: Option<Vec<u8>>) {
+        self.shared.webhooks.set_target(url, secret);
+    }
+
+    /// Stops sending webhook events.
+    pub fn clear_webhook(&self) {
+        self.shared.webhooks.clear_target();
+    }
+
+    /// The webhook deliveries finished so far (answered or failed), in the order they
+    /// finished.
+    pub fn webhook_deliveries(&self) -> Vec<WebhookDelivery> {
+        self.shared.webhooks.deliveries()
     }
 
     /// Adds a fault; faults are tried in the order added.

@@ -347,6 +347,14 @@ impl State {
             .find(|u| u.account_id == who || u.name == who || u.email == who)
             .map(|u| u.account_id.clone())
     }
+
+    /// The display name of the user with this account id.
+    pub fn display_name(&self, account_id: &str) -> Option<String> {
+        self.users
+            .iter()
+            .find(|u| u.account_id == account_id)
+            .map(|u| u.display_name.clone())
+    }
 }
 
 pub(crate) struct State {

@@ -9,7 +9,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::model::{SimFlavor, UserDef};
+use crate::model::{SimFlavor, State, UserDef};
 use crate::params::{Params, decode_path};
 use crate::text::{adf_from_text, adf_to_text};
 use crate::{CallRecord, FaultKind, Shared, api, lock};
@@ -115,19 +115,20 @@ impl Ctx {
         format!("{}/rest/api/{}/{path}", self.site, self.version())
     }
 
-    /// A stored rich-text value (a string or an ADF document) as this version shows it.
-    pub fn rich(&self, stored: &Value) -> Value {
+    /// A stored rich-text value (a string or an ADF document) as this version shows it;
+    /// `st` names the users that wiki mentions point at.
+    pub fn rich(&self, st: &State, stored: &Value) -> Value {
         match (self.api, stored) {
-            (Api::V3, Value::String(s)) => adf_from_text(s),
+            (Api::V3, Value::String(s)) => adf_from_text(s, &|id| st.display_name(id)),
             (Api::V2, v @ Value::Object(_)) => Value::String(adf_to_text(v)),
             (_, v) => v.clone(),
         }
     }
 
-    pub fn rich_text(&self, text: &str) -> Value {
+    pub fn rich_text(&self, st: &State, text: &str) -> Value {
         match self.api {
             Api::V2 => Value::String(text.to_string()),
-            Api::V3 => adf_from_text(text),
+            Api::V3 => adf_from_text(text, &|id| st.display_name(id)),
         }
     }
 }

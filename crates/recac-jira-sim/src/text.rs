@@ -5,10 +5,54 @@
 
 use serde_json::{Value, json};
 
+/// How Jira Cloud writes a mention in wiki markup: `[~accountid:<accountId>]`.
+const CLOUD_MENTION_OPEN: &str = "[~accountid:";
+
+/// An ADF mention of `account_id`; `attrs.text` is `@<display name>` when the user is known.
+fn mention_node(account_id: &str, display_name: Option<&str>) -> Value {
+    let mut attrs = json!({"id": account_id});
+    if let Some(name) = display_name {
+        attrs["text"] = json!(format!("@{name}"));
+    }
+    json!({"type": "mention", "attrs": attrs})
+}
+
+/// One line of wiki text as ADF inline nodes: text, and a mention node for each
+/// `[~accountid:<accountId>]`.
+fn inline_nodes(line: &str, display_name: &dyn Fn(&str) -> Option<String>) -> Vec<Value> {
+    let mut nodes = Vec::new();
+    let mut text = String::new();
+    let mut rest = line;
+    while let Some(start) = rest.find(CLOUD_MENTION_OPEN) {
+        let after = &rest[start + CLOUD_MENTION_OPEN.len()..];
+        let id_end = after.find(']').filter(|&end| {
+            end > 0 && !after[..end].contains(|c: char| c.is_whitespace() || c == '[')
+        });
+        let Some(end) = id_end else {
+            text.push_str(&rest[..start + CLOUD_MENTION_OPEN.len()]);
+            rest = after;
+            continue;
+        };
+        text.push_str(&rest[..start]);
+        if !text.is_empty() {
+            nodes.push(json!({"type": "text", "text": std::mem::take(&mut text)}));
+        }
+        let id = &after[..end];
+        nodes.push(mention_node(id, display_name(id).as_deref()));
+        rest = &after[end + 1..];
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        nodes.push(json!({"type": "text", "text": text}));
+    }
+    nodes
+}
+
 /// Plain or wiki text as an ADF document: blank lines separate paragraphs,
 /// single newlines become hard breaks, `{code[:lang]}` … `{code}` blocks
-/// become code blocks.
-pub(crate) fn adf_from_text(text: &str) -> Value {
+/// become code blocks, `[~accountid:<id>]` becomes a mention (its text from
+/// `display_name`, as Jira Cloud fills it from the user's profile).
+pub(crate) fn adf_from_text(text: &str, display_name: &dyn Fn(&str) -> Option<String>) -> Value {
     let mut blocks: Vec<Value> = Vec::new();
     let mut para: Vec<&str> = Vec::new();
     // (language, opening line, body lines) of an open `{code}` block.
@@ -22,9 +66,7 @@ pub(crate) fn adf_from_text(text: &str) -> Value {
             if i > 0 {
                 content.push(json!({"type": "hardBreak"}));
             }
-            if !line.is_empty() {
-                content.push(json!({"type": "text", "text": line}));
-            }
+            content.extend(inline_nodes(line, display_name));
         }
         blocks.push(json!({"type": "paragraph", "content": content}));
         para.clear();
@@ -86,7 +128,11 @@ pub(crate) fn adf_to_text(doc: &Value) -> String {
         match node.get("type").and_then(Value::as_str).unwrap_or("") {
             "text" => out.push_str(node.get("text").and_then(Value::as_str).unwrap_or("")),
             "hardBreak" => out.push('\n'),
-            "mention" => out.push_str(&attr("text")),
+            // Jira Cloud's v2 (wiki) rendering of a mention.
+            "mention" => match attr("id") {
+                id if !id.is_empty() => out.push_str(&format!("{CLOUD_MENTION_OPEN}{id}]")),
+                _ => out.push_str(&attr("text")),
+            },
             "emoji" => out.push_str(&attr("shortName")),
             "inlineCard" => out.push_str(&attr("url")),
             _ => children(node).iter().for_each(|c| inline(c, out)),
@@ -176,6 +222,15 @@ pub(crate) fn check_adf(doc: &Value) -> Result<usize, String> {
             }
             *len += t.encode_utf16().count();
         }
+        if ty == "mention" {
+            // A comment that only mentions someone is not empty.
+            let shown = obj
+                .get("attrs")
+                .and_then(|a| a.get("text"))
+                .and_then(Value::as_str)
+                .unwrap_or("@");
+            *len += shown.encode_utf16().count().max(1);
+        }
         if let Some(c) = obj.get("content") {
             for child in c.as_array().ok_or("content must be an array")? {
                 walk(child, len)?;
@@ -208,11 +263,11 @@ mod tests {
             "line one\nline two\n\n{code:rust}\nfn main() {}\n{code}\n\nafter",
             "{code}\nx\n{code}",
         ] {
-            let doc = adf_from_text(text);
+            let doc = adf_from_text(text, &|_| None);
             assert!(check_adf(&doc).is_ok(), "{doc}");
             assert_eq!(adf_to_text(&doc), text);
         }
-        let doc = adf_from_text("a\n\n{code}\nx");
+        let doc = adf_from_text("a\n\n{code}\nx", &|_| None);
         assert_eq!(adf_to_text(&doc), "a\n\n{code}\nx");
     }
 
@@ -228,7 +283,49 @@ mod tests {
         ]});
         assert_eq!(
             adf_to_text(&doc),
-            "h2. Title\n\n* a\n* @bot\n\n{code}\nx\n{code}"
+            "h2. Title\n\n* a\n* [~accountid:1]\n\n{code}\nx\n{code}"
         );
+    }
+
+    #[test]
+    fn mentions_convert_both_ways() {
+        let names = |id: &str| (id == "5b10").then(|| "recac bot".to_string());
+        let doc = adf_from_text("[~accountid:5b10] retry [~accountid:77] now\nnext", &names);
+        assert_eq!(
+            doc["content"][0]["content"],
+            json!([
+                {"type": "mention", "attrs": {"id": "5b10", "text": "@recac bot"}},
+                {"type": "text", "text": " retry "},
+                {"type": "mention", "attrs": {"id": "77"}},
+                {"type": "text", "text": " now"},
+                {"type": "hardBreak"},
+                {"type": "text", "text": "next"},
+            ])
+        );
+        assert!(check_adf(&doc).is_ok());
+        assert_eq!(
+            check_adf(&adf_from_text("[~accountid:5b10]", &names)),
+            Ok("@recac bot".len())
+        );
+        assert_eq!(
+            adf_to_text(&doc),
+            "[~accountid:5b10] retry [~accountid:77] now\nnext"
+        );
+
+        for literal in [
+            "[~accountid:] x",
+            "[~accountid:a b] x",
+            "[~accountid:open",
+            "[~jsmith] x",
+        ] {
+            let doc = adf_from_text(literal, &names);
+            assert_eq!(
+                doc["content"][0]["content"],
+                json!([{"type": "text", "text": literal}]),
+                "{literal}"
+            );
+        }
+        let code = adf_from_text("{code}\n[~accountid:5b10]\n{code}", &names);
+        assert_eq!(code["content"][0]["type"], "codeBlock");
     }
 }

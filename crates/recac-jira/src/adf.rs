@@ -253,7 +253,8 @@ pub fn truncate_text(text: &str, budget: usize) -> String {
 }
 
 /// Plain text of an ADF node (or of a string body): text nodes joined,
-/// paragraphs and hard breaks as newlines. Used to look for markers.
+/// paragraphs and hard breaks as newlines, a mention as its `attrs.text`
+/// (`@Display Name`). Used to look for markers and commands.
 pub fn plain_text(body: &Value) -> String {
     fn walk(node: &Value, out: &mut String) {
         match node {
@@ -266,6 +267,15 @@ pub fn plain_text(body: &Value) -> String {
                         }
                     }
                     Some("hardBreak") => out.push('\n'),
+                    Some("mention") => {
+                        if let Some(t) = map
+                            .get("attrs")
+                            .and_then(|a| a.get("text"))
+                            .and_then(Value::as_str)
+                        {
+                            out.push_str(t);
+                        }
+                    }
                     _ => {}
                 }
                 if let Some(Value::Array(children)) = map.get("content") {
@@ -287,6 +297,54 @@ pub fn plain_text(body: &Value) -> String {
     let mut out = String::new();
     walk(body, &mut out);
     out.trim_end().to_string()
+}
+
+/// The account ids of the ADF `mention` nodes anywhere in `body`, in order.
+pub fn mentioned_account_ids(body: &Value) -> Vec<&str> {
+    fn walk<'a>(node: &'a Value, out: &mut Vec<&'a str>) {
+        match node {
+            Value::Object(map) => {
+                if map.get("type").and_then(Value::as_str) == Some("mention")
+                    && let Some(id) = map
+                        .get("attrs")
+                        .and_then(|a| a.get("id"))
+                        .and_then(Value::as_str)
+                {
+                    out.push(id);
+                }
+                if let Some(children) = map.get("content") {
+                    walk(children, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(body, &mut out);
+    out
+}
+
+/// The targets of the wiki-markup mentions `[~target]` in `text`, in order: a Data Center
+/// user name (`[~jsmith]`) or, as Jira Cloud writes them, `accountid:<accountId>`.
+pub fn wiki_mention_targets(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("[~") {
+        let after = &rest[start + 2..];
+        match after.find(['\n', ']']) {
+            Some(end) if after[end..].starts_with(']') => {
+                let target = after[..end].trim();
+                if !target.is_empty() {
+                    out.push(target);
+                }
+                rest = &after[end + 1..];
+            }
+            Some(end) => rest = &after[end..],
+            None => break,
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -352,6 +410,40 @@ mod tests {
         assert!(utf16_len(&t) <= COMMENT_BUDGET);
         assert!(t.ends_with("characters]"));
         assert_eq!(truncate_text("short", 10), "short");
+    }
+
+    #[test]
+    fn plain_text_shows_mentions_by_their_text() {
+        let body = json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
+            {"type": "mention", "attrs": {"id": "5b10ac8d82e05b22cc7d4ef5", "text": "@recac bot"}},
+            {"type": "text", "text": " retry please"}]}]});
+        assert_eq!(plain_text(&body), "@recac bot retry please");
+        let without_text = json!({"type": "paragraph", "content": [
+            {"type": "mention", "attrs": {"id": "5b10ac8d82e05b22cc7d4ef5"}},
+            {"type": "text", "text": "hi"}]});
+        assert_eq!(plain_text(&without_text), "hi");
+    }
+
+    #[test]
+    fn finds_mentions_in_adf_and_wiki() {
+        let body = json!({"type": "doc", "version": 1, "content": [
+            {"type": "paragraph", "content": [
+                {"type": "mention", "attrs": {"id": "a1", "text": "@A"}},
+                {"type": "text", "text": " and "},
+                {"type": "mention", "attrs": {"text": "@no id"}}]},
+            {"type": "bulletList", "content": [{"type": "listItem", "content": [
+                {"type": "paragraph", "content": [{"type": "mention", "attrs": {"id": "b2"}}]}]}]}]});
+        assert_eq!(mentioned_account_ids(&body), vec!["a1", "b2"]);
+        assert!(mentioned_account_ids(&json!("[~accountid:a1]")).is_empty());
+
+        assert_eq!(
+            wiki_mention_targets("[~accountid:a1] retry, cc [~jsmith] [~]"),
+            vec!["accountid:a1", "jsmith"]
+        );
+        assert_eq!(
+            wiki_mention_targets("[~broken\n[~ok] [~unclosed"),
+            vec!["ok"]
+        );
     }
 
     #[test]

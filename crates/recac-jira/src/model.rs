@@ -160,10 +160,51 @@ pub struct Comment {
 }
 
 impl Comment {
-    /// The body as plain text (ADF flattened).
+    /// The body as plain text (ADF flattened, a mention as `@Display Name`).
     pub fn text(&self) -> String {
         crate::adf::plain_text(&self.body)
     }
+
+    /// Whether the body mentions `user`: an ADF `mention` node with the user's accountId
+    /// (Cloud, v3), or wiki markup `[~accountid:<accountId>]` (Cloud, v2) or
+    /// `[~<name>]` (Data Center, by user name or key; names compare case-insensitively
+    /// as Data Center does).
+    pub fn mentions(&self, user: &User) -> bool {
+        let account_id = user.account_id.as_deref().filter(|id| !id.is_empty());
+        match &self.body {
+            Value::String(wiki) => {
+                crate::adf::wiki_mention_targets(wiki)
+                    .into_iter()
+                    .any(|target| match target.strip_prefix("accountid:") {
+                        Some(id) => account_id == Some(id),
+                        None => [user.name.as_deref(), user.key.as_deref()]
+                            .into_iter()
+                            .flatten()
+                            .any(|name| !name.is_empty() && name.eq_ignore_ascii_case(target)),
+                    })
+            }
+            adf => account_id.is_some_and(|id| {
+                crate::adf::mentioned_account_ids(adf)
+                    .into_iter()
+                    .any(|mentioned| mentioned == id)
+            }),
+        }
+    }
+
+    /// When the comment was created, from Jira's `2026-12-06T17:00:00.000+0000` or an
+    /// RFC 3339 timestamp; `None` when absent or unreadable.
+    pub fn created_at(&self) -> Option<jiff::Timestamp> {
+        self.created.as_deref().and_then(parse_jira_timestamp)
+    }
+}
+
+/// Reads a timestamp as Jira writes it (`2026-12-06T17:00:00.000+0000`, an offset without
+/// a colon) or as RFC 3339 (`…Z`, `…+00:00`).
+pub fn parse_jira_timestamp(text: &str) -> Option<jiff::Timestamp> {
+    let text = text.trim();
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .or_else(|| jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.f%z", text).ok())
 }
 
 /// One field's change in a [`ChangeHistory`] entry.
@@ -206,5 +247,91 @@ impl ChangeItem {
             .unwrap_or("")
             .split_whitespace()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cloud_bot() -> User {
+        User {
+            account_id: Some("5b10ac8d82e05b22cc7d4ef5".into()),
+            display_name: Some("recac bot".into()),
+            ..User::default()
+        }
+    }
+
+    fn datacenter_bot() -> User {
+        User {
+            name: Some("recac-bot".into()),
+            key: Some("JIRAUSER10100".into()),
+            display_name: Some("recac bot".into()),
+            ..User::default()
+        }
+    }
+
+    fn comment(body: Value) -> Comment {
+        Comment {
+            id: "10000".into(),
+            body,
+            ..Comment::default()
+        }
+    }
+
+    #[test]
+    fn mentions_in_adf_bodies() {
+        let mention = |id: &str| {
+            comment(
+                json!({"type": "doc", "version": 1, "content": [{"type": "paragraph", "content": [
+                {"type": "mention", "attrs": {"id": id, "text": "@recac bot"}},
+                {"type": "text", "text": " retry"}]}]}),
+            )
+        };
+        assert!(mention("5b10ac8d82e05b22cc7d4ef5").mentions(&cloud_bot()));
+        assert!(!mention("someone-else").mentions(&cloud_bot()));
+        assert!(!mention("5b10ac8d82e05b22cc7d4ef5").mentions(&datacenter_bot()));
+        let text_only = comment(
+            json!({"type": "doc", "version": 1, "content": [{"type": "paragraph",
+            "content": [{"type": "text", "text": "@recac bot 5b10ac8d82e05b22cc7d4ef5"}]}]}),
+        );
+        assert!(!text_only.mentions(&cloud_bot()));
+        assert_eq!(mention("x").text(), "@recac bot retry");
+    }
+
+    #[test]
+    fn mentions_in_wiki_bodies() {
+        let cloud = cloud_bot();
+        assert!(comment(json!("[~accountid:5b10ac8d82e05b22cc7d4ef5] retry")).mentions(&cloud));
+        assert!(!comment(json!("[~accountid:other] retry")).mentions(&cloud));
+        assert!(!comment(json!("~accountid:5b10ac8d82e05b22cc7d4ef5 retry")).mentions(&cloud));
+
+        let dc = datacenter_bot();
+        assert!(comment(json!("[~recac-bot] retry")).mentions(&dc));
+        assert!(comment(json!("please [~Recac-Bot] look")).mentions(&dc));
+        assert!(comment(json!("[~JIRAUSER10100] look")).mentions(&dc));
+        assert!(!comment(json!("[~recac-bot2] look")).mentions(&dc));
+        assert!(!comment(json!("[~accountid:recac-bot]")).mentions(&dc));
+        assert!(!comment(json!("[~]")).mentions(&User::default()));
+    }
+
+    #[test]
+    fn created_at_reads_jira_and_rfc3339_timestamps() {
+        let expected: jiff::Timestamp = "2026-12-06T17:00:00Z".parse().expect("timestamp");
+        let at = |created: &str| {
+            Comment {
+                created: Some(created.into()),
+                ..Comment::default()
+            }
+            .created_at()
+        };
+        assert_eq!(at("2026-12-06T17:00:00.000+0000"), Some(expected));
+        assert_eq!(at("2026-12-06T18:00:00.000+0100"), Some(expected));
+        assert_eq!(at("2026-12-06T17:00:00Z"), Some(expected));
+        assert_eq!(at("2026-12-06T17:00:00.000+00:00"), Some(expected));
+        assert_eq!(at("2026-12-06T12:00:00-05:00"), Some(expected));
+        assert_eq!(at("yesterday"), None);
+        assert_eq!(Comment::default().created_at(), None);
     }
 }

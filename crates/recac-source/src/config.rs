@@ -65,6 +65,44 @@ pub struct SourceConfig {
     /// What happens to a ticket this source claimed whose AgentTask is gone.
     #[serde(default)]
     pub stranded_claims: StrandedClaims,
+    /// Commands people write in comments on the tickets this source worked on.
+    #[serde(default)]
+    pub commands: CommandsConfig,
+}
+
+/// Commands in ticket comments: a comment addressed to the bot (a mention of the bot user,
+/// or a line starting with `/recac`) by a user allowed to trigger the source, on a ticket
+/// this source worked on (see `docs/jira.md`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CommandsConfig {
+    /// Whether comments are read for commands. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How far back, in minutes, the first poll after a replica starts leading looks for
+    /// tickets with new comments (later polls look back to the previous one). Default 60.
+    #[serde(default = "default_lookback_minutes")]
+    pub lookback_minutes: u64,
+    /// For a `jql` source: the search for the tickets it worked on (for example `project =
+    /// OPS AND labels = recac-claimed`); without it such a source reads no commands. A
+    /// `project` + `label` source needs none: its search also finds its tickets that changed
+    /// since the last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jql: Option<String>,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lookback_minutes: default_lookback_minutes(),
+            jql: None,
+        }
+    }
+}
+
+fn default_lookback_minutes() -> u64 {
+    60
 }
 
 /// A ticket the bot claimed (assigned, labelled, moved on) whose AgentTask no longer exists
@@ -559,6 +597,7 @@ impl SourceConfig {
             max_prompt_chars: default_max_prompt_chars(),
             skip_labels: SkipLabels::default(),
             stranded_claims: StrandedClaims::default(),
+            commands: CommandsConfig::default(),
         }
     }
 
@@ -641,6 +680,22 @@ impl SourceConfig {
                     "claims leave no mark to search by (claim.assign is false and claim.addLabels is empty): set strandedClaims.jql, or action: ignore",
                 ));
             }
+        }
+        let commands = &self.commands;
+        if commands.jql.as_deref().is_some_and(|q| q.trim().is_empty()) {
+            return Err(invalid(&key("commands.jql"), "is empty"));
+        }
+        if commands.jql.is_some() && self.jql.is_none() {
+            return Err(invalid(
+                &key("commands.jql"),
+                "only applies to a source with `jql`: a project and label source finds its tickets itself",
+            ));
+        }
+        if commands.lookback_minutes == 0 || commands.lookback_minutes > 7 * 24 * 60 {
+            return Err(invalid(
+                &key("commands.lookbackMinutes"),
+                "must be between 1 and 10080 (a week)",
+            ));
         }
         if !is_dns_label(&self.namespace) {
             return Err(invalid(

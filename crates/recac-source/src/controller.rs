@@ -127,6 +127,12 @@ struct TermState {
     handled: Mutex<HashMap<String, HashMap<String, String>>>,
     /// Tasks whose claim this term finished (the cache may still show them pending).
     settled: Mutex<HashSet<String>>,
+    /// When each source's previous poll started (its search looks back to it for
+    /// tickets with new comments).
+    polled: Mutex<HashMap<String, Instant>>,
+    /// Tickets whose comments were read, and the `updated` time they were read at, per
+    /// source.
+    read: Mutex<HashMap<String, HashMap<String, String>>>,
 }
 
 impl SourceController {
@@ -317,7 +323,17 @@ impl SourceController {
                 }
             }
         }
-        let jql = crate::query::search_jql(source);
+        // Tickets that changed since the previous poll (or, first in a term, within the
+        // look-back) come back too, for the commands in their comments.
+        let changed_within = state
+            .polled
+            .lock()
+            .ok()
+            .and_then(|polled| polled.get(&source.name).copied())
+            .map(|previous| previous.elapsed().as_secs().div_ceil(60) + 1)
+            .unwrap_or(source.commands.lookback_minutes)
+            .max(2);
+        let jql = crate::query::search_jql(source, Some(changed_within));
         let fields = plan::search_fields(source);
         let mut in_flight = index
             .values()
@@ -347,6 +363,29 @@ impl SourceController {
             .seen
             .get_or_create(&label)
             .inc_by(issues.len() as u64);
+        if let Some(changed) = crate::query::changed_jql(source, changed_within) {
+            let more = self
+                .jira
+                .search_all(&changed, &fields)
+                .await
+                .map_err(Self::jira_err(source, "search changed tickets"))?;
+            let known: HashSet<String> = issues.iter().map(|i| i.key.clone()).collect();
+            issues.extend(
+                more.into_iter()
+                    .filter(|i| !known.contains(&i.key))
+                    .map(|mut i| {
+                        // Only for its comments: never taken as a new ticket.
+                        i.fields.status = None;
+                        i
+                    }),
+            );
+        }
+        // The next poll looks back to this one only once this one has read its search.
+        if let Ok(mut polled) = state.polled.lock() {
+            polled.insert(source.name.clone(), started);
+        }
+        let conversations = self.conversations(source, &issues, &index, changed_within, state);
+        issues.retain(|i| crate::query::is_ready(source, i.fields.status.as_ref()));
         let mut handled = state
             .handled
             .lock()
@@ -399,7 +438,94 @@ impl SourceController {
         if let Ok(mut h) = state.handled.lock() {
             h.insert(source.name.clone(), handled);
         }
+        self.converse(source, bot, conversations, state).await;
         Ok(())
+    }
+
+    /// The tickets of `issues` whose comments may hold new commands: this source worked
+    /// on them, they changed within the window, and not since their comments were read.
+    fn conversations(
+        &self,
+        source: &SourceConfig,
+        issues: &[Issue],
+        index: &HashMap<String, Vec<TaskView>>,
+        changed_within: u64,
+        state: &TermState,
+    ) -> Vec<(String, String)> {
+        if !source.commands.enabled {
+            return Vec::new();
+        }
+        let read = state
+            .read
+            .lock()
+            .map(|r| r.get(&source.name).cloned().unwrap_or_default())
+            .unwrap_or_default();
+        let window = jiff::SignedDuration::from_mins(
+            i64::try_from(changed_within).unwrap_or(i64::MAX / 120),
+        );
+        let since = jiff::Timestamp::now()
+            .checked_sub(window)
+            .unwrap_or(jiff::Timestamp::MIN);
+        issues
+            .iter()
+            .filter(|i| {
+                index
+                    .get(&i.key)
+                    .is_some_and(|views| views.iter().any(|v| v.source == source.name))
+            })
+            .filter_map(|i| {
+                let updated = i.fields.updated.clone()?;
+                let recent = plan::jira_time(&updated).is_none_or(|at| at >= since);
+                (recent && read.get(&i.key) != Some(&updated)).then(|| (i.key.clone(), updated))
+            })
+            .collect()
+    }
+
+    /// Reads each ticket's comments and acts on its commands.
+    async fn converse(
+        &self,
+        source: &SourceConfig,
+        bot: &User,
+        tickets: Vec<(String, String)>,
+        state: &TermState,
+    ) {
+        if tickets.is_empty() {
+            return;
+        }
+        let conversation = crate::conversation::Conversation {
+            client: &self.client,
+            jira: &self.jira,
+            tasks: &self.tasks,
+            source,
+            bot,
+        };
+        let done: Vec<(String, String)> = futures::stream::iter(tickets)
+            .map(|(key, updated)| {
+                let conversation = &conversation;
+                async move {
+                    match conversation.handle(&key).await {
+                        Ok(acts) => {
+                            self.metrics
+                                .commands
+                                .get_or_create(&SourceMetrics::source(&source.name))
+                                .inc_by(acts as u64);
+                            Some((key, updated))
+                        }
+                        Err(e) => {
+                            warn!(error = %e, ticket = %key, "comments not read; the next poll retries");
+                            None
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        if let Ok(mut read) = state.read.lock() {
+            let of_source = read.entry(source.name.clone()).or_default();
+            of_source.extend(done);
+        }
     }
 
     /// Acts on one ticket's verdict. `Ok(Some(reason))` when it was skipped in a way that

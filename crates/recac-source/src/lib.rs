@@ -6,8 +6,10 @@
 //! is in its docs). I/O: [`controller`] (the component), [`webhook`] (Jira webhooks as
 //! hints to poll now), [`preview`] (what would be claimed, writing nothing).
 
+pub mod commands;
 pub mod config;
 pub mod controller;
+pub mod conversation;
 pub mod decide;
 pub mod metrics;
 pub mod plan;

@@ -48,6 +48,8 @@ pub struct SourceMetrics {
     pub latency: Family<SourceLabel, Histogram>,
     pub webhook: Family<OutcomeLabel, Counter>,
     pub stranded: Family<StrandedLabels, Counter>,
+    /// Commands in ticket comments acted on (runs started, stops, replies).
+    pub commands: Family<SourceLabel, Counter>,
 }
 
 impl SourceMetrics {
@@ -64,6 +66,7 @@ impl SourceMetrics {
             latency: Family::new_with_constructor(seconds_histogram),
             webhook: Family::default(),
             stranded: Family::default(),
+            commands: Family::default(),
         }
     }
 
@@ -106,6 +109,11 @@ impl SourceMetrics {
             "recac_source_stranded_claims",
             "Claimed tickets found without their AgentTask when a replica started leading, by the action taken.",
             m.stranded.clone(),
+        );
+        registry.register(
+            "recac_source_commands",
+            "Commands in ticket comments acted on: runs started, stops asked and replies posted.",
+            m.commands.clone(),
         );
         m
     }

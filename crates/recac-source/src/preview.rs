@@ -43,7 +43,7 @@ pub async fn preview(
     let bot = jira.myself().await?;
     let mut out = Vec::new();
     for source in sources {
-        let jql = query::search_jql(source);
+        let jql = query::search_jql(source, None);
         let fields = plan::search_fields(source);
         let pages: Vec<Vec<recac_jira::Issue>> =
             jira.search_pages(&jql, &fields).try_collect().await?;

@@ -198,7 +198,11 @@ async fn deliver(
         .get("webhookEvent")
         .and_then(Value::as_str)
         .unwrap_or("");
-    if !matches!(event, "jira:issue_created" | "jira:issue_updated") {
+    // A new or edited comment may be a command on a ticket this source worked on.
+    if !matches!(
+        event,
+        "jira:issue_created" | "jira:issue_updated" | "comment_created" | "comment_updated"
+    ) {
         outcome("ignored");
         return (StatusCode::ACCEPTED, "ignored\n");
     }

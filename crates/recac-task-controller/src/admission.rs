@@ -7,12 +7,16 @@
 //! - `waiting` is an ordered set of the tasks that want a slot;
 //! - `grants` are slots handed to waiting tasks that have not dispatched yet (the cache
 //!   does not show their new attempt): a granted slot counts as taken until the cache shows
-//!   the task holding it, finishing or gone, or until it expires.
+//!   the task holding it, finishing or gone, or until it expires;
+//! - `tickets` lines up the unfinished tasks of each ticket (label `recac.io/ticket`) by run:
+//!   runs of a ticket share its branch, so a task's first attempt waits (outside `waiting`)
+//!   while an earlier run is in its ticket's line.
 //!
 //! Free slots are handed out by [`AdmissionQueue::fill`]: it pops the oldest waiting tasks
 //! (O(log N) each) and wakes them. A task freeing its slot (finished, deleted) fills at once,
-//! so the next task in line dispatches without polling. Grants belong to one term of the
-//! controller: [`AdmissionQueue::start_term`] drops those of an earlier term.
+//! so the next task in line dispatches without polling; likewise a run leaving its ticket's
+//! line wakes the run after it. Grants belong to one term of the controller:
+//! [`AdmissionQueue::start_term`] drops those of an earlier term.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
+use recac_api::labels::{RUN, TICKET};
 use recac_api::{AgentTask, TaskPhase};
 use recac_runtime::claims::ClaimBoard;
 use recac_runtime::{CacheChange, CacheHook};
@@ -76,6 +81,7 @@ pub fn wants_slot(task: &AgentTask, now: Timestamp, known_claimed: bool) -> bool
     use crate::decide::Claim;
     if finished(task)
         || task.spec.suspend
+        || crate::decide::StopRequest::of(task).is_some()
         || task.metadata.deletion_timestamp.is_some()
         || !matches!(
             crate::decide::claim_state(task, known_claimed),
@@ -114,6 +120,96 @@ impl Place {
     }
 }
 
+/// A ticket, within its namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TicketKey {
+    namespace: String,
+    ticket: String,
+}
+
+/// A task's place in its ticket's line: lower run numbers first; tasks without a parsable
+/// run number after the numbered ones. Ties go by creation, then name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RunPlace {
+    run: u64,
+    created: Option<Timestamp>,
+    name: String,
+}
+
+/// The ticket line `task` belongs in: tasks with a ticket label that are unfinished and not
+/// being deleted.
+fn ticket_place(task: &AgentTask) -> Option<(TicketKey, RunPlace)> {
+    if finished(task) || task.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let labels = task.labels();
+    let ticket = labels.get(TICKET)?;
+    let run = labels
+        .get(RUN)
+        .and_then(|run| run.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    Some((
+        TicketKey {
+            namespace: task.namespace().unwrap_or_default(),
+            ticket: ticket.clone(),
+        },
+        RunPlace {
+            run,
+            created: task.creation_timestamp().map(|t| t.0),
+            name: task.name_any(),
+        },
+    ))
+}
+
+/// The unfinished tasks of each ticket, in run order.
+#[derive(Default)]
+struct TicketLines {
+    lines: HashMap<TicketKey, BTreeSet<RunPlace>>,
+    /// Each lined-up task's line and place, by task key.
+    places: HashMap<String, (TicketKey, RunPlace)>,
+}
+
+impl TicketLines {
+    /// Puts the task `task_key` at `place` (`None`: in no line). Returns the keys of the tasks
+    /// whose predecessor in their line changed: each gets a new place in the line's order.
+    fn set(&mut self, task_key: &str, place: Option<(TicketKey, RunPlace)>) -> Vec<String> {
+        if self.places.get(task_key) == place.as_ref() {
+            return Vec::new();
+        }
+        let mut moved = Vec::new();
+        if let Some((ticket, old)) = self.places.remove(task_key)
+            && let Some(line) = self.lines.get_mut(&ticket)
+        {
+            line.remove(&old);
+            if let Some(next) = line.range(&old..).next() {
+                moved.push(task_key_of(&ticket, next));
+            }
+            if line.is_empty() {
+                self.lines.remove(&ticket);
+            }
+        }
+        if let Some((ticket, new)) = place {
+            let line = self.lines.entry(ticket.clone()).or_default();
+            if let Some(next) = line.range(&new..).next() {
+                moved.push(task_key_of(&ticket, next));
+            }
+            line.insert(new.clone());
+            self.places.insert(task_key.to_string(), (ticket, new));
+        }
+        moved
+    }
+
+    /// The task just before `task_key` in its ticket's line.
+    fn previous(&self, task_key: &str) -> Option<&RunPlace> {
+        let (ticket, place) = self.places.get(task_key)?;
+        self.lines.get(ticket)?.range(..place).next_back()
+    }
+}
+
+fn task_key_of(ticket: &TicketKey, place: &RunPlace) -> String {
+    format!("{}/{}", ticket.namespace, place.name)
+}
+
 /// What the index keeps of a task that holds or wants a slot (nothing for the others).
 struct Tracked {
     holds: bool,
@@ -135,6 +231,7 @@ struct Inner {
     grants: HashMap<String, Grant>,
     /// Grants in the order given, for expiry without a scan.
     grant_order: VecDeque<(String, Instant)>,
+    tickets: TicketLines,
     waker: Option<UnboundedSender<ObjectRef<AgentTask>>>,
 }
 
@@ -164,10 +261,24 @@ impl AdmissionQueue {
         }
     }
 
-    /// Whether `task` wants a slot now (see [`wants_slot`]).
+    /// Whether `task` wants a slot now (see [`wants_slot`]): not while its first attempt
+    /// waits for an earlier run of its ticket.
     pub fn wants_slot(&self, task: &AgentTask, now: Timestamp) -> bool {
         let claimed = task.uid().is_some_and(|uid| self.claims.is_claimed(&uid));
-        wants_slot(task, now, claimed)
+        let waits = self
+            .inner
+            .lock()
+            .is_ok_and(|inner| inner.waits_for_previous_run(&key(task), attempt_of(task)));
+        !waits && wants_slot(task, now, claimed)
+    }
+
+    /// The name of the unfinished run of the same ticket just before `task`, if any.
+    pub fn previous_run(&self, task: &AgentTask) -> Option<String> {
+        let inner = self.inner.lock().ok()?;
+        inner
+            .tickets
+            .previous(&key(task))
+            .map(|place| place.name.clone())
     }
 
     /// Re-reads `task` (its claim was settled, which the cache does not show).
@@ -275,8 +386,11 @@ impl AdmissionQueue {
         let key = key(task);
         let holds = holds_slot(task);
         let attempt = attempt_of(task);
+        let moved = inner.tickets.set(&key, ticket_place(task));
         let claimed = task.uid().is_some_and(|uid| self.claims.is_claimed(&uid));
-        let wants = !holds && wants_slot(task, Timestamp::now(), claimed);
+        let wants = !holds
+            && !inner.waits_for_previous_run(&key, attempt)
+            && wants_slot(task, Timestamp::now(), claimed);
         let (held_before, place_before) = match inner.tracked.remove(&key) {
             Some(t) => (t.holds, t.waiting),
             None => (false, None),
@@ -308,6 +422,7 @@ impl AdmissionQueue {
                 },
             );
         }
+        inner.runs_moved(moved);
         inner.fill(self.cap);
     }
 
@@ -325,6 +440,8 @@ impl AdmissionQueue {
             }
         }
         inner.grants.remove(&key);
+        let moved = inner.tickets.set(&key, None);
+        inner.runs_moved(moved);
         inner.fill(self.cap);
     }
 }
@@ -349,6 +466,41 @@ impl Inner {
                 at: now,
             },
         );
+    }
+
+    /// Whether the task `key` (at `attempt`) waits for an earlier run of its ticket: only its
+    /// first attempt does; retries keep the branch they already have.
+    fn waits_for_previous_run(&self, key: &str, attempt: i32) -> bool {
+        attempt == 0 && self.tickets.previous(key).is_some()
+    }
+
+    /// The tasks `keys` got a new predecessor in their ticket's line: one that now waits for
+    /// an earlier run gives up its place and slot (a Job it made meanwhile holds one again
+    /// when its reconcile sees it), and each is woken (it may dispatch now, or its status
+    /// names another run).
+    fn runs_moved(&mut self, keys: Vec<String>) {
+        for key in keys {
+            let waits = self
+                .tracked
+                .get(&key)
+                .is_some_and(|t| self.waits_for_previous_run(&key, t.attempt));
+            // A first attempt holds no slot, so nothing of the task stays tracked.
+            if waits && let Some(tracked) = self.tracked.remove(&key) {
+                if let Some(place) = tracked.waiting {
+                    self.waiting.remove(&place);
+                }
+                self.grants.remove(&key);
+            }
+            self.wake(&key);
+        }
+    }
+
+    fn wake(&self, key: &str) {
+        if let Some(waker) = &self.waker
+            && let Some((namespace, name)) = key.split_once('/')
+        {
+            let _ = waker.send(ObjectRef::new(name).within(namespace));
+        }
     }
 
     fn expire_grants(&mut self) {
@@ -383,11 +535,7 @@ impl Inner {
                 None => 1,
             };
             self.grant_order.push_back((place.key.clone(), now));
-            if let Some(waker) = &self.waker
-                && let Some((namespace, name)) = place.key.split_once('/')
-            {
-                let _ = waker.send(ObjectRef::new(name).within(namespace));
-            }
+            self.wake(&place.key);
             self.grants.insert(place.key, Grant { attempt, at: now });
         }
     }
@@ -575,6 +723,135 @@ mod tests {
         queue.refresh(&pending);
         assert_eq!(woken(&mut rx), vec!["pending".to_string()]);
         assert!(queue.try_admit(&pending));
+    }
+
+    fn run_of(ticket: &str, run: &str, created_second: i64) -> AgentTask {
+        let mut t = task(&format!("{}-{run}", ticket.to_lowercase()), created_second);
+        t.metadata.labels = Some(
+            [
+                (TICKET.to_string(), ticket.to_string()),
+                (RUN.to_string(), run.to_string()),
+            ]
+            .into(),
+        );
+        t
+    }
+
+    #[test]
+    fn runs_of_a_ticket_dispatch_one_after_another() {
+        let queue = AdmissionQueue::new(10, Default::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let first = run_of("OPS-1", "1", 0);
+        let second = run_of("OPS-1", "2", 1);
+        let unrelated = task("unrelated", 2);
+        for t in [&second, &first, &unrelated] {
+            queue.apply(CacheChange::Upsert(t));
+        }
+        queue.start_term(tx, Vec::new());
+        let mut granted = woken(&mut rx);
+        granted.sort();
+        assert_eq!(granted, ["ops-1-1", "unrelated"]);
+        assert!(!queue.wants_slot(&second, Timestamp::now()));
+        assert_eq!(queue.previous_run(&second).as_deref(), Some("ops-1-1"));
+        assert_eq!(queue.previous_run(&first), None);
+        assert_eq!(queue.previous_run(&unrelated), None);
+        assert_eq!(queue.figures().waiting, 0, "run 2 is not in the slot line");
+
+        // Run 1 runs: run 2 still waits, and is not woken by run 1's changes.
+        assert!(queue.try_admit(&first));
+        queue.apply(CacheChange::Upsert(&dispatched(first.clone(), 1)));
+        assert!(woken(&mut rx).is_empty());
+        assert!(!queue.wants_slot(&second, Timestamp::now()));
+
+        // Run 1 finishes: run 2 is woken at once and may dispatch.
+        queue.apply(CacheChange::Upsert(&finished_task(first)));
+        assert_eq!(woken(&mut rx), ["ops-1-2"]);
+        assert!(queue.wants_slot(&second, Timestamp::now()));
+        assert_eq!(queue.previous_run(&second), None);
+        assert!(queue.try_admit(&second));
+        queue.apply(CacheChange::Upsert(&finished_task(second)));
+        let lined_up = queue
+            .inner
+            .lock()
+            .map(|i| i.tickets.places.len())
+            .unwrap_or(1);
+        assert_eq!(lined_up, 0, "finished runs leave their ticket's line");
+    }
+
+    #[test]
+    fn a_deleted_earlier_run_wakes_the_next_and_an_earlier_arrival_sends_it_back() {
+        let queue = AdmissionQueue::new(10, Default::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        queue.start_term(tx, Vec::new());
+        // Run 2 shows first and lines up for a slot ...
+        let second = run_of("OPS-1", "2", 1);
+        queue.apply(CacheChange::Upsert(&second));
+        assert_eq!(woken(&mut rx), ["ops-1-2"]);
+        // ... then run 1 shows: run 2 gives up its slot and is woken to say it waits.
+        let first = run_of("OPS-1", "1", 0);
+        queue.apply(CacheChange::Upsert(&first));
+        let mut seen = woken(&mut rx);
+        seen.sort();
+        assert_eq!(seen, ["ops-1-1", "ops-1-2"]);
+        assert_eq!(queue.figures().granted, 1, "only run 1 holds a grant");
+        assert!(!queue.wants_slot(&second, Timestamp::now()));
+        // Run 1 is deleted: run 2 goes ahead.
+        queue.apply(CacheChange::Delete(&first));
+        assert_eq!(woken(&mut rx), ["ops-1-2"]);
+        assert!(queue.wants_slot(&second, Timestamp::now()));
+        assert!(queue.try_admit(&second));
+    }
+
+    #[test]
+    fn a_tickets_line_goes_by_run_number_then_creation_and_stays_within_the_ticket() {
+        let queue = AdmissionQueue::new(10, Default::default());
+        let ninth = run_of("OPS-1", "9", 5);
+        let tenth = run_of("OPS-1", "10", 1);
+        let unnumbered = run_of("OPS-1", "x", 0);
+        let other_ticket = run_of("OPS-2", "10", 0);
+        let mut elsewhere = run_of("OPS-1", "1", 0);
+        elsewhere.metadata.name = Some("elsewhere".into());
+        elsewhere.metadata.namespace = Some("other".into());
+        for t in [&unnumbered, &tenth, &ninth, &other_ticket, &elsewhere] {
+            queue.apply(CacheChange::Upsert(t));
+        }
+        assert_eq!(queue.previous_run(&ninth), None);
+        assert_eq!(queue.previous_run(&tenth).as_deref(), Some("ops-1-9"));
+        assert_eq!(queue.previous_run(&unnumbered).as_deref(), Some("ops-1-10"));
+        assert_eq!(queue.previous_run(&other_ticket), None);
+        assert_eq!(queue.previous_run(&elsewhere), None);
+
+        // Without run numbers: by creation, then name.
+        let unnumbered = |name: &str, created_second: i64| {
+            let mut t = run_of("OPS-3", "", created_second);
+            t.metadata.name = Some(name.into());
+            t
+        };
+        let (older, a, b) = (unnumbered("z", 1), unnumbered("a", 3), unnumbered("b", 3));
+        for t in [&b, &a, &older] {
+            queue.apply(CacheChange::Upsert(t));
+        }
+        assert_eq!(queue.previous_run(&a).as_deref(), Some("z"));
+        assert_eq!(queue.previous_run(&b).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_retry_does_not_wait_for_an_earlier_run_and_a_stopped_task_wants_nothing() {
+        let queue = AdmissionQueue::new(10, Default::default());
+        let first = run_of("OPS-1", "1", 5);
+        let mut retrying = dispatched(run_of("OPS-1", "2", 0), 1);
+        if let Some(status) = retrying.status.as_mut() {
+            status.next_attempt_time = Some(Time(Timestamp::from_second(1).expect("time")));
+        }
+        queue.apply(CacheChange::Upsert(&first));
+        queue.apply(CacheChange::Upsert(&retrying));
+        assert!(queue.previous_run(&retrying).is_some());
+        assert!(queue.wants_slot(&retrying, Timestamp::now()));
+
+        let mut stopped = task("stopped", 0);
+        stopped.metadata.annotations =
+            Some([(recac_api::annotations::STOP.to_string(), "1".to_string())].into());
+        assert!(!queue.wants_slot(&stopped, Timestamp::now()));
     }
 
     #[test]

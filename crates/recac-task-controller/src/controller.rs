@@ -557,6 +557,7 @@ async fn reconcile(
             attempt: attempt.map(|a| *a),
             admitted,
             claimed,
+            previous_run: c.queue.previous_run(&task),
             now,
         },
         &ctx.retry,

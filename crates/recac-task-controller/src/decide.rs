@@ -49,7 +49,49 @@ pub struct Observation {
     /// The source controller of this process settled the task's pending claim (see
     /// [`recac_runtime::claims`]).
     pub claimed: bool,
+    /// The name of the unfinished run of the same ticket just before this task (see
+    /// [`crate::admission`]): the first attempt waits until it is finished or gone.
+    pub previous_run: Option<String>,
     pub now: Timestamp,
+}
+
+/// A request made on the task's ticket to stop it (the [`recac_api::annotations::STOP`]
+/// annotation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StopRequest {
+    /// The id of the ticket comment that asked.
+    pub comment: String,
+    /// Who asked, for people.
+    pub by: Option<String>,
+}
+
+impl StopRequest {
+    pub fn of(task: &AgentTask) -> Option<StopRequest> {
+        use recac_api::annotations::{STOP, STOP_BY};
+        let annotations = task.annotations();
+        let comment = annotations.get(STOP)?.trim().to_string();
+        let by = annotations
+            .get(STOP_BY)
+            .map(|by| by.trim())
+            .filter(|by| !by.is_empty())
+            .map(str::to_string);
+        Some(StopRequest { comment, by })
+    }
+
+    /// "stopped on the ticket by <who> (comment <id>)", leaving out what is not known.
+    fn describe(&self) -> String {
+        let by = self
+            .by
+            .as_ref()
+            .map(|by| format!(" by {by}"))
+            .unwrap_or_default();
+        let comment = if self.comment.is_empty() {
+            String::new()
+        } else {
+            format!(" (comment {})", self.comment)
+        };
+        format!("stopped on the ticket{by}{comment}")
+    }
 }
 
 /// Retry timing.
@@ -238,6 +280,16 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
     draft.status.observed_generation = task.metadata.generation;
 
     if current.phase.is_some_and(TaskPhase::is_finished) {
+        return draft.finish();
+    }
+    // An attempt that succeeded before the stop was seen ends the task as the success it is.
+    if let Some(request) = StopRequest::of(task)
+        && !observed
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.state == AttemptState::Succeeded)
+    {
+        stop(&mut draft, task, observed, &request);
         return draft.finish();
     }
 
@@ -483,6 +535,26 @@ fn dispatch(
         return;
     }
     draft.mark_suspended(false);
+    if attempt == 1
+        && let Some(previous) = &observed.previous_run
+    {
+        let ticket = task
+            .labels()
+            .get(recac_api::labels::TICKET)
+            .map(String::as_str)
+            .unwrap_or_default();
+        draft.status.message = Some(format!(
+            "queued: attempt 1 waits for {previous}, an earlier run of ticket {ticket}, to finish (runs of a ticket share its branch)"
+        ));
+        draft.set_condition(
+            condition::QUEUED,
+            true,
+            recac_api::reasons::PREVIOUS_RUN,
+            &format!("waiting for the earlier run {previous} of ticket {ticket} to finish"),
+        );
+        // No timer: the admission queue wakes the task when the earlier run leaves its line.
+        return;
+    }
     if !observed.admitted {
         draft.status.message = Some(format!(
             "queued: attempt {attempt} waits for a free slot (the operator's maxConcurrentTasks is reached)"
@@ -527,6 +599,52 @@ fn dispatch(
             format!("created Job {job_name} for attempt {attempt}"),
         );
     }
+}
+
+/// Ends the task as its ticket asked: the current attempt's unfinished Job is suspended (its
+/// pod gets SIGTERM, so the agent pushes what it has) and nothing is dispatched or retried.
+fn stop(draft: &mut Draft, task: &AgentTask, observed: &Observation, request: &StopRequest) {
+    let mut attempt = draft.status.attempt.unwrap_or(0);
+    if attempt == 0
+        && let Some(first) = &observed.attempt
+    {
+        adopt_first_attempt(draft, first);
+        attempt = 1;
+    }
+    if attempt > 0 && draft.status.branch.is_none() {
+        draft.status.branch = Some(feature_branch(task));
+    }
+    let stopped = request.describe();
+    let mut note = stopped.clone();
+    if let Some(job) = &observed.attempt
+        && matches!(job.state, AttemptState::Starting | AttemptState::Running)
+    {
+        draft.actions.push(Action::SuspendJob {
+            name: job.job_name.clone(),
+            suspend: true,
+        });
+        note.push_str(&format!(
+            "; suspended Job {} so its agent pushes its work",
+            job.job_name
+        ));
+    }
+    let when = if attempt > 0 {
+        format!("during attempt {attempt}")
+    } else {
+        "before its first attempt".to_string()
+    };
+    draft.status.phase = Some(TaskPhase::Failed);
+    draft.status.completion_time = Some(Time(*draft.now));
+    draft.status.next_attempt_time = None;
+    draft.status.message = Some(format!("{stopped} {when}; it is not retried"));
+    draft.clear_condition(condition::QUEUED, recac_api::reasons::STOPPED, &stopped);
+    draft.set_condition(
+        condition::FAILED,
+        true,
+        recac_api::reasons::STOPPED,
+        &stopped,
+    );
+    draft.event(EventType::Normal, recac_api::reasons::STOPPED, note);
 }
 
 fn retry_when_due(draft: &mut Draft, task: &AgentTask, observed: &Observation, attempt: i32) {

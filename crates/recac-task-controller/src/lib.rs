@@ -4,7 +4,7 @@
 //!
 //! Each reconcile reads as observe (the shared caches) → [`decide`] (pure) → act
 //! ([`controller`]). The Job is built by [`job_builder`] from small named parts; the
-//! concurrency cap is the index in [`admission`].
+//! concurrency cap, and the order in which a ticket's runs go, are the index in [`admission`].
 
 pub mod admission;
 pub mod config;

@@ -45,6 +45,7 @@ fn observe(attempt: Option<AttemptObservation>, admitted: bool) -> Observation {
         attempt,
         admitted,
         claimed: false,
+        previous_run: None,
         now: now(),
     }
 }
@@ -292,6 +293,7 @@ fn failure_with_retries_left_waits_then_dispatches_the_next_attempt() {
         attempt: job(1, failed("BackoffLimitExceeded", false)),
         admitted: true,
         claimed: false,
+        previous_run: None,
         now: now()
             .checked_add(SignedDuration::from_secs(10))
             .expect("time"),
@@ -306,6 +308,7 @@ fn failure_with_retries_left_waits_then_dispatches_the_next_attempt() {
         attempt: None, // the failed Job may be gone (TTL)
         admitted: true,
         claimed: false,
+        previous_run: None,
         now: due,
     };
     let plan = decide(&waiting, &late, &policy());
@@ -330,6 +333,7 @@ fn a_due_retry_without_a_slot_stays_queued() {
         attempt: None,
         admitted: false,
         claimed: false,
+        previous_run: None,
         now: now()
             .checked_add(SignedDuration::from_secs(60))
             .expect("time"),
@@ -442,6 +446,7 @@ fn condition_transition_times_change_only_on_flips() {
         attempt: None,
         admitted: false,
         claimed: false,
+        previous_run: None,
         now: now()
             .checked_add(SignedDuration::from_secs(100))
             .expect("time"),
@@ -679,6 +684,7 @@ fn a_claim_settled_in_this_process_or_shown_by_a_job_dispatches_and_is_recorded(
         attempt: None,
         admitted: true,
         claimed: true,
+        previous_run: None,
         now: now(),
     };
     let plan = decide(&pending, &told, &policy());
@@ -715,4 +721,257 @@ fn a_claim_settled_in_this_process_or_shown_by_a_job_dispatches_and_is_recorded(
     assert!(plan.actions.is_empty());
     assert!(condition(&plan, condition::CLAIMED).is_some());
     assert_eq!(plan.status.attempt, Some(1));
+}
+
+fn later_run() -> AgentTask {
+    let mut t = task(2);
+    t.metadata.labels = Some(
+        [
+            (recac_api::labels::TICKET.to_string(), "PROJ-7".to_string()),
+            (recac_api::labels::RUN.to_string(), "2".to_string()),
+        ]
+        .into(),
+    );
+    t
+}
+
+fn behind(previous: &str, admitted: bool) -> Observation {
+    Observation {
+        previous_run: Some(previous.into()),
+        ..observe(None, admitted)
+    }
+}
+
+#[test]
+fn a_later_run_waits_for_the_previous_one_and_says_so_at_once() {
+    let plan = decide(&later_run(), &behind("proj-7-1", true), &policy());
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.defer_status, None, "waiting is not a dispatch");
+    assert_eq!(plan.requeue_after, None, "the admission queue wakes it");
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    assert_eq!(plan.status.attempt, None);
+    let queued = condition(&plan, condition::QUEUED).expect("Queued");
+    assert_eq!(
+        (queued.status.as_str(), queued.reason.as_str()),
+        ("True", recac_api::reasons::PREVIOUS_RUN)
+    );
+    assert!(queued.message.contains("proj-7-1"), "{}", queued.message);
+    assert!(
+        plan.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("proj-7-1") && m.contains("PROJ-7")),
+        "{:?}",
+        plan.status.message
+    );
+
+    // A second look changes nothing.
+    let waiting = after(later_run(), &plan);
+    let again = decide(&waiting, &behind("proj-7-1", false), &policy());
+    assert_eq!(Some(&again.status), waiting.status.as_ref());
+    assert!(again.actions.is_empty());
+
+    // The previous run is over: the first attempt dispatches and the wait is cleared.
+    let plan = decide(&waiting, &observe(None, true), &policy());
+    assert_eq!(creates(&plan), vec![1]);
+    let queued = condition(&plan, condition::QUEUED).expect("Queued");
+    assert_eq!(queued.status, "False");
+}
+
+#[test]
+fn a_retry_does_not_wait_for_another_run_of_its_ticket() {
+    let t = after(
+        later_run(),
+        &decide(&later_run(), &observe(None, true), &policy()),
+    );
+    let plan = decide(
+        &t,
+        &observe(job(1, failed("BackoffLimitExceeded", false)), true),
+        &policy(),
+    );
+    let waiting = after(t, &plan);
+    let due = Observation {
+        now: now()
+            .checked_add(SignedDuration::from_secs(60))
+            .expect("time"),
+        ..behind("proj-7-1", true)
+    };
+    let plan = decide(&waiting, &due, &policy());
+    assert_eq!(creates(&plan), vec![2]);
+}
+
+fn stop_requested(mut t: AgentTask, by: Option<&str>) -> AgentTask {
+    let mut annotations = std::collections::BTreeMap::from([(
+        recac_api::annotations::STOP.to_string(),
+        "10042".to_string(),
+    )]);
+    if let Some(by) = by {
+        annotations.insert(recac_api::annotations::STOP_BY.to_string(), by.to_string());
+    }
+    t.metadata.annotations = Some(annotations);
+    t
+}
+
+/// Asserts `plan` ends the task as stopped, and returns the task after it.
+fn assert_stopped(t: AgentTask, plan: &Plan) -> AgentTask {
+    let s = &plan.status;
+    assert_eq!(s.phase, Some(TaskPhase::Failed));
+    assert_eq!(s.completion_time, Some(Time(now())));
+    assert_eq!(s.next_attempt_time, None);
+    let failed = condition(plan, condition::FAILED).expect("Failed");
+    assert_eq!(
+        (failed.status.as_str(), failed.reason.as_str()),
+        ("True", recac_api::reasons::STOPPED)
+    );
+    assert!(creates(plan).is_empty());
+    assert_eq!(event_reasons(plan), vec![recac_api::reasons::STOPPED]);
+    let stopped = after(t, plan);
+    // Idempotent: a second look changes nothing and does nothing.
+    let again = decide(&stopped, &observe(None, true), &policy());
+    assert_eq!(Some(&again.status), stopped.status.as_ref());
+    assert!(again.actions.is_empty());
+    stopped
+}
+
+#[test]
+fn stopping_a_running_task_suspends_its_job_and_fails_it_without_retry() {
+    let t = after(task(2), &decide(&task(2), &observe(None, true), &policy()));
+    let t = after(
+        t.clone(),
+        &decide(&t, &observe(job(1, AttemptState::Running), true), &policy()),
+    );
+    let stop = stop_requested(t, Some("Ada Lovelace"));
+    let plan = decide(
+        &stop,
+        &observe(job(1, AttemptState::Running), true),
+        &policy(),
+    );
+    assert_eq!(
+        plan.actions.first(),
+        Some(&Action::SuspendJob {
+            name: "fix-login-a1".into(),
+            suspend: true
+        })
+    );
+    let failed = condition(&plan, condition::FAILED).expect("Failed");
+    assert_eq!(
+        failed.message,
+        "stopped on the ticket by Ada Lovelace (comment 10042)"
+    );
+    assert!(
+        plan.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("during attempt 1")),
+        "{:?}",
+        plan.status.message
+    );
+    let stopped = assert_stopped(stop, &plan);
+    // Its Job, suspended now, is not resumed.
+    let plan = decide(
+        &stopped,
+        &observe(job(1, AttemptState::Suspended), true),
+        &policy(),
+    );
+    assert!(plan.actions.is_empty());
+}
+
+#[test]
+fn stopping_a_task_that_has_not_run_ends_it_without_a_job() {
+    // Queued for a slot, or behind a previous run.
+    for observed in [observe(None, false), behind("proj-7-1", true)] {
+        let queued = after(later_run(), &decide(&later_run(), &observed, &policy()));
+        let stop = stop_requested(queued, None);
+        let plan = decide(&stop, &observed, &policy());
+        assert!(
+            plan.actions
+                .iter()
+                .all(|a| matches!(a, Action::Event { .. }))
+        );
+        assert_eq!(plan.status.attempt, None);
+        assert_eq!(
+            condition(&plan, condition::QUEUED).map(|c| c.status.as_str()),
+            Some("False")
+        );
+        assert!(
+            plan.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("stopped on the ticket (comment 10042) before")),
+            "{:?}",
+            plan.status.message
+        );
+        assert_stopped(stop, &plan);
+    }
+
+    // Waiting for its claim, still within the grace that writes no status.
+    let mut pending = stop_requested(task(2), Some("Ada"));
+    if let Some(annotations) = pending.metadata.annotations.as_mut() {
+        annotations.insert(
+            recac_api::annotations::CLAIM.to_string(),
+            recac_api::annotations::CLAIM_PENDING.to_string(),
+        );
+    }
+    pending.metadata.creation_timestamp = Some(Time(now()));
+    let plan = decide(&pending, &observe(None, true), &policy());
+    assert_stopped(pending, &plan);
+}
+
+#[test]
+fn stopping_a_task_that_waits_for_its_retry_cancels_the_retry() {
+    let t = after(task(2), &decide(&task(2), &observe(None, true), &policy()));
+    let plan = decide(
+        &t,
+        &observe(job(1, failed("BackoffLimitExceeded", false)), true),
+        &policy(),
+    );
+    let waiting = after(t, &plan);
+    assert!(
+        waiting
+            .status
+            .as_ref()
+            .is_some_and(|s| s.next_attempt_time.is_some())
+    );
+    let stop = stop_requested(waiting, Some("Ada"));
+    let plan = decide(&stop, &observe(None, true), &policy());
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| matches!(a, Action::Event { .. }))
+    );
+    assert_eq!(plan.status.attempt, Some(1));
+    assert_stopped(stop, &plan);
+}
+
+#[test]
+fn stopping_a_first_job_whose_dispatch_is_unrecorded_records_and_suspends_it() {
+    let stop = stop_requested(task(2), Some("Ada"));
+    let plan = decide(
+        &stop,
+        &observe(first_job(AttemptState::Starting, 1), false),
+        &policy(),
+    );
+    assert_eq!(plan.defer_status, None);
+    assert!(plan.actions.contains(&Action::SuspendJob {
+        name: "fix-login-a1".into(),
+        suspend: true
+    }));
+    assert_eq!(plan.status.attempt, Some(1));
+    assert_eq!(plan.status.branch.as_deref(), Some("recac/PROJ-7"));
+    assert_stopped(stop, &plan);
+}
+
+#[test]
+fn a_finished_task_or_a_succeeded_attempt_ignores_a_stop() {
+    let t = after(task(2), &decide(&task(2), &observe(None, true), &policy()));
+    let plan = decide(
+        &stop_requested(t.clone(), Some("Ada")),
+        &observe(job(1, AttemptState::Succeeded), true),
+        &policy(),
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Succeeded));
+    let done = stop_requested(after(t, &plan), Some("Ada"));
+    let again = decide(&done, &observe(None, true), &policy());
+    assert_eq!(Some(&again.status), done.status.as_ref());
+    assert!(again.actions.is_empty());
 }

@@ -1,0 +1,332 @@
+//! Reading a ticket's comments for commands and acting on them (the I/O around
+//! [`crate::commands`], whose docs say what a command is and why each acts once).
+//!
+//! The source's poll finds the tickets to read: its search also returns this source's
+//! tickets updated since the previous poll ([`crate::query::search_jql`]), so a ticket at
+//! rest costs no request; a ticket that changed costs one comments read.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use recac_api::{AgentTask, TaskPhase, annotations};
+use recac_jira::{JiraClient, User};
+use recac_runtime::Cache;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::commands::{self, Act, CommentFacts, EarlierRun, RunFacts, RunRequest};
+use crate::config::SourceConfig;
+use crate::controller::SourceError;
+use crate::decide::{self, RUN_LABEL, SOURCE_LABEL, TICKET_LABEL, TRIGGER_ANNOTATION};
+
+/// What acting on one ticket's comments needs.
+pub struct Conversation<'a> {
+    pub client: &'a Client,
+    pub jira: &'a JiraClient,
+    pub tasks: &'a Cache<AgentTask>,
+    pub source: &'a SourceConfig,
+    pub bot: &'a User,
+}
+
+/// The ways a comment can mention `bot`, as they read in a comment's plain text.
+fn bot_mentions(bot: &User) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(name) = &bot.display_name {
+        out.push(format!("@{name}"));
+    }
+    if let Some(id) = &bot.account_id {
+        out.push(format!("[~accountid:{id}]"));
+    }
+    if let Some(name) = &bot.name {
+        out.push(format!("[~{name}]"));
+    }
+    out
+}
+
+fn same_user(a: &User, b: &User) -> bool {
+    matches!((a.id(), b.id()), (Some(x), Some(y)) if x == y)
+}
+
+impl Conversation<'_> {
+    /// The source's tasks of `key`, oldest run first.
+    fn runs(&self, key: &str) -> Vec<std::sync::Arc<AgentTask>> {
+        let mut runs: Vec<_> = self
+            .tasks
+            .store()
+            .iter()
+            .filter(|t| {
+                let labels = t.labels();
+                labels.get(TICKET_LABEL).map(String::as_str) == Some(key)
+                    && labels.get(SOURCE_LABEL) == Some(&self.source.name)
+                    && t.namespace().as_deref() == Some(self.source.namespace.as_str())
+            })
+            .collect();
+        runs.sort_by_key(|t| run_of(t));
+        runs
+    }
+
+    /// Reads `key`'s comments and acts on the commands among them. Returns how many acts.
+    pub async fn handle(&self, key: &str) -> Result<usize, SourceError> {
+        let runs = self.runs(key);
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let comments = self
+            .jira
+            .comments(key)
+            .await
+            .map_err(self.jira_err(format!("read comments of {key}")))?;
+        let mentions = bot_mentions(self.bot);
+        let facts: Vec<CommentFacts> = comments
+            .iter()
+            .map(|c| {
+                let text = c.text();
+                let by_bot = c.author.as_ref().is_some_and(|a| same_user(a, self.bot));
+                CommentFacts {
+                    command: (!by_bot)
+                        .then(|| commands::parse(&text, c.mentions(self.bot), &mentions))
+                        .flatten(),
+                    id: c.id.clone(),
+                    author: c.author.clone(),
+                    created: c.created_at(),
+                    text,
+                    by_bot,
+                }
+            })
+            .collect();
+        let run_facts: Vec<RunFacts> = runs.iter().map(|t| run_facts(t)).collect();
+        let allowed = self.allowed_authors(&facts).await?;
+        let who_may = self.who_may();
+        let acts = commands::plan(
+            &facts,
+            &run_facts,
+            &|user: Option<&User>| {
+                user.and_then(User::id)
+                    .is_some_and(|id| allowed.get(id).copied().unwrap_or(false))
+            },
+            &who_may,
+        );
+        let count = acts.len();
+        for act in acts {
+            self.act(key, act, &runs, &facts).await?;
+        }
+        Ok(count)
+    }
+
+    /// Whether each author of a command may give commands (the source's trigger rule).
+    async fn allowed_authors(
+        &self,
+        facts: &[CommentFacts],
+    ) -> Result<HashMap<String, bool>, SourceError> {
+        let s = self.source;
+        let mut allowed = HashMap::new();
+        for author in facts
+            .iter()
+            .filter(|f| f.command.is_some())
+            .filter_map(|f| f.author.as_ref())
+        {
+            let Some(id) = author.id() else { continue };
+            if allowed.contains_key(id) {
+                continue;
+            }
+            let mut ok = decide::allowed(Some(author), &s.allowed_users, &[], &[]);
+            if !ok && !s.allowed_groups.is_empty() {
+                let groups = self
+                    .jira
+                    .user_groups(author)
+                    .await
+                    .map_err(self.jira_err(format!("read the groups of {}", author.label())))?;
+                ok = decide::allowed(Some(author), &s.allowed_users, &s.allowed_groups, &groups);
+            }
+            allowed.insert(id.to_string(), ok);
+        }
+        Ok(allowed)
+    }
+
+    fn who_may(&self) -> String {
+        let s = self.source;
+        let mut who: Vec<String> = s.allowed_users.clone();
+        who.extend(
+            s.allowed_groups
+                .iter()
+                .map(|g| format!("members of group {g}")),
+        );
+        if who.is_empty() {
+            "users who can edit the ticket".into()
+        } else {
+            who.join(", ")
+        }
+    }
+
+    async fn act(
+        &self,
+        key: &str,
+        act: Act,
+        runs: &[std::sync::Arc<AgentTask>],
+        facts: &[CommentFacts],
+    ) -> Result<(), SourceError> {
+        match act {
+            Act::Reply { comment, text } => {
+                self.jira
+                    .add_comment(key, &text)
+                    .await
+                    .map_err(self.jira_err(format!("answer comment {comment} on {key}")))?;
+                info!(ticket = key, comment, "answered a comment");
+            }
+            Act::Stop { comment, by, tasks } => {
+                let api: Api<AgentTask> =
+                    Api::namespaced(self.client.clone(), &self.source.namespace);
+                for name in tasks {
+                    let patch = json!({"metadata": {"annotations": {
+                        annotations::STOP: comment,
+                        annotations::STOP_BY: by,
+                    }}});
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(self.kube_err("mark to stop", &name))?;
+                    info!(ticket = key, task = %name, comment, "stop asked on the ticket");
+                }
+            }
+            Act::Run {
+                comment,
+                run,
+                request,
+            } => {
+                let Some(latest) = runs.last() else {
+                    return Ok(());
+                };
+                let prompt = match &request {
+                    RunRequest::Retry => latest.spec.prompt.clone().unwrap_or_default(),
+                    RunRequest::FollowUp { text, author } => {
+                        let original = runs
+                            .first()
+                            .and_then(|t| t.spec.prompt.clone())
+                            .unwrap_or_default();
+                        let earlier: Vec<EarlierRun> =
+                            runs.iter().map(|t| earlier_run(t, facts)).collect();
+                        commands::follow_up_prompt(
+                            &original,
+                            &earlier,
+                            author,
+                            text,
+                            self.source.max_prompt_chars,
+                        )
+                    }
+                };
+                let task = next_run(latest, key, run, &comment, prompt);
+                let api: Api<AgentTask> =
+                    Api::namespaced(self.client.clone(), &self.source.namespace);
+                let name = task.name_any();
+                match api.create(&PostParams::default(), &task).await {
+                    Ok(_) => {
+                        info!(ticket = key, task = %name, comment, "a comment started a new run")
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        // Created before a restart, or the name went to another command
+                        // meanwhile: the next poll decides again from what exists.
+                        let existing =
+                            api.get(&name).await.map_err(self.kube_err("read", &name))?;
+                        if existing.annotations().get(annotations::COMMAND) != Some(&comment) {
+                            warn!(ticket = key, task = %name, comment, "run number taken; the next poll starts the command as a later run");
+                        }
+                    }
+                    Err(e) => return Err(self.kube_err("create", &name)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn jira_err(
+        &self,
+        action: impl Into<String>,
+    ) -> impl FnOnce(recac_jira::JiraError) -> SourceError {
+        let source_name = self.source.name.clone();
+        let action = action.into();
+        move |error| SourceError::Jira {
+            source_name,
+            action,
+            error,
+        }
+    }
+
+    fn kube_err(&self, action: &str, task: &str) -> impl FnOnce(kube::Error) -> SourceError {
+        let (source_name, action, task) = (
+            self.source.name.clone(),
+            action.to_string(),
+            task.to_string(),
+        );
+        move |error| SourceError::Kube {
+            source_name,
+            action,
+            task,
+            error,
+        }
+    }
+}
+
+fn run_of(task: &AgentTask) -> u32 {
+    task.labels()
+        .get(RUN_LABEL)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn run_facts(task: &AgentTask) -> RunFacts {
+    let annotation = |key: &str| task.annotations().get(key).cloned();
+    RunFacts {
+        name: task.name_any(),
+        run: run_of(task),
+        finished: task
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(TaskPhase::is_finished),
+        created: task.creation_timestamp().map(|t| t.0),
+        command: annotation(annotations::COMMAND),
+        stop: annotation(annotations::STOP),
+    }
+}
+
+/// An earlier run as a follow-up's prompt tells it: the follow-up that started it, if
+/// one did, and its outcome.
+fn earlier_run(task: &AgentTask, facts: &[CommentFacts]) -> EarlierRun {
+    let request = task
+        .annotations()
+        .get(annotations::COMMAND)
+        .and_then(|id| facts.iter().find(|f| &f.id == id))
+        .and_then(|f| match &f.command {
+            Some(commands::Command::FollowUp(text)) => Some(text.clone()),
+            _ => None,
+        });
+    EarlierRun {
+        run: run_of(task),
+        request,
+        outcome: task.status.as_ref().and_then(|s| s.message.clone()),
+    }
+}
+
+/// Run `run` of the ticket: the latest run's spec with a new prompt, on the branch the
+/// earlier runs pushed to, already claimed (the ticket is), annotated with the comment.
+fn next_run(latest: &AgentTask, key: &str, run: u32, comment: &str, prompt: String) -> AgentTask {
+    let mut spec = latest.spec.clone();
+    spec.prompt = Some(prompt);
+    spec.suspend = false;
+    if spec.repository.branch.is_none() {
+        spec.repository.branch = latest.status.as_ref().and_then(|s| s.branch.clone());
+    }
+    let mut labels: BTreeMap<String, String> = latest.labels().clone();
+    labels.insert(RUN_LABEL.to_string(), run.to_string());
+    labels.insert(TICKET_LABEL.to_string(), key.to_string());
+    let mut annotations_out =
+        BTreeMap::from([(annotations::COMMAND.to_string(), comment.to_string())]);
+    if let Some(trigger) = latest.annotations().get(TRIGGER_ANNOTATION) {
+        annotations_out.insert(TRIGGER_ANNOTATION.to_string(), trigger.clone());
+    }
+    let mut task = AgentTask::new(&crate::task::task_name(key, run), spec);
+    task.metadata.namespace = latest.namespace();
+    task.metadata.labels = Some(labels);
+    task.metadata.annotations = Some(annotations_out);
+    task
+}
