@@ -330,9 +330,11 @@ impl SourceController {
             .lock()
             .ok()
             .and_then(|polled| polled.get(&source.name).copied())
-            .map(|previous| previous.elapsed().as_secs().div_ceil(60) + 1)
+            // Jira evaluates `-Nm` on its own clock, as it stamps `updated`: only the time
+            // between the two searches (and a little for the requests) has to fit.
+            .map(|previous| (previous.elapsed().as_secs() + 10).div_ceil(60))
             .unwrap_or(source.commands.lookback_minutes)
-            .max(2);
+            .max(1);
         let jql = crate::query::search_jql(source, Some(changed_within));
         let fields = plan::search_fields(source);
         let mut in_flight = index
@@ -451,7 +453,7 @@ impl SourceController {
         index: &HashMap<String, Vec<TaskView>>,
         changed_within: u64,
         state: &TermState,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<(String, String, Vec<TaskView>)> {
         if !source.commands.enabled {
             return Vec::new();
         }
@@ -468,15 +470,15 @@ impl SourceController {
             .unwrap_or(jiff::Timestamp::MIN);
         issues
             .iter()
-            .filter(|i| {
-                index
-                    .get(&i.key)
-                    .is_some_and(|views| views.iter().any(|v| v.source == source.name))
-            })
             .filter_map(|i| {
+                let views = index.get(&i.key)?;
+                if !views.iter().any(|v| v.source == source.name) {
+                    return None;
+                }
                 let updated = i.fields.updated.clone()?;
                 let recent = plan::jira_time(&updated).is_none_or(|at| at >= since);
-                (recent && read.get(&i.key) != Some(&updated)).then(|| (i.key.clone(), updated))
+                (recent && read.get(&i.key) != Some(&updated))
+                    .then(|| (i.key.clone(), updated, views.clone()))
             })
             .collect()
     }
@@ -486,7 +488,7 @@ impl SourceController {
         &self,
         source: &SourceConfig,
         bot: &User,
-        tickets: Vec<(String, String)>,
+        tickets: Vec<(String, String, Vec<TaskView>)>,
         state: &TermState,
     ) {
         if tickets.is_empty() {
@@ -500,10 +502,10 @@ impl SourceController {
             bot,
         };
         let done: Vec<(String, String)> = futures::stream::iter(tickets)
-            .map(|(key, updated)| {
+            .map(|(key, updated, views)| {
                 let conversation = &conversation;
                 async move {
-                    match conversation.handle(&key).await {
+                    match conversation.handle(&key, &views).await {
                         Ok(acts) => {
                             self.metrics
                                 .commands

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::commands::{self, Act, CommentFacts, EarlierRun, RunFacts, RunRequest};
 use crate::config::SourceConfig;
 use crate::controller::SourceError;
-use crate::decide::{self, RUN_LABEL, SOURCE_LABEL, TICKET_LABEL, TRIGGER_ANNOTATION};
+use crate::decide::{self, RUN_LABEL, TICKET_LABEL, TRIGGER_ANNOTATION, TaskView};
 
 /// What acting on one ticket's comments needs.
 pub struct Conversation<'a> {
@@ -49,26 +49,23 @@ fn same_user(a: &User, b: &User) -> bool {
 }
 
 impl Conversation<'_> {
-    /// The source's tasks of `key`, oldest run first.
-    fn runs(&self, key: &str) -> Vec<std::sync::Arc<AgentTask>> {
-        let mut runs: Vec<_> = self
-            .tasks
-            .store()
+    /// The source's tasks among `views` (a ticket's, from the poll's index), oldest run
+    /// first.
+    fn runs(&self, views: &[TaskView]) -> Vec<std::sync::Arc<AgentTask>> {
+        let store = self.tasks.store();
+        let mut runs: Vec<_> = views
             .iter()
-            .filter(|t| {
-                let labels = t.labels();
-                labels.get(TICKET_LABEL).map(String::as_str) == Some(key)
-                    && labels.get(SOURCE_LABEL) == Some(&self.source.name)
-                    && t.namespace().as_deref() == Some(self.source.namespace.as_str())
-            })
+            .filter(|v| v.source == self.source.name)
+            .filter_map(|v| store.get_named(Some(&v.namespace), &v.name))
             .collect();
         runs.sort_by_key(|t| run_of(t));
         runs
     }
 
-    /// Reads `key`'s comments and acts on the commands among them. Returns how many acts.
-    pub async fn handle(&self, key: &str) -> Result<usize, SourceError> {
-        let runs = self.runs(key);
+    /// Reads `key`'s comments and acts on the commands among them; `views` are the
+    /// ticket's tasks. Returns how many acts.
+    pub async fn handle(&self, key: &str, views: &[TaskView]) -> Result<usize, SourceError> {
+        let runs = self.runs(views);
         if runs.is_empty() {
             return Ok(0);
         }
