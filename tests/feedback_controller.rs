@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use recac_api::{AgentTask, AgentTaskStatus, FeedbackStatus, TaskPhase};
-use recac_feedback::{FeedbackConfig, FeedbackSetup};
+use recac_feedback::{CommentMode, FeedbackConfig, FeedbackSetup};
 use recac_jira::{Credentials, Flavor, JiraClient, JiraConfig, Secret};
 use recac_jira_sim::{CallRecord, Fault, IssueSeed, JiraSim};
 use recac_operator::OperatorSetup;
@@ -44,6 +44,9 @@ case "$FAKE_MODE" in
     echo "error: the build failed"
     exit 1 ;;
   give-up) printf '{"outcome":"gaveUp","summary":"the repository does not exist"}' > "$RECAC_RESULT_PATH"; exit 3 ;;
+  flaky)
+    if [ "$RECAC_ATTEMPT" -lt 3 ]; then echo "error: flaky attempt $RECAC_ATTEMPT"; exit 1; fi ;;
+  slow) sleep 15 ;;
   sleep) sleep 300 ;;
   timed) printf '{"outcome":"succeeded","summary":"agent finished at %s"}' "$(date +%s.%N)" > "$RECAC_RESULT_PATH"; exit 0 ;;
 esac
@@ -169,8 +172,11 @@ fn jira_client(sim: &JiraSim, flavor: Flavor) -> JiraClient {
     JiraClient::with_credentials(&config, credentials).expect("jira client")
 }
 
+/// A comment per report: the tests that use it are about separate comments. Live comments
+/// have [`live_config`].
 fn feedback_config() -> FeedbackConfig {
     FeedbackConfig {
+        comments: CommentMode::PerOutcome,
         retry_seconds: 1,
         max_retry_seconds: 2,
         redact_patterns: vec!["corp-[0-9]{6}".into()],
@@ -282,6 +288,57 @@ fn comment_posts(sim: &JiraSim, key: &str) -> Vec<CallRecord> {
         .collect()
 }
 
+/// Edits of comments on `key`, from the call log (status 200).
+fn comment_edits(sim: &JiraSim, key: &str) -> Vec<CallRecord> {
+    sim.calls()
+        .into_iter()
+        .filter(|c| {
+            c.method == "PUT"
+                && c.status == 200
+                && c.path.contains(&format!("/issue/{key}/comment/"))
+        })
+        .collect()
+}
+
+/// Every write of a comment on `key` (made or edited), oldest first.
+fn comment_writes(sim: &JiraSim, key: &str) -> Vec<CallRecord> {
+    let mut writes = comment_posts(sim, key);
+    writes.extend(comment_edits(sim, key));
+    writes.sort_by_key(|c| c.at);
+    writes
+}
+
+/// One live comment per ticket (the default).
+fn live_config() -> FeedbackConfig {
+    FeedbackConfig {
+        comments: CommentMode::Live,
+        ..feedback_config()
+    }
+}
+
+/// Run `run` of ticket `key`, labelled as the source controller labels a ticket's runs: its
+/// name and its YAML.
+fn run_yaml(key: &str, run: u32, mode: &str, max_retries: i32) -> (String, String) {
+    let base = key.to_lowercase();
+    let name = if run == 1 {
+        base
+    } else {
+        format!("{base}-r{run}")
+    };
+    let yaml = task_yaml(&name, Some(key), mode, max_retries, "").replace(
+        &format!("  name: {name}\n"),
+        &format!("  name: {name}\n  labels: {{recac.io/ticket: {key}, recac.io/run: \"{run}\"}}\n"),
+    );
+    (name, yaml)
+}
+
+fn feedback_of(task: &AgentTask) -> FeedbackStatus {
+    task.status
+        .clone()
+        .and_then(|s| s.feedback)
+        .unwrap_or_default()
+}
+
 /// The comment bodies on `key` as text (ADF as its JSON, wiki as is).
 fn bodies(sim: &JiraSim, key: &str) -> Vec<String> {
     sim.issue(key)
@@ -376,6 +433,11 @@ async fn success_is_reported_once_with_its_pull_request_link_and_moves_the_ticke
         (reported == 2).then_some(())
     })
     .await;
+
+    assert!(
+        comment_edits(&sim, &key).is_empty(),
+        "perOutcome edits nothing"
+    );
 
     // Nothing more is posted: restarts find everything recorded.
     operator.stop().await;
@@ -1051,6 +1113,29 @@ fn recac_binary() -> std::path::PathBuf {
     profile_dir.join("recac")
 }
 
+/// `feedback.comments` takes `live` or `perOutcome`: anything else stops the operator at
+/// start-up naming the key, as does an edit interval out of range.
+#[test]
+fn a_wrong_comment_mode_or_edit_interval_is_refused_naming_the_key() {
+    let binary = recac_binary();
+    let folder = tempfile::tempdir().expect("temp folder");
+    for (feedback, key) in [
+        ("comments: chatty", "feedback.comments"),
+        ("editIntervalSeconds: 0", "feedback.editIntervalSeconds"),
+    ] {
+        let path = folder.path().join("config.yaml");
+        std::fs::write(&path, format!("feedback:\n  {feedback}\n")).expect("config written");
+        let out = std::process::Command::new(&binary)
+            .args(["orchestrate", "--config"])
+            .arg(&path)
+            .output()
+            .expect("recac runs");
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{feedback}: {stderr}");
+        assert!(stderr.contains(&format!("`{key}`")), "{feedback}: {stderr}");
+    }
+}
+
 /// `recac orchestrate` killed by a failpoint right after posting (before recording) posts
 /// nothing more when it comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1143,6 +1228,311 @@ feedback:
     );
 }
 
+/// A run that fails twice and then succeeds is told in one comment, edited as it goes and
+/// never more often than `editIntervalSeconds`; a second run of the ticket joins the same
+/// comment. Each outcome moves the ticket once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_comment_follows_retries_and_a_second_run_of_the_ticket() {
+    let s = setup("fb-live").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    let mut config = live_config();
+    config.succeeded.transition = Some("In Review".into());
+    config.succeeded.add_labels = vec!["recac-done".into()];
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    let (first, yaml) = run_yaml(&key, 1, "flaky", 2);
+    create_task(&s, &yaml).await;
+    let task = task_where(&s, &first, "the outcome recorded", |t| {
+        has_reported(t, "succeeded/3")
+    })
+    .await;
+
+    assert_eq!(comment_posts(&sim, &key).len(), 1, "one comment");
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.comments.len(), 1);
+    let comment_id = issue.comments[0].id.clone();
+    let fb = feedback_of(&task);
+    assert_eq!(fb.comment_id.as_deref(), Some(comment_id.as_str()));
+    assert!(
+        fb.reported.contains(&format!("statusComment/{comment_id}")),
+        "{fb:?}"
+    );
+    assert_eq!(fb.ticket_updated.as_deref(), Some("succeeded/3"));
+    let writes = comment_writes(&sim, &key);
+    assert!(
+        writes.len() >= 3,
+        "made, then edited as the attempts went: {} writes",
+        writes.len()
+    );
+    let first_text = writes[0]
+        .body
+        .as_ref()
+        .map(|b| b.to_string())
+        .unwrap_or_default();
+    assert!(
+        first_text.contains("attempt 1 of at most 3"),
+        "made when the first agent ran: {first_text}"
+    );
+    for pair in writes.windows(2) {
+        let apart = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            apart >= Duration::from_millis(1900),
+            "two writes {apart:?} apart (editIntervalSeconds is 2)"
+        );
+    }
+    let done = &bodies(&sim, &key)[0];
+    for part in [
+        "recac finished this ticket",
+        "(3 attempts)",
+        "recac/OPS-1",
+        r#""href":"https://github.com/org/repo/pull/3""#,
+        "Made the login timeout configurable.",
+        "/recac <what else to do>",
+        "/recac retry",
+        &format!("#recac-feedback/status/ticket/{}/{key}/", s.ns),
+        &format!(
+            "#recac-feedback/{}/succeeded/3",
+            task.metadata.uid.clone().unwrap_or_default()
+        ),
+    ] {
+        assert!(done.contains(part), "{part} missing in {done}");
+    }
+    assert!(!done.contains("/recac stop"), "nothing runs: {done}");
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.status, "In Review");
+    assert_eq!(issue.labels, ["recac-agent", "recac-done"]);
+    let transitions = |sim: &JiraSim| {
+        sim.calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path.ends_with("/transitions"))
+            .count()
+    };
+    assert_eq!(transitions(&sim), 1, "the outcome moved the ticket once");
+
+    // A follow-up run of the same ticket joins the comment, newest last.
+    let (second, yaml) = run_yaml(&key, 2, "succeed", 0);
+    create_task(&s, &yaml).await;
+    let task = task_where(&s, &second, "the second outcome recorded", |t| {
+        has_reported(t, "succeeded/1")
+    })
+    .await;
+    assert_eq!(
+        feedback_of(&task).comment_id.as_deref(),
+        Some(comment_id.as_str())
+    );
+    assert_eq!(comment_posts(&sim, &key).len(), 1, "still one comment");
+    let both = &bodies(&sim, &key)[0];
+    let run = |n: u32| both.find(&format!("Run {n}")).unwrap_or(usize::MAX);
+    assert!(run(1) < run(2) && run(2) < usize::MAX, "{both}");
+    // The first run in one line (its pod was read in an earlier pass), the second in full.
+    assert!(
+        both.contains("Summary: ") && both.contains("The agent's summary:"),
+        "{both}"
+    );
+    assert!(
+        both.contains(r#""href":"https://github.com/org/repo/pull/1""#),
+        "{both}"
+    );
+    let writes = comment_writes(&sim, &key);
+    for pair in writes.windows(2) {
+        let apart = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            apart >= Duration::from_millis(1900),
+            "two writes {apart:?} apart, also when the second run came right after the first"
+        );
+    }
+    // Settled: nothing more is written.
+    let writes = writes.len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(comment_writes(&sim, &key).len(), writes);
+    operator.stop().await;
+}
+
+/// The operator that made the ticket's comment could not record it (its status writes are
+/// refused, as if it died right after) and is killed mid-run; the next one finds the
+/// comment by its marker, records it and edits it to the end. Data Center: wiki markup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_run_finds_the_live_comment_and_makes_no_second_one() {
+    let s = setup("fb-live-restart").await;
+    let sim = JiraSim::datacenter().await.expect("sim");
+    let key = ticket(&sim);
+    let blind = no_status_writes_config(&s).await;
+    let task_operator = Operator::start_tasks_only(s.config.clone(), &s.ns).await;
+    let operator = Operator::start(
+        blind,
+        &s.ns,
+        feedback(&sim, Flavor::Datacenter, live_config()),
+    )
+    .await;
+    let (name, yaml) = run_yaml(&key, 1, "slow", 0);
+    create_task(&s, &yaml).await;
+    wait_for("the live comment saying it runs", LONG, || async {
+        let b = bodies(&sim, &key);
+        b.first()
+            .filter(|b| b.contains("running attempt 1 of at most 1"))
+            .cloned()
+    })
+    .await;
+    operator.kill().await;
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let task = api.get(&name).await.expect("task");
+    assert!(reported(&task).is_empty(), "nothing recorded");
+    assert_eq!(
+        task.status.as_ref().and_then(|s| s.phase),
+        Some(TaskPhase::Running),
+        "killed mid-run"
+    );
+
+    task_operator.stop().await;
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Datacenter, live_config()),
+    )
+    .await;
+    let task = task_where(&s, &name, "the outcome recorded", |t| {
+        has_reported(t, "succeeded/1")
+    })
+    .await;
+    assert_eq!(comment_posts(&sim, &key).len(), 1, "the marker was found");
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.comments.len(), 1);
+    assert_eq!(
+        feedback_of(&task).comment_id.as_deref(),
+        Some(issue.comments[0].id.as_str())
+    );
+    let done = &bodies(&sim, &key)[0];
+    assert!(
+        done.contains("recac finished this ticket")
+            && done.contains("{{recac/OPS-1}}")
+            && done.contains(&format!(
+                "[recac|https://github.com/recac-io/recac#recac-feedback/status/ticket/{}/{key}/",
+                s.ns
+            )),
+        "{done}"
+    );
+    assert!(
+        sim.calls()
+            .iter()
+            .filter(|c| c.path.contains("/comment"))
+            .all(|c| c.path.starts_with("/rest/api/2/"))
+    );
+    let (_, metrics) = http_get(operator.http, "/metrics").await;
+    assert!(
+        metrics.contains("recac_feedback_already_posted_total 1"),
+        "{metrics}"
+    );
+    operator.stop().await;
+}
+
+/// Jira made the live comment but its reply was lost, then refuses two edits: the comment
+/// is found by its marker, not made again, and the outcome still lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_comment_survives_a_lost_reply_and_refused_edits() {
+    let s = setup("fb-live-outage").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    sim.inject(
+        Fault::malformed_json()
+            .on_method("POST")
+            .on_path("/comment"),
+    );
+    sim.inject(
+        Fault::status(503)
+            .on_method("PUT")
+            .on_path("/comment/")
+            .times(2),
+    );
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, live_config()),
+    )
+    .await;
+    let (name, yaml) = run_yaml(&key, 1, "succeed", 0);
+    create_task(&s, &yaml).await;
+    let task = task_where(&s, &name, "the outcome recorded", |t| {
+        has_reported(t, "succeeded/1")
+    })
+    .await;
+    let posts = sim
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/comment"))
+        .count();
+    assert_eq!(posts, 1, "found, not made again");
+    let bodies = bodies(&sim, &key);
+    assert_eq!(bodies.len(), 1);
+    let done = &bodies[0];
+    assert!(done.contains("recac finished this ticket"), "{done}");
+    assert_ne!(
+        condition(&task, "FeedbackPending").map(|c| c.0),
+        Some("True".into())
+    );
+    let metrics = wait_for("recac_feedback_pending 0", LONG, || async {
+        let (_, metrics) = http_get(operator.http, "/metrics").await;
+        metrics
+            .contains("recac_feedback_pending 0")
+            .then_some(metrics)
+    })
+    .await;
+    assert!(
+        metrics.contains("recac_feedback_already_posted_total 1"),
+        "{metrics}"
+    );
+    operator.stop().await;
+}
+
+/// A run deleted while it runs is told in the ticket's live comment as cancelled, with the
+/// cancelled labels, from the deleted task's last copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_comment_tells_a_deleted_run_as_cancelled() {
+    let s = setup("fb-live-cancel").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let key = ticket(&sim);
+    let mut config = live_config();
+    config.cancelled.add_labels = vec!["recac-cancelled".into()];
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    let (name, yaml) = run_yaml(&key, 1, "sleep", 0);
+    create_task(&s, &yaml).await;
+    wait_for("the live comment saying it runs", LONG, || async {
+        let b = bodies(&sim, &key);
+        b.first()
+            .filter(|b| b.contains("running attempt 1"))
+            .cloned()
+    })
+    .await;
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("deleted");
+    wait_for("the cancellation in the comment", LONG, || async {
+        let b = bodies(&sim, &key);
+        b.first()
+            .filter(|b| b.contains("its task was deleted during attempt 1"))
+            .cloned()
+    })
+    .await;
+    wait_for("the cancelled label", LONG, || async {
+        let labels = sim.issue(&key)?.labels;
+        (labels == ["recac-agent", "recac-cancelled"]).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(comment_posts(&sim, &key).len(), 1);
+    operator.stop().await;
+}
+
 /// Figures for the README: seconds from the agent finishing to its outcome comment existing
 /// (p50/p99 over 100 tasks) and Jira requests per finished task. Run with
 /// `cargo test -p recac-tests --test feedback_controller -- --ignored --nocapture figures`.
@@ -1203,8 +1593,119 @@ async fn figures_for_100_tasks() {
         latencies.last().copied().unwrap_or_default(),
         requests as f64 / TASKS as f64,
     );
+    // The outcome's comment, and the "picked up" one when the agent was seen running (a
+    // quick agent may finish before its task's status says it runs).
     for key in &keys {
-        assert_eq!(comment_posts(&sim, key).len(), 2, "{key}");
+        let posts = comment_posts(&sim, key).len();
+        assert!((1..=2).contains(&posts), "{key}: {posts} comments");
+    }
+    operator.stop().await;
+}
+
+/// Figures for the README, live comments: the Jira writes of one ticket whose run fails
+/// twice and then succeeds, and for 100 quick tasks the Jira requests per finished task and
+/// the seconds from the agent finishing to the comment telling it. Run with
+/// `cargo test -p recac-tests --test feedback_controller -- --ignored --nocapture figures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (about a minute), not a check"]
+async fn figures_for_live_comments() {
+    const TASKS: usize = 100;
+    let s = setup("fb-figures-live").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, live_config()),
+    )
+    .await;
+
+    let key = ticket(&sim);
+    let (name, yaml) = run_yaml(&key, 1, "flaky", 2);
+    create_task(&s, &yaml).await;
+    task_where(&s, &name, "the outcome recorded", |t| {
+        has_reported(t, "succeeded/3")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let on_ticket = |c: &CallRecord| {
+        c.path.ends_with(&format!("/issue/{key}")) || c.path.contains(&format!("/issue/{key}/"))
+    };
+    let requests = sim.calls().iter().filter(|c| on_ticket(c)).count();
+    println!(
+        "live figures: a run with two retries (3 attempts): {} comment made, {} edits of it, {requests} Jira requests for the ticket",
+        comment_posts(&sim, &key).len(),
+        comment_edits(&sim, &key).len(),
+    );
+    sim.clear_calls();
+
+    let started = std::time::Instant::now();
+    let mut keys = Vec::new();
+    for i in 0..TASKS {
+        let key = ticket(&sim);
+        let yaml = task_yaml(&format!("t{i}"), Some(&key), "timed", 0, "").replace(
+            &format!("  name: t{i}\n"),
+            &format!("  name: t{i}\n  labels: {{recac.io/ticket: {key}, recac.io/run: \"1\"}}\n"),
+        );
+        create_task(&s, &yaml).await;
+        keys.push(key);
+    }
+    let mut latencies: Vec<f64> = Vec::new();
+    for key in &keys {
+        let (body, updated) = wait_for(
+            &format!("the outcome on {key}"),
+            Duration::from_secs(600),
+            || async {
+                let issue = sim.issue(key)?;
+                let comment = issue.comments.first()?;
+                let body = comment.body.to_string();
+                body.contains("agent finished at")
+                    .then_some((body, comment.updated))
+            },
+        )
+        .await;
+        let finished: f64 = body
+            .split("agent finished at ")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|t| t.trim().parse().ok())
+            .expect("the agent's finishing time");
+        latencies.push(updated.as_millisecond() as f64 / 1000.0 - finished);
+    }
+    let elapsed = started.elapsed();
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("every outcome recorded", LONG, || async {
+        let list = api.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .filter(|t| {
+                t.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with('t'))
+            })
+            .all(|t| has_reported(t, "succeeded/1"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    let calls = sim.calls();
+    let count = |method: &str| calls.iter().filter(|c| c.method == method).count();
+    println!(
+        "live figures: {TASKS} tasks in {:.1}s; agent finished -> comment telling it: p50 {:.2}s, p99 {:.2}s, max {:.2}s; Jira requests {} ({:.2} per finished task: {} GET, {} POST, {} PUT)",
+        elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or_default(),
+        calls.len(),
+        calls.len() as f64 / TASKS as f64,
+        count("GET"),
+        count("POST"),
+        count("PUT"),
+    );
+    for key in &keys {
+        assert_eq!(comment_posts(&sim, key).len(), 1, "{key}");
     }
     operator.stop().await;
 }

@@ -378,12 +378,14 @@ pub struct FeedbackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<Time>,
 
-    /// The id of the comment posted on the ticket.
+    /// The id of the comment posted on the ticket (with live comments: the ticket's status
+    /// comment, edited in place).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment_id: Option<String>,
 
     /// Every report delivered to the ticket, as `<kind>/<attempt>` (kinds: pickedUp, retrying,
-    /// suspended, succeeded, failed, cancelled). A report listed here is never posted again.
+    /// suspended, succeeded, failed, cancelled), and `statusComment/<id>` once the ticket's
+    /// live status comment is recorded. A report listed here is never posted again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub reported: Vec<String>,

@@ -6,6 +6,10 @@
 //! A deleted task is seen once more through the cache's change stream; its "cancelled"
 //! report is delivered from that copy (there is no status left to record it in, so the
 //! marker alone keeps it single).
+//!
+//! With `feedback.comments: live` (the default) the reports of a ticket's runs go into one
+//! comment per ticket instead ([`crate::live_delivery`]); the outcomes' transitions and
+//! labels, the backoff, the pending condition and the deletion queue are the same.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,7 +34,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::comment::{has_marker, marker};
-use crate::config::FeedbackConfig;
+use crate::config::{CommentMode, FeedbackConfig};
+use crate::live_delivery::{self, LiveState};
 use crate::logtail::LogRedactor;
 use crate::metrics::FeedbackMetrics;
 use crate::observe;
@@ -80,7 +85,7 @@ impl runner::ErrorReason for FeedbackError {
 
 impl FeedbackError {
     /// A label for metrics and the pending condition's reason.
-    fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             FeedbackError::Jira { source, .. } => match (source.as_ref(), source.status()) {
                 (_, Some(429)) => "RateLimited",
@@ -148,11 +153,11 @@ pub struct FeedbackParts {
 /// The feedback controller.
 pub struct FeedbackController {
     client: Client,
-    tasks: Cache<AgentTask>,
-    jira: JiraClient,
-    config: FeedbackConfig,
+    pub(crate) tasks: Cache<AgentTask>,
+    pub(crate) jira: JiraClient,
+    pub(crate) config: FeedbackConfig,
     redactor: LogRedactor,
-    metrics: FeedbackMetrics,
+    pub(crate) metrics: FeedbackMetrics,
     reconciles: ReconcileMetrics,
     events: EventPublisher,
 }
@@ -185,14 +190,20 @@ impl FeedbackController {
             facts: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             slots: tokio::sync::Semaphore::new(self.config.workers),
+            live: LiveState::default(),
             term: term.clone(),
         });
         let (deleted_tx, deleted_rx) = mpsc::unbounded_channel::<Arc<AgentTask>>();
+        let live = self.config.comments == CommentMode::Live;
         // Deleted tasks go to their own path: a controller only reconciles what the store has.
+        let index_ctx = ctx.clone();
         let triggers = self.tasks.subscribe().filter_map(move |notice| {
             futures::future::ready(match notice {
                 Notice::Applied(reference) => Some(reference),
                 Notice::Deleted(task) => {
+                    if live {
+                        index_ctx.live.forget(&task);
+                    }
                     if jira_ticket(&task).is_some() {
                         let _ = deleted_tx.send(task);
                     }
@@ -200,6 +211,10 @@ impl FeedbackController {
                 }
             })
         });
+        if live {
+            // After subscribing: a task made since is reconciled, and noted then.
+            ctx.live.index_all(&self.tasks.store());
+        }
         let deletions = tokio::spawn(handle_deletions(ctx.clone(), deleted_rx, term.clone()));
         info!(term = term.number, "feedback controller term starts");
         runner::run(
@@ -245,17 +260,20 @@ impl Component for FeedbackController {
 }
 
 /// One term's state.
-struct TermContext {
-    controller: Arc<FeedbackController>,
+pub(crate) struct TermContext {
+    pub(crate) controller: Arc<FeedbackController>,
     /// Consecutive failed deliveries per task uid, and when the next may start.
     failures: Mutex<HashMap<String, (u32, Instant)>>,
-    /// What a pending report says, read once (the pod may go before Jira answers again).
-    facts: Mutex<HashMap<String, Facts>>,
+    /// What a pending report says, read once (the pod may go before Jira answers again),
+    /// by `<uid>/<report>`.
+    pub(crate) facts: Mutex<HashMap<String, Facts>>,
     /// One delivery at a time per task (the reconciler and the deletion path).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `feedback.workers` delivery slots, shared by live and deleted tasks.
-    slots: tokio::sync::Semaphore,
-    term: Term,
+    pub(crate) slots: tokio::sync::Semaphore,
+    /// The tickets' live comments (`feedback.comments: live`).
+    pub(crate) live: LiveState,
+    pub(crate) term: Term,
 }
 
 impl TermContext {
@@ -266,7 +284,7 @@ impl TermContext {
     }
 
     /// Counts a failed delivery and returns how long to wait before the next one.
-    fn backoff(&self, uid: &str, error: &FeedbackError) -> Duration {
+    pub(crate) fn backoff(&self, uid: &str, error: &FeedbackError) -> Duration {
         let c = &self.controller.config;
         let Ok(mut failures) = self.failures.lock() else {
             return Duration::from_secs(c.retry_seconds);
@@ -285,7 +303,7 @@ impl TermContext {
 
     /// How long a task whose delivery failed must still wait: other changes of the task
     /// (its own pending condition, the task controller's writes) do not shorten the backoff.
-    fn waiting(&self, uid: &str) -> Option<Duration> {
+    pub(crate) fn waiting(&self, uid: &str) -> Option<Duration> {
         let failures = self.failures.lock().ok()?;
         let (_, retry_at) = failures.get(uid)?;
         retry_at
@@ -293,14 +311,14 @@ impl TermContext {
             .filter(|left| !left.is_zero())
     }
 
-    fn delivered(&self, uid: &str) {
+    pub(crate) fn delivered(&self, uid: &str) {
         if let Ok(mut f) = self.failures.lock() {
             f.remove(uid);
         }
     }
 }
 
-fn task_key(task: &AgentTask) -> String {
+pub(crate) fn task_key(task: &AgentTask) -> String {
     format!(
         "{}/{}",
         task.namespace().unwrap_or_default(),
@@ -309,6 +327,17 @@ fn task_key(task: &AgentTask) -> String {
 }
 
 async fn reconcile(task: Arc<AgentTask>, ctx: Arc<TermContext>) -> Result<Requeue, FeedbackError> {
+    match ctx.controller.config.comments {
+        CommentMode::Live => live_delivery::reconcile(task, ctx).await,
+        CommentMode::PerOutcome => reconcile_per_report(task, ctx).await,
+    }
+}
+
+/// A comment per report.
+async fn reconcile_per_report(
+    task: Arc<AgentTask>,
+    ctx: Arc<TermContext>,
+) -> Result<Requeue, FeedbackError> {
     let c = &ctx.controller;
     let uid = task.uid().unwrap_or_default();
     let Ok(_slot) = ctx.slots.acquire().await else {
@@ -441,7 +470,12 @@ async fn deliver(
 }
 
 /// The facts of a report, read once per term: the pod may be gone when a retry comes.
-async fn facts_for(task: &AgentTask, report: &Report, deleted: bool, ctx: &TermContext) -> Facts {
+pub(crate) async fn facts_for(
+    task: &AgentTask,
+    report: &Report,
+    deleted: bool,
+    ctx: &TermContext,
+) -> Facts {
     let c = &ctx.controller;
     let key = format!("{}/{}", task.uid().unwrap_or_default(), report.key());
     if let Some(facts) = ctx.facts.lock().ok().and_then(|f| f.get(&key).cloned()) {
@@ -530,7 +564,7 @@ async fn read_attempt(
 
 /// Applies the outcome's labels and transition. A transition the workflow does not offer is
 /// an Event and a condition, never a retry.
-async fn update_ticket(
+pub(crate) async fn update_ticket(
     task: &AgentTask,
     report: &Report,
     ctx: &TermContext,
@@ -595,7 +629,7 @@ async fn update_ticket(
     }
 }
 
-async fn publish(
+pub(crate) async fn publish(
     c: &FeedbackController,
     task: &AgentTask,
     type_: EventType,
@@ -611,7 +645,7 @@ async fn publish(
 
 /// Applies `change` to this controller's status fields and writes them if they changed. A
 /// conflict re-reads the task, so nothing recorded meanwhile is lost.
-async fn write_owned(
+pub(crate) async fn write_owned(
     task: &AgentTask,
     ctx: &TermContext,
     change: impl Fn(&mut Owned, Option<i64>),
@@ -685,7 +719,7 @@ async fn record(
 }
 
 /// Makes a delivery that keeps failing visible: condition FeedbackPending=True.
-async fn mark_pending(task: &AgentTask, error: &FeedbackError, ctx: &TermContext) {
+pub(crate) async fn mark_pending(task: &AgentTask, error: &FeedbackError, ctx: &TermContext) {
     let message: String = error.to_string().chars().take(600).collect();
     let reason = error.reason();
     let was_pending = Owned::of(task).is_pending();
@@ -755,7 +789,13 @@ async fn handle_deletions(
             }
             task = deleted.recv() => {
                 let Some(task) = task else { break };
-                if report::due(&task, true, &ctx.controller.options()).is_empty() {
+                let owed = match ctx.controller.config.comments {
+                    CommentMode::Live => report::outcome_due(&task, true).is_some(),
+                    CommentMode::PerOutcome => {
+                        !report::due(&task, true, &ctx.controller.options()).is_empty()
+                    }
+                };
+                if !owed {
                     continue;
                 }
                 let uid = task.uid().unwrap_or_default();
@@ -773,6 +813,9 @@ async fn handle_deletions(
 /// One attempt at the reports of a deleted task; how long to wait before the next, if
 /// one is needed.
 async fn deliver_deleted(ctx: &Arc<TermContext>, task: &Arc<AgentTask>) -> Option<Duration> {
+    if ctx.controller.config.comments == CommentMode::Live {
+        return live_delivery::deliver_deleted(ctx, task).await;
+    }
     let c = &ctx.controller;
     let uid = task.uid().unwrap_or_default();
     let reports = report::due(task, true, &c.options());

@@ -25,6 +25,7 @@ pub struct ReasonLabel {
 #[derive(Clone)]
 pub struct FeedbackMetrics {
     comments: Family<KindLabel, Counter>,
+    edits: Counter,
     already_posted: Counter,
     errors: Family<ReasonLabel, Counter>,
     pending: Gauge,
@@ -36,6 +37,7 @@ impl FeedbackMetrics {
     pub fn register(registry: &MetricsRegistry) -> Self {
         let metrics = Self {
             comments: Family::default(),
+            edits: Counter::default(),
             already_posted: Counter::default(),
             errors: Family::default(),
             pending: Gauge::default(),
@@ -44,8 +46,13 @@ impl FeedbackMetrics {
         };
         registry.register(
             "recac_feedback_comments",
-            "Comments posted on tickets, by kind (pickedUp, retrying, succeeded, failed, cancelled)",
+            "Comments posted on tickets, by kind (pickedUp, retrying, succeeded, failed, cancelled; live for a ticket's live comment)",
             metrics.comments.clone(),
+        );
+        registry.register(
+            "recac_feedback_comment_edits",
+            "Edits of tickets' live comments (a text equal to the one written is not sent)",
+            metrics.edits.clone(),
         );
         registry.register(
             "recac_feedback_already_posted",
@@ -74,6 +81,10 @@ impl FeedbackMetrics {
         self.comments
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc();
+    }
+
+    pub fn edited(&self) {
+        self.edits.inc();
     }
 
     pub fn found_posted(&self) {
@@ -133,6 +144,7 @@ mod tests {
         metrics.set_pending("a", false);
         metrics.posted("failed");
         metrics.found_posted();
+        metrics.edited();
         metrics.delivery_failed("RateLimited");
         metrics.observe_latency(Duration::from_millis(1500));
         let text = registry.encode();
@@ -140,6 +152,7 @@ mod tests {
             "recac_feedback_pending 1",
             "recac_feedback_comments_total{kind=\"failed\"} 1",
             "recac_feedback_already_posted_total 1",
+            "recac_feedback_comment_edits_total 1",
             "recac_feedback_delivery_errors_total{reason=\"RateLimited\"} 1",
             "recac_feedback_latency_seconds_count 1",
         ] {

@@ -202,7 +202,8 @@ fn template_for(templates: &Templates, kind: ReportKind) -> Option<&String> {
     }
 }
 
-fn follow(facts: &Facts) -> Vec<Inline> {
+/// "Follow it:" with the task's `kubectl` command and the dashboard link, if configured.
+pub fn follow(facts: &Facts) -> Vec<Inline> {
     let mut line = vec![
         Inline::Text("Follow it: ".into()),
         Inline::Code(format!(
@@ -220,11 +221,14 @@ fn follow(facts: &Facts) -> Vec<Inline> {
     line
 }
 
-fn field(name: &str, value: Inline) -> Vec<Inline> {
+/// A `name: value` list item.
+pub fn field(name: &str, value: Inline) -> Vec<Inline> {
     vec![Inline::Text(format!("{name}: ")), value]
 }
 
-fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
+/// The list of an outcome's results: pull request, branch, commit, tests, attempts, duration
+/// and tokens, as far as they are known.
+pub fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
     let mut items = Vec::new();
     if let Some(pr) = &facts.pull_request_url {
         items.push(field(
@@ -275,18 +279,19 @@ fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
     items
 }
 
-/// The comment for `report`, with its marker, within Jira's size limit.
-pub fn render(facts: &Facts, report: &Report, templates: &Templates) -> Comment {
-    let headline = template_for(templates, report.kind)
+/// The first paragraph of `report`'s text: the configured template, else the built-in words.
+pub fn headline(facts: &Facts, report: &Report, templates: &Templates) -> String {
+    template_for(templates, report.kind)
         .and_then(|t| Template::parse(t).ok())
         .map(|t| t.render(&placeholder_values(facts, report)))
-        .unwrap_or_else(|| default_headline(facts, report));
-    let mut c = Comment::default();
-    c.paragraph(vec![Inline::Text(headline)]);
+        .unwrap_or_else(|| default_headline(facts, report))
+}
+
+/// What `report`'s text says below its headline: how to follow the task, or its results
+/// and the agent's summary (the log of a failure is [`log_blocks`]).
+pub fn details(facts: &Facts, report: &Report) -> Vec<Block> {
     match report.kind {
-        ReportKind::PickedUp | ReportKind::Retrying => {
-            c.blocks.push(Block::Bullets(vec![follow(facts)]));
-        }
+        ReportKind::PickedUp | ReportKind::Retrying => vec![Block::Bullets(vec![follow(facts)])],
         ReportKind::Cancelled => {
             let mut items = vec![follow(facts)];
             if let Some(branch) = &facts.branch {
@@ -295,20 +300,64 @@ pub fn render(facts: &Facts, report: &Report, templates: &Templates) -> Comment 
                     field("Branch (work so far)", Inline::Code(branch.clone())),
                 );
             }
-            c.blocks.push(Block::Bullets(items));
+            vec![Block::Bullets(items)]
         }
         ReportKind::Succeeded | ReportKind::Failed => {
-            c.blocks.push(Block::Bullets(results(facts, report)));
+            let mut blocks = vec![Block::Bullets(results(facts, report))];
             if let Some(summary) = facts.result.as_ref().and_then(|r| r.summary.as_deref())
                 && !summary.trim().is_empty()
             {
-                c.paragraph(vec![
+                blocks.push(Block::Paragraph(vec![
                     Inline::Strong("The agent's summary:".into()),
                     Inline::Text(format!(" {}", summary.trim())),
-                ]);
+                ]));
             }
+            blocks
         }
     }
+}
+
+/// The failed attempt's log as read, in at most `room` characters (nothing when no lines
+/// are wanted or the log was not needed).
+pub fn log_blocks(facts: &Facts, room: usize) -> Vec<Block> {
+    match &facts.log {
+        Log::Read(log) if facts.log_lines > 0 => {
+            let tail = logtail::tail(log, facts.log_lines, room);
+            let shown = tail.text.lines().count();
+            let text = if tail.cut_lines > 0 {
+                format!(
+                    "[… {} earlier lines cut to fit Jira's comment limit]\n{}",
+                    tail.cut_lines, tail.text
+                )
+            } else {
+                tail.text
+            };
+            vec![
+                Block::Paragraph(vec![Inline::Text(format!(
+                    "The last {shown} lines of the agent's log (credentials removed):"
+                ))]),
+                Block::CodeBlock(text),
+            ]
+        }
+        Log::Unavailable(why) if facts.log_lines > 0 => {
+            vec![Block::Paragraph(vec![Inline::Text(format!(
+                "The agent's log could not be read: {why}"
+            ))])]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Room left for a quoted log in `comment`, keeping a margin for the markup around it.
+pub fn log_room(comment: &Comment) -> usize {
+    TEXT_BUDGET.saturating_sub(comment.text_len() + 200)
+}
+
+/// The comment for `report`, with its marker, within Jira's size limit.
+pub fn render(facts: &Facts, report: &Report, templates: &Templates) -> Comment {
+    let mut c = Comment::default();
+    c.paragraph(vec![Inline::Text(headline(facts, report, templates))]);
+    c.blocks.extend(details(facts, report));
     let footer = vec![
         Inline::Link {
             text: "recac".into(),
@@ -317,33 +366,9 @@ pub fn render(facts: &Facts, report: &Report, templates: &Templates) -> Comment 
         Inline::Text(format!(" · AgentTask {}/{}", facts.namespace, facts.task)),
     ];
     if report.kind == ReportKind::Failed {
-        match &facts.log {
-            Log::Read(log) if facts.log_lines > 0 => {
-                let mut without_log = c.clone();
-                without_log.paragraph(footer.clone());
-                let room = TEXT_BUDGET.saturating_sub(without_log.text_len() + 200);
-                let tail = logtail::tail(log, facts.log_lines, room);
-                let shown = tail.text.lines().count();
-                c.paragraph(vec![Inline::Text(format!(
-                    "The last {shown} lines of the agent's log (credentials removed):"
-                ))]);
-                let text = if tail.cut_lines > 0 {
-                    format!(
-                        "[… {} earlier lines cut to fit Jira's comment limit]\n{}",
-                        tail.cut_lines, tail.text
-                    )
-                } else {
-                    tail.text
-                };
-                c.blocks.push(Block::CodeBlock(text));
-            }
-            Log::Unavailable(why) if facts.log_lines > 0 => {
-                c.paragraph(vec![Inline::Text(format!(
-                    "The agent's log could not be read: {why}"
-                ))]);
-            }
-            _ => {}
-        }
+        let mut without_log = c.clone();
+        without_log.paragraph(footer.clone());
+        c.blocks.extend(log_blocks(facts, log_room(&without_log)));
     }
     c.paragraph(footer);
     c

@@ -69,7 +69,7 @@ pub fn jira_ticket(task: &AgentTask) -> Option<&str> {
 }
 
 /// Whether a person holds the task (spec.suspend) and the task controller has suspended it.
-fn suspended(task: &AgentTask) -> bool {
+pub fn suspended(task: &AgentTask) -> bool {
     task.spec.suspend
         && task.status.as_ref().is_some_and(|s| {
             s.conditions
@@ -157,6 +157,36 @@ pub fn due(task: &AgentTask, deleted: bool, options: &Options) -> Vec<Report> {
     }
     out.retain(|r| !done(r));
     out
+}
+
+/// The outcome the task's state stands for, told or not: how it ended, or its cancellation
+/// while it is deleted or suspended by a person. `None` while it waits or runs, and for a
+/// task that never ran.
+pub fn outcome(task: &AgentTask, deleted: bool) -> Option<Report> {
+    jira_ticket(task)?;
+    let status = task.status.as_ref()?;
+    let attempt = status.attempt.unwrap_or(0);
+    if attempt == 0 {
+        return None;
+    }
+    let kind = match status.phase {
+        Some(TaskPhase::Succeeded) => ReportKind::Succeeded,
+        Some(TaskPhase::Failed) if stopped(task) => ReportKind::Cancelled,
+        Some(TaskPhase::Failed) => ReportKind::Failed,
+        _ if deleted || suspended(task) => ReportKind::Cancelled,
+        _ => return None,
+    };
+    Some(Report { kind, attempt })
+}
+
+/// The outcome a live comment must still tell (with its transition and labels): what
+/// [`due`] owes when no optional report is configured.
+pub fn outcome_due(task: &AgentTask, deleted: bool) -> Option<Report> {
+    let quiet = Options {
+        comment_on_dispatch: false,
+        comment_on_retry: false,
+    };
+    due(task, deleted, &quiet).into_iter().next()
 }
 
 #[cfg(test)]
@@ -295,6 +325,33 @@ mod tests {
         }
         assert!(due(&t, false, &OPTIONS).is_empty());
         assert!(due(&t, true, &OPTIONS).is_empty());
+    }
+
+    #[test]
+    fn the_outcome_is_known_whether_or_not_it_was_told() {
+        let told = task(true, TaskPhase::Failed, 3, &["pickedUp/1", "failed/3"]);
+        assert_eq!(
+            outcome(&told, false).map(|r| r.key()),
+            Some("failed/3".into())
+        );
+        assert_eq!(outcome_due(&told, false), None);
+        let untold = task(true, TaskPhase::Succeeded, 2, &["pickedUp/1"]);
+        assert_eq!(outcome(&untold, false), outcome_due(&untold, false));
+        assert_eq!(
+            outcome_due(&untold, false).map(|r| r.key()),
+            Some("succeeded/2".into())
+        );
+        let running = task(true, TaskPhase::Running, 1, &[]);
+        assert_eq!(outcome(&running, false), None);
+        assert_eq!(
+            outcome(&running, true).map(|r| r.key()),
+            Some("cancelled/1".into())
+        );
+        assert_eq!(outcome(&task(true, TaskPhase::Failed, 0, &[]), false), None);
+        assert_eq!(
+            outcome(&task(false, TaskPhase::Failed, 1, &[]), false),
+            None
+        );
     }
 
     #[test]

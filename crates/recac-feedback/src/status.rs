@@ -17,6 +17,24 @@ pub mod condition {
     pub const OWNED: [&str; 2] = [PENDING, TICKET_UPDATED];
 }
 
+/// How `status.feedback.reported` names the ticket's live comment: `statusComment/<id>`.
+/// It says that `commentId` is that comment (a comment per report records its id too), so
+/// a change of `feedback.comments` never edits a comment made for one report.
+pub const STATUS_COMMENT: &str = "statusComment/";
+
+/// The id of the ticket's live comment, as this task recorded it.
+pub fn status_comment_of(task: &AgentTask) -> Option<String> {
+    task.status
+        .as_ref()?
+        .feedback
+        .as_ref()?
+        .reported
+        .iter()
+        .find_map(|key| key.strip_prefix(STATUS_COMMENT))
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+}
+
 /// How the outcome's ticket update went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TicketUpdate {
@@ -148,6 +166,32 @@ impl Owned {
         }
     }
 
+    /// The ticket's live comment is `id`: `commentId`, and the one `statusComment/` entry.
+    pub fn record_status_comment(&mut self, id: &str) {
+        let entry = format!("{STATUS_COMMENT}{id}");
+        let fb = &mut self.feedback;
+        fb.reported
+            .retain(|key| !key.starts_with(STATUS_COMMENT) || *key == entry);
+        if !fb.reported.contains(&entry) {
+            fb.reported.push(entry);
+        }
+        fb.comment_id = Some(id.to_string());
+    }
+
+    /// What was pending reached the ticket (with nothing to record besides).
+    pub fn clear_pending(&mut self, now: Time, generation: Option<i64>) {
+        if self.is_pending() {
+            self.set_condition(
+                condition::PENDING,
+                false,
+                "Delivered",
+                "the ticket's comment is up to date",
+                &now,
+                generation,
+            );
+        }
+    }
+
     /// A delivery that failed: `FeedbackPending=True` with why.
     pub fn mark_pending(
         &mut self,
@@ -214,6 +258,22 @@ mod tests {
         );
         assert_eq!(owned.conditions[0].type_, condition::TICKET_UPDATED);
         assert_eq!(owned.conditions[0].status, "True");
+    }
+
+    #[test]
+    fn the_live_comment_is_recorded_once_and_replaced_when_it_changes() {
+        let mut owned = empty();
+        owned.feedback.reported = vec!["pickedUp/1".into()];
+        owned.record_status_comment("10");
+        owned.record_status_comment("10");
+        assert_eq!(owned.feedback.reported, ["pickedUp/1", "statusComment/10"]);
+        assert_eq!(owned.feedback.comment_id.as_deref(), Some("10"));
+        owned.record_status_comment("12");
+        assert_eq!(owned.feedback.reported, ["pickedUp/1", "statusComment/12"]);
+        owned.mark_pending("JiraUnavailable", "HTTP 503", at(1), None);
+        owned.clear_pending(at(2), None);
+        assert!(!owned.is_pending());
+        assert_eq!(owned.conditions[0].reason, "Delivered");
     }
 
     #[test]

@@ -88,28 +88,35 @@ fn status_json(ctx: &Ctx, s: &StatusDef) -> Value {
 }
 
 fn comment_json(ctx: &Ctx, st: &State, c: &CommentRec, issue_id: u64) -> Value {
-    let author = st
-        .users
-        .iter()
-        .find(|u| u.account_id == c.author)
-        .map(|u| user_json(ctx, u))
-        .unwrap_or(Value::Null);
+    let user = |account_id: &str| {
+        st.users
+            .iter()
+            .find(|u| u.account_id == account_id)
+            .map(|u| user_json(ctx, u))
+            .unwrap_or(Value::Null)
+    };
     json!({
         "self": ctx.rest(&format!("issue/{issue_id}/comment/{}", c.id)),
         "id": c.id,
-        "author": author,
-        "updateAuthor": author,
+        "author": user(&c.author),
+        "updateAuthor": user(&c.update_author),
         "body": ctx.rich(st, &c.body),
         "created": jira_time(c.created),
-        "updated": jira_time(c.created),
+        "updated": jira_time(c.updated),
         "jsdPublic": true,
     })
 }
 
-/// Jira's `comment_created` webhook payload: the comment, its body as the flavour keeps
-/// rich text (ADF on Cloud, wiki markup on Data Center), and the issue with a few fields.
-/// Links are REST v2 ones, as in the deliveries Jira Cloud makes.
-fn comment_created_event(site: &str, st: &State, issue: &IssueRec, comment: &CommentRec) -> Value {
+/// Jira's `comment_created` (or `comment_updated`) webhook payload: the comment, its body
+/// as the flavour keeps rich text (ADF on Cloud, wiki markup on Data Center), and the issue
+/// with a few fields. Links are REST v2 ones, as in the deliveries Jira Cloud makes.
+fn comment_event(
+    event: &str,
+    site: &str,
+    st: &State,
+    issue: &IssueRec,
+    comment: &CommentRec,
+) -> Value {
     let links = Ctx {
         site: site.to_string(),
         api: Api::V2,
@@ -140,7 +147,7 @@ fn comment_created_event(site: &str, st: &State, issue: &IssueRec, comment: &Com
     }
     json!({
         "timestamp": Timestamp::now().as_millisecond(),
-        "webhookEvent": "comment_created",
+        "webhookEvent": event,
         "comment": comment_out,
         "issue": issue_out,
     })
@@ -148,6 +155,18 @@ fn comment_created_event(site: &str, st: &State, issue: &IssueRec, comment: &Com
 
 /// Sends `comment_created` for each of `comment_ids` on the issue, when a webhook is set.
 pub(crate) fn announce_comments(
+    shared: &Shared,
+    site: &str,
+    st: &State,
+    issue_id: u64,
+    comment_ids: &[String],
+) {
+    announce("comment_created", shared, site, st, issue_id, comment_ids);
+}
+
+/// Sends `event` for each of `comment_ids` on the issue, when a webhook is set.
+fn announce(
+    event: &'static str,
     shared: &Shared,
     site: &str,
     st: &State,
@@ -165,9 +184,9 @@ pub(crate) fn announce_comments(
         .iter()
         .filter(|c| comment_ids.contains(&c.id))
     {
-        let payload = comment_created_event(site, st, issue, comment);
+        let payload = comment_event(event, site, st, issue, comment);
         let subject = EventSubject {
-            event: "comment_created",
+            event,
             issue_key: issue.key.clone(),
             comment_id: comment.id.clone(),
         };
@@ -1359,12 +1378,9 @@ pub(crate) fn edit_issue(
         issue.assignee = a;
     }
     for (body, cid) in edit.comments.into_iter().zip(comment_ids.iter().cloned()) {
-        issue.comments.push(CommentRec {
-            id: cid,
-            author: user.account_id.clone(),
-            body,
-            created: now,
-        });
+        issue
+            .comments
+            .push(CommentRec::new(cid, user.account_id.clone(), body, now));
     }
     announce_comments(shared, &ctx.site, &st, id, &comment_ids);
     if p.get("returnIssue") == Some("true") {
@@ -1523,12 +1539,12 @@ pub(crate) async fn do_transition(
     for (i, body) in comments.into_iter().enumerate() {
         let cid = (first_comment + i as u64).to_string();
         new_ids.push(cid.clone());
-        issue.comments.push(CommentRec {
-            id: cid,
-            author: user.account_id.clone(),
+        issue.comments.push(CommentRec::new(
+            cid,
+            user.account_id.clone(),
             body,
-            created: Timestamp::now(),
-        });
+            Timestamp::now(),
+        ));
     }
     announce_comments(shared, &ctx.site, &st, id, &new_ids);
     empty(204)
@@ -1608,12 +1624,12 @@ pub(crate) fn add_comment(
     }
     let cid = st.next_comment_id;
     st.next_comment_id += 1;
-    let rec = CommentRec {
-        id: cid.to_string(),
-        author: user.account_id.clone(),
-        body: comment_body,
-        created: Timestamp::now(),
-    };
+    let rec = CommentRec::new(
+        cid.to_string(),
+        user.account_id.clone(),
+        comment_body,
+        Timestamp::now(),
+    );
     let out = comment_json(ctx, &st, &rec, id);
     let new_ids = [rec.id.clone()];
     if let Some(issue) = st.issues.get_mut(&id) {
@@ -1621,6 +1637,68 @@ pub(crate) fn add_comment(
     }
     announce_comments(shared, &ctx.site, &st, id, &new_ids);
     reply(201, out)
+}
+
+/// `PUT issue/{key}/comment/{id}`: replaces the comment's body. As in Jira: 404 for an
+/// issue the caller cannot see or a comment it does not have; without *Edit all comments*
+/// (or *Edit own comments* for the caller's own comment) a 400; the body is checked as on
+/// creation and the edit counts against the issue's write limits.
+pub(crate) fn edit_comment(
+    shared: &Shared,
+    ctx: &Ctx,
+    key: &str,
+    comment: &str,
+    body: Option<Value>,
+    user: &UserDef,
+) -> Reply {
+    let mut st = lock(&shared.state);
+    let Some(id) = issue_id(&st, key, user) else {
+        return error(404, &[NO_ISSUE]);
+    };
+    let issue = &st.issues[&id];
+    let Some(existing) = issue.comments.iter().find(|c| c.id == comment) else {
+        return error(
+            404,
+            &[&format!("Can not find a comment for the id: {comment}.")],
+        );
+    };
+    let own = existing.author == user.account_id;
+    let may_edit = user.has(&issue.project, "EDIT_ALL_COMMENTS")
+        || (own && user.has(&issue.project, "EDIT_OWN_COMMENTS"));
+    if !may_edit {
+        return error(
+            400,
+            &["You do not have the permission to edit this comment."],
+        );
+    }
+    let new_body = match comment_body(ctx, body.as_ref().and_then(|b| b.get("body"))) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = note_write(&mut st, id) {
+        return r;
+    }
+    let Some(rec) = st
+        .issues
+        .get_mut(&id)
+        .and_then(|issue| issue.comments.iter_mut().find(|c| c.id == comment))
+    else {
+        return error(404, &[NO_ISSUE]);
+    };
+    rec.body = new_body;
+    rec.updated = Timestamp::now();
+    rec.update_author = user.account_id.clone();
+    let edited = rec.clone();
+    let out = comment_json(ctx, &st, &edited, id);
+    announce(
+        "comment_updated",
+        shared,
+        &ctx.site,
+        &st,
+        id,
+        std::slice::from_ref(&edited.id),
+    );
+    reply(200, out)
 }
 
 // ---------------------------------------------------------------- assignee

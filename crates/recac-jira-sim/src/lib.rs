@@ -6,8 +6,8 @@
 //! checks credentials and permissions, runs a configurable workflow,
 //! understands a JQL subset, enforces per-issue write limits, injects faults
 //! on demand, records every call, lets tests comment as other people
-//! ([`JiraSim::comment_as`]) and sends `comment_created` webhooks
-//! ([`JiraSim::set_webhook`]).
+//! ([`JiraSim::comment_as`]) and sends `comment_created` and `comment_updated`
+//! webhooks ([`JiraSim::set_webhook`]).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -20,6 +20,8 @@
 //! ```
 
 mod api;
+#[cfg(test)]
+mod comment_edit_tests;
 pub mod contract;
 mod fault;
 mod fields;
@@ -546,12 +548,9 @@ impl JiraSim {
         let Some(issue) = st.issues.get_mut(&id) else {
             return String::new();
         };
-        issue.comments.push(CommentRec {
-            id: comment_id.clone(),
-            author,
-            body,
-            created: now,
-        });
+        issue
+            .comments
+            .push(CommentRec::new(comment_id.clone(), author, body, now));
         issue.updated = now;
         api::announce_comments(
             &self.shared,
@@ -565,7 +564,8 @@ impl JiraSim {
 
     /// Sends webhook events to `url` from now on (replacing an earlier URL): a
     /// `comment_created` for each new comment, made through the API or
-    /// [`JiraSim::comment_as`]. With a secret, each body is signed like a Jira admin
+    /// [`JiraSim::comment_as`], and a `comment_updated` for each comment edited through the
+    /// API. With a secret, each body is signed like a Jira admin
     /// webhook's (`X-Hub-Signature: sha256=<hex HMAC-SHA256 of the raw body>`).
     pub fn set_webhook(&self, url: &str, secret: Option<Vec<u8>>) {
         self.shared.webhooks.set_target(url, secret);

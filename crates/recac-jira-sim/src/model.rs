@@ -149,6 +149,8 @@ pub const ALL_PERMISSIONS: &[&str] = &[
     "BROWSE_PROJECTS",
     "TRANSITION_ISSUES",
     "ADD_COMMENTS",
+    "EDIT_OWN_COMMENTS",
+    "EDIT_ALL_COMMENTS",
     "EDIT_ISSUES",
     "ASSIGN_ISSUES",
     "ASSIGNABLE_USER",
@@ -258,9 +260,27 @@ pub struct CommentRec {
     pub id: String,
     /// Account id (Cloud) or name (DC) of the author.
     pub author: String,
-    /// ADF (Cloud) or a string (DC), as posted.
+    /// ADF (Cloud) or a string (DC), as posted or last edited.
     pub body: Value,
     pub created: Timestamp,
+    /// When the body was last set (`created` until it is edited).
+    pub updated: Timestamp,
+    /// Account id of who set the body last (the author until someone edits it).
+    pub update_author: String,
+}
+
+impl CommentRec {
+    /// A comment as its author posts it: not edited yet.
+    pub fn new(id: String, author: String, body: Value, created: Timestamp) -> CommentRec {
+        CommentRec {
+            id,
+            update_author: author.clone(),
+            author,
+            body,
+            created,
+            updated: created,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

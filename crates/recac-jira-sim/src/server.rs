@@ -400,6 +400,9 @@ async fn route(shared: &Shared, call: Call<'_>, user: Option<&UserDef>, sent_aut
         ("GET", ["issue", key, "comment"]) => api::list_comments(shared, &ctx, key, p, user),
         ("POST", ["issue", key, "comment"]) => api::add_comment(shared, &ctx, key, body, user),
         ("GET", ["issue", key, "comment", id]) => api::get_comment(shared, &ctx, key, id, user),
+        ("PUT", ["issue", key, "comment", id]) => {
+            api::edit_comment(shared, &ctx, key, id, body, user)
+        }
         ("PUT", ["issue", key, "assignee"]) => api::assign(shared, key, body, user),
         ("GET", ["issue", key, "properties"]) => api::list_properties(shared, &ctx, key, user),
         ("GET", ["issue", key, "properties", prop]) => api::get_property(shared, key, prop, user),

@@ -709,24 +709,19 @@ impl JiraClient {
     /// Adds a comment: ADF on Cloud, wiki text on Data Center. Text beyond
     /// [`COMMENT_BUDGET`] is cut with a visible marker.
     pub async fn add_comment_doc(&self, key: &str, doc: &Doc) -> Result<Comment, JiraError> {
+        self.add_comment_body(key, self.comment_body(doc)).await
+    }
+
+    /// A document as this flavour's comment body (ADF or wiki text), cut to
+    /// [`COMMENT_BUDGET`] with a visible marker.
+    fn comment_body(&self, doc: &Doc) -> Value {
         let doc = doc.clone().truncated(COMMENT_BUDGET);
-        let body = match self.flavor {
-            Flavor::Cloud => json!({"body": doc.to_adf()}),
+        match self.flavor {
+            Flavor::Cloud => doc.to_adf(),
             Flavor::Datacenter => {
-                json!({"body": crate::adf::truncate_text(&doc.to_wiki(), COMMENT_BUDGET)})
+                Value::String(crate::adf::truncate_text(&doc.to_wiki(), COMMENT_BUDGET))
             }
-        };
-        let value = self
-            .send_json(Req {
-                op: "add comment",
-                issue: Some(key),
-                method: Method::POST,
-                path: vec!["issue", key, "comment"],
-                query: vec![],
-                body: Some(body),
-            })
-            .await?;
-        parse("add comment", Some(key), value)
+        }
     }
 
     /// Adds a comment whose body the caller rendered for this flavour: an ADF document on
@@ -743,6 +738,39 @@ impl JiraClient {
             })
             .await?;
         parse("add comment", Some(key), value)
+    }
+
+    /// Replaces the body of comment `id`: ADF on Cloud, wiki text on Data Center. Text
+    /// beyond [`COMMENT_BUDGET`] is cut with a visible marker.
+    pub async fn edit_comment_doc(
+        &self,
+        key: &str,
+        id: &str,
+        doc: &Doc,
+    ) -> Result<Comment, JiraError> {
+        self.edit_comment_body(key, id, self.comment_body(doc))
+            .await
+    }
+
+    /// Replaces the body of comment `id` with one the caller rendered for this flavour (as
+    /// [`JiraClient::add_comment_body`]). Jira answers 404 when the comment is gone.
+    pub async fn edit_comment_body(
+        &self,
+        key: &str,
+        id: &str,
+        body: Value,
+    ) -> Result<Comment, JiraError> {
+        let value = self
+            .send_json(Req {
+                op: "edit comment",
+                issue: Some(key),
+                method: Method::PUT,
+                path: vec!["issue", key, "comment", id],
+                query: vec![],
+                body: Some(json!({ "body": body })),
+            })
+            .await?;
+        parse("edit comment", Some(key), value)
     }
 
     /// Every comment on the issue, oldest first (all pages).
@@ -989,4 +1017,85 @@ fn parse<T: serde::de::DeserializeOwned>(
         status: 200,
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod comment_edit_tests {
+    use super::*;
+    use recac_jira_sim::{BOT_EMAIL, BOT_PAT, BOT_TOKEN, Fault, IssueSeed, JiraSim, Seed};
+
+    async fn sim_and_client(flavor: Flavor) -> (JiraSim, JiraClient) {
+        let sim = JiraSim::start(Seed {
+            flavor: match flavor {
+                Flavor::Cloud => recac_jira_sim::SimFlavor::Cloud,
+                Flavor::Datacenter => recac_jira_sim::SimFlavor::Datacenter,
+            },
+            ..Seed::default()
+        })
+        .await
+        .expect("simulator starts");
+        let config = JiraConfig {
+            url: sim.url().to_string(),
+            flavor,
+            ..JiraConfig::default()
+        };
+        let credentials = match flavor {
+            Flavor::Cloud => Credentials::Basic {
+                user: BOT_EMAIL.into(),
+                token: crate::Secret::new(BOT_TOKEN),
+            },
+            Flavor::Datacenter => Credentials::Bearer {
+                token: crate::Secret::new(BOT_PAT),
+            },
+        };
+        let client = JiraClient::with_credentials(&config, credentials)
+            .expect("client")
+            .with_retry_policy(RetryPolicy {
+                base: Duration::from_millis(10),
+                cap: Duration::from_millis(50),
+                ..RetryPolicy::default()
+            });
+        (sim, client)
+    }
+
+    #[tokio::test]
+    async fn a_comment_is_edited_in_place_in_each_flavour_and_retried_like_any_request() {
+        for flavor in [Flavor::Cloud, Flavor::Datacenter] {
+            let (sim, client) = sim_and_client(flavor).await;
+            let key = sim.add_issue(IssueSeed {
+                project: "OPS".into(),
+                summary: "Edit".into(),
+                ..Default::default()
+            });
+            let posted = client
+                .add_comment_doc(&key, &Doc::from_text("first"))
+                .await
+                .expect("posted");
+            // A 503 before the edit lands: the PUT is idempotent, so it is retried.
+            sim.inject(Fault::status(503).on_method("PUT").on_path("/comment/"));
+            let edited = client
+                .edit_comment_doc(&key, &posted.id, &Doc::from_text("second"))
+                .await
+                .expect("edited");
+            assert_eq!(edited.id, posted.id, "{flavor:?}");
+            assert_eq!(edited.text().trim(), "second", "{flavor:?}");
+            let comments = client.comments(&key).await.expect("comments");
+            assert_eq!(comments.len(), 1, "{flavor:?}");
+            assert_eq!(comments[0].text().trim(), "second", "{flavor:?}");
+            let prefix = format!("/rest/api/{}/", flavor.api_version());
+            assert!(
+                sim.calls()
+                    .iter()
+                    .filter(|c| c.method == "PUT")
+                    .all(|c| c.path.starts_with(&prefix)),
+                "{flavor:?}"
+            );
+
+            let gone = client
+                .edit_comment_body(&key, "424242", json!("x"))
+                .await
+                .expect_err("no such comment");
+            assert_eq!(gone.status(), Some(404), "{flavor:?}: {gone}");
+        }
+    }
 }

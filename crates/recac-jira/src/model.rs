@@ -157,6 +157,8 @@ pub struct Comment {
     pub body: Value,
     pub author: Option<User>,
     pub created: Option<String>,
+    /// When it was last edited (Jira sets it to `created` for a comment never edited).
+    pub updated: Option<String>,
 }
 
 impl Comment {

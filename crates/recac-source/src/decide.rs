@@ -290,7 +290,8 @@ pub const FEEDBACK_MARKER: &str = "#recac-feedback/";
 
 /// Decides from the changelog (oldest first) and the comments whether a claimed ticket
 /// without a task is stranded: the bot's last claim (it assigned itself or added a claim
-/// label) has no final report (`succeeded`, `failed`, `cancelled`) after it.
+/// label) has no final report (`succeeded`, `failed`, `cancelled`) after it. A live status
+/// comment is edited as runs go, so its last edit counts, not its creation.
 pub fn stranding(
     histories: &[ChangeHistory],
     comments: &[recac_jira::Comment],
@@ -317,7 +318,7 @@ pub fn stranding(
     let reported = comments.iter().any(|c| {
         let body = c.body.to_string();
         c.author.as_ref().is_some_and(|a| same_user(a, bot))
-            && c.created.as_deref().unwrap_or("") >= claimed_at
+            && c.updated.as_deref().or(c.created.as_deref()).unwrap_or("") >= claimed_at
             && body.contains(FEEDBACK_MARKER)
             && ["/succeeded/", "/failed/", "/cancelled/"]
                 .iter()
@@ -598,6 +599,7 @@ mod tests {
             body: serde_json::Value::String(body.into()),
             author: Some(user(who)),
             created: Some(format!("2026-01-01T00:00:{at_second:02}.000+0000")),
+            updated: None,
         }
     }
 
@@ -624,6 +626,14 @@ mod tests {
         assert_eq!(
             stranding(&log, &[comment("bot", 2, &reported)], &bot, &claim_labels),
             Stranding::Stranded { claim: "3".into() }
+        );
+        // A live status comment made for an earlier run and edited with this run's outcome
+        // does.
+        let mut live = comment("bot", 2, &reported);
+        live.updated = Some("2026-01-01T00:00:09.000+0000".into());
+        assert_eq!(
+            stranding(&log, &[live], &bot, &claim_labels),
+            Stranding::Reported
         );
         // Neither does a report-like comment by someone else.
         assert_eq!(
