@@ -1182,6 +1182,14 @@ async fn commands_that_cannot_act_get_one_reply_each() {
         let key = ticket(&e, "Guarded", &format!("Repo: {REPO}"));
         let op = Running::start(&e, s.clone(), None).await;
         wait_claimed(&e, &key, 1).await;
+        // Reading the comments fails for longer than the client retries: the next polls
+        // read them again.
+        e.sim.inject(
+            recac_jira_sim::Fault::status(503)
+                .on_method("GET")
+                .on_path("/comment")
+                .times(10),
+        );
         let by_mallory = e.sim.comment_as(&key, "mallory", "/recac retry");
         let unknown = e.sim.comment_as(&key, "alice", "/recac frobnicate");
         let approve = e.sim.comment_as(&key, "alice", "/recac approve");

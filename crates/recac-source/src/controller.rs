@@ -133,6 +133,9 @@ struct TermState {
     /// Tickets whose comments were read, and the `updated` time they were read at, per
     /// source.
     read: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Tickets whose comments could not be read, per source: read again at every poll until
+    /// they are, even once they fall out of the search's look-back.
+    unread: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl SourceController {
@@ -462,25 +465,39 @@ impl SourceController {
             .lock()
             .map(|r| r.get(&source.name).cloned().unwrap_or_default())
             .unwrap_or_default();
+        let unread = state
+            .unread
+            .lock()
+            .map(|u| u.get(&source.name).cloned().unwrap_or_default())
+            .unwrap_or_default();
         let window = jiff::SignedDuration::from_mins(
             i64::try_from(changed_within).unwrap_or(i64::MAX / 120),
         );
         let since = jiff::Timestamp::now()
             .checked_sub(window)
             .unwrap_or(jiff::Timestamp::MIN);
-        issues
+        let views_of = |key: &str| {
+            index
+                .get(key)
+                .filter(|views| views.iter().any(|v| v.source == source.name))
+        };
+        let mut tickets: Vec<(String, String, Vec<TaskView>)> = issues
             .iter()
             .filter_map(|i| {
-                let views = index.get(&i.key)?;
-                if !views.iter().any(|v| v.source == source.name) {
-                    return None;
-                }
+                let views = views_of(&i.key)?;
                 let updated = i.fields.updated.clone()?;
                 let recent = plan::jira_time(&updated).is_none_or(|at| at >= since);
-                (recent && read.get(&i.key) != Some(&updated))
+                (unread.contains(&i.key) || recent && read.get(&i.key) != Some(&updated))
                     .then(|| (i.key.clone(), updated, views.clone()))
             })
-            .collect()
+            .collect();
+        let listed: HashSet<String> = tickets.iter().map(|t| t.0.clone()).collect();
+        for key in unread.iter().filter(|k| !listed.contains(*k)) {
+            if let Some(views) = views_of(key) {
+                tickets.push((key.clone(), String::new(), views.clone()));
+            }
+        }
+        tickets
     }
 
     /// Reads each ticket's comments and acts on its commands.
@@ -501,7 +518,7 @@ impl SourceController {
             source,
             bot,
         };
-        let done: Vec<(String, String)> = futures::stream::iter(tickets)
+        let outcomes: Vec<(String, String, bool)> = futures::stream::iter(tickets)
             .map(|(key, updated, views)| {
                 let conversation = &conversation;
                 async move {
@@ -511,22 +528,29 @@ impl SourceController {
                                 .commands
                                 .get_or_create(&SourceMetrics::source(&source.name))
                                 .inc_by(acts as u64);
-                            Some((key, updated))
+                            (key, updated, true)
                         }
                         Err(e) => {
                             warn!(error = %e, ticket = %key, "comments not read; the next poll retries");
-                            None
+                            (key, updated, false)
                         }
                     }
                 }
             })
             .buffer_unordered(CONCURRENCY)
-            .filter_map(futures::future::ready)
             .collect()
             .await;
-        if let Ok(mut read) = state.read.lock() {
-            let of_source = read.entry(source.name.clone()).or_default();
-            of_source.extend(done);
+        if let (Ok(mut read), Ok(mut unread)) = (state.read.lock(), state.unread.lock()) {
+            let read = read.entry(source.name.clone()).or_default();
+            let unread = unread.entry(source.name.clone()).or_default();
+            for (key, updated, ok) in outcomes {
+                if ok {
+                    unread.remove(&key);
+                    read.insert(key, updated);
+                } else {
+                    unread.insert(key);
+                }
+            }
         }
     }
 
