@@ -1188,15 +1188,7 @@ async fn a_new_leader_recovers_what_the_old_one_left() {
 async fn commands_posted_during_a_failover_act_once() {
     let c = &mut Cluster::new("ha-commands", true).await;
     let (_node, sim) = c.with_node_and_jira().await;
-    sim.add_user(recac_jira_sim::UserDef {
-        account_id: "acc-alice".into(),
-        name: "alice".into(),
-        display_name: "alice".into(),
-        email: "alice@example.com".into(),
-        token: None,
-        pat: None,
-        permissions: None,
-    });
+    sim.add_user(recac_tests::sim_user("alice"));
     let keys = sim.add_issues("OPS", "talk", &["recac-agent"], 3);
     c.extra_config = jira_config(&sim, &c.ns, "", "");
     let env = JIRA_ENV.map(|(k, v)| (k, v.to_string()));

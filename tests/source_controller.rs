@@ -15,7 +15,7 @@ use recac_api::AgentTask;
 use recac_jira::retry::RetryPolicy;
 use recac_jira::{Credentials, Flavor, JiraClient, JiraConfig, Secret};
 use recac_jira_sim::{
-    BOT_ACCOUNT_ID, BOT_EMAIL, BOT_PAT, BOT_TOKEN, IssueSeed, JiraSim, Seed, SimFlavor, UserDef,
+    BOT_ACCOUNT_ID, BOT_EMAIL, BOT_PAT, BOT_TOKEN, IssueSeed, JiraSim, Seed, SimFlavor,
 };
 use recac_operator::OperatorSetup;
 use recac_runtime::Leadership;
@@ -75,20 +75,8 @@ async fn env(prefix: &str, flavor: Flavor, node: bool) -> Env {
     })
     .await
     .expect("simulator starts");
-    for (id, name) in [
-        ("acc-alice", "alice"),
-        ("acc-mallory", "mallory"),
-        ("acc-bob", "bob"),
-    ] {
-        sim.add_user(UserDef {
-            account_id: id.into(),
-            name: name.into(),
-            display_name: name.into(),
-            email: format!("{name}@example.com"),
-            token: None,
-            pat: None,
-            permissions: None,
-        });
+    for name in ["alice", "mallory", "bob"] {
+        sim.add_user(recac_tests::sim_user(name));
     }
     sim.add_project("OPS", "Operations");
     Env {

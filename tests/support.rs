@@ -660,3 +660,17 @@ pub fn bench_task_spec(i: usize) -> recac_api::AgentTaskSpec {
         suspend: false,
     }
 }
+
+/// A Jira user of the simulator named `name`: account id `acc-<name>`, e-mail
+/// `<name>@example.com`, every permission, no credentials.
+pub fn sim_user(name: &str) -> recac_jira_sim::UserDef {
+    recac_jira_sim::UserDef {
+        account_id: format!("acc-{name}"),
+        name: name.into(),
+        display_name: name.into(),
+        email: format!("{name}@example.com"),
+        token: None,
+        pat: None,
+        permissions: None,
+    }
+}

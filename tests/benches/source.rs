@@ -371,15 +371,7 @@ async fn commands(plane: &ControlPlane, samples: usize, webhook: bool) {
     let client = plane.client().await.expect("client");
     let sim = JiraSim::start(Seed::default()).await.expect("sim");
     sim.set_write_limits(None);
-    sim.add_user(recac_jira_sim::UserDef {
-        account_id: "acc-alice".into(),
-        name: "alice".into(),
-        display_name: "alice".into(),
-        email: "alice@example.com".into(),
-        token: None,
-        pat: None,
-        permissions: None,
-    });
+    sim.add_user(recac_tests::sim_user("alice"));
     let keys = add_tickets(&sim, samples);
     let op = start_operator(plane, &ns, &sim, interval, 2 * samples + 10, false).await;
     if webhook {

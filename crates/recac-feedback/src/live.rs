@@ -64,25 +64,6 @@ fn when(t: k8s_openapi::jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// "Follow it:" with the task's `kubectl` command and, when configured, its logs.
-fn follow(facts: &Facts) -> Vec<Inline> {
-    let mut line = vec![
-        Inline::Text("Follow it: ".into()),
-        Inline::Code(format!(
-            "kubectl get at {} -n {}",
-            facts.task, facts.namespace
-        )),
-    ];
-    if let Some(link) = &facts.dashboard {
-        line.push(Inline::Text(" or ".into()));
-        line.push(Inline::Link {
-            text: "its logs".into(),
-            href: link.clone(),
-        });
-    }
-    line
-}
-
 /// Where an unfinished run is, in words.
 fn progress_words(state: &RunState, facts: &Facts) -> String {
     let most = facts.max_attempts;
@@ -196,7 +177,7 @@ fn run_blocks(run: &RunView) -> Vec<Block> {
             {
                 items.push(render::field("Last", Inline::Text(message.to_string())));
             }
-            items.push(follow(facts));
+            items.push(crate::render::follow_linked(facts, "its logs"));
             blocks.push(Block::Bullets(items));
         }
     }

@@ -204,6 +204,11 @@ fn template_for(templates: &Templates, kind: ReportKind) -> Option<&String> {
 
 /// "Follow it:" with the task's `kubectl` command and the dashboard link, if configured.
 pub fn follow(facts: &Facts) -> Vec<Inline> {
+    follow_linked(facts, "the dashboard")
+}
+
+/// [`follow`] with `link_text` as the dashboard link's words.
+pub fn follow_linked(facts: &Facts, link_text: &str) -> Vec<Inline> {
     let mut line = vec![
         Inline::Text("Follow it: ".into()),
         Inline::Code(format!(
@@ -214,7 +219,7 @@ pub fn follow(facts: &Facts) -> Vec<Inline> {
     if let Some(link) = &facts.dashboard {
         line.push(Inline::Text(" or ".into()));
         line.push(Inline::Link {
-            text: "the dashboard".into(),
+            text: link_text.into(),
             href: link.clone(),
         });
     }

@@ -44,10 +44,6 @@ fn bot_mentions(bot: &User) -> Vec<String> {
     out
 }
 
-fn same_user(a: &User, b: &User) -> bool {
-    matches!((a.id(), b.id()), (Some(x), Some(y)) if x == y)
-}
-
 impl Conversation<'_> {
     /// The source's tasks among `views` (a ticket's, from the poll's index), oldest run
     /// first.
@@ -79,7 +75,10 @@ impl Conversation<'_> {
             .iter()
             .map(|c| {
                 let text = c.text();
-                let by_bot = c.author.as_ref().is_some_and(|a| same_user(a, self.bot));
+                let by_bot = c
+                    .author
+                    .as_ref()
+                    .is_some_and(|a| decide::same_user(a, self.bot));
                 CommentFacts {
                     command: (!by_bot)
                         .then(|| commands::parse(&text, c.mentions(self.bot), &mentions))

@@ -265,7 +265,8 @@ pub struct ClaimFacts<'a> {
     pub labels: &'a [String],
 }
 
-fn same_user(a: &User, b: &User) -> bool {
+/// Whether `a` and `b` are the same Jira user (by accountId, or name on Data Center).
+pub fn same_user(a: &User, b: &User) -> bool {
     match (a.id(), b.id()) {
         (Some(x), Some(y)) => x == y,
         _ => false,
