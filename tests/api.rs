@@ -319,6 +319,7 @@ async fn status_round_trips_through_the_status_subresource() {
         branch: Some("recac/status".into()),
         commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
         pull_request_url: Some("https://github.com/org/repo/pull/7".into()),
+        plan: None,
         message: Some("attempt 3 failed: DeadlineExceeded".into()),
         start_time: Some(now.clone()),
         completion_time: Some(now.clone()),

@@ -312,6 +312,24 @@ echo "secret-probe: $hits of $n reads succeeded, $procs recac processes probed"
         },
     });
     kubectl_ok(&node, &["apply", "-f", "-"], Some(&manifest.to_string()));
+    // A planning run beside it: the agent in a real pod writes a plan and pushes nothing.
+    let plan_task = "e2e-plan";
+    let plan_manifest = serde_json::json!({
+        "apiVersion": "recac.io/v1alpha1",
+        "kind": "AgentTask",
+        "metadata": {"name": plan_task, "namespace": TASKS},
+        "spec": {
+            "prompt": "Add a greeting for Quinn.\nFile: greetings/quinn.txt\nLine: Hello, Quinn!\n",
+            "repository": {"url": repository_url, "baseBranch": "main"},
+            "approval": "plan",
+            "maxRetries": 0,
+        },
+    });
+    kubectl_ok(
+        &node,
+        &["apply", "-f", "-"],
+        Some(&plan_manifest.to_string()),
+    );
     let tasks_api: Api<AgentTask> = Api::namespaced(client.clone(), TASKS);
     let probed = wait_for(
         "the secret probe's task to end",
@@ -385,6 +403,70 @@ echo "secret-probe: $hits of $n reads succeeded, $procs recac processes probed"
         })
         .unwrap_or_default()
         .to_string();
+
+    // The planning run waits with its plan, its branch never pushed; an approval by
+    // annotation settles it.
+    let planned = wait_for(
+        "the planning run to wait for approval",
+        Duration::from_secs(120),
+        || {
+            let tasks_api = tasks_api.clone();
+            async move {
+                let task = tasks_api.get_opt(plan_task).await.ok()??;
+                let status = task.status.clone()?;
+                (status.phase? == TaskPhase::AwaitingApproval).then_some(status)
+            }
+        },
+    )
+    .await;
+    let plan_text = planned.plan.clone().unwrap_or_default();
+    assert!(
+        plan_text.starts_with("[demo model] plan:") && plan_text.contains("greetings/quinn.txt"),
+        "the plan: {planned:?}"
+    );
+    let plan_branch = Command::new("git")
+        .args(["--git-dir"])
+        .arg(git_root.join(demo::REPOSITORY))
+        .args(["show-ref", &format!("refs/heads/recac/{plan_task}")])
+        .output()
+        .expect("git runs");
+    assert!(
+        text(&plan_branch.stdout).trim().is_empty(),
+        "a planning run pushed its branch: {}",
+        text(&plan_branch.stdout)
+    );
+    kubectl_ok(
+        &node,
+        &[
+            "annotate",
+            "agenttask",
+            plan_task,
+            "-n",
+            TASKS,
+            "recac.io/approval=approved",
+            "recac.io/approval-by=e2e",
+        ],
+        None,
+    );
+    let approved = wait_for(
+        "the approved plan to settle",
+        Duration::from_secs(60),
+        || {
+            let tasks_api = tasks_api.clone();
+            async move {
+                let status = tasks_api.get_opt(plan_task).await.ok()??.status?;
+                (status.phase? == TaskPhase::Succeeded).then_some(status)
+            }
+        },
+    )
+    .await;
+    assert!(
+        approved
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Succeeded" && c.reason == "PlanApproved"),
+        "{approved:?}"
+    );
 
     // A suspended task's pod stops well within its grace period, its work pushed: the agent
     // handles SIGTERM in a real container.
@@ -574,6 +656,10 @@ spec:
     }
     say(format!(
         "the task's Secrets from a command the model runs, in a real pod: {probe_summary}"
+    ));
+    say(format!(
+        "planning run in a real pod: {} bytes of plan, nothing pushed, approved by annotation",
+        plan_text.len()
     ));
     say(format!(
         "suspended task: its pod ended {stop_seconds:.1} s after the suspend, its work pushed to {branch}"

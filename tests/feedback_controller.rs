@@ -11,7 +11,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use recac_api::{AgentTask, AgentTaskStatus, FeedbackStatus, TaskPhase};
 use recac_feedback::{CommentMode, FeedbackConfig, FeedbackSetup};
 use recac_jira::{Credentials, Flavor, JiraClient, JiraConfig, Secret};
-use recac_jira_sim::{CallRecord, Fault, IssueSeed, JiraSim};
+use recac_jira_sim::{
+    CallRecord, Category, Fault, IssueSeed, JiraSim, StatusDef, TransitionDef, Workflow,
+};
 use recac_operator::OperatorSetup;
 use recac_runtime::config::OperatorSettings;
 use recac_task_controller::{AgentDefaults, TaskControllerConfig};
@@ -49,6 +51,7 @@ case "$FAKE_MODE" in
   slow) sleep 15 ;;
   sleep) sleep 300 ;;
   timed) printf '{"outcome":"succeeded","summary":"agent finished at %s"}' "$(date +%s.%N)" > "$RECAC_RESULT_PATH"; exit 0 ;;
+  plan) printf '{"outcome":"planned","summary":"Planned the change.","plan":"1. Make *login.timeout* configurable in {code}config.rs{code}\\n2. See [the docs|http://x] <script>alert(1)</script>\\n3. Push with ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2 then test"}' > "$RECAC_RESULT_PATH"; exit 0 ;;
 esac
 printf '{"outcome":"succeeded","branch":"%s","commit":"c0ffee%s","pullRequestUrl":"https://github.com/org/repo/pull/%s","testsPassed":true,"summary":"Made the login timeout configurable.","tokenUsage":{"inputTokens":51234,"outputTokens":2345}}' "$RECAC_BRANCH" "$RECAC_ATTEMPT" "$RECAC_ATTEMPT" > "$RECAC_RESULT_PATH"
 "#;
@@ -1530,6 +1533,281 @@ async fn a_live_comment_tells_a_deleted_run_as_cancelled() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(comment_posts(&sim, &key).len(), 1);
+    operator.stop().await;
+}
+
+/// The plan FAKE_MODE=plan writes, as a ticket must show it: as written, its planted token
+/// removed.
+const SHOWN_PLAN: &str = "1. Make *login.timeout* configurable in {code}config.rs{code}\n2. See [the docs|http://x] <script>alert(1)</script>\n3. Push with [REDACTED] then test";
+
+/// The default workflow with a status where plans wait for review.
+fn plan_review_workflow() -> Workflow {
+    let mut workflow = Workflow::default();
+    workflow.statuses.push(StatusDef {
+        id: "10003".into(),
+        name: "Plan Review".into(),
+        category: Category::Indeterminate,
+    });
+    let transition = |id: &str, name: &str, from: &[&str], to: &str| TransitionDef {
+        id: id.into(),
+        name: name.into(),
+        from: from.iter().map(|f| f.to_string()).collect(),
+        to: to.into(),
+    };
+    workflow.transitions.push(transition(
+        "61",
+        "Review Plan",
+        &["In Progress"],
+        "Plan Review",
+    ));
+    workflow.transitions.push(transition(
+        "71",
+        "Request Review",
+        &["Plan Review"],
+        "In Review",
+    ));
+    workflow
+}
+
+/// A planning run of ticket `key` (run `run`): its name and its YAML.
+fn planning_yaml(key: &str, run: u32) -> (String, String) {
+    let (name, yaml) = run_yaml(key, run, "plan", 0);
+    (name, format!("{yaml}  approval: plan\n"))
+}
+
+fn transitions_done(sim: &JiraSim) -> usize {
+    sim.calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.status == 204 && c.path.ends_with("/transitions"))
+        .count()
+}
+
+/// Decides on the plan of `name` as the source controller does when someone answers on the
+/// ticket.
+async fn decide_plan(s: &Setup, name: &str, decision: &str, by: &str) {
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        recac_api::annotations::APPROVAL: decision,
+        recac_api::annotations::APPROVAL_BY: by,
+    }}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotated");
+}
+
+fn phase(task: &AgentTask) -> Option<TaskPhase> {
+    task.status.as_ref().and_then(|s| s.phase)
+}
+
+/// A planning run's plan reaches the ticket once, in its live comment, with how to answer
+/// it, and moves the ticket to plan review once; once approved, the comment says so without
+/// the plan, the implementing run follows it, and only that run moves the ticket on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_comment_shows_a_plan_once_then_its_approval_and_the_run_that_implements_it() {
+    let s = setup("fb-live-plan").await;
+    let sim = JiraSim::cloud().await.expect("sim");
+    sim.set_workflow(plan_review_workflow());
+    let key = ticket(&sim);
+    let mut config = live_config();
+    config.planned.transition = Some("Plan Review".into());
+    config.succeeded.transition = Some("In Review".into());
+    config.failed.add_labels = vec!["recac-failed".into()];
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Cloud, config),
+    )
+    .await;
+    let (planner, yaml) = planning_yaml(&key, 1);
+    create_task(&s, &yaml).await;
+    let task = task_where(&s, &planner, "the plan recorded", |t| {
+        has_reported(t, "planned/1")
+    })
+    .await;
+    assert_eq!(phase(&task), Some(TaskPhase::AwaitingApproval));
+    let fb = feedback_of(&task);
+    assert_eq!(fb.ticket_updated.as_deref(), Some("planned/1"));
+    assert_eq!(
+        condition(&task, "TicketUpdated").map(|c| c.0),
+        Some("True".into())
+    );
+    assert_eq!(comment_posts(&sim, &key).len(), 1, "one comment");
+    let waiting = &bodies(&sim, &key)[0];
+    let plan_json = serde_json::to_string(SHOWN_PLAN).expect("json");
+    for part in [
+        r#""text":"Run 1""#,
+        r#""text":" wrote a plan and waits for approval.""#,
+        &format!(r#""content":[{{"text":{plan_json},"type":"text"}}],"type":"codeBlock""#),
+        r#""text":"/recac approve""#,
+        r#""text":" to implement it, or ""#,
+        r#""text":"/recac reject <why>""#,
+        r#""text":" for a new plan.""#,
+        &format!(
+            "#recac-feedback/{}/planned/1",
+            task.metadata.uid.clone().unwrap_or_default()
+        ),
+    ] {
+        assert!(waiting.contains(part), "{part} missing in {waiting}");
+    }
+    assert_eq!(waiting.matches("alert(1)").count(), 1, "{waiting}");
+    assert!(!waiting.contains("ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2"));
+    assert!(!waiting.contains(r#""href":"http://x""#), "{waiting}");
+    assert!(!waiting.contains("/recac stop"), "nothing runs: {waiting}");
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.status, "Plan Review");
+    assert_eq!(transitions_done(&sim), 1);
+    // Quiet while the plan waits: nothing more is written.
+    let writes = comment_writes(&sim, &key).len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(comment_writes(&sim, &key).len(), writes);
+
+    decide_plan(&s, &planner, "approved", "Ada Lovelace").await;
+    task_where(&s, &planner, "the plan approved", |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+            && condition(t, "Succeeded").map(|c| c.1)
+                == Some(recac_api::reasons::PLAN_APPROVED.into())
+    })
+    .await;
+    let (implementer, yaml) = run_yaml(&key, 2, "succeed", 0);
+    create_task(&s, &yaml).await;
+    let done = task_where(&s, &implementer, "the implementation recorded", |t| {
+        has_reported(t, "succeeded/1")
+    })
+    .await;
+    assert_eq!(
+        feedback_of(&done).ticket_updated.as_deref(),
+        Some("succeeded/1")
+    );
+    let body = wait_for("the implementation in the comment", LONG, || async {
+        bodies(&sim, &key)
+            .first()
+            .filter(|b| b.contains("recac finished this ticket"))
+            .cloned()
+    })
+    .await;
+    assert_eq!(comment_posts(&sim, &key).len(), 1, "still one comment");
+    for part in [
+        r#""text":"Run 1""#,
+        r#""text":"'s plan was approved by Ada Lovelace.""#,
+        r#""text":"Run 2""#,
+        r#""href":"https://github.com/org/repo/pull/1""#,
+    ] {
+        assert!(body.contains(part), "{part} missing in {body}");
+    }
+    assert!(
+        body.find("Run 1").unwrap_or(usize::MAX) < body.find("Run 2").unwrap_or(0),
+        "{body}"
+    );
+    for absent in [
+        "codeBlock",
+        "alert(1)",
+        "/recac approve",
+        "waits for approval",
+        "recac-failed",
+    ] {
+        assert!(!body.contains(absent), "{absent} in {body}");
+    }
+    let planner_task = Api::<AgentTask>::namespaced(s.client.clone(), &s.ns)
+        .get(&planner)
+        .await
+        .expect("task");
+    let fb = feedback_of(&planner_task);
+    assert!(
+        fb.reported.iter().all(|k| !k.starts_with("succeeded/")),
+        "{fb:?}"
+    );
+    assert_eq!(fb.ticket_updated.as_deref(), Some("planned/1"));
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.status, "In Review");
+    assert_eq!(issue.labels, ["recac-agent"]);
+    assert_eq!(
+        transitions_done(&sim),
+        2,
+        "the plan moved the ticket once, the implementation once"
+    );
+    operator.stop().await;
+}
+
+/// With a comment per report the plan is one comment (Data Center: wiki markup, the plan in a
+/// noformat block), with the plan's transition; its rejection is no failure: no comment and
+/// no failed actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_is_one_comment_and_its_rejection_is_not_a_failure() {
+    let s = setup("fb-plan").await;
+    let sim = JiraSim::datacenter().await.expect("sim");
+    sim.set_workflow(plan_review_workflow());
+    let key = ticket(&sim);
+    let mut config = feedback_config();
+    config.comment_on_dispatch = false;
+    config.planned.transition = Some("Review Plan".into());
+    config.planned.add_labels = vec!["recac-plan".into()];
+    config.failed.transition = Some("Stop Progress".into());
+    config.failed.add_labels = vec!["recac-failed".into()];
+    let operator = Operator::start(
+        s.config.clone(),
+        &s.ns,
+        feedback(&sim, Flavor::Datacenter, config),
+    )
+    .await;
+    let (planner, yaml) = planning_yaml(&key, 1);
+    create_task(&s, &yaml).await;
+    let task = task_where(&s, &planner, "the plan recorded", |t| {
+        has_reported(t, "planned/1")
+    })
+    .await;
+    assert_eq!(reported(&task), ["planned/1"]);
+    let fb = feedback_of(&task);
+    assert_eq!(fb.ticket_updated.as_deref(), Some("planned/1"));
+    assert_eq!(fb.reported_attempt, Some(1));
+    let b = bodies(&sim, &key);
+    assert_eq!(b.len(), 1, "{b:#?}");
+    let wiki = &b[0];
+    let block = format!("{{noformat}}\n{SHOWN_PLAN}\n{{noformat}}");
+    assert!(
+        wiki.starts_with(&format!(
+            "recac wrote a plan for this ticket and waits for approval.\n\n{block}\n\nReply {{{{/recac approve}}}} to implement it, or {{{{/recac reject <why>}}}} for a new plan.\n\n[recac|https://github.com/recac-io/recac#recac-feedback/"
+        )),
+        "{wiki}"
+    );
+    assert!(
+        wiki.ends_with(&format!("/planned/1] · AgentTask {}/{planner}", s.ns)),
+        "{wiki}"
+    );
+    assert!(
+        comment_posts(&sim, &key)
+            .iter()
+            .all(|c| c.path.starts_with("/rest/api/2/"))
+    );
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.status, "Plan Review");
+    assert_eq!(issue.labels, ["recac-agent", "recac-plan"]);
+    assert_eq!(transitions_done(&sim), 1);
+
+    decide_plan(&s, &planner, "rejected", "Ada").await;
+    task_where(&s, &planner, "the plan rejected", |t| {
+        phase(t) == Some(TaskPhase::Failed)
+            && condition(t, "Failed").map(|c| c.1) == Some(recac_api::reasons::PLAN_REJECTED.into())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        comment_posts(&sim, &key).len(),
+        1,
+        "the rejection is no report"
+    );
+    let task = Api::<AgentTask>::namespaced(s.client.clone(), &s.ns)
+        .get(&planner)
+        .await
+        .expect("task");
+    assert_eq!(reported(&task), ["planned/1"]);
+    assert_eq!(
+        feedback_of(&task).ticket_updated.as_deref(),
+        Some("planned/1")
+    );
+    let issue = sim.issue(&key).expect("issue");
+    assert_eq!(issue.status, "Plan Review");
+    assert_eq!(issue.labels, ["recac-agent", "recac-plan"]);
+    assert_eq!(transitions_done(&sim), 1);
     operator.stop().await;
 }
 

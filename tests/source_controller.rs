@@ -1276,3 +1276,189 @@ async fn a_follow_up_queues_behind_the_running_run_and_stop_ends_them() {
     assert!(reply.contains("nothing running"), "{reply}");
     op.stop().await;
 }
+
+/// An agent that plans when the task is a planning run (its plan names the prompt's last
+/// line) and otherwise works as [`TALKING_AGENT`].
+const PLANNING_AGENT: &str = r#"last=$(printf '%s' "$RECAC_PROMPT" | tail -n 1 | tr -d '"\\'); if [ "$RECAC_MODE" = plan ]; then printf '{"outcome":"planned","branch":"%s","summary":"wrote a plan","plan":"1. change parse.rs for: %s"}' "$RECAC_BRANCH" "$last" > "$RECAC_RESULT_PATH"; else printf '{"outcome":"succeeded","branch":"%s","summary":"did: %s"}' "$RECAC_BRANCH" "$last" > "$RECAC_RESULT_PATH"; fi"#;
+
+fn condition_reason(task: &AgentTask, type_: &str) -> Option<String> {
+    task.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+            .map(|c| c.reason.clone())
+    })
+}
+
+/// With `approval: plan`, a ticket's first run only plans and waits; `reject <why>` starts
+/// a new planning run with the reason and the rejected plan, `approve` starts the run that
+/// implements the approved plan; each answer acts once across polls and a restart, and the
+/// planning runs end as their answers say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plan_waits_for_approval_and_a_rejected_plan_is_planned_again() {
+    for flavor in FLAVORS {
+        let e = env("conv-plan", flavor, true).await;
+        let mut s = source(&e);
+        s.approval.mode = recac_source::config::ApprovalMode::Plan;
+        s.allowed_users = vec!["alice@example.com".into()];
+        let key = ticket(&e, "Parse the list", &format!("Repo: {REPO}"));
+        let op = Running::start_with_agent(&e, s.clone(), None, PLANNING_AGENT).await;
+        let run1 = recac_source::task::task_name(&key, 1);
+        let first = wait_phase(&e, &run1, recac_api::TaskPhase::AwaitingApproval).await;
+        assert_eq!(first.spec.approval, Some(recac_api::Approval::Plan));
+        let plan1 = first.status.as_ref().and_then(|s| s.plan.clone());
+        assert!(
+            plan1
+                .as_deref()
+                .is_some_and(|p| p.contains("1. change parse.rs")),
+            "{flavor:?}: {plan1:?}"
+        );
+        assert_eq!(
+            condition_reason(&first, "PlanReady").as_deref(),
+            Some("PlanWritten")
+        );
+        // Someone who may not give commands cannot approve.
+        let by_mallory = e.sim.comment_as(&key, "mallory", "/recac approve");
+        wait_for("the reply to mallory", LONG, || async {
+            replies_to(&e, &key, &by_mallory).into_iter().next()
+        })
+        .await;
+
+        let reject = e
+            .sim
+            .comment_as(&key, "alice", "/recac reject keep the public API as it is");
+        let run2 = recac_source::task::task_name(&key, 2);
+        let second = wait_phase(&e, &run2, recac_api::TaskPhase::AwaitingApproval).await;
+        assert_eq!(second.annotations().get("recac.io/command"), Some(&reject));
+        assert_eq!(second.spec.approval, Some(recac_api::Approval::Plan));
+        let prompt = second.spec.prompt.clone().unwrap_or_default();
+        assert!(
+            prompt.starts_with(&format!("Jira ticket {key}: Parse the list")),
+            "{prompt}"
+        );
+        assert!(
+            prompt.contains(": keep the public API as it is"),
+            "{flavor:?}: the reason: {prompt}"
+        );
+        assert!(
+            prompt.contains(&format!("Rejected plan:\n{}", plan1.unwrap_or_default())),
+            "{flavor:?}: the rejected plan: {prompt}"
+        );
+        let rejected = wait_phase(&e, &run1, recac_api::TaskPhase::Failed).await;
+        assert_eq!(
+            condition_reason(&rejected, "Failed").as_deref(),
+            Some("PlanRejected")
+        );
+        assert_eq!(
+            rejected
+                .annotations()
+                .get("recac.io/approval")
+                .map(String::as_str),
+            Some("rejected")
+        );
+
+        let approve = e.sim.comment_as(&key, "alice", "/recac approve");
+        let run3 = recac_source::task::task_name(&key, 3);
+        let third = wait_phase(&e, &run3, recac_api::TaskPhase::Succeeded).await;
+        assert_eq!(third.annotations().get("recac.io/command"), Some(&approve));
+        assert_eq!(third.spec.approval, None, "{flavor:?}: the implementation");
+        assert_eq!(
+            third.spec.repository.branch,
+            second.status.as_ref().and_then(|s| s.branch.clone()),
+            "{flavor:?}: the planning run's branch"
+        );
+        let plan2 = second
+            .status
+            .as_ref()
+            .and_then(|s| s.plan.clone())
+            .unwrap_or_default();
+        let prompt = third.spec.prompt.clone().unwrap_or_default();
+        assert!(
+            prompt.ends_with(&format!("Approved plan:\n{plan2}")),
+            "{flavor:?}: {prompt}"
+        );
+        let approved = wait_phase(&e, &run2, recac_api::TaskPhase::Succeeded).await;
+        assert_eq!(
+            condition_reason(&approved, "Succeeded").as_deref(),
+            Some("PlanApproved")
+        );
+
+        // The same comments again: more polls, a restart.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        op.stop().await;
+        let op = Running::start_with_agent(&e, s, None, PLANNING_AGENT).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        op.stop().await;
+        assert_eq!(
+            tasks_of(&e, &key).await.len(),
+            3,
+            "{flavor:?}: one run per answer"
+        );
+        assert_eq!(replies_to(&e, &key, &by_mallory).len(), 1, "{flavor:?}");
+        for id in [&reject, &approve] {
+            assert!(replies_to(&e, &key, id).is_empty(), "{flavor:?}: {id}");
+        }
+    }
+}
+
+/// With `approval.approvedStatus`, moving the ticket to that status approves the waiting
+/// plan when an allowed user moved it, once; a move by someone else gets one reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moving_the_ticket_to_the_approval_status_approves_the_plan() {
+    let e = env("conv-plan-move", Flavor::Cloud, true).await;
+    let mut s = source(&e);
+    s.approval.mode = recac_source::config::ApprovalMode::Plan;
+    s.approval.approved_status = Some("In Review".into());
+    s.allowed_users = vec!["alice@example.com".into()];
+    let key = ticket(&e, "Parse the list", &format!("Repo: {REPO}"));
+    let op = Running::start_with_agent(&e, s.clone(), None, PLANNING_AGENT).await;
+    let run1 = recac_source::task::task_name(&key, 1);
+    wait_phase(&e, &run1, recac_api::TaskPhase::AwaitingApproval).await;
+
+    e.sim.move_as(&key, "mallory", "In Review");
+    let reply = wait_for("the reply to mallory's move", LONG, || async {
+        let issue = e.sim.issue(&key)?;
+        issue.comments.iter().find_map(|c| {
+            let text = match &c.body {
+                serde_json::Value::String(wiki) => wiki.clone(),
+                adf => recac_jira::adf::plain_text(adf),
+            };
+            text.contains("did not take the move").then_some(text)
+        })
+    })
+    .await;
+    assert!(
+        reply.contains("only alice@example.com may approve"),
+        "{reply}"
+    );
+    e.sim.move_as(&key, "alice", "In Progress");
+    e.sim.move_as(&key, "alice", "In Review");
+    let run2 = recac_source::task::task_name(&key, 2);
+    let second = wait_phase(&e, &run2, recac_api::TaskPhase::Succeeded).await;
+    assert!(
+        second
+            .annotations()
+            .get("recac.io/command")
+            .is_some_and(|c| c.starts_with("status-")),
+        "{:?}",
+        second.annotations()
+    );
+    assert_eq!(second.spec.approval, None);
+    let approved = wait_phase(&e, &run1, recac_api::TaskPhase::Succeeded).await;
+    assert_eq!(
+        condition_reason(&approved, "Succeeded").as_deref(),
+        Some("PlanApproved")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    op.stop().await;
+    assert_eq!(tasks_of(&e, &key).await.len(), 2, "one implementation run");
+    let replies = e
+        .sim
+        .issue(&key)
+        .expect("issue")
+        .comments
+        .iter()
+        .filter(|c| c.author == BOT_ACCOUNT_ID)
+        .count();
+    assert_eq!(replies, 1, "one reply, to mallory's move");
+}

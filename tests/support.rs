@@ -658,6 +658,7 @@ pub fn bench_task_spec(i: usize) -> recac_api::AgentTaskSpec {
         timeout_seconds: 3600,
         ttl_seconds_after_finished: None,
         suspend: false,
+        approval: None,
     }
 }
 

@@ -29,6 +29,10 @@ case "$FAKE_MODE" in
   sleep) sleep 300 ;;
   sleep-first) if [ "$RECAC_ATTEMPT" = 1 ]; then sleep 300; fi ;;
   slow) sleep "${FAKE_SLEEP:-5}" ;;
+  plan)
+    if [ "$RECAC_MODE" != plan ]; then echo "not in plan mode"; exit 3; fi
+    printf '{"outcome":"planned","branch":"%s","plan":"1. raise the login timeout\\n2. test it"}' "$RECAC_BRANCH" > "$RECAC_RESULT_PATH"
+    exit 0 ;;
 esac
 printf '{"outcome":"succeeded","branch":"%s","commit":"c0ffee%s","summary":"done in attempt %s"}' "$RECAC_BRANCH" "$RECAC_ATTEMPT" "$RECAC_ATTEMPT" > "$RECAC_RESULT_PATH"
 "#;
@@ -1233,6 +1237,140 @@ async fn a_stop_on_the_ticket_suspends_the_job_and_ends_the_task_without_retry()
     let later = api.get("ops-8-1").await.expect("task");
     assert_eq!(later.resource_version(), task.resource_version());
     assert_eq!(jobs_of(&s, "ops-8-1").await.len(), 1);
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_waits_for_approval_and_the_decision_ends_the_task() {
+    let s = setup("tc-plan").await;
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
+    for name in ["plan-ok", "plan-no"] {
+        create_task(&s, &task_yaml(name, "plan", 2, "  approval: plan\n")).await;
+    }
+
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    for name in ["plan-ok", "plan-no"] {
+        let task = task_where(&s, name, "AwaitingApproval", LONG, |t| {
+            phase(t) == Some(TaskPhase::AwaitingApproval)
+        })
+        .await;
+        let status = task.status.clone().expect("status");
+        assert_eq!(
+            status.plan.as_deref(),
+            Some("1. raise the login timeout\n2. test it"),
+            "{name}"
+        );
+        assert_eq!(status.completion_time, None, "{name}");
+        assert_eq!(
+            status.branch.as_deref(),
+            Some(format!("recac/{name}").as_str())
+        );
+        assert_eq!(
+            condition(&task, "PlanReady"),
+            Some(("True".into(), "PlanWritten".into())),
+            "{name}"
+        );
+        let jobs = jobs_of(&s, name).await;
+        assert_eq!(jobs.len(), 1, "{name}");
+        let mode = jobs[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].env.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.name == "RECAC_MODE")
+            .and_then(|e| e.value);
+        assert_eq!(mode.as_deref(), Some("plan"), "{name}");
+    }
+
+    // Undecided, the plan waits and costs no writes.
+    let before = api.get("plan-ok").await.expect("task");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        api.get("plan-ok").await.expect("task").resource_version(),
+        before.resource_version()
+    );
+
+    let decide = |decision: &str, by: &str| {
+        serde_json::json!({"metadata": {"annotations": {
+            "recac.io/approval": decision,
+            "recac.io/approval-by": by,
+        }}})
+    };
+    api.patch(
+        "plan-ok",
+        &PatchParams::default(),
+        &Patch::Merge(&decide("approved", "Ada Lovelace")),
+    )
+    .await
+    .expect("approve");
+    api.patch(
+        "plan-no",
+        &PatchParams::default(),
+        &Patch::Merge(&decide("rejected", "Grace Hopper")),
+    )
+    .await
+    .expect("reject");
+
+    let approved = task_where(&s, "plan-ok", "Succeeded", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    assert_eq!(
+        condition(&approved, "Succeeded"),
+        Some(("True".into(), "PlanApproved".into()))
+    );
+    let status = approved.status.clone().expect("status");
+    assert!(status.completion_time.is_some());
+    assert_eq!(
+        status.message.as_deref(),
+        Some("the plan was approved by Ada Lovelace")
+    );
+    assert!(status.plan.is_some());
+
+    let rejected = task_where(&s, "plan-no", "Failed", LONG, |t| {
+        phase(t) == Some(TaskPhase::Failed)
+    })
+    .await;
+    assert_eq!(
+        condition(&rejected, "Failed"),
+        Some(("True".into(), "PlanRejected".into()))
+    );
+    assert_eq!(
+        rejected.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some("the plan was rejected by Grace Hopper")
+    );
+
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    wait_for("the plan's events", LONG, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let seen = |task: &str, reason: &str| {
+                list.items.iter().any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(task)
+                        && e.reason.as_deref() == Some(reason)
+                })
+            };
+            (seen("plan-ok", "PlanReady")
+                && seen("plan-ok", "PlanApproved")
+                && seen("plan-no", "PlanRejected"))
+            .then_some(())
+        }
+    })
+    .await;
+
+    // Nothing more runs for either.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in ["plan-ok", "plan-no"] {
+        assert_eq!(
+            jobs_of(&s, name).await.len(),
+            1,
+            "{name}: another Job was made"
+        );
+    }
     operator.stop().await;
     s.node.shutdown().await.expect("node agent stops");
 }

@@ -3,10 +3,12 @@
 //! The flow ([`run::run`]): clone the repository into a workspace, continue or create the
 //! branch, let an engine do the work (the built-in LLM tool-use loop or an external agent CLI),
 //! run the tests, commit, push, optionally open a pull request, and report an
-//! [`AgentResult`](recac_api::agent_contract::AgentResult).
+//! [`AgentResult`](recac_api::agent_contract::AgentResult). A planning run
+//! (`RECAC_MODE=plan`, [`plan`]) checks the branch out the same way, lets the engine write a
+//! plan instead of the work and reports it; it commits and pushes nothing.
 //!
-//! Pure decisions live apart from I/O: [`branch`], [`detect`], [`report`], [`redact`] and
-//! [`run::decide_publish`].
+//! Pure decisions live apart from I/O: [`branch`], [`detect`], [`plan`], [`report`],
+//! [`redact`] and [`run::decide_publish`].
 //!
 //! Failures are classified by whether another attempt may get past them: retryable
 //! (`failed`: the network, a rate limit, a lost push race; `testsFailed`: the next attempt
@@ -21,6 +23,7 @@ pub mod engine;
 pub mod environment;
 pub mod git;
 pub mod github;
+pub mod plan;
 pub mod process;
 pub mod redact;
 pub mod report;

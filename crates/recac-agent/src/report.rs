@@ -13,46 +13,39 @@ use crate::environment::FsError;
 /// tests. `NoChanges` is not: the engine finished without changing anything.
 pub fn exit_code_for(outcome: &Outcome) -> i32 {
     match outcome {
-        Outcome::Succeeded => exit_code::SUCCESS,
+        Outcome::Succeeded | Outcome::Planned => exit_code::SUCCESS,
         Outcome::TestsFailed | Outcome::Failed => exit_code::RETRYABLE,
         Outcome::NoChanges | Outcome::GaveUp => exit_code::GAVE_UP,
     }
 }
 
 /// The result as JSON of at most `limit` bytes: the summary is shortened first (on a character
-/// boundary, marked with `…`), then dropped, then the pull request URL and commit. The output
-/// is always valid JSON.
+/// boundary, marked with `…`), then dropped; then a planning run's plan is shortened the same
+/// way, then dropped; then the pull request URL, the commit and the branch are dropped. The
+/// output is always valid JSON.
 pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
-    let encode = |r: &AgentResult| serde_json::to_string(r).unwrap_or_else(|_| "{}".to_string());
     let full = encode(result);
     if full.len() <= limit {
         return full;
     }
+    let set_summary = |r: &mut AgentResult, s: String| r.summary = Some(s);
+    let set_plan = |r: &mut AgentResult, s: String| r.plan = Some(s);
+    if let Some(summary) = &result.summary
+        && let Some(json) = shortened(result, summary, set_summary, limit)
+    {
+        return json;
+    }
     let mut trimmed = result.clone();
-    if let Some(summary) = &result.summary {
-        // Binary search on the number of characters kept.
-        let chars: Vec<char> = summary.chars().collect();
-        let (mut lo, mut hi) = (0usize, chars.len());
-        let with = |n: usize| {
-            let mut r = result.clone();
-            let mut s: String = chars[..n].iter().collect();
-            s.push('…');
-            r.summary = Some(s);
-            r
-        };
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if encode(&with(mid)).len() <= limit {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
+    trimmed.summary = None;
+    if let Some(plan) = &result.plan {
+        let json = encode(&trimmed);
+        if json.len() <= limit {
+            return json;
         }
-        let candidate = with(lo);
-        if encode(&candidate).len() <= limit {
-            return encode(&candidate);
+        if let Some(json) = shortened(&trimmed, plan, set_plan, limit) {
+            return json;
         }
-        trimmed.summary = None;
+        trimmed.plan = None;
     }
     for step in 0..3 {
         let json = encode(&trimmed);
@@ -77,8 +70,43 @@ pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
             tests_passed: None,
             summary: None,
             token_usage: None,
+            plan: None,
         })
     }
+}
+
+fn encode(r: &AgentResult) -> String {
+    serde_json::to_string(r).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// The JSON of `base` with `text`, shortened to as many characters as fit `limit` and marked
+/// with `…`, put in place by `set`; `None` when not even `…` fits.
+fn shortened(
+    base: &AgentResult,
+    text: &str,
+    set: impl Fn(&mut AgentResult, String),
+    limit: usize,
+) -> Option<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let with = |n: usize| {
+        let mut r = base.clone();
+        let mut s: String = chars[..n].iter().collect();
+        s.push('…');
+        set(&mut r, s);
+        encode(&r)
+    };
+    // Binary search on the number of characters kept.
+    let (mut lo, mut hi) = (0usize, chars.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if with(mid).len() <= limit {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let json = with(lo);
+    (json.len() <= limit).then_some(json)
 }
 
 /// The termination message: the result within [`TERMINATION_MESSAGE_LIMIT`].
@@ -110,12 +138,30 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 5,
             }),
+            plan: None,
+        }
+    }
+
+    fn planned(summary: &str, plan: &str) -> AgentResult {
+        AgentResult {
+            outcome: Outcome::Planned,
+            branch: Some("recac/x-1".into()),
+            commit: None,
+            pull_request_url: None,
+            tests_passed: None,
+            summary: Some(summary.into()),
+            token_usage: Some(TokenUsage {
+                input_tokens: 10,
+                output_tokens: 5,
+            }),
+            plan: Some(plan.into()),
         }
     }
 
     #[test]
     fn exit_codes() {
         assert_eq!(exit_code_for(&Outcome::Succeeded), 0);
+        assert_eq!(exit_code_for(&Outcome::Planned), 0);
         assert_eq!(exit_code_for(&Outcome::Failed), 1);
         assert_eq!(exit_code_for(&Outcome::TestsFailed), 1);
         assert_eq!(exit_code_for(&Outcome::GaveUp), 3);
@@ -145,6 +191,55 @@ mod tests {
     }
 
     #[test]
+    fn long_plans_are_cut_after_the_summary() {
+        use recac_api::agent_contract::MAX_PLAN_BYTES;
+        // A plan within MAX_PLAN_BYTES whose JSON is far longer (escapes), and a long summary.
+        let plan = "\u{1}\"\n".repeat(MAX_PLAN_BYTES / 3);
+        assert!(plan.len() <= MAX_PLAN_BYTES);
+        let r = planned(&"s".repeat(2000), &plan);
+        let json = termination_message(&r);
+        assert!(json.len() <= TERMINATION_MESSAGE_LIMIT, "{}", json.len());
+        let back: AgentResult = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.outcome, Outcome::Planned);
+        assert_eq!(back.branch.as_deref(), Some("recac/x-1"));
+        // The summary went first; the plan keeps as much as fits.
+        assert_eq!(back.summary, None);
+        let kept = back.plan.unwrap();
+        let kept = kept.strip_suffix('…').expect("marked as cut");
+        assert!(
+            plan.starts_with(kept) && kept.len() > 1000,
+            "{}",
+            kept.len()
+        );
+        assert!(json.len() > TERMINATION_MESSAGE_LIMIT - 20);
+
+        // Too little room for any of the plan: dropped, then the branch.
+        let json = to_json_within(&r, 60);
+        let back: AgentResult = serde_json::from_str(&json).unwrap();
+        assert_eq!((back.outcome, back.plan), (Outcome::Planned, None));
+
+        // Room for the whole plan once the summary is dropped: kept whole.
+        let r = planned("wrote a plan", &"p".repeat(100));
+        let without_summary = AgentResult {
+            summary: None,
+            ..r.clone()
+        };
+        let limit = serde_json::to_string(&without_summary).unwrap().len() + 5;
+        let back: AgentResult = serde_json::from_str(&to_json_within(&r, limit)).unwrap();
+        assert_eq!((back.summary, back.plan), (None, r.plan.clone()));
+
+        // Room for the whole plan: only the summary is shortened.
+        let r = planned(&"s".repeat(4000), "Files to change: a.txt");
+        let back: AgentResult = serde_json::from_str(&termination_message(&r)).unwrap();
+        assert_eq!(back.plan.as_deref(), Some("Files to change: a.txt"));
+        assert!(back.summary.unwrap().ends_with('…'));
+
+        // A plan at MAX_PLAN_BYTES of plain text always fits with its summary.
+        let r = planned("wrote a plan", &"é".repeat(MAX_PLAN_BYTES / 2));
+        assert_eq!(termination_message(&r), serde_json::to_string(&r).unwrap());
+    }
+
+    #[test]
     fn unwritable_result_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a-file");
@@ -166,6 +261,22 @@ mod tests {
             proptest::prop_assert!(json.len() <= limit);
             let back: AgentResult = serde_json::from_str(&json).unwrap();
             proptest::prop_assert_eq!(back.outcome, Outcome::Succeeded);
+        }
+
+        #[test]
+        fn planned_results_are_valid_and_within(
+            summary in ".{0,200}",
+            plan in ".{0,3000}",
+            limit in 40usize..5000,
+        ) {
+            let json = to_json_within(&planned(&summary, &plan), limit);
+            proptest::prop_assert!(json.len() <= limit);
+            let back: AgentResult = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(back.outcome, Outcome::Planned);
+            if let Some(kept) = back.plan {
+                let kept = kept.strip_suffix('…').unwrap_or(&kept);
+                proptest::prop_assert!(plan.starts_with(kept));
+            }
         }
     }
 }

@@ -1,4 +1,6 @@
 //! The `recac start` flow: workspace, branch, work, tests, commit, push, pull request, report.
+//! A planning run (`RECAC_MODE=plan`) stops after the engine: it reports the plan the engine
+//! wrote and never commits or pushes.
 
 use std::path::{Path, PathBuf};
 
@@ -7,14 +9,15 @@ use recac_api::repo_host::{HostScope, RepoLocation, Transport, render_list};
 
 use crate::branch::{self, BranchPlan};
 use crate::detect::{self, RepoFiles};
-use crate::engine::{self, EngineReport, EngineStatus, llm::LlmClient, tools::Toolbox};
+use crate::engine::{self, EngineReport, EngineStatus, Tail, llm::LlmClient, tools::Toolbox};
 use crate::environment::{self, FsError};
 use crate::git::{Git, GitCredential, GitError, GitErrorKind, Identity};
 use crate::github::{self, GitHub, GitHubRepo, PullRequest};
+use crate::plan;
 use crate::process::{self, CommandSpec};
 use crate::redact::Redactor;
 use crate::report::exit_code_for;
-use crate::settings::{EngineSettings, PullRequestMode, Settings, vars};
+use crate::settings::{EngineSettings, Mode, PullRequestMode, Settings, vars};
 use crate::toolchain::{self, Finder, MissingTool, Problem, TestCommand};
 use tokio_util::sync::CancellationToken;
 
@@ -110,6 +113,8 @@ const STOPPED: &str =
     "the pod was told to stop (SIGTERM: the task was suspended, deleted or hit its deadline)";
 const STOPPED_BEFORE_WORK: &str =
     "the pod was told to stop (SIGTERM) before the work started; nothing was changed";
+const STOPPED_BEFORE_PLANNING: &str =
+    "the pod was told to stop (SIGTERM) before the planning started";
 
 /// What to do with the branch after the work (pure).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,6 +189,10 @@ pub async fn run(settings: &Settings, redactor: &Redactor) -> RunOutput {
 /// commits what the work left, pushes it to the task's branch as work in progress and
 /// reports a retryable failure saying so; a stop during the tests skips them. Clone, commit
 /// and push are short and always run to their end.
+///
+/// A planning run ([`Mode::Plan`]) checks the branch out as the work would, then lets the
+/// engine write a plan and reports it (outcome `planned`); it never commits or pushes. A stop
+/// during it is a retryable failure.
 pub async fn run_until(
     settings: &Settings,
     redactor: &Redactor,
@@ -197,6 +206,7 @@ pub async fn run_until(
         tests_passed: None,
         usage: None,
         workspace: None,
+        plan: None,
     };
     let (outcome, summary) = match flow(settings, &redactor, &mut state, &stop).await {
         Ok((outcome, summary)) => (outcome, summary),
@@ -211,6 +221,7 @@ pub async fn run_until(
         tests_passed: state.tests_passed,
         summary: (!summary.trim().is_empty()).then_some(summary),
         token_usage: state.usage,
+        plan: state.plan,
     };
     RunOutput {
         exit_code: exit_code_for(&outcome),
@@ -226,6 +237,8 @@ struct State {
     tests_passed: Option<bool>,
     usage: Option<TokenUsage>,
     workspace: Option<PathBuf>,
+    /// A planning run's plan.
+    plan: Option<String>,
 }
 
 /// The workspace folder: `RECAC_WORKSPACE` (created when absent, refused when not empty) or a
@@ -275,6 +288,36 @@ async fn flow(
     state: &mut State,
     stop: &CancellationToken,
 ) -> Result<(Outcome, String), Stop> {
+    let checkout = check_out(settings, redactor, state).await?;
+    match settings.mode {
+        Mode::Plan => plan(settings, redactor, state, stop, &checkout).await,
+        Mode::Work => work(settings, redactor, state, stop, checkout).await,
+    }
+}
+
+/// The clone, on the task's branch.
+struct Checkout {
+    git: Git,
+    dir: PathBuf,
+    /// The branch new work starts from.
+    base: String,
+    /// The task's branch.
+    branch: String,
+    /// The base branch's commit on the remote.
+    base_commit: String,
+    /// The task's branch's commit on the remote, when it was there before the run.
+    remote_head: Option<String>,
+    /// Why the git token is not sent to the remote, when it is not.
+    token_hint: Option<String>,
+}
+
+/// The workspace, the clone and the task's branch: an existing remote branch is fetched and
+/// checked out (an earlier run's work), otherwise a local branch is made from the base.
+async fn check_out(
+    settings: &Settings,
+    redactor: &Redactor,
+    state: &mut State,
+) -> Result<Checkout, Stop> {
     // 1. Workspace.
     let dir = prepare_workspace(settings)?;
     state.workspace = Some(dir.clone());
@@ -359,7 +402,186 @@ async fn flow(
         .rev_parse(&format!("refs/remotes/origin/{base}"))
         .await?;
     let start = git.rev_parse("HEAD").await?;
-    let remote_head = exists.then(|| start.clone());
+    Ok(Checkout {
+        git,
+        dir,
+        base,
+        branch: branch_name,
+        base_commit,
+        remote_head: exists.then_some(start),
+        token_hint,
+    })
+}
+
+/// What the engine is asked.
+struct Ask<'a> {
+    /// The built-in engine's system prompt.
+    system: &'a str,
+    prompt: &'a str,
+    /// How much of an external engine's output is its summary.
+    tail: Tail,
+}
+
+/// Runs the engine on `ask` in `dir`, until it ends or `stop` is cancelled: then the report
+/// says it reached a limit, [`STOPPED`].
+async fn run_engine(
+    settings: &Settings,
+    redactor: &Redactor,
+    dir: &Path,
+    ask: Ask<'_>,
+    stop: &CancellationToken,
+) -> Result<EngineReport, Stop> {
+    let Ask {
+        system,
+        prompt,
+        tail,
+    } = ask;
+    let work = async {
+        Ok::<_, Stop>(match &settings.engine {
+            EngineSettings::Builtin(llm) => {
+                let client = LlmClient::new(llm.clone(), redactor.clone())
+                    .map_err(|e| Stop::gave_up(e.to_string()))?;
+                let toolbox = Toolbox::new(
+                    dir,
+                    settings.limits.command_timeout,
+                    settings.limits.output_limit,
+                    redactor.clone(),
+                    settings.child_env.clone(),
+                )
+                .map_err(|e| {
+                    Stop::from(FsError::new(
+                        "open the workspace folder",
+                        dir,
+                        settings.workspace.is_some().then_some(vars::WORKSPACE),
+                        e,
+                    ))
+                })?;
+                engine::run_builtin(&client, &toolbox, system, prompt, &settings.limits).await
+            }
+            EngineSettings::External(ext) => {
+                engine::run_external(
+                    ext,
+                    dir,
+                    prompt,
+                    settings.limits.max_duration,
+                    redactor,
+                    &settings.child_env,
+                    tail,
+                )
+                .await
+            }
+        })
+    };
+    Ok(tokio::select! {
+        report = work => report?,
+        () = stop.cancelled() => {
+            tracing::warn!("told to stop: ending the engine");
+            EngineReport {
+                status: EngineStatus::LimitReached(STOPPED.into()),
+                summary: String::new(),
+                usage: Default::default(),
+                iterations: 0,
+            }
+        }
+    })
+}
+
+/// Keeps what the engine spent (the built-in one counts it).
+fn record_usage(settings: &Settings, state: &mut State, report: &EngineReport) {
+    if matches!(settings.engine, EngineSettings::Builtin(_)) {
+        state.usage = Some(report.usage.clone());
+    }
+}
+
+/// Why the run ends when the engine said it cannot do the task or failed (`None` otherwise).
+fn engine_gave_out(report: &EngineReport) -> Option<Stop> {
+    match &report.status {
+        EngineStatus::Done | EngineStatus::LimitReached(_) => None,
+        EngineStatus::CannotDo => Some(Stop::gave_up(if report.summary.is_empty() {
+            "the engine declared it cannot do the task".to_string()
+        } else {
+            report.summary.clone()
+        })),
+        EngineStatus::Failed { permanent, message } => Some(if *permanent {
+            Stop::gave_up(message.clone())
+        } else {
+            Stop::failed(message.clone())
+        }),
+    }
+}
+
+/// A planning run's summary.
+const PLANNED: &str = "wrote a plan; nothing was committed or pushed";
+
+/// Why a planning run ended without its plan.
+fn plan_stopped(reason: &str) -> String {
+    format!("stopped before the plan was written: {reason}")
+}
+
+/// A planning run after the checkout: the engine reads the repository and writes the plan.
+/// Nothing is committed or pushed, whatever the engine did: what it changed stays in the
+/// workspace, which is thrown away.
+async fn plan(
+    settings: &Settings,
+    redactor: &Redactor,
+    state: &mut State,
+    stop: &CancellationToken,
+    checkout: &Checkout,
+) -> Result<(Outcome, String), Stop> {
+    if stop.is_cancelled() {
+        return Err(Stop::failed(plan_stopped(STOPPED_BEFORE_PLANNING)));
+    }
+    let prompt = plan::planning_prompt(&settings.prompt);
+    let report = run_engine(
+        settings,
+        redactor,
+        &checkout.dir,
+        Ask {
+            system: plan::SYSTEM_PROMPT,
+            prompt: &prompt,
+            tail: Tail::PLAN,
+        },
+        stop,
+    )
+    .await?;
+    record_usage(settings, state, &report);
+    tracing::info!(status = ?report.status, iterations = report.iterations, "planning ended");
+    let plan = planned(&report, redactor)?;
+    tracing::info!(branch = %checkout.branch, bytes = plan.len(), "plan written; nothing is pushed");
+    state.plan = Some(plan);
+    Ok((Outcome::Planned, PLANNED.to_string()))
+}
+
+/// The plan a planning run's engine wrote (redacted, trimmed, cut to fit the result), or why
+/// there is none.
+fn planned(report: &EngineReport, redactor: &Redactor) -> Result<String, Stop> {
+    if let Some(stop) = engine_gave_out(report) {
+        return Err(stop);
+    }
+    if let EngineStatus::LimitReached(reason) = &report.status {
+        return Err(Stop::failed(plan_stopped(reason)));
+    }
+    plan::plan_from_summary(&redactor.redact(&report.summary))
+        .ok_or_else(|| Stop::failed("the engine wrote no plan"))
+}
+
+/// The work after the checkout: the engine, the commit, the tests, the push, the pull request.
+async fn work(
+    settings: &Settings,
+    redactor: &Redactor,
+    state: &mut State,
+    stop: &CancellationToken,
+    checkout: Checkout,
+) -> Result<(Outcome, String), Stop> {
+    let Checkout {
+        git,
+        dir,
+        base,
+        branch: branch_name,
+        base_commit,
+        remote_head,
+        token_hint,
+    } = checkout;
 
     // The test command's programs, before anything is spent on the work: a missing one is the
     // image's doing and another attempt would meet it again. (Checked again before the tests
@@ -375,76 +597,24 @@ async fn flow(
     if stop.is_cancelled() {
         return Err(Stop::failed(STOPPED_BEFORE_WORK));
     }
-    let work = async {
-        Ok::<_, Stop>(match &settings.engine {
-            EngineSettings::Builtin(llm) => {
-                let client = LlmClient::new(llm.clone(), redactor.clone())
-                    .map_err(|e| Stop::gave_up(e.to_string()))?;
-                let toolbox = Toolbox::new(
-                    &dir,
-                    settings.limits.command_timeout,
-                    settings.limits.output_limit,
-                    redactor.clone(),
-                    settings.child_env.clone(),
-                )
-                .map_err(|e| {
-                    Stop::from(FsError::new(
-                        "open the workspace folder",
-                        &dir,
-                        settings.workspace.is_some().then_some(vars::WORKSPACE),
-                        e,
-                    ))
-                })?;
-                engine::run_builtin(&client, &toolbox, &settings.prompt, &settings.limits).await
-            }
-            EngineSettings::External(ext) => {
-                engine::run_external(
-                    ext,
-                    &dir,
-                    &settings.prompt,
-                    settings.limits.max_duration,
-                    redactor,
-                    &settings.child_env,
-                )
-                .await
-            }
-        })
-    };
-    let report: EngineReport = tokio::select! {
-        report = work => report?,
-        () = stop.cancelled() => {
-            tracing::warn!("told to stop: ending the work and pushing what it left");
-            EngineReport {
-                status: EngineStatus::LimitReached(STOPPED.into()),
-                summary: String::new(),
-                usage: Default::default(),
-                iterations: 0,
-            }
-        }
-    };
-    if matches!(settings.engine, EngineSettings::Builtin(_)) {
-        state.usage = Some(report.usage.clone());
-    }
+    let report = run_engine(
+        settings,
+        redactor,
+        &dir,
+        Ask {
+            system: engine::SYSTEM_PROMPT,
+            prompt: &settings.prompt,
+            tail: Tail::WORK,
+        },
+        stop,
+    )
+    .await?;
+    record_usage(settings, state, &report);
     tracing::info!(status = ?report.status, iterations = report.iterations, "work step ended");
-    let wip = match &report.status {
-        EngineStatus::Done => false,
-        EngineStatus::LimitReached(_) => true,
-        EngineStatus::CannotDo => {
-            let why = if report.summary.is_empty() {
-                "the engine declared it cannot do the task".into()
-            } else {
-                report.summary.clone()
-            };
-            return Err(Stop::gave_up(why));
-        }
-        EngineStatus::Failed { permanent, message } => {
-            return Err(if *permanent {
-                Stop::gave_up(message.clone())
-            } else {
-                Stop::failed(message.clone())
-            });
-        }
-    };
+    if let Some(stop) = engine_gave_out(&report) {
+        return Err(stop);
+    }
+    let wip = matches!(report.status, EngineStatus::LimitReached(_));
 
     // 4. Commit (before the tests, so their artifacts never land in the commit).
     let who = Identity {
@@ -756,6 +926,60 @@ mod tests {
         assert!(
             commit_message(None, "", None, 1, true).starts_with("WIP: recac: changes by recac\n")
         );
+    }
+
+    fn report(status: EngineStatus, summary: &str) -> EngineReport {
+        EngineReport {
+            status,
+            summary: summary.into(),
+            usage: Default::default(),
+            iterations: 1,
+        }
+    }
+
+    #[test]
+    fn a_planning_run_ends_with_the_plan_or_says_why_not() {
+        let redactor = Redactor::new(vec!["sk-planted-secret-0123".to_string()]);
+        let plan = planned(
+            &report(
+                EngineStatus::Done,
+                "\n  Files to change: a.txt (key sk-planted-secret-0123)\n",
+            ),
+            &redactor,
+        )
+        .unwrap_or_else(|s| panic!("{}", s.message));
+        assert!(plan.starts_with("Files to change: a.txt"), "{plan}");
+        assert!(!plan.contains("sk-planted-secret-0123") && plan.ends_with(')'));
+        let long = planned(&report(EngineStatus::Done, &"é".repeat(4000)), &redactor)
+            .unwrap_or_else(|s| panic!("{}", s.message));
+        assert!(long.len() <= recac_api::agent_contract::MAX_PLAN_BYTES);
+        assert!(long.ends_with("… (plan cut at 3000 bytes)"), "{long}");
+
+        let stop = |status, summary| match planned(&report(status, summary), &redactor) {
+            Ok(plan) => panic!("a plan: {plan}"),
+            Err(stop) => (stop.outcome, stop.message),
+        };
+        assert_eq!(
+            stop(EngineStatus::Done, " \n "),
+            (Outcome::Failed, "the engine wrote no plan".to_string())
+        );
+        let (outcome, message) = stop(EngineStatus::LimitReached(STOPPED.into()), "");
+        assert_eq!(outcome, Outcome::Failed);
+        assert!(
+            message.starts_with("stopped before the plan was written")
+                && message.contains("SIGTERM"),
+            "{message}"
+        );
+        assert_eq!(
+            stop(EngineStatus::CannotDo, "needs a database"),
+            (Outcome::GaveUp, "needs a database".to_string())
+        );
+        let failed = |permanent| EngineStatus::Failed {
+            permanent,
+            message: "the model refused the key".into(),
+        };
+        assert_eq!(stop(failed(true), "").0, Outcome::GaveUp);
+        assert_eq!(stop(failed(false), "").0, Outcome::Failed);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use recac_api::agent_contract::MODE_PLAN;
 use recac_api::agent_contract::env as contract;
 use recac_api::repo_host::HostScope;
 
@@ -100,6 +101,11 @@ pub const ENV_DOCS: &[(&str, &str, &str)] = &[
         contract::PROMPT_FILE,
         "-",
         "A file holding the prompt (wins over RECAC_PROMPT).",
+    ),
+    (
+        contract::MODE,
+        "unset: do the work",
+        "`plan`: a planning run: the engine reads the repository and writes a plan (reported as outcome `planned`); nothing is committed or pushed (set by the operator; read from the environment only).",
     ),
     (
         vars::ENGINE,
@@ -339,6 +345,34 @@ pub struct Limits {
     pub output_limit: usize,
 }
 
+/// What a run does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// The work: change, test, commit, push (`RECAC_MODE` unset or empty).
+    #[default]
+    Work,
+    /// A plan of the work, reported in the result; nothing is committed or pushed
+    /// (`RECAC_MODE=plan`).
+    Plan,
+}
+
+impl Mode {
+    /// The mode `RECAC_MODE` names; `None` (or only spaces) is [`Mode::Work`].
+    pub fn parse(raw: Option<&str>) -> Result<Self, SettingsError> {
+        match raw.map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(Mode::Work),
+            Some(v) if v.eq_ignore_ascii_case(MODE_PLAN) => Ok(Mode::Plan),
+            Some(other) => Err(SettingsError::Invalid {
+                var: contract::MODE.into(),
+                reason: format!(
+                    "`{other}` is not a mode: set it to `{}` for a planning run, or leave it unset (or empty) to do the work",
+                    MODE_PLAN
+                ),
+            }),
+        }
+    }
+}
+
 /// Whether to open a pull request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PullRequestMode {
@@ -357,6 +391,8 @@ pub struct Settings {
     pub branch: Option<String>,
     pub ticket: Option<String>,
     pub prompt: String,
+    /// The work, or a plan of it.
+    pub mode: Mode,
     pub engine: EngineSettings,
     pub limits: Limits,
     pub git_token: Option<String>,
@@ -453,6 +489,8 @@ impl Settings {
             });
         }
 
+        // The mode is the operator's: read from the environment only, never a Secret.
+        let mode = Mode::parse(lookup(contract::MODE).as_deref())?;
         let attempt = parse_num(&get, contract::ATTEMPT, 1u32)?;
         let limits = Limits {
             max_iterations: parse_num(&get, vars::MAX_ITERATIONS, 50u32)?,
@@ -587,6 +625,7 @@ impl Settings {
             branch: get(contract::BRANCH),
             ticket: get(contract::TICKET),
             prompt,
+            mode,
             engine,
             limits,
             git_token: get(vars::GIT_TOKEN).or_else(|| get(vars::GITHUB_TOKEN)),
@@ -995,6 +1034,46 @@ mod tests {
     }
 
     #[test]
+    fn the_mode_is_work_unless_plan_is_asked_for() {
+        assert_eq!(settings(BASE).unwrap().mode, Mode::Work);
+        for (value, mode) in [
+            ("", Mode::Work),
+            ("  ", Mode::Work),
+            ("plan", Mode::Plan),
+            (" Plan ", Mode::Plan),
+        ] {
+            let mut v = BASE.to_vec();
+            v.push(("RECAC_MODE", value));
+            assert_eq!(settings(&v).unwrap().mode, mode, "{value:?}");
+        }
+        for value in ["bogus", "work", "planning"] {
+            let mut v = BASE.to_vec();
+            v.push(("RECAC_MODE", value));
+            let err = settings(&v).unwrap_err();
+            assert!(
+                matches!(&err, SettingsError::Invalid { var, .. } if var == "RECAC_MODE"),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains("RECAC_MODE") && text.contains(value) && text.contains("`plan`"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_mode_is_never_read_from_a_secret() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("s")).unwrap();
+        std::fs::write(root.path().join("s/RECAC_MODE"), "plan").unwrap();
+        let dir = root.path().display().to_string();
+        let mut v = BASE.to_vec();
+        v.push(("RECAC_SECRETS_DIR", dir.as_str()));
+        assert_eq!(settings(&v).unwrap().mode, Mode::Work);
+    }
+
+    #[test]
     fn anthropic_and_external_and_aliases() {
         let s = settings(&[
             ("RECAC_REPO_URL", "file:///r"),
@@ -1269,7 +1348,7 @@ mod tests {
         assert!(names.contains(&vars::SECRETS_DIR) && names.contains(&vars::SECRET_ENV_ALLOW));
         assert!(names.contains(&vars::SECRETS_SOCKET));
         assert!(names.contains(&vars::TEST_COMMAND));
-        assert!(names.contains(&vars::RESULT_PATH));
+        assert!(names.contains(&vars::RESULT_PATH) && names.contains(&vars::MODE));
         assert!(names.contains(&vars::SSH_KNOWN_HOSTS) && names.contains(&vars::SSH_PRIVATE_KEY));
     }
 }

@@ -1187,3 +1187,324 @@ async fn programs_the_model_plants_in_the_checkout_never_see_the_git_token() {
         );
     }
 }
+
+/// The plan the scripted model writes.
+const PLAN: &str = "Files to change: value.txt (the value).\nApproach: set the value to 2.\nTest plan: run make test.";
+
+#[tokio::test]
+async fn a_planning_run_reports_the_plan_and_pushes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let before = remote_state(&bare);
+    // The model changes and even commits a file, against its instructions, and repeats a
+    // secret in its plan.
+    let commit =
+        "git add -A && git -c user.name=m -c user.email=m@example.com commit --quiet -m sneaky";
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call("read_file", json!({"path": "value.txt"})),
+            call(
+                "write_file",
+                json!({"path": "value.txt", "content": "value = 2\n"}),
+            ),
+            call("run_command", json!({ "command": commit })),
+            call(
+                "finish",
+                json!({"status": "done", "summary": format!("\n{PLAN}\nKey: {KEY}\n")}),
+            ),
+        ],
+    )
+    .await;
+    let url = file_url(&bare);
+    // A test program the image lacks: not checked, nothing is tested.
+    let vars = openai_vars(
+        &sim,
+        &url,
+        &[
+            ("RECAC_MODE", "plan"),
+            ("RECAC_TEST_COMMAND", "recac-no-such-tool --check"),
+        ],
+    );
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Planned, 0),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert_eq!(
+        result.plan.as_deref(),
+        Some(format!("{PLAN}\nKey: [REDACTED]").as_str())
+    );
+    assert_eq!(
+        result.summary.as_deref(),
+        Some("wrote a plan; nothing was committed or pushed")
+    );
+    assert_eq!(result.branch.as_deref(), Some("recac/PROJ-1"));
+    assert_eq!(
+        (
+            &result.commit,
+            &result.pull_request_url,
+            result.tests_passed
+        ),
+        (&None, &None, None)
+    );
+    assert_eq!(result.token_usage.unwrap().input_tokens, 400);
+    assert!(!ran.logs.contains(KEY) && !ran.result_file.contains(KEY));
+    // Nothing reached the remote: no branch, no commit.
+    assert_eq!(remote_state(&bare), before);
+    assert!(remote_head(&bare, "recac/PROJ-1").is_none());
+    // The model was asked for a plan, with the task.
+    let first: serde_json::Value = serde_json::from_str(&sim.requests()[0]).unwrap();
+    let system = first["messages"][0]["content"].as_str().unwrap_or_default();
+    let prompt = first["messages"][1]["content"].as_str().unwrap_or_default();
+    assert_eq!(system, recac_agent::plan::SYSTEM_PROMPT);
+    assert!(
+        prompt.starts_with(recac_agent::plan::PLANNING_MARKER)
+            && prompt.contains("Set the value in value.txt to 2."),
+        "{prompt}"
+    );
+    // What the model changed stays in the thrown-away workspace.
+    let workspace = ran.out.workspace.clone().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("value.txt")).unwrap(),
+        "value = 2\n"
+    );
+    assert_eq!(git(&workspace, &["log", "-1", "--format=%s"]), "sneaky");
+}
+
+#[tokio::test]
+async fn a_planning_run_sees_the_existing_branch_and_pushes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let earlier = push_branch(root.path(), &bare, "feature/x", "progress.txt", "halfway\n");
+    let before = remote_state(&bare);
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call("read_file", json!({"path": "progress.txt"})),
+            call(
+                "edit_file",
+                json!({"path": "progress.txt", "old_text": "halfway", "new_text": "done"}),
+            ),
+            finish("Files to change: value.txt, progress.txt (continuing the earlier work)."),
+        ],
+    )
+    .await;
+    let url = file_url(&bare);
+    let ran = run_with(
+        root.path(),
+        &openai_vars(
+            &sim,
+            &url,
+            &[("RECAC_BRANCH", "feature/x"), ("RECAC_MODE", "plan")],
+        ),
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Planned, 0),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert_eq!(result.branch.as_deref(), Some("feature/x"));
+    assert!(result.plan.unwrap().contains("continuing the earlier work"));
+    // The model read the earlier run's file: the branch was checked out.
+    assert!(sim.requests()[1].contains("halfway"));
+    let workspace = ran.out.workspace.clone().unwrap();
+    assert_eq!(
+        git(&workspace, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        "feature/x"
+    );
+    assert_eq!(git(&workspace, &["rev-parse", "HEAD"]), earlier);
+    // The remote is as it was.
+    assert_eq!(remote_state(&bare), before);
+    assert_eq!(
+        remote_head(&bare, "feature/x").as_deref(),
+        Some(earlier.as_str())
+    );
+    assert_eq!(show(&bare, "feature/x", "progress.txt"), "halfway");
+}
+
+#[tokio::test]
+async fn a_long_plan_is_cut_to_fit_the_result() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let long = "Step: change \"value.txt\" line by line.\n".repeat(200);
+    let sim = LlmSim::start(
+        KEY,
+        vec![call(
+            "finish",
+            json!({"status": "done", "summary": long.clone()}),
+        )],
+    )
+    .await;
+    let url = file_url(&bare);
+    let ran = run_with(
+        root.path(),
+        &openai_vars(&sim, &url, &[("RECAC_MODE", "plan")]),
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(result.outcome, Outcome::Planned, "{}", ran.logs);
+    let plan = result.plan.unwrap();
+    assert!(plan.len() <= recac_api::agent_contract::MAX_PLAN_BYTES);
+    let kept = plan
+        .strip_suffix("… (plan cut at 3000 bytes)")
+        .expect("the cut is noted");
+    assert!(
+        long.starts_with(kept) && kept.len() > 2900,
+        "{}",
+        kept.len()
+    );
+    assert!(result.summary.is_some() && result.branch.is_some());
+}
+
+#[tokio::test]
+async fn a_planning_run_without_its_plan_pushes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    let before = remote_state(&bare);
+    let plan_vars = |sim| openai_vars(sim, &url, &[("RECAC_MODE", "plan")]);
+
+    // An empty plan: retryable.
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call(
+                "write_file",
+                json!({"path": "value.txt", "content": "value = 2\n"}),
+            ),
+            finish("  \n "),
+        ],
+    )
+    .await;
+    let ran = run_with(root.path(), &plan_vars(&sim)).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Failed, 1),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert_eq!(result.summary.as_deref(), Some("the engine wrote no plan"));
+    assert_eq!(result.plan, None);
+
+    // The model declares the task impossible: gave up.
+    let sim = LlmSim::start(
+        KEY,
+        vec![call(
+            "finish",
+            json!({"status": "cannot_do", "summary": "needs a database"}),
+        )],
+    )
+    .await;
+    let ran = run_with(root.path(), &plan_vars(&sim)).await;
+    let result = parsed(&ran);
+    assert_eq!((result.outcome, ran.out.exit_code), (Outcome::GaveUp, 3));
+    assert_eq!(result.summary.as_deref(), Some("needs a database"));
+
+    // Told to stop while planning (after changing a file): retryable, nothing pushed.
+    let marker = root.path().join("planning");
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call(
+                "write_file",
+                json!({"path": "value.txt", "content": "value = 2\n"}),
+            ),
+            call(
+                "run_command",
+                json!({"command": format!("touch {}; sleep 120", marker.display())}),
+            ),
+            finish("never reached"),
+        ],
+    )
+    .await;
+    let vars = plan_vars(&sim);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopper = stop_when_exists(marker, stop.clone());
+    let (ran, stopped_at) = tokio::join!(run_stoppable(root.path(), &vars, stop), stopper);
+    assert!(stopped_at.elapsed() < std::time::Duration::from_secs(10));
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Failed, 1),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let summary = result.summary.unwrap_or_default();
+    assert!(
+        summary.starts_with("stopped before the plan was written") && summary.contains("SIGTERM"),
+        "{summary}"
+    );
+    assert_eq!((result.commit, result.plan), (None, None));
+
+    assert_eq!(remote_state(&bare), before);
+}
+
+#[tokio::test]
+async fn an_external_engine_plans_from_the_planning_prompt() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let before = remote_state(&bare);
+    let url = file_url(&bare);
+    // The CLI sees the planning prompt, changes a file anyway, logs, then prints its plan.
+    let script = format!(
+        "grep -qF '{}' \"$RECAC_PROMPT_FILE\" || exit 1; echo 'value = 2' > value.txt; echo 'reading the repository...'; printf '%s\\n' 'Files to change: value.txt' 'Approach: set 2' 'Test plan: make test'",
+        recac_agent::plan::PLANNING_MARKER
+    );
+    let args = json!(["-c", script]).to_string();
+    let ran = run_with(
+        root.path(),
+        &[
+            ("RECAC_REPO_URL", &url),
+            ("RECAC_PROMPT", "Set the value to 2."),
+            ("RECAC_TICKET", "EXT-9"),
+            ("RECAC_AGENT_COMMAND", "sh"),
+            ("RECAC_AGENT_ARGS", &args),
+            ("RECAC_MODE", "plan"),
+        ],
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Planned, 0),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert_eq!(
+        result.plan.as_deref(),
+        Some(
+            "reading the repository...\nFiles to change: value.txt\nApproach: set 2\nTest plan: make test"
+        )
+    );
+    assert_eq!(result.branch.as_deref(), Some("recac/EXT-9"));
+    assert_eq!(remote_state(&bare), before);
+}
+
+#[test]
+fn an_unknown_mode_is_an_error_naming_the_key() {
+    let vars = [
+        ("RECAC_REPO_URL", "file:///r.git"),
+        ("RECAC_PROMPT", "x"),
+        ("RECAC_AGENT_COMMAND", "true"),
+        ("RECAC_MODE", "bogus"),
+    ];
+    let err = recac_agent::Settings::from_lookup(|k| {
+        vars.iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.to_string())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("RECAC_MODE") && err.contains("bogus") && err.contains("`plan`"),
+        "{err}"
+    );
+}

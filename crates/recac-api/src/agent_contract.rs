@@ -26,6 +26,10 @@ pub mod env {
     pub const PROVIDER: &str = "RECAC_PROVIDER";
     /// The model name.
     pub const MODEL: &str = "RECAC_MODEL";
+    /// `plan` for a planning run (`spec.approval: plan`): the agent writes a plan and
+    /// changes, commits and pushes nothing; it reports outcome `planned` with the plan.
+    /// Unset: the agent does the work.
+    pub const MODE: &str = "RECAC_MODE";
     /// Where the result JSON is written.
     pub const RESULT_PATH: &str = "RECAC_RESULT_PATH";
     /// The folder under which each Secret named in `secretRefs` is mounted read-only as
@@ -83,6 +87,17 @@ pub const BROKER_CONTAINER_NAME: &str = "secrets";
 /// Kubernetes keeps at most this many bytes of a container's termination message.
 pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 
+/// The value of [`env::MODE`] for a planning run.
+pub const MODE_PLAN: &str = "plan";
+
+/// The first words of the prompt the agent gives its model in a planning run (a model
+/// simulator tells a planning conversation by them).
+pub const PLANNING_MARKER: &str = "[recac: planning run]";
+
+/// The longest plan an agent reports, in bytes: the result, plan included, must fit the
+/// termination message.
+pub const MAX_PLAN_BYTES: usize = 3000;
+
 /// How an agent run ended.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -97,6 +112,8 @@ pub enum Outcome {
     Failed,
     /// A failure another attempt would repeat.
     GaveUp,
+    /// A planning run wrote its plan (in [`AgentResult::plan`]); nothing was pushed.
+    Planned,
 }
 
 /// Tokens the engine spent.
@@ -124,6 +141,9 @@ pub struct AgentResult {
     pub summary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_usage: Option<TokenUsage>,
+    /// A planning run's plan (at most [`MAX_PLAN_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// How the agent container of a finished pod ended.

@@ -40,6 +40,17 @@ pub mod annotations {
     pub const STOP: &str = "recac.io/stop";
     /// Who asked to stop, for people (a display name).
     pub const STOP_BY: &str = "recac.io/stop-by";
+    /// The decision on a planning run's plan (`spec.approval: plan`), set by the source
+    /// controller when an allowed user answers on the ticket, or by a person with
+    /// `kubectl annotate`: [`APPROVED`] ends the task `Succeeded` (reason
+    /// [`PLAN_APPROVED`](super::reasons::PLAN_APPROVED)), [`REJECTED`] ends it `Failed`
+    /// (reason [`PLAN_REJECTED`](super::reasons::PLAN_REJECTED)). Read only while the task
+    /// is `AwaitingApproval`.
+    pub const APPROVAL: &str = "recac.io/approval";
+    pub const APPROVED: &str = "approved";
+    pub const REJECTED: &str = "rejected";
+    /// Who decided on the plan, for people (a display name).
+    pub const APPROVAL_BY: &str = "recac.io/approval-by";
 }
 
 /// Condition reasons that more than one controller reads.
@@ -49,6 +60,10 @@ pub mod reasons {
     /// `Queued`'s reason while an earlier run of the same ticket is unfinished: runs of a
     /// ticket share its branch, so they run one after another.
     pub const PREVIOUS_RUN: &str = "PreviousRunActive";
+    /// `Succeeded`'s reason for a planning run whose plan was approved.
+    pub const PLAN_APPROVED: &str = "PlanApproved";
+    /// `Failed`'s reason for a planning run whose plan was rejected.
+    pub const PLAN_REJECTED: &str = "PlanRejected";
 }
 
 /// Labels that more than one controller reads.
@@ -64,6 +79,9 @@ pub mod conditions {
     /// The task's ticket was claimed in Jira by the source that created it (True), written
     /// by the task controller with the task's first status.
     pub const CLAIMED: &str = "Claimed";
+    /// A planning run (`spec.approval: plan`) wrote its plan (True, reason `PlanWritten`):
+    /// the plan is in `status.plan`.
+    pub const PLAN_READY: &str = "PlanReady";
 }
 
 /// One AI coding-agent run for one ticket or prompt: the operator turns it into a Job per
@@ -127,6 +145,23 @@ pub struct AgentTaskSpec {
     /// When true, no new attempt is dispatched and a running Job is suspended.
     #[serde(default)]
     pub suspend: bool,
+
+    /// `plan` makes this task a planning run: the agent reads the repository and writes a
+    /// plan (files to change, approach, test plan) without changing or pushing anything; the
+    /// plan lands in `status.plan` and the task waits in phase `AwaitingApproval` until the
+    /// `recac.io/approval` annotation says `approved` or `rejected`. The implementation is
+    /// another task (the source controller creates it when the plan is approved on the
+    /// ticket). Unset: the agent does the work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// What must be approved before a task's work is pushed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Approval {
+    /// A plan: the task only plans, and waits for its plan to be approved.
+    Plan,
 }
 
 fn default_max_retries() -> i32 {
@@ -286,12 +321,19 @@ pub enum TaskPhase {
     Succeeded,
     /// The last attempt failed and no retries are left, or the agent gave up.
     Failed,
+    /// A planning run (`spec.approval: plan`) wrote its plan (`status.plan`), which waits for
+    /// approval. No Job runs for it; the `recac.io/approval` annotation ends it.
+    AwaitingApproval,
 }
 
 impl TaskPhase {
-    /// Succeeded and Failed are final.
+    /// No Job runs for the task any more: Succeeded and Failed are final, and a plan that
+    /// waits for approval is the planning run's end (its decision only settles the phase).
     pub fn is_finished(self) -> bool {
-        matches!(self, TaskPhase::Succeeded | TaskPhase::Failed)
+        matches!(
+            self,
+            TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::AwaitingApproval
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -300,6 +342,7 @@ impl TaskPhase {
             TaskPhase::Running => "Running",
             TaskPhase::Succeeded => "Succeeded",
             TaskPhase::Failed => "Failed",
+            TaskPhase::AwaitingApproval => "AwaitingApproval",
         }
     }
 }
@@ -308,7 +351,7 @@ impl TaskPhase {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentTaskStatus {
-    /// Where the task is in its life: Pending, Running, Succeeded or Failed.
+    /// Where the task is in its life: Pending, Running, Succeeded, Failed or AwaitingApproval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<TaskPhase>,
 
@@ -335,6 +378,10 @@ pub struct AgentTaskStatus {
     /// The pull request the agent opened or reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_request_url: Option<String>,
+
+    /// The plan a planning run (`spec.approval: plan`) wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 
     /// A human-readable account of the latest transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]

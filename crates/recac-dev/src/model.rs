@@ -7,6 +7,10 @@
 //! gets the line without its final punctuation the first time (the file does not exist
 //! yet), so the repository's test fails and the task's retry, which finds the file,
 //! fixes it. Every summary it writes starts with `[demo model]`.
+//!
+//! In a planning run (the agent's planning prompt, which opens with [`PLANNING_MARKER`]) it
+//! reads the file and calls `finish` with a plan instead, starting with `[demo model] plan:`,
+//! that names the file and the line it would write; it writes nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +29,8 @@ use crate::demo::FIRST_ATTEMPT_FAILS;
 
 /// The model name the demo configuration uses.
 pub const MODEL_NAME: &str = "recac-demo-model";
+
+pub use recac_api::agent_contract::PLANNING_MARKER;
 
 /// One reply of the demo model: a tool call.
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +126,9 @@ pub fn next_step(messages: &[Value]) -> ToolCall {
             json!({"status": "cannot_do", "summary": "[demo model] the ticket has no `File:` and `Line:` lines; the demo model only writes a line into a file"}),
         );
     };
+    if prompt.contains(PLANNING_MARKER) {
+        return plan_step(&request, last_tool_exchange(messages));
+    }
     match last_tool_exchange(messages) {
         None => call("read_file", json!({"path": request.path})),
         Some((tool, answer)) if tool == "read_file" => {
@@ -152,6 +161,29 @@ pub fn next_step(messages: &[Value]) -> ToolCall {
             json!({"status": "cannot_do", "summary": format!("[demo model] {tool} failed: {answer}")}),
         ),
     }
+}
+
+/// The next step of a planning run: read the file, then finish with the plan.
+fn plan_step(request: &Request, last: Option<(String, String)>) -> ToolCall {
+    let Some((_, answer)) = last else {
+        return call("read_file", json!({"path": request.path}));
+    };
+    let now = if answer.starts_with("error:") {
+        "does not exist yet: add it".to_string()
+    } else if answer.trim_end() == request.line {
+        "already holds the line: nothing to change".to_string()
+    } else {
+        format!("has {} line(s): replace them", answer.lines().count())
+    };
+    let plan = format!(
+        "[demo model] plan: write {line:?} to {path}.\n\
+         Files to change: {path} ({now}).\n\
+         Approach: write the file with the single line {line:?}.\n\
+         Test plan: run the repository's tests (`make test`) and see them pass.",
+        line = request.line,
+        path = request.path,
+    );
+    call("finish", json!({"status": "done", "summary": plan}))
 }
 
 #[derive(Clone)]
@@ -313,6 +345,39 @@ mod tests {
         let mut done = vec![user(&prompt)];
         done.extend(exchange("read_file", "Bye!\n"));
         assert_eq!(next_step(&done).name, "finish");
+    }
+
+    #[test]
+    fn a_planning_run_reads_then_finishes_with_a_plan() {
+        let prompt = format!(
+            "{PLANNING_MARKER} Write a plan for the task below.\n\nThe task:\n\n{PROMPT}\n{FIRST_ATTEMPT_FAILS}"
+        );
+        let mut messages = vec![json!({"role": "system", "content": "s"}), user(&prompt)];
+        let read = next_step(&messages);
+        assert_eq!(
+            (read.name, &read.arguments),
+            ("read_file", &json!({"path": "greetings/bye.txt"}))
+        );
+        for (answer, says) in [
+            ("error: cannot read: No such file", "does not exist yet"),
+            ("Hello\n", "has 1 line(s)"),
+            ("Bye!\n", "already holds the line"),
+        ] {
+            let mut run = messages.clone();
+            run.extend(exchange("read_file", answer));
+            let finish = next_step(&run);
+            assert_eq!(finish.name, "finish");
+            assert_eq!(finish.arguments["status"], "done");
+            let plan = finish.arguments["summary"].as_str().unwrap_or_default();
+            assert!(
+                plan.starts_with("[demo model] plan: write \"Bye!\" to greetings/bye.txt"),
+                "{plan}"
+            );
+            assert!(plan.contains(says) && plan.contains("Test plan"), "{plan}");
+        }
+        // Nothing is ever written in a planning run.
+        messages.extend(exchange("list_files", "greetings/world.txt"));
+        assert_eq!(next_step(&messages).name, "finish");
     }
 
     #[test]

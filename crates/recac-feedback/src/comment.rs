@@ -110,6 +110,22 @@ fn escape_wiki(text: &str) -> String {
     out
 }
 
+/// Preformatted text with every `{noformat` (in any case) spaced out: a literal closing tag
+/// inside would end the block early, and what follows it would be read as markup.
+fn defuse_noformat(text: &str) -> String {
+    // ASCII lowercasing keeps every byte where it was.
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for (at, _) in lower.match_indices("{noformat") {
+        out.push_str(&text[from..at]);
+        out.push_str("{ ");
+        from = at + 1;
+    }
+    out.push_str(&text[from..]);
+    out
+}
+
 fn paragraph_adf(inlines: &[Inline]) -> Option<Value> {
     let mut content = Vec::new();
     for inline in inlines {
@@ -188,8 +204,7 @@ impl Comment {
                         .join("\n"),
                 ),
                 Block::CodeBlock(text) => {
-                    // A literal closing tag inside would end the block early.
-                    let text = clean(text).replace("{noformat}", "{ noformat}");
+                    let text = defuse_noformat(&clean(text));
                     parts.push(format!("{{noformat}}\n{text}\n{{noformat}}"));
                 }
             }
@@ -236,8 +251,9 @@ mod tests {
             ],
             vec![Inline::Code("recac/OPS-1".into())],
         ]));
-        c.blocks
-            .push(Block::CodeBlock("line {noformat}\nend".into()));
+        c.blocks.push(Block::CodeBlock(
+            "line {noformat}\n{NoFormat:title=x} end".into(),
+        ));
         c.paragraph(vec![Inline::Link {
             text: "recac".into(),
             href: marker("u-1", "failed/1"),
@@ -274,7 +290,7 @@ mod tests {
         );
         assert!(wiki.contains("{{recac/OPS-1}}"), "{wiki}");
         assert!(
-            wiki.contains("{noformat}\nline { noformat}\nend\n{noformat}"),
+            wiki.contains("{noformat}\nline { noformat}\n{ NoFormat:title=x} end\n{noformat}"),
             "{wiki}"
         );
         let body = Value::String(wiki);

@@ -51,6 +51,12 @@ pub struct FeedbackConfig {
     pub retry_seconds: u64,
     /// The longest wait between deliveries of one report.
     pub max_retry_seconds: u64,
+    /// What happens to the ticket when a planning run (`spec.approval: plan`) has written its
+    /// plan, which waits for approval on the ticket: e.g. a transition to a review status.
+    /// Default: nothing. Applied once, with the plan's report; not to a plan that was
+    /// approved or rejected before it was reported (its review is over). A decided plan
+    /// never gets `succeeded` or `failed`: those are for the run that implements it.
+    pub planned: TicketActions,
     /// What happens to the ticket when a task succeeds.
     pub succeeded: TicketActions,
     /// ... when it fails.
@@ -58,7 +64,8 @@ pub struct FeedbackConfig {
     /// ... when it is deleted or suspended by a person while it runs, or stopped on its
     /// ticket.
     pub cancelled: TicketActions,
-    /// The first paragraph of each comment (see [`crate::template::PLACEHOLDERS`]).
+    /// The first paragraph of each comment (see [`crate::template::PLACEHOLDERS`]); with a
+    /// live comment, the words after the run's number.
     pub templates: Templates,
     /// Templates for the tasks of one source (the task's `recac.io/source` label), by source
     /// name; what a source leaves unset comes from `templates`.
@@ -79,6 +86,7 @@ impl Default for FeedbackConfig {
             workers: 4,
             retry_seconds: 5,
             max_retry_seconds: 300,
+            planned: TicketActions::default(),
             succeeded: TicketActions::default(),
             failed: TicketActions::default(),
             cancelled: TicketActions::default(),
@@ -110,6 +118,10 @@ impl TicketActions {
 pub struct Templates {
     pub picked_up: Option<String>,
     pub retrying: Option<String>,
+    /// A planning run's plan waits for approval (built in: "recac wrote a plan for this
+    /// ticket and waits for approval."; live: "Run N wrote a plan and waits for approval.").
+    /// The plan and how to answer it follow the headline.
+    pub planned: Option<String>,
     pub succeeded: Option<String>,
     pub failed: Option<String>,
     pub cancelled: Option<String>,
@@ -122,16 +134,18 @@ impl Templates {
         Templates {
             picked_up: pick(&self.picked_up, &fallback.picked_up),
             retrying: pick(&self.retrying, &fallback.retrying),
+            planned: pick(&self.planned, &fallback.planned),
             succeeded: pick(&self.succeeded, &fallback.succeeded),
             failed: pick(&self.failed, &fallback.failed),
             cancelled: pick(&self.cancelled, &fallback.cancelled),
         }
     }
 
-    fn entries(&self) -> [(&'static str, &Option<String>); 5] {
+    fn entries(&self) -> [(&'static str, &Option<String>); 6] {
         [
             ("pickedUp", &self.picked_up),
             ("retrying", &self.retrying),
+            ("planned", &self.planned),
             ("succeeded", &self.succeeded),
             ("failed", &self.failed),
             ("cancelled", &self.cancelled),
@@ -193,6 +207,7 @@ impl FeedbackConfig {
             ));
         }
         for (name, actions) in [
+            ("planned", &self.planned),
             ("succeeded", &self.succeeded),
             ("failed", &self.failed),
             ("cancelled", &self.cancelled),
@@ -281,6 +296,19 @@ mod tests {
                 "succeeded: {transition: ' '}",
                 "feedback.succeeded.transition",
             ),
+            ("planned: {transition: ''}", "feedback.planned.transition"),
+            (
+                "planned: {removeLabels: [recac-agent, '']}",
+                "feedback.planned.removeLabels[1]",
+            ),
+            (
+                "templates: {planned: 'plan of {nope}'}",
+                "feedback.templates.planned",
+            ),
+            (
+                "sourceTemplates: {ops: {planned: '{ticket'}}",
+                "feedback.sourceTemplates.ops.planned",
+            ),
             (
                 "templates: {failed: 'x {nope}'}",
                 "feedback.templates.failed",
@@ -301,6 +329,15 @@ mod tests {
         }
         let unknown = serde_saphyr::from_str::<FeedbackConfig>("commentOnRetries: true");
         assert!(unknown.is_err());
+        for yaml in [
+            "planned: {transition: Plan Review, addLabel: [x]}",
+            "templates: {plan: 'x'}",
+        ] {
+            assert!(
+                serde_saphyr::from_str::<FeedbackConfig>(yaml).is_err(),
+                "{yaml}"
+            );
+        }
     }
 
     #[test]
@@ -335,6 +372,23 @@ mod tests {
             Some("global ok")
         );
         assert_eq!(config.templates_for(None), config.templates);
+    }
+
+    #[test]
+    fn the_plan_has_its_own_actions_and_template_and_none_by_default() {
+        let config = FeedbackConfig::default();
+        assert!(config.planned.is_empty());
+        assert_eq!(config.templates.planned, None);
+        let config = parse(
+            "planned: {transition: Plan Review, addLabels: [recac-plan]}\ntemplates: {planned: 'Plan for {ticket} (attempt {attempt})'}\nsourceTemplates: {ops: {succeeded: ops ok}}",
+        );
+        config.validate("feedback").expect("valid");
+        assert_eq!(config.planned.transition.as_deref(), Some("Plan Review"));
+        assert_eq!(config.planned.add_labels, ["recac-plan"]);
+        assert_eq!(
+            config.templates_for(Some("ops")).planned.as_deref(),
+            Some("Plan for {ticket} (attempt {attempt})")
+        );
     }
 
     #[test]

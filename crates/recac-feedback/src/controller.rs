@@ -156,7 +156,7 @@ pub struct FeedbackController {
     pub(crate) tasks: Cache<AgentTask>,
     pub(crate) jira: JiraClient,
     pub(crate) config: FeedbackConfig,
-    redactor: LogRedactor,
+    pub(crate) redactor: LogRedactor,
     pub(crate) metrics: FeedbackMetrics,
     reconciles: ReconcileMetrics,
     events: EventPublisher,
@@ -486,7 +486,10 @@ pub(crate) async fn facts_for(
     } else {
         (None, Log::NotRead)
     };
-    let facts = observe::facts(task, report, &c.config, result, log, deleted);
+    let mut facts = observe::facts(task, report, &c.config, result, log, deleted);
+    if report.kind == ReportKind::Planned {
+        facts.plan = observe::plan_text(task, &c.redactor);
+    }
     if let Ok(mut all) = ctx.facts.lock() {
         all.insert(key, facts.clone());
     }
@@ -570,9 +573,21 @@ pub(crate) async fn update_ticket(
     ctx: &TermContext,
 ) -> Result<TicketUpdate, FeedbackError> {
     let c = &ctx.controller;
+    if report.kind == ReportKind::Planned
+        && let Some(decided) = report::plan_state(task).filter(|p| p.is_settled())
+    {
+        let verdict = if decided == report::PlanState::Approved {
+            "approved"
+        } else {
+            "rejected"
+        };
+        return Ok(TicketUpdate::Done(format!(
+            "the plan was {verdict} before it was reported: feedback.planned is not applied"
+        )));
+    }
     let (Some(ticket), Some(actions)) = (
         jira_ticket(task),
-        plan::ticket_actions(&c.config, report.kind),
+        plan::actions_for(&c.config, task, report.kind),
     ) else {
         return Ok(TicketUpdate::Done("nothing configured".into()));
     };
@@ -704,7 +719,7 @@ async fn record(
     update: Option<TicketUpdate>,
     ctx: &TermContext,
 ) -> Result<(), FeedbackError> {
-    let has_actions = plan::ticket_actions(&ctx.controller.config, report.kind).is_some();
+    let has_actions = plan::actions_for(&ctx.controller.config, task, report.kind).is_some();
     write_owned(task, ctx, |owned, generation| {
         owned.record_delivery(
             report,

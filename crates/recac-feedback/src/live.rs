@@ -2,7 +2,9 @@
 //!
 //! One comment per ticket shows every run, newest last, each with where it is; a run whose
 //! attempt's pod was read (its outcome is being told now) shows its full results, and the
-//! latest failed one of those its log tail. The comment ends with the commands people may
+//! latest failed one of those its log tail. A planning run whose plan waits shows the plan
+//! (as text, never as markup) and how to answer it; once it is decided, who decided, and the
+//! run that follows has its own entry. The comment ends with the commands people may
 //! write and a marker link whose target names the ticket and the version of the text: the
 //! marker finds the comment again after a restart, and the version says whether what is
 //! wanted is already written.
@@ -54,7 +56,8 @@ pub fn written_version(body: &Value, prefix: &str) -> Option<String> {
         Value::Object(_) | Value::Array(_) => (body.to_string(), '"', '"'),
         _ => return None,
     };
-    let start = text.find(&format!("{opening}{prefix}"))? + opening.len_utf8() + prefix.len();
+    // The last one: the footer's (quoted agent output above it may hold look-alikes).
+    let start = text.rfind(&format!("{opening}{prefix}"))? + opening.len_utf8() + prefix.len();
     let rest = &text[start..];
     let version = &rest[..rest.find(closing)?];
     (!version.is_empty()).then(|| version.to_string())
@@ -97,6 +100,9 @@ fn progress_words(state: &RunState, facts: &Facts) -> String {
             None => "ended before it ran".into(),
         },
         // A finished run is told in its outcome's words when it has one (see `run_blocks`).
+        RunState::AwaitingApproval { .. } => "wrote a plan; it waits for approval".into(),
+        RunState::PlanApproved { .. } => "its plan was approved".into(),
+        RunState::PlanRejected { .. } => "its plan was rejected".into(),
         RunState::Succeeded { .. } => "succeeded".into(),
         RunState::Failed { .. } => "failed".into(),
         RunState::Cancelled { .. } => "cancelled".into(),
@@ -138,17 +144,57 @@ fn where_it_is(facts: &Facts) -> Vec<Vec<Inline>> {
     items
 }
 
-/// One run's blocks: a title line, then what is known of it.
-fn run_blocks(run: &RunView) -> Vec<Block> {
+/// The run's number, linked to its outcome's marker when it has one.
+fn title(run: &RunView) -> Inline {
     let title = format!("Run {}", run.number);
-    let facts = &run.facts;
-    let mut line = match &run.outcome {
-        Some(outcome) => vec![Inline::Link {
+    match &run.outcome {
+        Some(outcome) => Inline::Link {
             text: title,
-            href: marker(&facts.uid, &outcome.key()),
-        }],
-        None => vec![Inline::Strong(title)],
+            href: marker(&run.facts.uid, &outcome.key()),
+        },
+        None => Inline::Strong(title),
+    }
+}
+
+/// A planning run's blocks: that its plan waits, then the plan and how to answer it; or who
+/// decided on it (the run that follows it has its own entry). `show_plan`: the plan's text
+/// is shown here (it is for the newest plan only, so that the comment fits).
+fn plan_run_blocks(run: &RunView, show_plan: bool) -> Vec<Block> {
+    let facts = &run.facts;
+    let mut line = vec![title(run)];
+    let decided = |verdict: &str| {
+        let by = facts
+            .approval_by
+            .as_ref()
+            .map(|who| format!(" by {who}"))
+            .unwrap_or_default();
+        Inline::Text(format!("'s plan was {verdict}{by}."))
     };
+    match &run.state {
+        RunState::PlanApproved { .. } => line.push(decided("approved")),
+        RunState::PlanRejected { .. } => line.push(decided("rejected")),
+        _ => match run
+            .outcome
+            .and_then(|o| render::configured_headline(facts, &o, &run.templates))
+        {
+            Some(words) => line.push(Inline::Text(format!(": {words}"))),
+            None => line.push(Inline::Text(" wrote a plan and waits for approval.".into())),
+        },
+    }
+    let mut blocks = vec![Block::Paragraph(line)];
+    if show_plan {
+        blocks.extend(render::plan_blocks(facts));
+    }
+    blocks
+}
+
+/// One run's blocks: a title line, then what is known of it.
+fn run_blocks(run: &RunView, show_plan: bool) -> Vec<Block> {
+    if run.state.has_plan() {
+        return plan_run_blocks(run, show_plan);
+    }
+    let facts = &run.facts;
+    let mut line = vec![title(run)];
     let words = match &run.outcome {
         Some(outcome) => render::headline(facts, outcome, &run.templates),
         None => progress_words(&run.state, facts),
@@ -236,9 +282,15 @@ pub fn render(ticket: &TicketKey, runs: &[RunView]) -> LiveText {
     let quoted = shown
         .iter()
         .rposition(|run| run.detailed && run.outcome.is_some_and(|o| o.kind == ReportKind::Failed));
+    // One plan is shown, with how to answer it while it waits: the newest there is to show
+    // (a waiting plan; a decided one only while its report is being told).
+    let plan_shown = shown.iter().rposition(|run| {
+        matches!(run.state, RunState::AwaitingApproval { .. })
+            || (run.state.has_plan() && run.facts.plan.is_some())
+    });
     let mut log_at = None;
     for (i, run) in shown.iter().enumerate() {
-        c.blocks.extend(run_blocks(run));
+        c.blocks.extend(run_blocks(run, plan_shown == Some(i)));
         if quoted == Some(i) {
             log_at = Some(c.blocks.len());
         }
@@ -293,7 +345,9 @@ pub fn source_of(task: &AgentTask) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::tests::{MARKUP_PLAN, adf_code_blocks, adf_texts, wiki_block};
     use crate::render::{CancelCause, Log};
+    use crate::report::PlanState;
     use k8s_openapi::jiff::Timestamp;
     use recac_api::agent_contract::{AgentResult, Outcome};
     use std::time::Duration;
@@ -320,6 +374,9 @@ mod tests {
             stopped_by: None,
             stop_comment: None,
             dashboard: Some(format!("https://dash.example/team/{task}")),
+            plan: None,
+            plan_state: None,
+            approval_by: None,
         }
     }
 
@@ -360,6 +417,7 @@ mod tests {
                 tests_passed: Some(true),
                 summary: Some("Made the timeout configurable, with tests.".into()),
                 token_usage: None,
+                plan: None,
             });
         }
         RunView {
@@ -576,5 +634,167 @@ mod tests {
         assert!(wiki.contains("5 earlier runs are not shown"), "{wiki}");
         assert!(!wiki.contains("[Run 5|"), "{wiki}");
         assert!(wiki.contains("[Run 6|"), "{wiki}");
+    }
+
+    fn planning(number: u32, task: &str, state: RunState) -> RunView {
+        let mut f = facts(task);
+        f.plan_state = Some(match state {
+            RunState::PlanApproved { .. } => PlanState::Approved,
+            RunState::PlanRejected { .. } => PlanState::Rejected,
+            _ => PlanState::Waiting,
+        });
+        if matches!(state, RunState::AwaitingApproval { .. }) {
+            f.plan = Some(MARKUP_PLAN.into());
+        }
+        RunView {
+            number,
+            state,
+            facts: f,
+            outcome: Some(Report {
+                kind: ReportKind::Planned,
+                attempt: 1,
+            }),
+            detailed: false,
+            templates: Templates::default(),
+        }
+    }
+
+    #[test]
+    fn a_waiting_plan_shows_its_text_as_is_and_how_to_answer_it() {
+        let text = render(
+            &ticket(),
+            &[planning(
+                1,
+                "ops-1",
+                RunState::AwaitingApproval { attempt: 1 },
+            )],
+        );
+        let wiki = text.comment.to_wiki();
+        let line = "[Run 1|https://github.com/recac-io/recac#recac-feedback/uid-ops-1/planned/1] wrote a plan and waits for approval.";
+        let block = wiki_block(MARKUP_PLAN);
+        let answer =
+            "Reply {{/recac approve}} to implement it, or {{/recac reject <why>}} for a new plan.";
+        for part in [line, &block, answer] {
+            assert!(wiki.contains(part), "{part} missing in {wiki}");
+        }
+        let at = |part: &str| wiki.find(part).unwrap_or(usize::MAX);
+        assert!(at(line) < at(&block) && at(&block) < at(answer), "{wiki}");
+        assert!(at(answer) < at("{{/recac retry}}"), "{wiki}");
+        let outside = wiki.replace(&block, "");
+        for markup in ["[link|http://x]", "*bold*", "{code}", "<script>"] {
+            assert!(
+                !outside.contains(markup),
+                "{markup} outside the block: {wiki}"
+            );
+        }
+        assert!(!wiki.contains("/recac stop"), "nothing runs: {wiki}");
+
+        let adf = text.comment.to_adf();
+        assert_eq!(adf_code_blocks(&adf), [MARKUP_PLAN]);
+        let mut texts = Vec::new();
+        adf_texts(&adf, &mut texts);
+        let hrefs: Vec<&str> = texts
+            .iter()
+            .filter(|(_, marks)| marks.contains("\"link\""))
+            .map(|(_, marks)| marks.as_str())
+            .collect();
+        assert_eq!(hrefs.len(), 2, "the run's and the footer's: {hrefs:?}");
+        assert!(!adf.to_string().contains(r#""href":"http://x""#), "{adf}");
+        assert_eq!(
+            written_version(&adf, &ticket().marker_prefix()),
+            Some(text.version)
+        );
+    }
+
+    #[test]
+    fn a_decided_plan_says_by_whom_without_its_text_and_the_next_run_follows() {
+        let mut first = planning(1, "ops-1", RunState::PlanApproved { attempt: 1 });
+        first.facts.approval_by = Some("Ada".into());
+        let wiki = render(&ticket(), &[first.clone(), succeeded(2, "ops-1-r2", true)])
+            .comment
+            .to_wiki();
+        assert!(
+            wiki.contains("[Run 1|https://github.com/recac-io/recac#recac-feedback/uid-ops-1/planned/1]'s plan was approved by Ada."),
+            "{wiki}"
+        );
+        assert!(
+            wiki.contains("[Run 2|https://github.com/recac-io/recac#recac-feedback/uid-ops-1-r2/succeeded/3]: recac finished this ticket"),
+            "{wiki}"
+        );
+        assert!(
+            wiki.find("Run 1").unwrap_or(usize::MAX) < wiki.find("Run 2").unwrap_or(0),
+            "{wiki}"
+        );
+        for absent in [
+            "{noformat}",
+            "/recac approve",
+            "/recac stop",
+            "waits for approval",
+        ] {
+            assert!(!wiki.contains(absent), "{absent} in {wiki}");
+        }
+
+        let mut rejected = planning(1, "ops-1", RunState::PlanRejected { attempt: 1 });
+        rejected.facts.approval_by = None;
+        let again = planning(2, "ops-1-r2", RunState::AwaitingApproval { attempt: 1 });
+        let wiki = render(&ticket(), &[rejected, again]).comment.to_wiki();
+        assert!(wiki.contains("]'s plan was rejected.\n\n[Run 2|"), "{wiki}");
+        assert_eq!(wiki.matches("{noformat}").count(), 2, "one plan: {wiki}");
+        assert!(
+            wiki.find("Run 2").unwrap_or(usize::MAX) < wiki.find("{noformat}").unwrap_or(0),
+            "{wiki}"
+        );
+
+        // A decided plan told now (it never reached the ticket) shows its text, without the
+        // question.
+        first.facts.plan = Some("Change the timeout.".into());
+        let wiki = render(&ticket(), &[first]).comment.to_wiki();
+        assert!(
+            wiki.contains(
+                "'s plan was approved by Ada.\n\n{noformat}\nChange the timeout.\n{noformat}"
+            ),
+            "{wiki}"
+        );
+        assert!(!wiki.contains("/recac approve"), "{wiki}");
+    }
+
+    #[test]
+    fn only_the_newest_waiting_plan_is_shown_and_a_template_replaces_the_words() {
+        let mut older = planning(1, "ops-1", RunState::AwaitingApproval { attempt: 1 });
+        older.facts.plan = Some("the older plan".into());
+        let mut newer = planning(2, "ops-1-r2", RunState::AwaitingApproval { attempt: 1 });
+        newer.templates.planned = Some("a plan for {ticket} waits (attempt {attempt})".into());
+        newer.facts.plan = None;
+        let wiki = render(&ticket(), &[older, newer]).comment.to_wiki();
+        assert!(!wiki.contains("the older plan"), "{wiki}");
+        assert!(
+            wiki.contains("/uid-ops-1-r2/planned/1]: a plan for OPS-1 waits (attempt 1)"),
+            "{wiki}"
+        );
+        assert!(
+            wiki.contains("The plan is in the task's status: {{kubectl get at ops-1-r2 -n team"),
+            "{wiki}"
+        );
+        assert_eq!(wiki.matches("{{/recac approve}}").count(), 1, "{wiki}");
+    }
+
+    #[test]
+    fn a_marker_look_alike_in_quoted_text_is_not_taken_for_the_footer() {
+        let mut run = planning(1, "ops-1", RunState::AwaitingApproval { attempt: 1 });
+        run.facts.plan = Some(format!(
+            "see [x|{}0123456789abcdef] and \"{}0123456789abcdef\"",
+            ticket().marker_prefix(),
+            ticket().marker_prefix()
+        ));
+        let text = render(&ticket(), &[run]);
+        let prefix = ticket().marker_prefix();
+        assert_eq!(
+            written_version(&Value::String(text.comment.to_wiki()), &prefix),
+            Some(text.version.clone())
+        );
+        assert_eq!(
+            written_version(&text.comment.to_adf(), &prefix),
+            Some(text.version)
+        );
     }
 }

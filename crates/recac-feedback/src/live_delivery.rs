@@ -33,7 +33,7 @@ use crate::live::{self, RunView};
 use crate::observe;
 use crate::pacing::{self, Pacing, Write};
 use crate::plan;
-use crate::render::Log;
+use crate::render::{Facts, Log};
 use crate::report::{self, Report, ReportKind, jira_ticket};
 use crate::runs::{self, RunState, TicketIndex, TicketKey};
 use crate::status::{Owned, status_comment_of};
@@ -330,7 +330,8 @@ async fn pass(
         return Ok(Pass::Settled);
     }
     for told in &telling {
-        if observe::needs_pod(&told.report) {
+        // A plan told now is read (and cleaned) once, and shown while the ticket is busy.
+        if observe::needs_pod(&told.report) || told.report.kind == ReportKind::Planned {
             facts_for(&told.task, &told.report, told.deleted, ctx).await;
         }
     }
@@ -465,9 +466,24 @@ fn views(
                 kind: ReportKind::PickedUp,
                 attempt: task.status.as_ref().and_then(|s| s.attempt).unwrap_or(0),
             });
-            let facts = read.unwrap_or_else(|| {
-                observe::facts(task, &as_of, config, None, Log::NotRead, *deleted)
-            });
+            let facts = match read {
+                // A plan told in this pass or an earlier one while the ticket was busy: its
+                // text as read then, where it is now as the task says.
+                Some(told) if as_of.kind == ReportKind::Planned => Facts {
+                    plan: told.plan,
+                    ..observe::facts(task, &as_of, config, None, Log::NotRead, *deleted)
+                },
+                Some(read) => read,
+                None => {
+                    let mut facts =
+                        observe::facts(task, &as_of, config, None, Log::NotRead, *deleted);
+                    // A waiting plan is always shown (a decided one only when told now).
+                    if matches!(state, RunState::AwaitingApproval { .. }) {
+                        facts.plan = observe::plan_text(task, &ctx.controller.redactor);
+                    }
+                    facts
+                }
+            };
             RunView {
                 number: live::shown_number(task, place),
                 state,
@@ -503,7 +519,7 @@ async fn tell_outcome(
         return Ok(());
     }
     let report = told.report;
-    let has_actions = plan::ticket_actions(&c.config, report.kind).is_some();
+    let has_actions = plan::actions_for(&c.config, &told.task, report.kind).is_some();
     write_owned(&told.task, ctx, |owned, generation| {
         owned.record_delivery(
             &report,

@@ -46,7 +46,7 @@ impl FeedbackMetrics {
         };
         registry.register(
             "recac_feedback_comments",
-            "Comments posted on tickets, by kind (pickedUp, retrying, succeeded, failed, cancelled; live for a ticket's live comment)",
+            "Comments posted on tickets, by kind (pickedUp, retrying, planned, succeeded, failed, cancelled; live for a ticket's live comment)",
             metrics.comments.clone(),
         );
         registry.register(

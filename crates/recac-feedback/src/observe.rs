@@ -7,10 +7,15 @@ use recac_api::AgentTask;
 use recac_api::agent_contract::AgentResult;
 
 use crate::config::FeedbackConfig;
+use crate::logtail::LogRedactor;
 use crate::render::{CancelCause, Facts, Log};
 use crate::report::{self, Report, ReportKind, jira_ticket};
 
-/// The facts in the task itself; the result and log come from its pod.
+/// The longest plan shown, in bytes: as much as an agent may write.
+pub const MAX_PLAN_BYTES: usize = recac_api::agent_contract::MAX_PLAN_BYTES;
+
+/// The facts in the task itself; the result and log come from its pod, and the plan (which
+/// is in the task too) from [`plan_text`].
 pub fn facts(
     task: &AgentTask,
     report: &Report,
@@ -46,6 +51,13 @@ pub fn facts(
             .filter(|value| stopped && !value.is_empty())
             .map(str::to_string)
     };
+    let plan_state = report::plan_state(task);
+    let approval_by = task
+        .annotations()
+        .get(recac_api::annotations::APPROVAL_BY)
+        .map(|by| by.trim())
+        .filter(|by| plan_state.is_some_and(report::PlanState::is_settled) && !by.is_empty())
+        .map(str::to_string);
     let pick = |from_status: Option<String>, from_result: Option<&String>| {
         from_status.or_else(|| from_result.cloned())
     };
@@ -82,10 +94,36 @@ pub fn facts(
         cancel,
         stopped_by: stop_annotation(recac_api::annotations::STOP_BY),
         stop_comment: stop_annotation(recac_api::annotations::STOP),
+        plan: None,
+        plan_state,
+        approval_by,
     }
 }
 
-/// Whether a report needs the attempt's pod (its result, and for failures its log).
+/// A planning run's plan as a report may show it: agent output, so anything that looks like
+/// a credential is removed as from the log tail, and at most [`MAX_PLAN_BYTES`] of it are
+/// kept. `None` when the task has no plan.
+pub fn plan_text(task: &AgentTask, redactor: &LogRedactor) -> Option<String> {
+    let plan = task.status.as_ref()?.plan.as_deref()?;
+    if plan.trim().is_empty() {
+        return None;
+    }
+    let clean = redactor.redact(plan.trim_end());
+    if clean.len() <= MAX_PLAN_BYTES {
+        return Some(clean);
+    }
+    let mut end = MAX_PLAN_BYTES;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!(
+        "{}\n[… the rest of the plan is cut]",
+        &clean[..end]
+    ))
+}
+
+/// Whether a report needs the attempt's pod (its result, and for failures its log). A
+/// plan's report does not: the plan is in the task's status.
 pub fn needs_pod(report: &Report) -> bool {
     matches!(report.kind, ReportKind::Succeeded | ReportKind::Failed)
 }
@@ -155,5 +193,93 @@ mod tests {
         assert_eq!(deleted.cancel, Some(CancelCause::Deleted));
         assert_eq!(deleted.stopped_by, None);
         assert_eq!(deleted.stop_comment, None);
+    }
+
+    fn planning(phase: TaskPhase, reason: &str, plan: &str) -> AgentTask {
+        let mut t = task(
+            reason,
+            &[
+                (recac_api::annotations::APPROVAL, "approved"),
+                (recac_api::annotations::APPROVAL_BY, " Ada "),
+            ],
+        );
+        if let Some(status) = t.status.as_mut() {
+            status.phase = Some(phase);
+            status.plan = Some(plan.into());
+            status.conditions[0].type_ = if phase == TaskPhase::Succeeded {
+                "Succeeded".into()
+            } else {
+                "Failed".into()
+            };
+        }
+        t
+    }
+
+    fn planned_facts(task: &AgentTask) -> Facts {
+        let report = Report {
+            kind: ReportKind::Planned,
+            attempt: 1,
+        };
+        facts(
+            task,
+            &report,
+            &FeedbackConfig::default(),
+            None,
+            Log::NotRead,
+            false,
+        )
+    }
+
+    #[test]
+    fn the_plan_is_cleaned_like_the_log_and_cut_to_what_an_agent_may_write() {
+        let redactor = LogRedactor::new(&["corp-[0-9]{6}".into()]).expect("redactor");
+        let token = "ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2";
+        let plan = format!("1. Use {token} to push\n2. Ask corp-424242\n3. Test it\n\n");
+        let waiting = planning(TaskPhase::AwaitingApproval, "", &plan);
+        let shown = plan_text(&waiting, &redactor).expect("a plan");
+        assert!(
+            !shown.contains(token) && !shown.contains("corp-424242"),
+            "{shown}"
+        );
+        assert!(
+            shown.starts_with("1. Use [REDACTED] to push\n2. Ask "),
+            "{shown}"
+        );
+        assert!(shown.ends_with("3. Test it"), "{shown}");
+
+        let long = "é".repeat(MAX_PLAN_BYTES);
+        let cut = plan_text(&planning(TaskPhase::AwaitingApproval, "", &long), &redactor)
+            .expect("a plan");
+        let (kept, note) = cut.split_once('\n').expect("a note");
+        assert!(kept.len() <= MAX_PLAN_BYTES && kept.len() > MAX_PLAN_BYTES - 2);
+        assert_eq!(note, "[… the rest of the plan is cut]");
+
+        assert_eq!(
+            plan_text(&planning(TaskPhase::AwaitingApproval, "", " \n"), &redactor),
+            None
+        );
+        assert_eq!(plan_text(&task("Stopped", &[]), &redactor), None);
+    }
+
+    #[test]
+    fn who_decided_is_told_only_once_the_plan_is_decided() {
+        let waiting = planned_facts(&planning(TaskPhase::AwaitingApproval, "", "p"));
+        assert_eq!(waiting.plan_state, Some(report::PlanState::Waiting));
+        assert_eq!(waiting.approval_by, None);
+        assert_eq!(waiting.plan, None, "the plan comes cleaned, from plan_text");
+        let approved = planned_facts(&planning(
+            TaskPhase::Succeeded,
+            recac_api::reasons::PLAN_APPROVED,
+            "p",
+        ));
+        assert_eq!(approved.plan_state, Some(report::PlanState::Approved));
+        assert_eq!(approved.approval_by.as_deref(), Some("Ada"));
+        let rejected = planned_facts(&planning(
+            TaskPhase::Failed,
+            recac_api::reasons::PLAN_REJECTED,
+            "p",
+        ));
+        assert_eq!(rejected.plan_state, Some(report::PlanState::Rejected));
+        assert_eq!(rejected.approval_by.as_deref(), Some("Ada"));
     }
 }

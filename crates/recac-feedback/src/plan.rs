@@ -1,19 +1,36 @@
 //! What to do to the ticket for an outcome, and what a transition attempt means (pure).
 
+use recac_api::AgentTask;
 use recac_jira::Transition;
 
 use crate::config::{FeedbackConfig, TicketActions};
-use crate::report::ReportKind;
+use crate::report::{self, ReportKind};
 
 /// The configured transition and labels for an outcome (`None` when nothing is configured).
 pub fn ticket_actions(config: &FeedbackConfig, kind: ReportKind) -> Option<&TicketActions> {
     let actions = match kind {
+        ReportKind::Planned => &config.planned,
         ReportKind::Succeeded => &config.succeeded,
         ReportKind::Failed => &config.failed,
         ReportKind::Cancelled => &config.cancelled,
         ReportKind::PickedUp | ReportKind::Retrying => return None,
     };
     (!actions.is_empty()).then_some(actions)
+}
+
+/// The transition and labels `kind` brings to `task`'s ticket: [`ticket_actions`], but none
+/// for the plan of a planning run that was approved or rejected before its plan was told
+/// (the review `feedback.planned` starts is over; the ticket may already be on to the next
+/// run).
+pub fn actions_for<'a>(
+    config: &'a FeedbackConfig,
+    task: &AgentTask,
+    kind: ReportKind,
+) -> Option<&'a TicketActions> {
+    if kind == ReportKind::Planned && report::plan_settled(task) {
+        return None;
+    }
+    ticket_actions(config, kind)
 }
 
 /// What to do about a configured transition, given what the ticket offers now.
@@ -49,6 +66,8 @@ pub fn transition_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use recac_api::{AgentTaskStatus, TaskPhase};
     use recac_jira::model::TransitionTarget;
 
     fn t(id: &str, name: &str, to: &str) -> Transition {
@@ -69,6 +88,56 @@ mod tests {
         config.failed.add_labels = vec!["recac-failed".into()];
         assert!(ticket_actions(&config, ReportKind::Failed).is_some());
         assert!(ticket_actions(&config, ReportKind::PickedUp).is_none());
+    }
+
+    fn planning_task(phase: TaskPhase, reason: Option<(&str, &str)>) -> AgentTask {
+        let mut task: AgentTask = serde_saphyr::from_str(
+            "apiVersion: recac.io/v1alpha1\nkind: AgentTask\nmetadata: {name: t, namespace: ns, uid: u1}\nspec:\n  prompt: p\n  ticket: {source: jira, key: OPS-1}\n  repository: {url: https://g.example/r.git}\n  approval: plan\n",
+        )
+        .expect("task");
+        task.status = Some(AgentTaskStatus {
+            phase: Some(phase),
+            attempt: Some(1),
+            conditions: reason
+                .map(|(type_, reason)| Condition {
+                    type_: type_.into(),
+                    status: "True".into(),
+                    reason: reason.into(),
+                    message: String::new(),
+                    last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                    observed_generation: None,
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+        task
+    }
+
+    #[test]
+    fn a_plan_brings_its_own_actions_while_it_waits_only() {
+        let mut config = FeedbackConfig::default();
+        let waiting = planning_task(TaskPhase::AwaitingApproval, None);
+        assert!(actions_for(&config, &waiting, ReportKind::Planned).is_none());
+        config.planned.transition = Some("Plan Review".into());
+        config.succeeded.transition = Some("In Review".into());
+        config.failed.add_labels = vec!["recac-failed".into()];
+        let actions = actions_for(&config, &waiting, ReportKind::Planned).expect("actions");
+        assert_eq!(actions.transition.as_deref(), Some("Plan Review"));
+        for decided in [
+            planning_task(
+                TaskPhase::Succeeded,
+                Some(("Succeeded", recac_api::reasons::PLAN_APPROVED)),
+            ),
+            planning_task(
+                TaskPhase::Failed,
+                Some(("Failed", recac_api::reasons::PLAN_REJECTED)),
+            ),
+        ] {
+            assert!(actions_for(&config, &decided, ReportKind::Planned).is_none());
+        }
+        let failed = planning_task(TaskPhase::Failed, Some(("Failed", "NoPlan")));
+        assert!(actions_for(&config, &failed, ReportKind::Failed).is_some());
     }
 
     #[test]

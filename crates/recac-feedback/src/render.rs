@@ -8,7 +8,7 @@ use recac_api::agent_contract::{AgentResult, Outcome};
 use crate::comment::{Block, Comment, Inline, TEXT_BUDGET, marker};
 use crate::config::Templates;
 use crate::logtail;
-use crate::report::{Report, ReportKind};
+use crate::report::{PlanState, Report, ReportKind};
 use crate::template::Template;
 
 /// Why a task was cancelled.
@@ -61,6 +61,13 @@ pub struct Facts {
     pub stop_comment: Option<String>,
     /// The configured dashboard link, placeholders filled.
     pub dashboard: Option<String>,
+    /// A planning run's plan, as the agent wrote it with anything that looks like a
+    /// credential removed (as from the log); `None` when it is not to be shown.
+    pub plan: Option<String>,
+    /// Where a planning run's plan is.
+    pub plan_state: Option<PlanState>,
+    /// Who approved or rejected the plan (a display name).
+    pub approval_by: Option<String>,
 }
 
 /// A duration as people write it: `1h 4m`, `3m 20s`, `45s`.
@@ -144,6 +151,17 @@ fn default_headline(facts: &Facts, report: &Report) -> String {
         ReportKind::Retrying => {
             format!("recac is trying again: attempt {attempt} of at most {of} has started.")
         }
+        ReportKind::Planned => match facts.plan_state {
+            Some(PlanState::Approved) => format!(
+                "recac wrote a plan for this ticket; it was approved{}.",
+                by(facts)
+            ),
+            Some(PlanState::Rejected) => format!(
+                "recac wrote a plan for this ticket; it was rejected{}.",
+                by(facts)
+            ),
+            _ => "recac wrote a plan for this ticket and waits for approval.".into(),
+        },
         ReportKind::Succeeded => {
             let took = facts
                 .duration
@@ -172,6 +190,15 @@ fn default_headline(facts: &Facts, report: &Report) -> String {
     }
 }
 
+/// " by <who>" of a plan's decision, when known.
+fn by(facts: &Facts) -> String {
+    facts
+        .approval_by
+        .as_ref()
+        .map(|who| format!(" by {who}"))
+        .unwrap_or_default()
+}
+
 fn stopped_headline(facts: &Facts, attempt: i32) -> String {
     let who = match &facts.stopped_by {
         Some(by) => format!("as {by} asked"),
@@ -196,6 +223,7 @@ fn template_for(templates: &Templates, kind: ReportKind) -> Option<&String> {
     match kind {
         ReportKind::PickedUp => templates.picked_up.as_ref(),
         ReportKind::Retrying => templates.retrying.as_ref(),
+        ReportKind::Planned => templates.planned.as_ref(),
         ReportKind::Succeeded => templates.succeeded.as_ref(),
         ReportKind::Failed => templates.failed.as_ref(),
         ReportKind::Cancelled => templates.cancelled.as_ref(),
@@ -286,10 +314,48 @@ pub fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
 
 /// The first paragraph of `report`'s text: the configured template, else the built-in words.
 pub fn headline(facts: &Facts, report: &Report, templates: &Templates) -> String {
+    configured_headline(facts, report, templates).unwrap_or_else(|| default_headline(facts, report))
+}
+
+/// The first paragraph of `report`'s text from its configured template, if there is one.
+pub fn configured_headline(
+    facts: &Facts,
+    report: &Report,
+    templates: &Templates,
+) -> Option<String> {
     template_for(templates, report.kind)
         .and_then(|t| Template::parse(t).ok())
         .map(|t| t.render(&placeholder_values(facts, report)))
-        .unwrap_or_else(|| default_headline(facts, report))
+}
+
+/// How to answer a plan that waits for approval.
+pub fn answer_plan() -> Vec<Inline> {
+    vec![
+        Inline::Text("Reply ".into()),
+        Inline::Code("/recac approve".into()),
+        Inline::Text(" to implement it, or ".into()),
+        Inline::Code("/recac reject <why>".into()),
+        Inline::Text(" for a new plan.".into()),
+    ]
+}
+
+/// A planning run's plan, shown as the agent wrote it: a preformatted block, so that nothing
+/// in it is read as markup and its lines stay; then, while it waits, how to answer it.
+pub fn plan_blocks(facts: &Facts) -> Vec<Block> {
+    let mut blocks = match &facts.plan {
+        Some(plan) => vec![Block::CodeBlock(plan.clone())],
+        None => vec![Block::Paragraph(vec![
+            Inline::Text("The plan is in the task's status: ".into()),
+            Inline::Code(format!(
+                "kubectl get at {} -n {} -o jsonpath='{{.status.plan}}'",
+                facts.task, facts.namespace
+            )),
+        ])],
+    };
+    if !facts.plan_state.is_some_and(PlanState::is_settled) {
+        blocks.push(Block::Paragraph(answer_plan()));
+    }
+    blocks
 }
 
 /// What `report`'s text says below its headline: how to follow the task, or its results
@@ -297,6 +363,7 @@ pub fn headline(facts: &Facts, report: &Report, templates: &Templates) -> String
 pub fn details(facts: &Facts, report: &Report) -> Vec<Block> {
     match report.kind {
         ReportKind::PickedUp | ReportKind::Retrying => vec![Block::Bullets(vec![follow(facts)])],
+        ReportKind::Planned => plan_blocks(facts),
         ReportKind::Cancelled => {
             let mut items = vec![follow(facts)];
             if let Some(branch) = &facts.branch {
@@ -380,7 +447,7 @@ pub fn render(facts: &Facts, report: &Report, templates: &Templates) -> Comment 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use recac_api::agent_contract::TokenUsage;
 
@@ -410,6 +477,7 @@ mod tests {
                     input_tokens: 51234,
                     output_tokens: 2345,
                 }),
+                plan: None,
             }),
             log: Log::NotRead,
             log_lines: 50,
@@ -417,6 +485,9 @@ mod tests {
             stopped_by: None,
             stop_comment: None,
             dashboard: Some("https://dash.example/at/team/ops-1".into()),
+            plan: None,
+            plan_state: None,
+            approval_by: None,
         }
     }
 
@@ -480,6 +551,7 @@ mod tests {
             tests_passed: Some(false),
             summary: None,
             token_usage: None,
+            plan: None,
         });
         assert_eq!(failure_words(&f), "the tests failed");
     }
@@ -559,5 +631,162 @@ mod tests {
             ),
             "{wiki}"
         );
+    }
+
+    /// A plan full of what wiki markup, ADF-minded renderers and browsers would interpret.
+    pub(crate) const MARKUP_PLAN: &str = "1. Change {code}fn main(){code} in *bold* src/main.rs\n2. See [link|http://x] and <script>alert(1)</script>\n{noformat}\nh1. not a heading\n- not a list\n3. Test it | _done_ !img.png!";
+
+    /// The plan as wiki markup must carry it: in a noformat block, the closing tag defused.
+    pub(crate) fn wiki_block(plan: &str) -> String {
+        format!(
+            "{{noformat}}\n{}\n{{noformat}}",
+            plan.replace("{noformat}", "{ noformat}")
+        )
+    }
+
+    /// The text of every ADF text node, with the marks it has, in order.
+    pub(crate) fn adf_texts(node: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        if let Some(text) = node["text"].as_str() {
+            let parent = node["marks"].to_string();
+            out.push((text.to_string(), parent));
+        }
+        if let Some(content) = node["content"].as_array() {
+            for child in content {
+                adf_texts(child, out);
+            }
+        }
+    }
+
+    /// The ADF code blocks' texts.
+    pub(crate) fn adf_code_blocks(adf: &serde_json::Value) -> Vec<String> {
+        adf["content"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["type"] == "codeBlock")
+            .map(|n| {
+                assert!(n["marks"].is_null(), "{n}");
+                n["content"][0]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn planned_facts() -> Facts {
+        let mut f = facts();
+        f.attempt = 1;
+        f.commit = None;
+        f.pull_request_url = None;
+        f.duration = None;
+        f.result = None;
+        f.plan = Some(MARKUP_PLAN.into());
+        f.plan_state = Some(PlanState::Waiting);
+        f
+    }
+
+    #[test]
+    fn a_plan_is_one_comment_with_the_plan_as_text_and_how_to_answer_it() {
+        let c = render(
+            &planned_facts(),
+            &report(ReportKind::Planned, 1),
+            &Templates::default(),
+        );
+        let wiki = c.to_wiki();
+        assert!(
+            wiki.starts_with("recac wrote a plan for this ticket and waits for approval.\n\n"),
+            "{wiki}"
+        );
+        let block = wiki_block(MARKUP_PLAN);
+        assert!(wiki.contains(&block), "{wiki}");
+        // Nothing of the plan is outside its block: no link, no bold, no macro.
+        let outside = wiki.replace(&block, "");
+        for markup in ["[link|http://x]", "*bold*", "{code}", "<script>", "h1."] {
+            assert!(
+                !outside.contains(markup),
+                "{markup} outside the block: {wiki}"
+            );
+        }
+        assert!(
+            wiki.contains(
+                "Reply {{/recac approve}} to implement it, or {{/recac reject <why>}} for a new plan."
+            ),
+            "{wiki}"
+        );
+        assert!(
+            wiki.find(&block).unwrap_or(usize::MAX) < wiki.find("Reply ").unwrap_or(0),
+            "{wiki}"
+        );
+        assert!(
+            wiki.ends_with(
+                "[recac|https://github.com/recac-io/recac#recac-feedback/uid-1/planned/1] · AgentTask team/ops-1"
+            ),
+            "{wiki}"
+        );
+        assert!(!wiki.contains("Follow it"), "{wiki}");
+
+        let adf = c.to_adf();
+        assert_eq!(adf_code_blocks(&adf), [MARKUP_PLAN]);
+        let mut texts = Vec::new();
+        adf_texts(&adf, &mut texts);
+        let links: Vec<&(String, String)> = texts
+            .iter()
+            .filter(|(_, marks)| marks.contains("link"))
+            .collect();
+        assert_eq!(links.len(), 1, "the marker only: {links:?}");
+        assert!(links[0].1.contains("/uid-1/planned/1"), "{links:?}");
+        assert!(
+            texts
+                .iter()
+                .filter(|(text, _)| text.contains("<script>"))
+                .all(|(text, _)| text == MARKUP_PLAN),
+            "{texts:?}"
+        );
+        let codes: Vec<&str> = texts
+            .iter()
+            .filter(|(_, marks)| marks.contains("code"))
+            .map(|(text, _)| text.as_str())
+            .collect();
+        assert_eq!(codes, ["/recac approve", "/recac reject <why>"]);
+    }
+
+    #[test]
+    fn a_plan_decided_before_it_was_told_says_by_whom_and_asks_nothing() {
+        let mut f = planned_facts();
+        f.plan_state = Some(PlanState::Approved);
+        f.approval_by = Some("Ada Lovelace".into());
+        let planned = report(ReportKind::Planned, 1);
+        let wiki = render(&f, &planned, &Templates::default()).to_wiki();
+        assert!(
+            wiki.starts_with(
+                "recac wrote a plan for this ticket; it was approved by Ada Lovelace.\n\n"
+            ),
+            "{wiki}"
+        );
+        assert!(wiki.contains(&wiki_block(MARKUP_PLAN)), "{wiki}");
+        assert!(!wiki.contains("/recac approve"), "{wiki}");
+        f.plan_state = Some(PlanState::Rejected);
+        f.approval_by = None;
+        f.plan = None;
+        let wiki = render(&f, &planned, &Templates::default()).to_wiki();
+        assert!(
+            wiki.starts_with("recac wrote a plan for this ticket; it was rejected.\n\n"),
+            "{wiki}"
+        );
+        assert!(
+            wiki.contains("{{kubectl get at ops-1 -n team -o jsonpath='\\{.status.plan\\}'}}"),
+            "no plan in the status: where to read it: {wiki}"
+        );
+        let templates = Templates {
+            planned: Some("Plan for {ticket} ({outcome}, attempt {attempt} of {attempts})".into()),
+            ..Default::default()
+        };
+        let wiki = render(&planned_facts(), &planned, &templates).to_wiki();
+        assert!(
+            wiki.starts_with("Plan for OPS-1 (planned, attempt 1 of 3)\n\n"),
+            "{wiki}"
+        );
+        assert!(wiki.contains("{{/recac approve}}"), "{wiki}");
     }
 }

@@ -1,5 +1,6 @@
 //! Which reports a task is owed, from its spec and status alone (pure).
 
+use recac_api::reasons::{PLAN_APPROVED, PLAN_REJECTED};
 use recac_api::{AgentTask, TaskPhase, TicketSource};
 
 /// What a report tells the ticket.
@@ -9,6 +10,10 @@ pub enum ReportKind {
     PickedUp,
     /// A later attempt was dispatched.
     Retrying,
+    /// A planning run (`spec.approval: plan`) wrote its plan, which waits for approval: the
+    /// planning run's outcome. Also told for a plan decided before it was told, so that the
+    /// plan still reaches the ticket.
+    Planned,
     /// The task ended well.
     Succeeded,
     /// The task ended badly.
@@ -23,6 +28,7 @@ impl ReportKind {
         match self {
             ReportKind::PickedUp => "pickedUp",
             ReportKind::Retrying => "retrying",
+            ReportKind::Planned => "planned",
             ReportKind::Succeeded => "succeeded",
             ReportKind::Failed => "failed",
             ReportKind::Cancelled => "cancelled",
@@ -33,8 +39,29 @@ impl ReportKind {
     pub fn is_outcome(self) -> bool {
         matches!(
             self,
-            ReportKind::Succeeded | ReportKind::Failed | ReportKind::Cancelled
+            ReportKind::Planned
+                | ReportKind::Succeeded
+                | ReportKind::Failed
+                | ReportKind::Cancelled
         )
+    }
+}
+
+/// Where a planning run's plan is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanState {
+    /// Written; it waits for approval (phase `AwaitingApproval`).
+    Waiting,
+    /// Approved: the task ended `Succeeded` with reason `PlanApproved`.
+    Approved,
+    /// Rejected: the task ended `Failed` with reason `PlanRejected`.
+    Rejected,
+}
+
+impl PlanState {
+    /// Someone decided on the plan: the planning run is over.
+    pub fn is_settled(self) -> bool {
+        self != PlanState::Waiting
     }
 }
 
@@ -89,6 +116,28 @@ pub fn stopped(task: &AgentTask) -> bool {
     })
 }
 
+/// Where the task's plan is, when the task is a planning run that wrote one.
+pub fn plan_state(task: &AgentTask) -> Option<PlanState> {
+    let status = task.status.as_ref()?;
+    let ended = |type_: &str, reason: &str| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True" && c.reason == reason)
+    };
+    match status.phase? {
+        TaskPhase::AwaitingApproval => Some(PlanState::Waiting),
+        TaskPhase::Succeeded if ended("Succeeded", PLAN_APPROVED) => Some(PlanState::Approved),
+        TaskPhase::Failed if ended("Failed", PLAN_REJECTED) => Some(PlanState::Rejected),
+        _ => None,
+    }
+}
+
+/// Whether the task is a planning run whose plan was approved or rejected.
+pub fn plan_settled(task: &AgentTask) -> bool {
+    plan_state(task).is_some_and(PlanState::is_settled)
+}
+
 /// The reports `task` is owed now and has not had, in posting order. `deleted`: the task is
 /// gone (this is the last time it is seen).
 pub fn due(task: &AgentTask, deleted: bool, options: &Options) -> Vec<Report> {
@@ -103,14 +152,26 @@ pub fn due(task: &AgentTask, deleted: bool, options: &Options) -> Vec<Report> {
     }
     let reported: Vec<String> = status.feedback.map(|f| f.reported).unwrap_or_default();
     let done = |r: &Report| reported.contains(&r.key());
-    let ended = reported
-        .iter()
-        .any(|k| k.starts_with("succeeded/") || k.starts_with("failed/"));
+    // A told plan is the planning run's outcome: its decision is not told again (the next
+    // run of the ticket follows it), nor is its deletion.
+    let ended = reported.iter().any(|k| {
+        k.starts_with("succeeded/") || k.starts_with("failed/") || k.starts_with("planned/")
+    });
     if ended {
         return Vec::new();
     }
     let mut out = Vec::new();
     match status.phase {
+        // A decided plan is owed its plan, never a success or a failure.
+        _ if plan_settled(task) => out.push(Report {
+            kind: ReportKind::Planned,
+            attempt,
+        }),
+        // Deleted while it waits, before it was told: the plan can no longer be answered.
+        Some(TaskPhase::AwaitingApproval) if !deleted => out.push(Report {
+            kind: ReportKind::Planned,
+            attempt,
+        }),
         Some(TaskPhase::Succeeded) => out.push(Report {
             kind: ReportKind::Succeeded,
             attempt,
@@ -159,9 +220,9 @@ pub fn due(task: &AgentTask, deleted: bool, options: &Options) -> Vec<Report> {
     out
 }
 
-/// The outcome the task's state stands for, told or not: how it ended, or its cancellation
-/// while it is deleted or suspended by a person. `None` while it waits or runs, and for a
-/// task that never ran.
+/// The outcome the task's state stands for, told or not: how it ended (for a planning run:
+/// its plan, waiting or decided), or its cancellation while it is deleted or suspended by a
+/// person. `None` while it waits or runs, and for a task that never ran.
 pub fn outcome(task: &AgentTask, deleted: bool) -> Option<Report> {
     jira_ticket(task)?;
     let status = task.status.as_ref()?;
@@ -170,6 +231,8 @@ pub fn outcome(task: &AgentTask, deleted: bool) -> Option<Report> {
         return None;
     }
     let kind = match status.phase {
+        _ if plan_settled(task) => ReportKind::Planned,
+        Some(TaskPhase::AwaitingApproval) if !deleted => ReportKind::Planned,
         Some(TaskPhase::Succeeded) => ReportKind::Succeeded,
         Some(TaskPhase::Failed) if stopped(task) => ReportKind::Cancelled,
         Some(TaskPhase::Failed) => ReportKind::Failed,
@@ -384,5 +447,149 @@ mod tests {
             &["pickedUp/1", "cancelled/1"],
         );
         assert_eq!(keys(due(&finished, false, &OPTIONS)), ["succeeded/1"]);
+    }
+
+    fn ended_with(mut task: AgentTask, type_: &str, reason: &str) -> AgentTask {
+        if let Some(status) = task.status.as_mut() {
+            status.conditions.push(Condition {
+                type_: type_.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: String::new(),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            });
+        }
+        task
+    }
+
+    fn approved(reported: &[&str]) -> AgentTask {
+        ended_with(
+            task(true, TaskPhase::Succeeded, 1, reported),
+            "Succeeded",
+            recac_api::reasons::PLAN_APPROVED,
+        )
+    }
+
+    fn rejected(reported: &[&str]) -> AgentTask {
+        ended_with(
+            task(true, TaskPhase::Failed, 1, reported),
+            "Failed",
+            recac_api::reasons::PLAN_REJECTED,
+        )
+    }
+
+    #[test]
+    fn a_waiting_plan_is_owed_once_as_the_planning_runs_outcome() {
+        let waiting = task(true, TaskPhase::AwaitingApproval, 1, &["pickedUp/1"]);
+        assert_eq!(plan_state(&waiting), Some(PlanState::Waiting));
+        assert_eq!(keys(due(&waiting, false, &OPTIONS)), ["planned/1"]);
+        assert_eq!(
+            outcome_due(&waiting, false).map(|r| r.key()),
+            Some("planned/1".into())
+        );
+        assert_eq!(
+            outcome(&waiting, false).map(|r| r.key()),
+            Some("planned/1".into())
+        );
+        assert!(ReportKind::Planned.is_outcome());
+        // Not picked up first when the attempt ended before it was seen running.
+        let chatty = Options {
+            comment_on_dispatch: true,
+            comment_on_retry: true,
+        };
+        assert_eq!(
+            keys(due(
+                &task(true, TaskPhase::AwaitingApproval, 2, &[]),
+                false,
+                &chatty
+            )),
+            ["planned/2"]
+        );
+        let told = task(
+            true,
+            TaskPhase::AwaitingApproval,
+            1,
+            &["pickedUp/1", "planned/1"],
+        );
+        assert!(due(&told, false, &OPTIONS).is_empty());
+        assert_eq!(outcome_due(&told, false), None);
+        assert_eq!(
+            outcome(&told, false).map(|r| r.key()),
+            Some("planned/1".into())
+        );
+        // Deleted once told: nothing more (the plan was its outcome).
+        assert!(due(&told, true, &OPTIONS).is_empty());
+        // Deleted before it was told: the plan can no longer be answered; the run is over.
+        assert_eq!(keys(due(&waiting, true, &OPTIONS)), ["cancelled/1"]);
+        assert_eq!(
+            outcome(&waiting, true).map(|r| r.key()),
+            Some("cancelled/1".into())
+        );
+    }
+
+    #[test]
+    fn a_decided_plan_is_owed_its_plan_once_and_never_a_success_or_failure() {
+        for (decided, state) in [
+            (approved as fn(&[&str]) -> AgentTask, PlanState::Approved),
+            (rejected, PlanState::Rejected),
+        ] {
+            let told = decided(&["pickedUp/1", "planned/1"]);
+            assert_eq!(plan_state(&told), Some(state));
+            assert!(plan_settled(&told));
+            for deleted in [false, true] {
+                assert!(due(&told, deleted, &OPTIONS).is_empty(), "{state:?}");
+                assert_eq!(outcome_due(&told, deleted), None, "{state:?}");
+            }
+            assert_eq!(
+                outcome(&told, false).map(|r| r.key()),
+                Some("planned/1".into())
+            );
+            // Decided before the plan was told: the plan is still owed, once.
+            let untold = decided(&["pickedUp/1"]);
+            for deleted in [false, true] {
+                assert_eq!(
+                    keys(due(&untold, deleted, &OPTIONS)),
+                    ["planned/1"],
+                    "{state:?}"
+                );
+            }
+            assert_eq!(
+                outcome_due(&untold, false).map(|r| r.key()),
+                Some("planned/1".into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_planning_run_that_fails_before_its_plan_is_a_failure_and_others_are_no_plans() {
+        let mut failed = ended_with(
+            task(true, TaskPhase::Failed, 3, &["pickedUp/1"]),
+            "Failed",
+            "RetriesExhausted",
+        );
+        failed.spec.approval = Some(recac_api::Approval::Plan);
+        assert_eq!(plan_state(&failed), None);
+        assert_eq!(keys(due(&failed, false, &OPTIONS)), ["failed/3"]);
+        let stopped = ended_with(
+            task(true, TaskPhase::Failed, 1, &[]),
+            "Failed",
+            recac_api::reasons::STOPPED,
+        );
+        assert_eq!(keys(due(&stopped, false, &OPTIONS)), ["cancelled/1"]);
+        let done = ended_with(
+            task(true, TaskPhase::Succeeded, 1, &[]),
+            "Succeeded",
+            "AgentSucceeded",
+        );
+        assert_eq!(plan_state(&done), None);
+        assert_eq!(keys(due(&done, false, &OPTIONS)), ["succeeded/1"]);
+        // A reason on a condition that is not True decides nothing.
+        let mut unsure = approved(&[]);
+        if let Some(status) = unsure.status.as_mut() {
+            status.conditions[0].status = "False".into();
+        }
+        assert_eq!(plan_state(&unsure), None);
+        assert_eq!(keys(due(&unsure, false, &OPTIONS)), ["succeeded/1"]);
     }
 }

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use recac_api::{AgentTask, TaskPhase};
 
 use crate::comment::MARKER_BASE;
-use crate::report;
+use crate::report::{self, PlanState};
 
 /// What one live comment is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -115,10 +115,25 @@ pub enum RunState {
     },
     /// Ended before any attempt ran (e.g. the claim was lost).
     NotRun,
+    /// A planning run's attempt wrote a plan, which waits for an answer on the ticket.
+    AwaitingApproval {
+        attempt: i32,
+    },
+    /// A planning run whose plan was approved (the run that implements it follows).
+    PlanApproved {
+        attempt: i32,
+    },
+    /// A planning run whose plan was rejected (a new planning run follows).
+    PlanRejected {
+        attempt: i32,
+    },
 }
 
 impl RunState {
-    /// Whether the run has ended (nothing about it changes any more).
+    /// Whether nothing runs for the run any more: it ended, or its plan waits for an
+    /// answer (which starts another run, or settles this one without running anything).
+    /// A ticket whose runs are all finished has nothing to stop and its comment is quiet
+    /// until one of them changes or a new run comes.
     pub fn is_finished(&self) -> bool {
         matches!(
             self,
@@ -126,6 +141,19 @@ impl RunState {
                 | RunState::Failed { .. }
                 | RunState::Cancelled { .. }
                 | RunState::NotRun
+                | RunState::AwaitingApproval { .. }
+                | RunState::PlanApproved { .. }
+                | RunState::PlanRejected { .. }
+        )
+    }
+
+    /// Whether the run is a planning run with its plan written (waiting or decided).
+    pub fn has_plan(&self) -> bool {
+        matches!(
+            self,
+            RunState::AwaitingApproval { .. }
+                | RunState::PlanApproved { .. }
+                | RunState::PlanRejected { .. }
         )
     }
 }
@@ -146,7 +174,10 @@ pub fn state_of(task: &AgentTask, deleted: bool) -> RunState {
     let status = task.status.clone().unwrap_or_default();
     let attempt = status.attempt.unwrap_or(0);
     let phase = status.phase.unwrap_or_default();
+    let plan = report::plan_state(task);
     match phase {
+        _ if plan == Some(PlanState::Approved) => RunState::PlanApproved { attempt },
+        _ if plan == Some(PlanState::Rejected) => RunState::PlanRejected { attempt },
         TaskPhase::Succeeded => RunState::Succeeded {
             attempts: attempt.max(1),
         },
@@ -155,6 +186,8 @@ pub fn state_of(task: &AgentTask, deleted: bool) -> RunState {
         TaskPhase::Failed => RunState::Failed { attempts: attempt },
         _ if deleted && attempt > 0 => RunState::Cancelled { attempt },
         _ if deleted => RunState::NotRun,
+        // Nothing runs while a plan waits, so nothing is suspended either.
+        TaskPhase::AwaitingApproval => RunState::AwaitingApproval { attempt },
         _ if report::suspended(task) => RunState::Suspended { attempt },
         TaskPhase::Running => RunState::Running {
             attempt,
@@ -391,6 +424,65 @@ mod tests {
         }
         assert_eq!(state_of(&held, false), RunState::Suspended { attempt: 1 });
         assert!(!state_of(&held, false).is_finished());
+    }
+
+    #[test]
+    fn a_planning_run_waits_then_is_approved_or_rejected_and_nothing_runs_meanwhile() {
+        let waiting = task("t", &[], status(TaskPhase::AwaitingApproval, 1));
+        assert_eq!(
+            state_of(&waiting, false),
+            RunState::AwaitingApproval { attempt: 1 }
+        );
+        let mut held = waiting.clone();
+        held.spec.suspend = true;
+        if let Some(s) = held.status.as_mut() {
+            s.conditions = vec![condition("Suspended", "SpecSuspended", "", 1)];
+        }
+        assert_eq!(
+            state_of(&held, false),
+            RunState::AwaitingApproval { attempt: 1 }
+        );
+        // Deleted while it waits: the plan can no longer be answered.
+        assert_eq!(state_of(&waiting, true), RunState::Cancelled { attempt: 1 });
+        let mut approved = status(TaskPhase::Succeeded, 1);
+        approved.conditions = vec![condition(
+            "Succeeded",
+            recac_api::reasons::PLAN_APPROVED,
+            "the plan was approved by Ada",
+            7,
+        )];
+        let approved = task("t", &[], approved);
+        for deleted in [false, true] {
+            assert_eq!(
+                state_of(&approved, deleted),
+                RunState::PlanApproved { attempt: 1 }
+            );
+        }
+        let mut rejected = status(TaskPhase::Failed, 2);
+        rejected.conditions = vec![condition(
+            "Failed",
+            recac_api::reasons::PLAN_REJECTED,
+            "the plan was rejected by Ada",
+            7,
+        )];
+        assert_eq!(
+            state_of(&task("t", &[], rejected), false),
+            RunState::PlanRejected { attempt: 2 }
+        );
+        let mut no_plan = status(TaskPhase::Failed, 1);
+        no_plan.conditions = vec![condition("Failed", "NoPlan", "", 7)];
+        assert_eq!(
+            state_of(&task("t", &[], no_plan), false),
+            RunState::Failed { attempts: 1 }
+        );
+        for state in [
+            RunState::AwaitingApproval { attempt: 1 },
+            RunState::PlanApproved { attempt: 1 },
+            RunState::PlanRejected { attempt: 1 },
+        ] {
+            assert!(state.is_finished() && state.has_plan(), "{state:?}");
+        }
+        assert!(!RunState::Succeeded { attempts: 1 }.has_plan());
     }
 
     #[test]

@@ -303,11 +303,33 @@ fn owned_by(task: &AgentTask, uid: &str) -> bool {
 
 fn run_of(task: &AgentTask) -> Run {
     let status = task.status.as_ref();
-    let state = match status.and_then(|s| s.phase) {
+    let phase = status.and_then(|s| s.phase);
+    let state = match phase {
         Some(TaskPhase::Succeeded) => RunState::Succeeded,
         Some(TaskPhase::Failed) => RunState::Failed,
+        // A planning run whose plan waits for approval: its agent succeeded (the plan is
+        // written) and no Job runs for it until a person decides, which may take days. As
+        // Active it would hold back every later run (Forbid) or be deleted by one (Replace).
+        Some(TaskPhase::AwaitingApproval) => RunState::Succeeded,
         _ => RunState::Active,
     };
+    // Undecided, it has no completion time: when its plan was written stands in, so the
+    // history limit counts it in its turn instead of deleting it first, as the oldest.
+    let plan_written = || {
+        status?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == recac_api::conditions::PLAN_READY && c.status == "True")
+            .map(|c| c.last_transition_time.0)
+    };
+    let finished = status
+        .and_then(|s| s.completion_time.as_ref())
+        .map(|t| t.0)
+        .or_else(|| {
+            (phase == Some(TaskPhase::AwaitingApproval))
+                .then(plan_written)
+                .flatten()
+        });
     Run {
         name: task.name_any(),
         state,
@@ -316,7 +338,7 @@ fn run_of(task: &AgentTask) -> Run {
             .get(schedule_labels::SCHEDULED_AT)
             .and_then(|t| t.parse().ok()),
         created: task.creation_timestamp().map(|t| t.0),
-        finished: status.and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
+        finished,
     }
 }
 
@@ -692,6 +714,37 @@ spec:
         let run = run_of(&task);
         assert_eq!(run.state, RunState::Active);
         assert_eq!(run.scheduled_at, Some(due));
+    }
+
+    #[test]
+    fn a_run_whose_plan_waits_for_approval_is_finished_as_of_its_plan() {
+        let schedule = schedule();
+        let due: Timestamp = "2026-01-05T06:00:00Z".parse().expect("time");
+        let written: Timestamp = "2026-01-05T06:10:00Z".parse().expect("time");
+        let mut task = build_task(&schedule, &decide::run_name("weekly-deps", due), due);
+        task.status = Some(recac_api::AgentTaskStatus {
+            phase: Some(TaskPhase::AwaitingApproval),
+            conditions: vec![Condition {
+                type_: recac_api::conditions::PLAN_READY.into(),
+                status: "True".into(),
+                reason: "PlanWritten".into(),
+                message: String::new(),
+                last_transition_time: Time(written),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        let run = run_of(&task);
+        assert_eq!(run.state, RunState::Succeeded);
+        assert_eq!(run.finished, Some(written));
+
+        // Once decided, its completion time counts.
+        let approved: Timestamp = "2026-01-07T09:00:00Z".parse().expect("time");
+        if let Some(status) = task.status.as_mut() {
+            status.phase = Some(TaskPhase::Succeeded);
+            status.completion_time = Some(Time(approved));
+        }
+        assert_eq!(run_of(&task).finished, Some(approved));
     }
 
     #[test]

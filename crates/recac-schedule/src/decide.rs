@@ -442,6 +442,7 @@ mod tests {
                     timeout_seconds: 3600,
                     ttl_seconds_after_finished: None,
                     suspend: false,
+                    approval: None,
                 },
             },
         }

@@ -7,10 +7,16 @@
 //! command acts once, whatever restarts in between, and the record of that is in
 //! Kubernetes or on the ticket, never only in memory:
 //! - a follow-up or `retry` is a new AgentTask annotated `recac.io/command: <comment id>`;
-//! - `stop` is the annotation `recac.io/stop: <comment id>` on the ticket's unfinished tasks;
+//! - `stop` is the annotation `recac.io/stop: <comment id>` on the ticket's unfinished tasks
+//!   (or on a plan that waits for approval, which it rejects);
+//! - `approve` and `reject` of a plan that waits for approval are the next run, annotated
+//!   like a follow-up (the implementation, or a new planning run); the plan's task is then
+//!   annotated `recac.io/approval` with the decision;
 //! - every other answer is one reply comment carrying [`reply_marker`].
 //!
-//! A comment whose id is in any of those records is never acted on again.
+//! A comment whose id is in any of those records is never acted on again. A move of the
+//! ticket to the source's `approval.approvedStatus` approves like a comment: its changelog
+//! entry is a command with the id [`transition_id`].
 
 use std::collections::HashSet;
 
@@ -105,6 +111,15 @@ pub struct CommentFacts {
     pub by_bot: bool,
     /// Its command, when it is addressed to the bot.
     pub command: Option<Command>,
+    /// This is a move of the ticket to the approval status (a changelog entry), not a
+    /// comment.
+    pub transition: bool,
+}
+
+/// The command id of an approval by a move of the ticket to the approval status: its
+/// changelog entry's id, marked so it never meets a comment's id.
+pub fn transition_id(history_id: &str) -> String {
+    format!("status-{history_id}")
 }
 
 /// What a decision reads of one run (AgentTask) of the ticket.
@@ -118,13 +133,63 @@ pub struct RunFacts {
     pub command: Option<String>,
     /// The comment that stopped it (`recac.io/stop`).
     pub stop: Option<String>,
+    /// A planning run (`spec.approval: plan`).
+    pub planning: bool,
+    /// Its plan waits for approval: it is `AwaitingApproval` and nobody decided yet.
+    pub awaiting_approval: bool,
+}
+
+/// What was decided on a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Approved,
+    Rejected,
+}
+
+impl Decision {
+    /// The value of the `recac.io/approval` annotation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approved => recac_api::annotations::APPROVED,
+            Decision::Rejected => recac_api::annotations::REJECTED,
+        }
+    }
 }
 
 /// What a follow-up or retry runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunRequest {
-    FollowUp { text: String, author: String },
+    FollowUp {
+        text: String,
+        author: String,
+    },
     Retry,
+    /// Implement the plan of the task `plan_task`, approved by `author`.
+    Implement {
+        plan_task: String,
+        author: String,
+    },
+    /// Plan again: the plan of `plan_task` was rejected by `author`, for `why` (if given).
+    Replan {
+        plan_task: String,
+        author: String,
+        why: Option<String>,
+    },
+}
+
+impl RunRequest {
+    /// The plan task this run decides on, and how.
+    pub fn decides(&self) -> Option<(&str, Decision, &str)> {
+        match self {
+            RunRequest::Implement { plan_task, author } => {
+                Some((plan_task, Decision::Approved, author))
+            }
+            RunRequest::Replan {
+                plan_task, author, ..
+            } => Some((plan_task, Decision::Rejected, author)),
+            _ => None,
+        }
+    }
 }
 
 /// One thing to do for a command.
@@ -144,10 +209,18 @@ pub enum Act {
     },
     /// Answer `comment` (the text ends with its [`reply_marker`]).
     Reply { comment: String, text: String },
+    /// Record `decision` on the plan of `task` (the annotation), by `by`; `stop`: the
+    /// comment that asked to stop, which rejects a waiting plan.
+    Decide {
+        task: String,
+        decision: Decision,
+        by: String,
+        stop: Option<String>,
+    },
 }
 
 /// The commands a user types, for replies.
-pub const USAGE: &str = "Write a comment that starts with /recac or mentions the recac bot: free text asks for a follow-up run on the same branch (it runs after the current one); \"retry\" runs the last request again; \"stop\" stops the running task (what it pushed stays on its branch); \"approve\" or \"reject <why>\" answer a plan that waits for approval; \"help\" shows this.";
+pub const USAGE: &str = "Write a comment that starts with /recac or mentions the recac bot: free text asks for a follow-up run on the same branch (it runs after the current one); \"retry\" runs the last request again; \"stop\" stops the running task (what it pushed stays on its branch); \"approve\" starts the work on a plan that waits for approval, \"reject <why>\" asks for a new plan (free text or \"retry\" while a plan waits also ask for a new one); \"help\" shows this.";
 
 /// Decides what to do with the ticket's comments, given its runs. `allowed` says whether a
 /// comment's author may give commands; `who_may` names who may, for the reply to others.
@@ -190,7 +263,9 @@ pub fn plan(
             .then_with(|| numeric(&a.id).cmp(&numeric(&b.id)))
     });
     let mut next_run = latest.run + 1;
-    let mut acts = Vec::new();
+    let mut acts = settle_decided_plans(comments, runs);
+    // The plan that waits for an answer, until a command answers it.
+    let mut waiting = latest.awaiting_approval.then_some(latest);
     for comment in pending {
         if !done.insert(comment.id.as_str()) {
             continue;
@@ -210,14 +285,59 @@ pub fn plan(
             .and_then(|u| u.display_name.clone().or_else(|| u.id().map(String::from)))
             .unwrap_or_else(|| "someone".into());
         if !allowed(comment.author.as_ref()) {
-            acts.push(reply(format!(
-                "recac did not act on the comment by {who}: only {who_may} may give recac commands on this project's tickets."
-            )));
+            acts.push(reply(if comment.transition {
+                format!(
+                    "recac did not take the move of this ticket by {who} as an approval of the plan: only {who_may} may approve recac's plans on this project's tickets."
+                )
+            } else {
+                format!(
+                    "recac did not act on the comment by {who}: only {who_may} may give recac commands on this project's tickets."
+                )
+            }));
             continue;
         }
         let Some(command) = &comment.command else {
             continue;
         };
+        if let Some(plan) = waiting {
+            let answer = match command {
+                Command::Approve => Some(RunRequest::Implement {
+                    plan_task: plan.name.clone(),
+                    author: name.clone(),
+                }),
+                Command::Reject(why) | Command::FollowUp(why) => Some(RunRequest::Replan {
+                    plan_task: plan.name.clone(),
+                    author: name.clone(),
+                    why: Some(why.trim().to_string()).filter(|w| !w.is_empty()),
+                }),
+                Command::Retry => Some(RunRequest::Replan {
+                    plan_task: plan.name.clone(),
+                    author: name.clone(),
+                    why: None,
+                }),
+                Command::Stop => {
+                    acts.push(Act::Decide {
+                        task: plan.name.clone(),
+                        decision: Decision::Rejected,
+                        by: name.clone(),
+                        stop: Some(comment.id.clone()),
+                    });
+                    waiting = None;
+                    continue;
+                }
+                Command::Help | Command::Unknown(_) => None,
+            };
+            if let Some(request) = answer {
+                acts.push(Act::Run {
+                    comment: comment.id.clone(),
+                    run: next_run,
+                    request,
+                });
+                next_run += 1;
+                waiting = None;
+                continue;
+            }
+        }
         match command {
             Command::FollowUp(text) => {
                 acts.push(Act::Run {
@@ -269,6 +389,38 @@ pub fn plan(
         }
     }
     acts
+}
+
+/// A plan that still waits although a later run of the ticket answered it (the run was
+/// created, then the operator stopped before it recorded the decision): the decision, from
+/// the next run (a planning run rejected it), by the author of the command that started it.
+fn settle_decided_plans(comments: &[CommentFacts], runs: &[RunFacts]) -> Vec<Act> {
+    let mut ordered: Vec<&RunFacts> = runs.iter().collect();
+    ordered.sort_by_key(|r| r.run);
+    ordered
+        .windows(2)
+        .filter(|pair| pair[0].awaiting_approval)
+        .map(|pair| {
+            let (plan, next) = (pair[0], pair[1]);
+            let by = next
+                .command
+                .as_ref()
+                .and_then(|id| comments.iter().find(|c| &c.id == id))
+                .and_then(|c| c.author.as_ref())
+                .and_then(|u| u.display_name.clone().or_else(|| u.id().map(String::from)))
+                .unwrap_or_else(|| "someone".into());
+            Act::Decide {
+                task: plan.name.clone(),
+                decision: if next.planning {
+                    Decision::Rejected
+                } else {
+                    Decision::Approved
+                },
+                by,
+                stop: None,
+            }
+        })
+        .collect()
 }
 
 fn numeric(id: &str) -> u64 {
@@ -345,6 +497,46 @@ pub fn follow_up_prompt(
     prompt.chars().take(max_chars).collect()
 }
 
+/// The implementation run's prompt: the original request, then the approved plan, at most
+/// `max_chars` characters (the original request is cut first).
+pub fn implement_prompt(original: &str, plan: &str, author: &str, max_chars: usize) -> String {
+    let tail = format!(
+        "\n\nThe plan below was approved on the ticket by {author}. Implement it.\n\nApproved plan:\n{}",
+        plan.trim()
+    );
+    with_original(original, &tail, max_chars)
+}
+
+/// A new planning run's prompt after a plan was rejected: the original request, the
+/// rejected plan and why, at most `max_chars` characters (the original request is cut
+/// first).
+pub fn replan_prompt(
+    original: &str,
+    rejected_plan: Option<&str>,
+    author: &str,
+    why: Option<&str>,
+    max_chars: usize,
+) -> String {
+    let why = why
+        .map(|w| format!(": {}", crate::prompt::clean(w).trim()))
+        .unwrap_or_else(|| " (no reason given)".into());
+    let mut tail = format!("\n\nAn earlier plan was rejected on the ticket by {author}{why}");
+    if let Some(plan) = rejected_plan.map(str::trim).filter(|p| !p.is_empty()) {
+        tail.push_str(&format!("\n\nRejected plan:\n{plan}"));
+    }
+    tail.push_str("\n\nWrite a new plan.");
+    with_original(original, &tail, max_chars)
+}
+
+fn with_original(original: &str, tail: &str, max_chars: usize) -> String {
+    let room = max_chars.saturating_sub(tail.chars().count());
+    let original: String = original.trim_end().chars().take(room).collect();
+    format!("{original}{tail}")
+        .chars()
+        .take(max_chars)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +561,7 @@ mod tests {
             text: text.into(),
             by_bot: who == "bot",
             command: parse(text, false, &[]),
+            transition: false,
         }
     }
 
@@ -380,7 +573,166 @@ mod tests {
             created: at(second),
             command: command.map(String::from),
             stop: None,
+            planning: false,
+            awaiting_approval: false,
         }
+    }
+
+    fn plan_run(run: u32, second: i64, command: Option<&str>, awaiting: bool) -> RunFacts {
+        RunFacts {
+            planning: true,
+            awaiting_approval: awaiting,
+            ..super::tests::run(run, true, second, command)
+        }
+    }
+
+    fn names(acts: &[Act]) -> Vec<String> {
+        acts.iter()
+            .map(|a| match a {
+                Act::Run {
+                    comment,
+                    run,
+                    request,
+                } => format!("run {run} for {comment}: {request:?}"),
+                Act::Stop { comment, .. } => format!("stop for {comment}"),
+                Act::Reply { comment, .. } => format!("reply to {comment}"),
+                Act::Decide {
+                    task,
+                    decision,
+                    by,
+                    stop,
+                } => format!("{task} {} by {by} stop {stop:?}", decision.as_str()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_waiting_plan_is_answered_by_approve_reject_and_the_other_commands() {
+        let runs = [plan_run(1, 0, None, true)];
+        let approve = comment("10", "alice", 5, "/recac approve");
+        assert_eq!(
+            names(&plan(
+                std::slice::from_ref(&approve),
+                &runs,
+                &anyone,
+                "anyone"
+            )),
+            ["run 2 for 10: Implement { plan_task: \"ops-1-r1\", author: \"alice\" }"]
+        );
+        let reject = comment("11", "alice", 5, "/recac reject too risky, keep the API");
+        assert_eq!(
+            names(&plan(&[reject], &runs, &anyone, "anyone")),
+            [
+                "run 2 for 11: Replan { plan_task: \"ops-1-r1\", author: \"alice\", why: Some(\"too risky, keep the API\") }"
+            ]
+        );
+        let bare = comment("12", "alice", 5, "/recac reject");
+        assert!(names(&plan(&[bare], &runs, &anyone, "anyone"))[0].contains("why: None"));
+        let revise = comment("13", "alice", 5, "/recac also cover the CLI");
+        assert!(
+            names(&plan(&[revise], &runs, &anyone, "anyone"))[0]
+                .contains("Replan { plan_task: \"ops-1-r1\", author: \"alice\", why: Some(\"also cover the CLI\") }")
+        );
+        let stop = comment("14", "alice", 5, "/recac stop");
+        assert_eq!(
+            names(&plan(&[stop], &runs, &anyone, "anyone")),
+            ["ops-1-r1 rejected by alice stop Some(\"14\")"]
+        );
+        // Only the first answer counts; a second approve finds no plan waiting.
+        let again = comment("15", "alice", 6, "/recac approve");
+        let acts = plan(&[approve, again], &runs, &anyone, "anyone");
+        assert_eq!(names(&acts)[1], "reply to 15");
+        let Act::Reply { text, .. } = &acts[1] else {
+            panic!("{acts:?}")
+        };
+        assert!(text.contains("no plan waiting"), "{text}");
+    }
+
+    #[test]
+    fn an_approval_by_transition_needs_an_allowed_user() {
+        let runs = [plan_run(1, 0, None, true)];
+        let moved = CommentFacts {
+            id: transition_id("777"),
+            author: Some(user("mallory")),
+            created: at(5),
+            text: String::new(),
+            by_bot: false,
+            command: Some(Command::Approve),
+            transition: true,
+        };
+        let only_alice = |u: Option<&User>| u.and_then(User::id) == Some("alice");
+        let acts = plan(std::slice::from_ref(&moved), &runs, &only_alice, "alice");
+        let Act::Reply { comment, text } = &acts[0] else {
+            panic!("{acts:?}")
+        };
+        assert_eq!(comment, "status-777");
+        assert!(
+            text.contains("did not take the move of this ticket by mallory"),
+            "{text}"
+        );
+        let by_alice = CommentFacts {
+            author: Some(user("alice")),
+            ..moved
+        };
+        assert!(
+            names(&plan(&[by_alice], &runs, &only_alice, "alice"))[0]
+                .starts_with("run 2 for status-777: Implement")
+        );
+    }
+
+    #[test]
+    fn a_plan_answered_before_a_restart_is_settled_from_the_next_run() {
+        let approve = comment("10", "alice", 5, "/recac approve");
+        let approved = [plan_run(1, 0, None, true), run(2, false, 6, Some("10"))];
+        assert_eq!(
+            names(&plan(
+                std::slice::from_ref(&approve),
+                &approved,
+                &anyone,
+                "anyone"
+            )),
+            ["ops-1-r1 approved by alice stop None"]
+        );
+        let reject = comment("11", "bob", 5, "/recac reject no");
+        let rejected = [
+            plan_run(1, 0, None, true),
+            plan_run(2, 6, Some("11"), false),
+        ];
+        assert_eq!(
+            names(&plan(&[reject], &rejected, &anyone, "anyone")),
+            ["ops-1-r1 rejected by bob stop None"]
+        );
+        // Once decided, nothing more.
+        let decided = [plan_run(1, 0, None, false), run(2, false, 6, Some("10"))];
+        assert!(plan(&[approve], &decided, &anyone, "anyone").is_empty());
+    }
+
+    #[test]
+    fn plan_prompts_carry_the_plan_and_fit_the_cap() {
+        let p = implement_prompt(
+            "Fix the parser.",
+            "1. edit parse.rs\n2. test",
+            "Alice",
+            1000,
+        );
+        assert!(
+            p.starts_with("Fix the parser.\n\nThe plan below was approved on the ticket by Alice."),
+            "{p}"
+        );
+        assert!(
+            p.ends_with("Approved plan:\n1. edit parse.rs\n2. test"),
+            "{p}"
+        );
+        let long = "x".repeat(5000);
+        let p = implement_prompt(&long, "the plan", "Alice", 300);
+        assert_eq!(p.chars().count(), 300);
+        assert!(p.ends_with("the plan"), "the plan survives the cap");
+        let p = replan_prompt("Fix it.", Some("old plan"), "Bob", Some("too big"), 1000);
+        assert!(p.contains("rejected on the ticket by Bob: too big"), "{p}");
+        assert!(p.contains("Rejected plan:\nold plan"), "{p}");
+        assert!(p.ends_with("Write a new plan."), "{p}");
+        let p = replan_prompt("Fix it.", None, "Bob", None, 1000);
+        assert!(p.contains("by Bob (no reason given)"), "{p}");
     }
 
     fn anyone(_: Option<&User>) -> bool {

@@ -68,6 +68,37 @@ pub struct SourceConfig {
     /// Commands people write in comments on the tickets this source worked on.
     #[serde(default)]
     pub commands: CommandsConfig,
+    /// Whether a ticket's work waits for a plan to be approved.
+    #[serde(default)]
+    pub approval: ApprovalConfig,
+}
+
+/// A plan to approve before any work is pushed (see `docs/jira.md`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApprovalConfig {
+    /// `none` (default): a ticket's first run does the work. `plan`: its first run only
+    /// plans (`spec.approval: plan`): the plan is posted to the ticket, and an allowed
+    /// user's `/recac approve` starts the run that implements it, `/recac reject <why>` a
+    /// new planning run.
+    #[serde(default)]
+    pub mode: ApprovalMode,
+    /// A status (by name) whose reaching approves the waiting plan, like `/recac approve`,
+    /// when an allowed user moved the ticket there (for example `Approved`). Unset: only
+    /// the comment approves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_status: Option<String>,
+}
+
+/// What a ticket's first run does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ApprovalMode {
+    /// The work, pushed to the ticket's branch.
+    #[default]
+    None,
+    /// A plan, which waits for approval before any work starts.
+    Plan,
 }
 
 /// Commands in ticket comments: a comment addressed to the bot (a mention of the bot user,
@@ -598,6 +629,7 @@ impl SourceConfig {
             skip_labels: SkipLabels::default(),
             stranded_claims: StrandedClaims::default(),
             commands: CommandsConfig::default(),
+            approval: ApprovalConfig::default(),
         }
     }
 
@@ -695,6 +727,29 @@ impl SourceConfig {
             return Err(invalid(
                 &key("commands.lookbackMinutes"),
                 "must be between 1 and 10080 (a week)",
+            ));
+        }
+        if let Some(status) = &self.approval.approved_status {
+            if status.trim().is_empty() {
+                return Err(invalid(&key("approval.approvedStatus"), "is empty"));
+            }
+            if self.approval.mode != ApprovalMode::Plan {
+                return Err(invalid(
+                    &key("approval.approvedStatus"),
+                    "only applies with approval.mode: plan",
+                ));
+            }
+            if !self.commands.enabled {
+                return Err(invalid(
+                    &key("approval.approvedStatus"),
+                    "needs commands.enabled: the move is read with the ticket's comments",
+                ));
+            }
+        }
+        if self.approval.mode == ApprovalMode::Plan && !self.commands.enabled {
+            return Err(invalid(
+                &key("approval.mode"),
+                "plan needs commands.enabled: a plan is approved with a command on the ticket",
             ));
         }
         if !is_dns_label(&self.namespace) {
@@ -929,6 +984,18 @@ mod tests {
                 "sources[0].claim.addLabels[0]",
             ),
             (
+                "project: OPS\nlabel: l\napproval: {approvedStatus: Approved}\n",
+                "sources[0].approval.approvedStatus",
+            ),
+            (
+                "project: OPS\nlabel: l\napproval: {mode: plan, approvedStatus: \" \"}\n",
+                "sources[0].approval.approvedStatus",
+            ),
+            (
+                "project: OPS\nlabel: l\napproval: {mode: plan}\ncommands: {enabled: false}\n",
+                "sources[0].approval.mode",
+            ),
+            (
                 "project: OPS\nlabel: l\ntemplate:\n  caBundle: {key: ca.crt}\n",
                 "sources[0].template.caBundle",
             ),
@@ -998,6 +1065,27 @@ mod tests {
             assert!(
                 err.inner().to_string().contains(unknown),
                 "{template}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn approval_takes_a_mode_and_a_status() {
+        let s = parse(
+            "name: ops\nnamespace: a\nproject: OPS\nlabel: l\napproval: {mode: plan, approvedStatus: Approved}\n",
+        );
+        s.validate("sources[0]").expect("valid");
+        assert_eq!(s.approval.mode, ApprovalMode::Plan);
+        assert_eq!(s.approval.approved_status.as_deref(), Some("Approved"));
+        let plain = parse("name: ops\nnamespace: a\nproject: OPS\nlabel: l\n");
+        assert_eq!(plain.approval.mode, ApprovalMode::None);
+        for bad in ["approval: {mode: always}\n", "approval: {mod: plan}\n"] {
+            let text = format!("name: ops\nnamespace: a\nproject: OPS\nlabel: l\n{bad}");
+            let tree: serde_json::Value = serde_saphyr::from_str(&text).expect("yaml");
+            let err = serde_path_to_error::deserialize::<_, SourceConfig>(tree).expect_err(bad);
+            assert!(
+                err.path().to_string().starts_with("approval"),
+                "{bad}: {err}"
             );
         }
     }

@@ -368,6 +368,12 @@ impl SourceController {
             .seen
             .get_or_create(&label)
             .inc_by(issues.len() as u64);
+        // Each ticket's status as the searches read it: a move to the approval status
+        // approves a waiting plan.
+        let mut status_of: HashMap<String, String> = issues
+            .iter()
+            .filter_map(|i| Some((i.key.clone(), i.fields.status.as_ref()?.name.clone())))
+            .collect();
         if let Some(changed) = crate::query::changed_jql(source, changed_within) {
             let more = self
                 .jira
@@ -380,7 +386,9 @@ impl SourceController {
                     .filter(|i| !known.contains(&i.key))
                     .map(|mut i| {
                         // Only for its comments: never taken as a new ticket.
-                        i.fields.status = None;
+                        if let Some(status) = i.fields.status.take() {
+                            status_of.insert(i.key.clone(), status.name);
+                        }
                         i
                     }),
             );
@@ -389,7 +397,8 @@ impl SourceController {
         if let Ok(mut polled) = state.polled.lock() {
             polled.insert(source.name.clone(), started);
         }
-        let conversations = self.conversations(source, &issues, &index, changed_within, state);
+        let conversations =
+            self.conversations(source, &issues, &index, changed_within, state, &status_of);
         issues.retain(|i| crate::query::is_ready(source, i.fields.status.as_ref()));
         let mut handled = state
             .handled
@@ -456,7 +465,8 @@ impl SourceController {
         index: &HashMap<String, Vec<TaskView>>,
         changed_within: u64,
         state: &TermState,
-    ) -> Vec<(String, String, Vec<TaskView>)> {
+        status_of: &HashMap<String, String>,
+    ) -> Vec<Conversing> {
         if !source.commands.enabled {
             return Vec::new();
         }
@@ -481,20 +491,31 @@ impl SourceController {
                 .get(key)
                 .filter(|views| views.iter().any(|v| v.source == source.name))
         };
-        let mut tickets: Vec<(String, String, Vec<TaskView>)> = issues
+        let mut tickets: Vec<Conversing> = issues
             .iter()
             .filter_map(|i| {
                 let views = views_of(&i.key)?;
                 let updated = i.fields.updated.clone()?;
                 let recent = plan::jira_time(&updated).is_none_or(|at| at >= since);
-                (unread.contains(&i.key) || recent && read.get(&i.key) != Some(&updated))
-                    .then(|| (i.key.clone(), updated, views.clone()))
+                (unread.contains(&i.key) || recent && read.get(&i.key) != Some(&updated)).then(
+                    || Conversing {
+                        key: i.key.clone(),
+                        updated,
+                        views: views.clone(),
+                        status: status_of.get(&i.key).cloned(),
+                    },
+                )
             })
             .collect();
-        let listed: HashSet<String> = tickets.iter().map(|t| t.0.clone()).collect();
+        let listed: HashSet<String> = tickets.iter().map(|t| t.key.clone()).collect();
         for key in unread.iter().filter(|k| !listed.contains(*k)) {
             if let Some(views) = views_of(key) {
-                tickets.push((key.clone(), String::new(), views.clone()));
+                tickets.push(Conversing {
+                    key: key.clone(),
+                    updated: String::new(),
+                    views: views.clone(),
+                    status: status_of.get(key).cloned(),
+                });
             }
         }
         tickets
@@ -505,7 +526,7 @@ impl SourceController {
         &self,
         source: &SourceConfig,
         bot: &User,
-        tickets: Vec<(String, String, Vec<TaskView>)>,
+        tickets: Vec<Conversing>,
         state: &TermState,
     ) {
         if tickets.is_empty() {
@@ -519,10 +540,10 @@ impl SourceController {
             bot,
         };
         let outcomes: Vec<(String, String, bool)> = futures::stream::iter(tickets)
-            .map(|(key, updated, views)| {
+            .map(|Conversing { key, updated, views, status }| {
                 let conversation = &conversation;
                 async move {
-                    match conversation.handle(&key, &views).await {
+                    match conversation.handle(&key, &views, status.as_deref()).await {
                         Ok(acts) => {
                             self.metrics
                                 .commands
@@ -1160,4 +1181,13 @@ impl Component for SourceController {
     fn run(self: Arc<Self>, term: Term) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(self.run_term(term))
     }
+}
+
+/// A ticket whose comments are to be read: its `updated` as the search read it, its
+/// tasks, and its status (when a search read it).
+struct Conversing {
+    key: String,
+    updated: String,
+    views: Vec<TaskView>,
+    status: Option<String>,
 }

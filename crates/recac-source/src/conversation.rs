@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use recac_api::{AgentTask, TaskPhase, annotations};
+use recac_api::{AgentTask, Approval, TaskPhase, annotations};
 use recac_jira::{JiraClient, User};
 use recac_runtime::Cache;
 use serde_json::json;
@@ -59,8 +59,14 @@ impl Conversation<'_> {
     }
 
     /// Reads `key`'s comments and acts on the commands among them; `views` are the
-    /// ticket's tasks. Returns how many acts.
-    pub async fn handle(&self, key: &str, views: &[TaskView]) -> Result<usize, SourceError> {
+    /// ticket's tasks, `status` its status as the poll's search read it. Returns how many
+    /// acts.
+    pub async fn handle(
+        &self,
+        key: &str,
+        views: &[TaskView],
+        status: Option<&str>,
+    ) -> Result<usize, SourceError> {
         let runs = self.runs(views);
         if runs.is_empty() {
             return Ok(0);
@@ -88,10 +94,15 @@ impl Conversation<'_> {
                     created: c.created_at(),
                     text,
                     by_bot,
+                    transition: false,
                 }
             })
             .collect();
         let run_facts: Vec<RunFacts> = runs.iter().map(|t| run_facts(t)).collect();
+        let mut facts = facts;
+        if let Some(moved) = self.approval_move(key, status, &run_facts).await? {
+            facts.push(moved);
+        }
         let allowed = self.allowed_authors(&facts).await?;
         let who_may = self.who_may();
         let acts = commands::plan(
@@ -108,6 +119,55 @@ impl Conversation<'_> {
             self.act(key, act, &runs, &facts).await?;
         }
         Ok(count)
+    }
+
+    /// The ticket's latest move to the source's approval status, as an `approve` command,
+    /// when the ticket is in that status and its latest run's plan waits for approval (only
+    /// then is the changelog read).
+    async fn approval_move(
+        &self,
+        key: &str,
+        status: Option<&str>,
+        runs: &[RunFacts],
+    ) -> Result<Option<CommentFacts>, SourceError> {
+        let Some(wanted) = self.source.approval.approved_status.as_deref() else {
+            return Ok(None);
+        };
+        let waiting = runs
+            .iter()
+            .max_by_key(|r| r.run)
+            .is_some_and(|r| r.awaiting_approval);
+        if !waiting || !status.is_some_and(|s| s.eq_ignore_ascii_case(wanted)) {
+            return Ok(None);
+        }
+        let (_, histories) = self
+            .jira
+            .issue_with_changelog(key, &["status"])
+            .await
+            .map_err(self.jira_err(format!("read the changelog of {key}")))?;
+        Ok(histories
+            .iter()
+            .rev()
+            .find(|h| {
+                h.items.iter().any(|i| {
+                    i.field == "status"
+                        && i.to_string
+                            .as_deref()
+                            .is_some_and(|to| to.eq_ignore_ascii_case(wanted))
+                })
+            })
+            .map(|h| CommentFacts {
+                id: commands::transition_id(&h.id),
+                author: h.author.clone(),
+                created: h.created.as_deref().and_then(crate::plan::jira_time),
+                text: String::new(),
+                by_bot: h
+                    .author
+                    .as_ref()
+                    .is_some_and(|a| decide::same_user(a, self.bot)),
+                command: Some(commands::Command::Approve),
+                transition: true,
+            }))
     }
 
     /// Whether each author of a command may give commands (the source's trigger rule).
@@ -170,6 +230,15 @@ impl Conversation<'_> {
                     .map_err(self.jira_err(format!("answer comment {comment} on {key}")))?;
                 info!(ticket = key, comment, "answered a comment");
             }
+            Act::Decide {
+                task,
+                decision,
+                by,
+                stop,
+            } => {
+                self.decide_plan(key, &task, decision, &by, stop.as_deref())
+                    .await?;
+            }
             Act::Stop { comment, by, tasks } => {
                 let api: Api<AgentTask> =
                     Api::namespaced(self.client.clone(), &self.source.namespace);
@@ -192,25 +261,47 @@ impl Conversation<'_> {
                 let Some(latest) = runs.last() else {
                     return Ok(());
                 };
+                let original = runs
+                    .first()
+                    .and_then(|t| t.spec.prompt.clone())
+                    .unwrap_or_default();
+                let plan_of = |name: &str| {
+                    runs.iter()
+                        .find(|t| t.name_any() == name)
+                        .and_then(|t| t.status.as_ref()?.plan.clone())
+                };
+                let max = self.source.max_prompt_chars;
                 let prompt = match &request {
                     RunRequest::Retry => latest.spec.prompt.clone().unwrap_or_default(),
+                    RunRequest::Implement { plan_task, author } => commands::implement_prompt(
+                        &original,
+                        &plan_of(plan_task).unwrap_or_default(),
+                        author,
+                        max,
+                    ),
+                    RunRequest::Replan {
+                        plan_task,
+                        author,
+                        why,
+                    } => commands::replan_prompt(
+                        &original,
+                        plan_of(plan_task).as_deref(),
+                        author,
+                        why.as_deref(),
+                        max,
+                    ),
                     RunRequest::FollowUp { text, author } => {
-                        let original = runs
-                            .first()
-                            .and_then(|t| t.spec.prompt.clone())
-                            .unwrap_or_default();
                         let earlier: Vec<EarlierRun> =
                             runs.iter().map(|t| earlier_run(t, facts)).collect();
-                        commands::follow_up_prompt(
-                            &original,
-                            &earlier,
-                            author,
-                            text,
-                            self.source.max_prompt_chars,
-                        )
+                        commands::follow_up_prompt(&original, &earlier, author, text, max)
                     }
                 };
-                let task = next_run(latest, key, run, &comment, prompt);
+                let mut task = next_run(latest, key, run, &comment, prompt);
+                match &request {
+                    RunRequest::Implement { .. } => task.spec.approval = None,
+                    RunRequest::Replan { .. } => task.spec.approval = Some(Approval::Plan),
+                    RunRequest::FollowUp { .. } | RunRequest::Retry => {}
+                }
                 let api: Api<AgentTask> =
                     Api::namespaced(self.client.clone(), &self.source.namespace);
                 let name = task.name_any();
@@ -225,12 +316,50 @@ impl Conversation<'_> {
                             api.get(&name).await.map_err(self.kube_err("read", &name))?;
                         if existing.annotations().get(annotations::COMMAND) != Some(&comment) {
                             warn!(ticket = key, task = %name, comment, "run number taken; the next poll starts the command as a later run");
+                            return Ok(());
                         }
                     }
                     Err(e) => return Err(self.kube_err("create", &name)(e)),
                 }
+                // The new run answers the plan: record the decision on the plan's task (a
+                // restart before this settles it from the new run; see `commands`).
+                if let Some((plan_task, decision, by)) = request.decides() {
+                    self.decide_plan(key, plan_task, decision, by, None).await?;
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Annotates the plan of `task` with `decision` by `by` (and the comment that stopped
+    /// it, if one did); the task controller then settles the task.
+    async fn decide_plan(
+        &self,
+        key: &str,
+        task: &str,
+        decision: commands::Decision,
+        by: &str,
+        stop: Option<&str>,
+    ) -> Result<(), SourceError> {
+        let api: Api<AgentTask> = Api::namespaced(self.client.clone(), &self.source.namespace);
+        let mut marks = serde_json::Map::new();
+        marks.insert(annotations::APPROVAL.into(), decision.as_str().into());
+        marks.insert(annotations::APPROVAL_BY.into(), by.into());
+        if let Some(stop) = stop {
+            marks.insert(annotations::STOP.into(), stop.into());
+            marks.insert(annotations::STOP_BY.into(), by.into());
+        }
+        let patch = json!({"metadata": {"annotations": marks}});
+        api.patch(task, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(self.kube_err("record the plan's decision on", task))?;
+        info!(
+            ticket = key,
+            task,
+            decision = decision.as_str(),
+            by,
+            "plan decided on the ticket"
+        );
         Ok(())
     }
 
@@ -282,6 +411,10 @@ fn run_facts(task: &AgentTask) -> RunFacts {
         created: task.creation_timestamp().map(|t| t.0),
         command: annotation(annotations::COMMAND),
         stop: annotation(annotations::STOP),
+        planning: task.spec.approval == Some(Approval::Plan),
+        awaiting_approval: task.status.as_ref().and_then(|s| s.phase)
+            == Some(TaskPhase::AwaitingApproval)
+            && annotation(annotations::APPROVAL).is_none(),
     }
 }
 

@@ -83,6 +83,8 @@ pub fn build(new: NewTask<'_>) -> AgentTask {
                 .unwrap_or(recac_api::DEFAULT_TIMEOUT_SECONDS),
             ttl_seconds_after_finished: t.ttl_seconds_after_finished,
             suspend: false,
+            approval: (s.approval.mode == crate::config::ApprovalMode::Plan)
+                .then_some(recac_api::Approval::Plan),
         },
     );
     task.metadata = ObjectMeta {

@@ -572,6 +572,7 @@ mod tests {
                 timeout_seconds: 600,
                 ttl_seconds_after_finished: None,
                 suspend: false,
+                approval: None,
             },
         );
         task.metadata.namespace = Some("ns".into());
@@ -776,6 +777,34 @@ mod tests {
             .map(|i| i.tickets.places.len())
             .unwrap_or(1);
         assert_eq!(lined_up, 0, "finished runs leave their ticket's line");
+    }
+
+    #[test]
+    fn a_plan_waiting_for_approval_holds_no_slot_and_does_not_hold_back_the_next_run() {
+        let queue = AdmissionQueue::new(1, Default::default());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        queue.start_term(tx, Vec::new());
+        let planning = run_of("OPS-1", "1", 0);
+        let second = run_of("OPS-1", "2", 1);
+        queue.apply(CacheChange::Upsert(&dispatched(planning.clone(), 1)));
+        queue.apply(CacheChange::Upsert(&second));
+        assert_eq!(queue.previous_run(&second).as_deref(), Some("ops-1-1"));
+        assert!(!queue.wants_slot(&second, Timestamp::now()));
+        assert!(woken(&mut rx).is_empty());
+
+        // The planning run wrote its plan, which waits for approval: no Job runs for it.
+        let mut awaiting = dispatched(planning, 1);
+        if let Some(status) = awaiting.status.as_mut() {
+            status.phase = Some(TaskPhase::AwaitingApproval);
+        }
+        assert!(!holds_slot(&awaiting));
+        assert!(!wants_slot(&awaiting, Timestamp::now(), false));
+        queue.apply(CacheChange::Upsert(&awaiting));
+        assert_eq!(woken(&mut rx), ["ops-1-2"]);
+        assert_eq!(queue.previous_run(&second), None);
+        assert!(queue.wants_slot(&second, Timestamp::now()));
+        assert_eq!(queue.figures().holding, 0);
+        assert!(queue.try_admit(&second), "the only slot is free");
     }
 
     #[test]

@@ -41,13 +41,14 @@ use crate::orphans;
 pub const FIELD_MANAGER: &str = "recac-task-controller";
 
 /// The status conditions this controller owns (other controllers own others).
-pub const OWNED_CONDITIONS: [&str; 6] = [
+pub const OWNED_CONDITIONS: [&str; 7] = [
     decide::condition::CLAIMED,
     decide::condition::QUEUED,
     decide::condition::DISPATCHED,
     decide::condition::SUSPENDED,
     decide::condition::SUCCEEDED,
     decide::condition::FAILED,
+    decide::condition::PLAN_READY,
 ];
 
 /// How long a reconcile trusts its own dispatch over a cache that does not show it yet.

@@ -6,8 +6,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use recac_api::agent_contract::AgentResult;
-use recac_api::{AgentTask, AgentTaskStatus, TaskPhase};
+use recac_api::agent_contract::{AgentResult, Outcome};
+use recac_api::{AgentTask, AgentTaskStatus, Approval, TaskPhase};
 
 use crate::naming;
 use crate::observe::{AttemptState, Failure, Termination};
@@ -26,6 +26,12 @@ pub mod condition {
     pub const DISPATCH_FAILED: &str = "DispatchFailed";
     /// The source claimed the task's ticket in Jira.
     pub const CLAIMED: &str = recac_api::conditions::CLAIMED;
+    /// A planning run wrote its plan (`status.plan`), which waits for approval.
+    pub const PLAN_READY: &str = recac_api::conditions::PLAN_READY;
+    /// `PlanReady`'s reason.
+    pub const PLAN_WRITTEN: &str = "PlanWritten";
+    /// `Failed`'s reason for a planning run whose agent reported no plan.
+    pub const NO_PLAN: &str = "NoPlan";
 }
 
 /// What the controller saw of the current attempt's Job.
@@ -279,6 +285,12 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
     };
     draft.status.observed_generation = task.metadata.generation;
 
+    // No Job runs for a plan that waits for approval (nor does a stop have anything to
+    // stop): only the decision on the plan changes it.
+    if current.phase == Some(TaskPhase::AwaitingApproval) {
+        await_approval(&mut draft, task);
+        return draft.finish();
+    }
     if current.phase.is_some_and(TaskPhase::is_finished) {
         return draft.finish();
     }
@@ -397,6 +409,9 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
         Some(observation) => match &observation.state {
             AttemptState::Starting | AttemptState::Running | AttemptState::Suspended => {
                 in_progress(&mut draft, task, observation, attempt);
+            }
+            AttemptState::Succeeded if task.spec.approval == Some(Approval::Plan) => {
+                plan_attempt_succeeded(&mut draft, observation, attempt);
             }
             AttemptState::Succeeded => {
                 attempt_succeeded(&mut draft, observation, attempt);
@@ -739,6 +754,9 @@ fn copy_result(status: &mut AgentTaskStatus, result: &AgentResult) {
     }
 }
 
+/// A successful attempt of a task that does the work. Its result's outcome is not read: a
+/// `planned` outcome (an agent that planned although the task does not ask for a plan)
+/// counts as the success the Job says it is, and its plan is not kept.
 fn attempt_succeeded(draft: &mut Draft, observation: &AttemptObservation, attempt: i32) {
     let result = observation
         .termination
@@ -766,6 +784,124 @@ fn attempt_succeeded(draft: &mut Draft, observation: &AttemptObservation, attemp
         "Succeeded",
         format!("attempt {attempt} (Job {}) succeeded", observation.job_name),
     );
+}
+
+/// A planning run's successful attempt: its plan waits for approval (`AwaitingApproval`,
+/// not complete: the decision on the plan ends the task). An agent that reports no plan is
+/// not a planning agent, so another attempt would not write one either: the task fails.
+fn plan_attempt_succeeded(draft: &mut Draft, observation: &AttemptObservation, attempt: i32) {
+    let result = observation
+        .termination
+        .as_ref()
+        .and_then(|t| t.result.as_ref());
+    if let Some(result) = result {
+        copy_result(&mut draft.status, result);
+    }
+    let plan = result
+        .filter(|r| r.outcome == Outcome::Planned)
+        .and_then(|r| r.plan.as_ref())
+        .filter(|plan| !plan.trim().is_empty());
+    if let Some(plan) = plan {
+        draft.status.plan = Some(plan.clone());
+        draft.status.phase = Some(TaskPhase::AwaitingApproval);
+        draft.status.next_attempt_time = None;
+        draft.status.message = Some(plan_waiting_message(attempt));
+        draft.set_condition(
+            condition::PLAN_READY,
+            true,
+            condition::PLAN_WRITTEN,
+            &format!(
+                "attempt {attempt} wrote a plan (status.plan); set the {} annotation to {} or {}",
+                recac_api::annotations::APPROVAL,
+                recac_api::annotations::APPROVED,
+                recac_api::annotations::REJECTED
+            ),
+        );
+        draft.event(
+            EventType::Normal,
+            condition::PLAN_READY,
+            format!(
+                "attempt {attempt} (Job {}) wrote a plan; it waits for approval",
+                observation.job_name
+            ),
+        );
+        return;
+    }
+    let reported = match result {
+        None => "no result".to_string(),
+        Some(r) if r.outcome == Outcome::Planned => "an empty plan".to_string(),
+        Some(r) => format!("outcome {}", outcome_name(&r.outcome)),
+    };
+    let message = format!(
+        "attempt {attempt} succeeded, but the agent reported no plan ({reported}): a planning task needs an agent that writes a plan in plan mode, so it is not retried"
+    );
+    draft.status.phase = Some(TaskPhase::Failed);
+    draft.status.completion_time = Some(Time(*draft.now));
+    draft.status.next_attempt_time = None;
+    draft.status.message = Some(message.clone());
+    draft.set_condition(condition::FAILED, true, condition::NO_PLAN, &message);
+    draft.event(EventType::Warning, condition::NO_PLAN, message);
+}
+
+/// The message of a task whose plan waits for approval.
+fn plan_waiting_message(attempt: i32) -> String {
+    format!("attempt {attempt} wrote a plan; it waits for approval")
+}
+
+/// An outcome as the agent's result spells it.
+fn outcome_name(outcome: &Outcome) -> String {
+    serde_json::to_value(outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{outcome:?}"))
+}
+
+/// A task whose plan waits for approval: the [`recac_api::annotations::APPROVAL`]
+/// annotation ends it `Succeeded` (approved) or `Failed` (rejected). Without it nothing
+/// changes; a value it does not understand is named in the message, and the plan waits on.
+fn await_approval(draft: &mut Draft, task: &AgentTask) {
+    use recac_api::annotations::{APPROVAL, APPROVAL_BY, APPROVED, REJECTED};
+    use recac_api::reasons::{PLAN_APPROVED, PLAN_REJECTED};
+    let annotations = task.annotations();
+    let Some(decision) = annotations.get(APPROVAL).map(|d| d.trim()) else {
+        // The message as the plan was written (a value not understood may have replaced it).
+        if let Some(attempt) = draft.status.attempt {
+            draft.status.message = Some(plan_waiting_message(attempt));
+        }
+        return;
+    };
+    let by = annotations
+        .get(APPROVAL_BY)
+        .map(|by| by.trim())
+        .filter(|by| !by.is_empty())
+        .unwrap_or("someone");
+    let (phase, type_, reason, verdict) = match decision {
+        APPROVED => (
+            TaskPhase::Succeeded,
+            condition::SUCCEEDED,
+            PLAN_APPROVED,
+            "approved",
+        ),
+        REJECTED => (
+            TaskPhase::Failed,
+            condition::FAILED,
+            PLAN_REJECTED,
+            "rejected",
+        ),
+        other => {
+            draft.status.message = Some(format!(
+                "the plan waits for approval: {APPROVAL}={:?} is not understood (set it to {APPROVED} or {REJECTED})",
+                one_line(other, 100)
+            ));
+            return;
+        }
+    };
+    let message = format!("the plan was {verdict} by {by}");
+    draft.status.phase = Some(phase);
+    draft.status.completion_time = Some(Time(*draft.now));
+    draft.status.message = Some(message.clone());
+    draft.set_condition(type_, true, reason, &message);
+    draft.event(EventType::Normal, reason, message);
 }
 
 fn attempt_failed(

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use recac_api::agent_contract::{env, exit_code};
-use recac_api::{AgentSpec, AgentTask};
+use recac_api::agent_contract::{MODE_PLAN, env, exit_code};
+use recac_api::{AgentSpec, AgentTask, Approval};
 
 use crate::config::{AgentDefaults, CaBundleRef};
 use crate::naming;
@@ -78,6 +78,7 @@ const RESERVED_ENV: &[&str] = &[
     env::WORKSPACE,
     env::CA_BUNDLE,
     env::SSH_KNOWN_HOSTS,
+    env::MODE,
 ];
 
 /// The task's CA bundle (its `spec.agent.caBundle`, set by a person or its source), else the
@@ -398,6 +399,11 @@ fn agent_env(
     if let Some(ticket) = &spec.ticket {
         env_vars.push(plain(env::TICKET, ticket.key.clone()));
     }
+    // A planning run only plans: the agent changes and pushes nothing. Reserved above, so
+    // no task's env can turn a planning run into one that pushes, or the other way round.
+    if spec.approval == Some(Approval::Plan) {
+        env_vars.push(plain(env::MODE, MODE_PLAN));
+    }
     if let Some(prompt) = &spec.prompt {
         if prompt_needs_file(task) {
             env_vars.push(plain(
@@ -668,6 +674,7 @@ mod tests {
                 timeout_seconds: 600,
                 ttl_seconds_after_finished: None,
                 suspend: false,
+                approval: None,
             },
         );
         task.metadata.namespace = Some("team-a".into());
@@ -1166,6 +1173,47 @@ mod tests {
             Some(PROMPT_ENV_LIMIT + 1)
         );
         assert!(prompt_config_map(&task()).is_none());
+    }
+
+    #[test]
+    fn a_planning_task_runs_its_agent_in_plan_mode() {
+        let defaults = AgentDefaults {
+            env: vec![EnvVarPair {
+                name: "RECAC_MODE".into(),
+                value: "work".into(),
+            }],
+            ..Default::default()
+        };
+        let mut planning = task();
+        planning.spec.approval = Some(recac_api::Approval::Plan);
+        let job = build_job(&planning, 1, "recac/PROJ-7", &defaults, false);
+        assert_eq!(env_value(&job, "RECAC_MODE").as_deref(), Some("plan"));
+        let container = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].clone())
+            .unwrap_or_default();
+        let modes: Vec<&EnvVar> = container
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "RECAC_MODE")
+            .collect();
+        assert_eq!(modes.len(), 1, "{modes:?}");
+        assert!(modes[0].value_from.is_none());
+
+        // A task that does the work has no mode, and no env of the task or the operator
+        // gives it one.
+        let mut working = task();
+        if let Some(agent) = working.spec.agent.as_mut() {
+            agent.env.push(EnvVarPair {
+                name: "RECAC_MODE".into(),
+                value: "plan".into(),
+            });
+        }
+        let job = build_job(&working, 1, "recac/PROJ-7", &defaults, false);
+        assert_eq!(env_value(&job, "RECAC_MODE"), None);
     }
 
     #[test]

@@ -118,8 +118,9 @@ impl Collector for PhaseCollector {
             TaskPhase::Running,
             TaskPhase::Succeeded,
             TaskPhase::Failed,
+            TaskPhase::AwaitingApproval,
         ];
-        let mut counts = [0i64; 4];
+        let mut counts = [0i64; 5];
         for task in self.store.scan::<TaskSummary>() {
             let phase = task.phase().unwrap_or(TaskPhase::Pending);
             if let Some(i) = phases.iter().position(|p| *p == phase) {
@@ -171,14 +172,23 @@ mod tests {
                 timeout_seconds: 60,
                 ttl_seconds_after_finished: None,
                 suspend: false,
+                approval: None,
             },
         );
         task.metadata.namespace = Some("ns".into());
         store.upsert(&task);
+        let mut planned = task.clone();
+        planned.metadata.name = Some("planned".into());
+        planned.status = Some(recac_api::AgentTaskStatus {
+            phase: Some(TaskPhase::AwaitingApproval),
+            ..Default::default()
+        });
+        store.upsert(&planned);
         let text = registry.encode();
         assert!(text.contains("recac_jobs_created_total 1"));
         assert!(text.contains("recac_tasks{phase=\"Pending\"} 1"));
         assert!(text.contains("recac_tasks{phase=\"Failed\"} 0"));
+        assert!(text.contains("recac_tasks{phase=\"AwaitingApproval\"} 1"));
         assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.25\"} 0"));
         assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.5\"} 1"));
         assert!(text.contains("recac_dispatch_latency_seconds_count 1"));

@@ -18,8 +18,9 @@ const JIRA_SECRET_VARS: &[&str] = &["JIRA_API_TOKEN", "JIRA_PAT"];
 fn env_help() -> String {
     let mut out = String::from(
         "Clones the repository, does the work (built-in LLM engine or an external agent CLI), runs the tests, \
-commits, pushes, optionally opens a GitHub pull request, and writes a JSON result to RECAC_RESULT_PATH.\n\n\
-Exit codes: 0 success; 1 retryable failure (also: tests failed, limits reached); 3 gave up, do not retry \
+commits, pushes, optionally opens a GitHub pull request, and writes a JSON result to RECAC_RESULT_PATH. \
+With RECAC_MODE=plan (--mode plan) it writes a plan of the work instead and commits and pushes nothing.\n\n\
+Exit codes: 0 success (or the plan written); 1 retryable failure (also: tests failed, limits reached); 3 gave up, do not retry \
 (bad repository or settings, credentials refused, the engine declared the task impossible, no changes).\n\n\
 Environment (flags above override their variable):\n",
     );
@@ -63,6 +64,9 @@ pub struct StartArgs {
     /// The ticket key, named in the commit message and pull request.
     #[arg(long, env = vars::TICKET)]
     ticket: Option<String>,
+    /// `plan`: write a plan of the work (the result's `plan`); change, commit and push nothing.
+    #[arg(long, env = vars::MODE)]
+    mode: Option<String>,
     /// `builtin` or `external`.
     #[arg(long, env = vars::ENGINE)]
     engine: Option<String>,
@@ -99,7 +103,7 @@ impl StartArgs {
     /// The flags as variable overrides.
     fn overrides(&self) -> HashMap<&'static str, String> {
         let mut map = HashMap::new();
-        let pairs: [(&'static str, Option<String>); 14] = [
+        let pairs: [(&'static str, Option<String>); 15] = [
             (vars::PROMPT, self.prompt.clone()),
             (
                 vars::PROMPT_FILE,
@@ -109,6 +113,7 @@ impl StartArgs {
             (vars::BRANCH, self.branch.clone()),
             (vars::BASE_BRANCH, self.base_branch.clone()),
             (vars::TICKET, self.ticket.clone()),
+            (vars::MODE, self.mode.clone()),
             (vars::ENGINE, self.engine.clone()),
             (vars::PROVIDER, self.provider.clone()),
             (vars::MODEL, self.model.clone()),
@@ -191,6 +196,7 @@ fn ended(outcome: Outcome, message: String) -> AgentResult {
         tests_passed: None,
         summary: Some(message),
         token_usage: None,
+        plan: None,
     }
 }
 
@@ -371,6 +377,36 @@ mod tests {
         }
     }
 
+    /// The demo model (`recac dev`) tells the agent's planning runs from its work by the
+    /// agent's planning prompt.
+    #[test]
+    fn the_demo_model_plans_when_the_agent_asks_for_a_plan() {
+        use recac_agent::plan::planning_prompt;
+        use recac_dev::model::next_step;
+        use serde_json::json;
+        let task = "Jira ticket DEMO-1: Greet Ada\n\nFile: greetings/ada.txt\nLine: Hello, Ada!\n";
+        let mut messages = vec![
+            json!({"role": "system", "content": recac_agent::plan::SYSTEM_PROMPT}),
+            json!({"role": "user", "content": planning_prompt(task)}),
+        ];
+        assert_eq!(next_step(&messages).name, "read_file");
+        messages.push(json!({"role": "assistant", "content": null, "tool_calls": [{"id": "r", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"greetings/ada.txt\"}"}}]}));
+        messages.push(json!({"role": "tool", "tool_call_id": "r", "content": "error: cannot read greetings/ada.txt: No such file"}));
+        let finish = next_step(&messages);
+        assert_eq!(
+            (finish.name, &finish.arguments["status"]),
+            ("finish", &json!("done"))
+        );
+        let plan = finish.arguments["summary"].as_str().unwrap_or_default();
+        assert!(
+            plan.starts_with("[demo model] plan: write \"Hello, Ada!\" to greetings/ada.txt"),
+            "{plan}"
+        );
+        // The work's prompt is not a planning run's.
+        messages[1] = json!({"role": "user", "content": task});
+        assert_eq!(next_step(&messages).name, "write_file");
+    }
+
     #[test]
     fn flags_override_variables() {
         let cli = Cli::try_parse_from([
@@ -383,9 +419,12 @@ mod tests {
             "--yes",
             "--agent-arg",
             "two words",
+            "--mode",
+            "plan",
         ])
         .unwrap();
         let o = cli.start.overrides();
+        assert_eq!(o.get(vars::MODE).map(String::as_str), Some("plan"));
         assert_eq!(o.get(vars::REPO_URL).map(String::as_str), Some("file:///r"));
         assert_eq!(
             o.get(vars::AGENT_ARGS).map(String::as_str),

@@ -37,16 +37,20 @@ pub struct EngineReport {
     pub iterations: u32,
 }
 
-const SYSTEM_PROMPT: &str = "You are recac, an autonomous software engineer working in a checkout of a git repository. \
+/// The built-in engine's system prompt when it does the work (a planning run has
+/// [`crate::plan::SYSTEM_PROMPT`]).
+pub const SYSTEM_PROMPT: &str = "You are recac, an autonomous software engineer working in a checkout of a git repository. \
 Use the tools to inspect the code, make the change the task asks for, and run the project's tests with run_command. \
 All paths are relative to the repository root. Do not commit, push or change branches: that is done for you afterwards. \
 Work in small steps. When the task is complete call finish with status `done` and a short summary of the change; \
 if the task cannot be done call finish with status `cannot_do` and explain why.";
 
-/// Runs the built-in engine: the model and the tools take turns until `finish` or a limit.
+/// Runs the built-in engine: the model (told `system`) and the tools take turns until `finish`
+/// or a limit.
 pub async fn run_builtin(
     client: &LlmClient,
     toolbox: &Toolbox,
+    system: &str,
     prompt: &str,
     limits: &Limits,
 ) -> EngineReport {
@@ -74,29 +78,26 @@ pub async fn run_builtin(
                 iterations,
             );
         };
-        let reply = match tokio::time::timeout(
-            remaining,
-            client.complete(SYSTEM_PROMPT, &messages, &specs),
-        )
-        .await
-        {
-            Err(_) => {
-                return report(
-                    EngineStatus::LimitReached("wall-clock limit".into()),
-                    String::new(),
-                    &usage,
-                    iterations,
-                );
-            }
-            Ok(Err(err)) => {
-                let status = EngineStatus::Failed {
-                    permanent: err.is_permanent(),
-                    message: err.to_string(),
-                };
-                return report(status, String::new(), &usage, iterations);
-            }
-            Ok(Ok(reply)) => reply,
-        };
+        let reply =
+            match tokio::time::timeout(remaining, client.complete(system, &messages, &specs)).await
+            {
+                Err(_) => {
+                    return report(
+                        EngineStatus::LimitReached("wall-clock limit".into()),
+                        String::new(),
+                        &usage,
+                        iterations,
+                    );
+                }
+                Ok(Err(err)) => {
+                    let status = EngineStatus::Failed {
+                        permanent: err.is_permanent(),
+                        message: err.to_string(),
+                    };
+                    return report(status, String::new(), &usage, iterations);
+                }
+                Ok(Ok(reply)) => reply,
+            };
         usage.input_tokens += reply.usage.input_tokens;
         usage.output_tokens += reply.usage.output_tokens;
         tracing::info!(
@@ -177,11 +178,33 @@ pub const EXTERNAL_CANNOT_DO: i32 = 3;
 /// whatever it gets, the commands it runs can read.
 pub const EXTERNAL_AGENT_KEYS: &[&str] = &[vars::OPENAI_API_KEY, vars::ANTHROPIC_API_KEY];
 
+/// How much of the end of an external agent's output becomes the summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tail {
+    /// Non-empty lines.
+    pub lines: usize,
+    /// Bytes.
+    pub bytes: usize,
+}
+
+impl Tail {
+    /// The summary of the work.
+    pub const WORK: Tail = Tail {
+        lines: 20,
+        bytes: 1500,
+    };
+    /// A planning run's plan.
+    pub const PLAN: Tail = Tail {
+        lines: 100,
+        bytes: recac_api::agent_contract::MAX_PLAN_BYTES,
+    };
+}
+
 /// Runs an external agent CLI in the workspace. The prompt is in a file outside the workspace
 /// whose path is in `RECAC_PROMPT_FILE`; of the credentials it gets only the LLM keys
 /// ([`EXTERNAL_AGENT_KEYS`]) and the allowed ones, never the git token. Exit 0 means done, 3
 /// means it cannot be done, anything else is a retryable failure. The last lines of its output
-/// become the summary.
+/// (as much as `tail` says) become the summary.
 pub async fn run_external(
     ext: &ExternalSettings,
     workspace: &Path,
@@ -189,6 +212,7 @@ pub async fn run_external(
     max_duration: Duration,
     redactor: &Redactor,
     child_env: &ChildEnv,
+    tail: Tail,
 ) -> EngineReport {
     let fail = |permanent, message: String| EngineReport {
         status: EngineStatus::Failed { permanent, message },
@@ -235,7 +259,7 @@ pub async fn run_external(
     for line in process::cap(&stderr, 16_384).lines() {
         tracing::info!(target: "recac::agent_output", stream = "stderr", "{line}");
     }
-    let summary = last_lines(&stdout, 20, 1500);
+    let summary = last_lines(&stdout, tail.lines, tail.bytes);
     let status = match (out.timed_out, out.exit_code) {
         (true, _) => EngineStatus::LimitReached("wall-clock limit".into()),
         (false, Some(0)) => EngineStatus::Done,

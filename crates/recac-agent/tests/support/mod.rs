@@ -97,6 +97,15 @@ pub fn remote_head(bare: &Path, branch: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Every ref of the bare repository with its commit, and every commit it holds: what a push
+/// would change.
+pub fn remote_state(bare: &Path) -> (String, String) {
+    (
+        git(bare, &["for-each-ref", "--format=%(objectname) %(refname)"]),
+        git(bare, &["rev-list", "--all"]),
+    )
+}
+
 /// A file's content at `rev` of the bare repository.
 pub fn show(bare: &Path, rev: &str, path: &str) -> String {
     git(bare, &["show", &format!("{rev}:{path}")])

@@ -1,6 +1,6 @@
 use super::*;
 use crate::observe::Termination;
-use recac_api::{AgentTaskSpec, Repository, TicketRef, TicketSource};
+use recac_api::{AgentTaskSpec, Approval, Repository, TicketRef, TicketSource};
 
 fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).expect("valid time")
@@ -34,6 +34,7 @@ fn task(max_retries: i32) -> AgentTask {
             timeout_seconds: 600,
             ttl_seconds_after_finished: None,
             suspend: false,
+            approval: None,
         },
     );
     task.metadata.generation = Some(1);
@@ -974,4 +975,263 @@ fn a_finished_task_or_a_succeeded_attempt_ignores_a_stop() {
     let again = decide(&done, &observe(None, true), &policy());
     assert_eq!(Some(&again.status), done.status.as_ref());
     assert!(again.actions.is_empty());
+}
+
+fn planning(max_retries: i32) -> AgentTask {
+    let mut t = task(max_retries);
+    t.spec.approval = Some(Approval::Plan);
+    t
+}
+
+/// The task after its first attempt was dispatched.
+fn dispatched_task(t: AgentTask) -> AgentTask {
+    let plan = decide(&t, &observe(None, true), &policy());
+    after(t, &plan)
+}
+
+/// The first attempt's Job succeeded, its agent reporting `result` (a result JSON).
+fn succeeded_with(result: Option<&str>) -> Option<AttemptObservation> {
+    Some(AttemptObservation {
+        job_name: "fix-login-a1".into(),
+        created: None,
+        state: AttemptState::Succeeded,
+        termination: Some(Termination {
+            exit_code: Some(0),
+            result: result.map(|r| serde_json::from_str(r).expect("result json")),
+            raw_message: None,
+        }),
+    })
+}
+
+const PLANNED: &str = r#"{"outcome":"planned","branch":"recac/PROJ-7","plan":"1. raise the login timeout\n2. test it"}"#;
+
+/// A planning task whose plan waits for approval.
+fn awaiting() -> AgentTask {
+    let t = dispatched_task(planning(2));
+    let plan = decide(&t, &observe(succeeded_with(Some(PLANNED)), true), &policy());
+    assert_eq!(plan.status.phase, Some(TaskPhase::AwaitingApproval));
+    after(t, &plan)
+}
+
+fn annotated(mut t: AgentTask, pairs: &[(&str, &str)]) -> AgentTask {
+    let annotations = t.metadata.annotations.get_or_insert_with(Default::default);
+    for (key, value) in pairs {
+        annotations.insert((*key).to_string(), (*value).to_string());
+    }
+    t
+}
+
+#[test]
+fn a_planning_attempt_that_writes_a_plan_waits_for_approval() {
+    let t = dispatched_task(planning(2));
+    let plan = decide(&t, &observe(succeeded_with(Some(PLANNED)), true), &policy());
+    let s = &plan.status;
+    assert_eq!(s.phase, Some(TaskPhase::AwaitingApproval));
+    assert_eq!(
+        s.plan.as_deref(),
+        Some("1. raise the login timeout\n2. test it")
+    );
+    assert_eq!(s.branch.as_deref(), Some("recac/PROJ-7"));
+    assert_eq!(s.completion_time, None, "the task is not done");
+    assert_eq!(s.next_attempt_time, None);
+    assert_eq!(
+        s.message.as_deref(),
+        Some("attempt 1 wrote a plan; it waits for approval")
+    );
+    let ready = condition(&plan, condition::PLAN_READY).expect("PlanReady");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "PlanWritten")
+    );
+    assert!(condition(&plan, condition::SUCCEEDED).is_none());
+    assert!(condition(&plan, condition::FAILED).is_none());
+    assert_eq!(event_reasons(&plan), vec!["PlanReady"]);
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.requeue_after, None);
+}
+
+#[test]
+fn a_planning_attempt_without_a_plan_fails_without_retry() {
+    for (result, says) in [
+        (None, "no result"),
+        (
+            Some(r#"{"outcome":"succeeded","commit":"abc123"}"#),
+            "outcome succeeded",
+        ),
+        (Some(r#"{"outcome":"noChanges"}"#), "outcome noChanges"),
+        (Some(r#"{"outcome":"planned"}"#), "an empty plan"),
+        (
+            Some(r#"{"outcome":"planned","plan":"  \n "}"#),
+            "an empty plan",
+        ),
+    ] {
+        let t = dispatched_task(planning(5));
+        let plan = decide(&t, &observe(succeeded_with(result), true), &policy());
+        let s = &plan.status;
+        assert_eq!(s.phase, Some(TaskPhase::Failed), "{result:?}");
+        assert_eq!(s.completion_time, Some(Time(now())));
+        assert_eq!(s.next_attempt_time, None);
+        assert_eq!(s.plan, None);
+        let message = s.message.as_deref().unwrap_or_default();
+        assert!(
+            message.contains("the agent reported no plan") && message.contains(says),
+            "{message}"
+        );
+        let failed = condition(&plan, condition::FAILED).expect("Failed");
+        assert_eq!(
+            (failed.status.as_str(), failed.reason.as_str()),
+            ("True", "NoPlan")
+        );
+        assert!(condition(&plan, condition::PLAN_READY).is_none());
+        assert_eq!(event_reasons(&plan), vec!["NoPlan"]);
+        assert!(creates(&plan).is_empty());
+        assert_eq!(plan.requeue_after, None);
+    }
+}
+
+#[test]
+fn a_task_that_does_the_work_and_reports_a_plan_simply_succeeds() {
+    let t = dispatched_task(task(2));
+    let plan = decide(&t, &observe(succeeded_with(Some(PLANNED)), true), &policy());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Succeeded));
+    assert_eq!(plan.status.completion_time, Some(Time(now())));
+    assert_eq!(plan.status.plan, None);
+    assert!(condition(&plan, condition::PLAN_READY).is_none());
+    assert_eq!(event_reasons(&plan), vec!["Succeeded"]);
+}
+
+#[test]
+fn an_undecided_plan_costs_nothing_and_ignores_a_stop() {
+    let waiting = awaiting();
+    let plan = decide(&waiting, &observe(None, true), &policy());
+    assert_eq!(Some(&plan.status), waiting.status.as_ref());
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.requeue_after, None);
+    assert_eq!(plan.defer_status, None);
+
+    // Nothing runs, so a stop has nothing to stop: the plan still waits for its decision.
+    let stop = stop_requested(waiting, Some("Ada"));
+    let plan = decide(&stop, &observe(None, true), &policy());
+    assert_eq!(Some(&plan.status), stop.status.as_ref());
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.requeue_after, None);
+}
+
+#[test]
+fn an_approved_plan_ends_the_task_succeeded() {
+    let approved = annotated(
+        awaiting(),
+        &[
+            (recac_api::annotations::APPROVAL, "approved"),
+            (recac_api::annotations::APPROVAL_BY, "Ada Lovelace"),
+        ],
+    );
+    let plan = decide(&approved, &observe(None, true), &policy());
+    let s = &plan.status;
+    assert_eq!(s.phase, Some(TaskPhase::Succeeded));
+    assert_eq!(s.completion_time, Some(Time(now())));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("the plan was approved by Ada Lovelace")
+    );
+    assert!(s.plan.is_some(), "the plan stays in status");
+    let succeeded = condition(&plan, condition::SUCCEEDED).expect("Succeeded");
+    assert_eq!(
+        (succeeded.status.as_str(), succeeded.reason.as_str()),
+        ("True", recac_api::reasons::PLAN_APPROVED)
+    );
+    assert_eq!(succeeded.message, "the plan was approved by Ada Lovelace");
+    assert_eq!(
+        event_reasons(&plan),
+        vec![recac_api::reasons::PLAN_APPROVED]
+    );
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.requeue_after, None);
+
+    // Finished: the annotation is not read again.
+    let done = after(approved, &plan);
+    let again = decide(&done, &observe(None, true), &policy());
+    assert_eq!(Some(&again.status), done.status.as_ref());
+    assert!(again.actions.is_empty());
+
+    // Without a name, by someone.
+    let anonymous = annotated(
+        awaiting(),
+        &[(recac_api::annotations::APPROVAL, " approved ")],
+    );
+    let plan = decide(&anonymous, &observe(None, true), &policy());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Succeeded));
+    assert_eq!(
+        plan.status.message.as_deref(),
+        Some("the plan was approved by someone")
+    );
+}
+
+#[test]
+fn a_rejected_plan_ends_the_task_failed() {
+    let rejected = annotated(
+        awaiting(),
+        &[
+            (recac_api::annotations::APPROVAL, "rejected"),
+            (recac_api::annotations::APPROVAL_BY, "Grace Hopper"),
+        ],
+    );
+    let plan = decide(&rejected, &observe(None, true), &policy());
+    let s = &plan.status;
+    assert_eq!(s.phase, Some(TaskPhase::Failed));
+    assert_eq!(s.completion_time, Some(Time(now())));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("the plan was rejected by Grace Hopper")
+    );
+    let failed = condition(&plan, condition::FAILED).expect("Failed");
+    assert_eq!(
+        (failed.status.as_str(), failed.reason.as_str()),
+        ("True", recac_api::reasons::PLAN_REJECTED)
+    );
+    assert!(condition(&plan, condition::SUCCEEDED).is_none());
+    assert_eq!(
+        event_reasons(&plan),
+        vec![recac_api::reasons::PLAN_REJECTED]
+    );
+    assert!(creates(&plan).is_empty());
+    let done = after(rejected, &plan);
+    let again = decide(&done, &observe(None, true), &policy());
+    assert_eq!(Some(&again.status), done.status.as_ref());
+    assert!(again.actions.is_empty());
+}
+
+#[test]
+fn an_approval_value_not_understood_is_named_and_the_plan_waits_on() {
+    let waiting = awaiting();
+    let unclear = annotated(
+        waiting.clone(),
+        &[(recac_api::annotations::APPROVAL, "lgtm")],
+    );
+    let plan = decide(&unclear, &observe(None, true), &policy());
+    let s = &plan.status;
+    assert_eq!(s.phase, Some(TaskPhase::AwaitingApproval));
+    assert_eq!(s.completion_time, None);
+    let message = s.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("\"lgtm\" is not understood") && message.contains("approved or rejected"),
+        "{message}"
+    );
+    assert_eq!(
+        s.conditions,
+        waiting.status.clone().unwrap_or_default().conditions
+    );
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.requeue_after, None);
+
+    // Said once: a second look writes nothing.
+    let told = after(unclear, &plan);
+    let again = decide(&told, &observe(None, true), &policy());
+    assert_eq!(Some(&again.status), told.status.as_ref());
+
+    // The annotation is removed: the plan waits as it did.
+    let mut cleared = told;
+    cleared.metadata.annotations = None;
+    let plan = decide(&cleared, &observe(None, true), &policy());
+    assert_eq!(Some(&plan.status), waiting.status.as_ref());
 }
