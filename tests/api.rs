@@ -349,6 +349,8 @@ async fn status_round_trips_through_the_status_subresource() {
             comment_id: Some("10042".into()),
             ..Default::default()
         }),
+        partial: None,
+        spend: None,
     };
     let patch = serde_json::json!({
         "apiVersion": "recac.io/v1alpha1",

@@ -330,6 +330,26 @@ echo "secret-probe: $hits of $n reads succeeded, $procs recac processes probed"
         &["apply", "-f", "-"],
         Some(&plan_manifest.to_string()),
     );
+    // A task whose tests outlast its deadline: the agent stops before it (the margin is a
+    // quarter of 60 s), pushes its work and reports it partial.
+    let deadline_task = "e2e-deadline";
+    let deadline_manifest = serde_json::json!({
+        "apiVersion": "recac.io/v1alpha1",
+        "kind": "AgentTask",
+        "metadata": {"name": deadline_task, "namespace": TASKS},
+        "spec": {
+            "prompt": "Add a greeting for Dee.\nFile: greetings/dee.txt\nLine: Hello, Dee!\n",
+            "repository": {"url": repository_url, "baseBranch": "main"},
+            "maxRetries": 0,
+            "timeoutSeconds": 60,
+            "agent": {"env": [{"name": "RECAC_TEST_COMMAND", "value": "sleep 600"}]},
+        },
+    });
+    kubectl_ok(
+        &node,
+        &["apply", "-f", "-"],
+        Some(&deadline_manifest.to_string()),
+    );
     let tasks_api: Api<AgentTask> = Api::namespaced(client.clone(), TASKS);
     let probed = wait_for(
         "the secret probe's task to end",
@@ -569,6 +589,38 @@ spec:
         text(&pushed.stderr)
     );
 
+    // The task whose deadline came first ended with its work pushed.
+    let cut = wait_for("the deadline task to end", Duration::from_secs(150), || {
+        let tasks_api = tasks_api.clone();
+        async move {
+            let status = tasks_api.get_opt(deadline_task).await.ok()??.status?;
+            (status.phase? == TaskPhase::Failed).then_some(status)
+        }
+    })
+    .await;
+    assert!(
+        cut.partial == Some(true)
+            && cut.commit.is_some()
+            && cut
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Failed" && c.reason == "DeadlineExceeded"),
+        "the deadline task: {cut:?}"
+    );
+    let kept = Command::new("git")
+        .args(["--git-dir"])
+        .arg(git_root.join(demo::REPOSITORY))
+        .args(["show", &format!("recac/{deadline_task}:greetings/dee.txt")])
+        .output()
+        .expect("git runs");
+    assert_eq!(
+        text(&kept.stdout).trim(),
+        "Hello, Dee!",
+        "the work before the deadline is on the branch: {}",
+        text(&kept.stderr)
+    );
+    let cut_message = cut.message.clone().unwrap_or_default();
+
     // Killing the leader's pod hands over to the other replica.
     let holder = lease_holder(&client).await.expect("a leader");
     let leader_pod = holder.split('_').next().unwrap_or_default().to_string();
@@ -661,6 +713,7 @@ spec:
         "planning run in a real pod: {} bytes of plan, nothing pushed, approved by annotation",
         plan_text.len()
     ));
+    say(format!("deadline task in a real pod: {cut_message}"));
     say(format!(
         "suspended task: its pod ended {stop_seconds:.1} s after the suspend, its work pushed to {branch}"
     ));

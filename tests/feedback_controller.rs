@@ -53,7 +53,7 @@ case "$FAKE_MODE" in
   timed) printf '{"outcome":"succeeded","summary":"agent finished at %s"}' "$(date +%s.%N)" > "$RECAC_RESULT_PATH"; exit 0 ;;
   plan) printf '{"outcome":"planned","summary":"Planned the change.","plan":"1. Make *login.timeout* configurable in {code}config.rs{code}\\n2. See [the docs|http://x] <script>alert(1)</script>\\n3. Push with ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2 then test"}' > "$RECAC_RESULT_PATH"; exit 0 ;;
 esac
-printf '{"outcome":"succeeded","branch":"%s","commit":"c0ffee%s","pullRequestUrl":"https://github.com/org/repo/pull/%s","testsPassed":true,"summary":"Made the login timeout configurable.","tokenUsage":{"inputTokens":51234,"outputTokens":2345}}' "$RECAC_BRANCH" "$RECAC_ATTEMPT" "$RECAC_ATTEMPT" > "$RECAC_RESULT_PATH"
+printf '{"outcome":"succeeded","branch":"%s","commit":"c0ffee%s","pullRequestUrl":"https://github.com/org/repo/pull/%s","testsPassed":true,"summary":"Made the login timeout configurable.","tokenUsage":{"inputTokens":51234,"outputTokens":2345},"usage":[{"provider":"anthropic","model":"claude-sonnet-4-5","inputTokens":51234,"outputTokens":2345}]}' "$RECAC_BRANCH" "$RECAC_ATTEMPT" "$RECAC_ATTEMPT" > "$RECAC_RESULT_PATH"
 "#;
 
 /// Every planted credential, and each piece a line-based redactor could miss.
@@ -417,11 +417,16 @@ async fn success_is_reported_once_with_its_pull_request_link_and_moves_the_ticke
         "recac/OPS-1",
         "c0ffee1",
         "passed",
-        "53,579 (51,234 in, 2,345 out)",
         "Made the login timeout configurable.",
     ] {
         assert!(done.contains(part), "{part} missing in {done}");
     }
+    // What the task spent, from its status (or, without one there, the result's tokens).
+    assert!(
+        done.contains("51,234 input and 2,345 output tokens on claude-sonnet-4-5")
+            || done.contains("53,579 (51,234 in, 2,345 out)"),
+        "{done}"
+    );
     let issue = sim.issue(&key).expect("issue");
     assert_eq!(issue.status, "In Review");
     assert_eq!(issue.labels, ["recac-done"]);
@@ -575,8 +580,300 @@ async fn giving_up_and_the_deadline_are_said_in_words() {
     })
     .await;
     let b = bodies_of(&sim, &deadline, 1).await;
-    assert!(b[0].contains("ran past its deadline of 1m 0s"), "{}", b[0]);
+    // Told as a run past its deadline, or (once the task controller reads the deadline as
+    // cutting the run short) as a run cut short by it.
+    assert!(
+        b[0].contains("ran past its deadline of 1m 0s")
+            || b[0].contains("cut short by its deadline of 1m 0s"),
+        "{}",
+        b[0]
+    );
     operator.stop().await;
+}
+
+/// What the agent of a run cut short wrote, with a planted token in its note.
+fn cut_short_result(cause: &str, commit: &str) -> String {
+    serde_json::json!({
+        "outcome": "partial",
+        "branch": "recac/OPS-1",
+        "commit": commit,
+        "summary": "Cut short.",
+        "partial": {
+            "cause": cause,
+            "done": "Made *login.timeout* configurable; pushed with ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2",
+            "left": "Tests for [the settings page|http://x]",
+        },
+        "usage": [{"provider": "anthropic", "model": "claude-sonnet-4-5", "inputTokens": 1000, "outputTokens": 100, "cost": "0.01", "currency": "USD"}],
+    })
+    .to_string()
+}
+
+/// Ends `name` as the task controller ends a run cut short: a finished pod of its Job whose
+/// agent reported `result`, then the task `Failed` with `reason`, its work so far pushed
+/// and what its attempts spent. The task waits for a claim that never comes, so the task
+/// controller runs nothing for it and leaves it alone once it is finished.
+async fn end_cut_short(client: &Client, ns: &str, name: &str, reason: &str, result: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    let job = format!("{name}-a1");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{job}-x"), "labels": {"batch.kubernetes.io/job-name": job}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "agent", "image": "recac:test"}],
+        },
+    }))
+    .expect("pod");
+    wait_for("the attempt's pod made", LONG, || async {
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Some(()),
+            Err(_) => None,
+        }
+    })
+    .await;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = serde_json::json!({"status": {
+        "phase": "Failed",
+        "containerStatuses": [{
+            "name": "agent",
+            "image": "recac:test",
+            "imageID": "",
+            "ready": false,
+            "restartCount": 0,
+            "state": {"terminated": {
+                "exitCode": 1,
+                "reason": "Error",
+                "message": result,
+                "startedAt": now,
+                "finishedAt": now,
+            }},
+        }],
+    }});
+    pods.patch_status(
+        &format!("{job}-x"),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .expect("the pod's status written");
+
+    let api: Api<AgentTask> = Api::namespaced(client.clone(), ns);
+    let spend = recac_api::Spend {
+        models: vec![recac_api::ModelSpend {
+            provider: Some("anthropic".into()),
+            model: "claude-sonnet-4-5".into(),
+            input_tokens: 51234,
+            output_tokens: 2345,
+            cost: Some("0.19".into()),
+            currency: Some("USD".into()),
+        }],
+        attempts: 1,
+        not_reported: 0,
+    };
+    let ended = AgentTaskStatus {
+        phase: Some(TaskPhase::Failed),
+        attempt: Some(1),
+        retries: Some(0),
+        job_name: Some(job),
+        branch: Some("recac/OPS-1".into()),
+        commit: Some("c0ffee1234567890".into()),
+        partial: Some(true),
+        spend: Some(spend),
+        message: Some(format!(
+            "attempt 1 was cut short ({reason}); its work so far is pushed"
+        )),
+        start_time: Some(now.clone()),
+        completion_time: Some(now.clone()),
+        conditions: vec![Condition {
+            type_: "Failed".into(),
+            status: "True".into(),
+            reason: reason.into(),
+            message: "cut short".into(),
+            last_transition_time: now,
+            observed_generation: None,
+        }],
+        ..Default::default()
+    };
+    wait_for("the task ended cut short", LONG, || async {
+        let task = api.get(name).await.ok()?;
+        recac_task_controller::controller::write_owned_status(&api, &task, &ended)
+            .await
+            .ok()
+    })
+    .await;
+}
+
+/// A run cut short by its deadline, and one stopped at its budget, each with its work so far
+/// pushed: one outcome on the ticket names the branch, the commit, how to go on and what was
+/// spent, with the agent's note redacted and as text. On Cloud with a comment per outcome,
+/// on Data Center in the live comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cut_short_says_where_its_work_is_how_to_go_on_and_what_it_spent() {
+    let plane = control_plane(ControlPlaneOptions {
+        controller_manager: true,
+        ..Default::default()
+    })
+    .await;
+    let client = plane.client().await.expect("client");
+    let config = plane.config().await.expect("client config");
+    for (flavor, mode) in [
+        (Flavor::Cloud, CommentMode::PerOutcome),
+        (Flavor::Datacenter, CommentMode::Live),
+    ] {
+        let ns = plane.namespace("fb-cut").await.expect("namespace");
+        let sim = match flavor {
+            Flavor::Cloud => JiraSim::cloud().await,
+            Flavor::Datacenter => JiraSim::datacenter().await,
+        }
+        .expect("sim");
+        let operator = Operator::start(
+            config.clone(),
+            &ns,
+            feedback(
+                &sim,
+                flavor,
+                FeedbackConfig {
+                    comments: mode,
+                    ..feedback_config()
+                },
+            ),
+        )
+        .await;
+        let deadline = ticket(&sim);
+        let budget = ticket(&sim);
+        let mut names = Vec::new();
+        for (key, extra) in [
+            (&deadline, ""),
+            (&budget, "  budget: {tokens: 50000, cost: \"0.20\"}\n"),
+        ] {
+            let (name, yaml) = run_yaml(key, 1, "sleep", 0);
+            let yaml = format!("{yaml}{extra}").replace(
+                &format!("  name: {name}\n"),
+                &format!("  name: {name}\n  annotations: {{recac.io/claim: pending}}\n"),
+            );
+            let task: AgentTask = serde_saphyr::from_str(&yaml).expect("task yaml");
+            let api: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
+            api.create(&PostParams::default(), &task)
+                .await
+                .expect("task created");
+            names.push(name);
+        }
+        end_cut_short(
+            &client,
+            &ns,
+            &names[0],
+            recac_api::reasons::DEADLINE_EXCEEDED,
+            &cut_short_result("deadline", "c0ffee1234567890"),
+        )
+        .await;
+        end_cut_short(
+            &client,
+            &ns,
+            &names[1],
+            recac_api::reasons::BUDGET_EXHAUSTED,
+            &cut_short_result("budget", "c0ffee1234567890"),
+        )
+        .await;
+
+        let (deadline_said, budget_said, spent) = match flavor {
+            Flavor::Cloud => (
+                "The run was cut short by its deadline (timeoutSeconds); its work so far is pushed to recac/OPS-1 (c0ffee1). To continue, write /recac <what to do next> on this ticket, or /recac retry.",
+                "The run stopped at its budget (53,579 tokens and 0.19 USD spent; the budget: 50,000 tokens, 0.20 USD); its work so far is pushed to recac/OPS-1 (c0ffee1). Raise spec.budget (or the source's budget) to continue.",
+                "51,234 input and 2,345 output tokens on claude-sonnet-4-5 (0.19 USD)",
+            ),
+            Flavor::Datacenter => (
+                "The run was cut short by its deadline ({{timeoutSeconds}}); its work so far is pushed to {{recac/OPS-1}} ({{c0ffee1}}). To continue, write {{/recac <what to do next>}} on this ticket, or {{/recac retry}}.",
+                "The run stopped at its budget (53,579 tokens and 0.19 USD spent; the budget: 50,000 tokens, 0.20 USD); its work so far is pushed to {{recac/OPS-1}} ({{c0ffee1}}). Raise {{spec.budget}} (or the source's budget) to continue.",
+                "* Spent: 51,234 input and 2,345 output tokens on claude-sonnet-4-5 (0.19 USD)",
+            ),
+        };
+        for (key, said, headline) in [
+            (
+                &deadline,
+                deadline_said,
+                "the run was cut short by its deadline of 1h 0m",
+            ),
+            (&budget, budget_said, "the run stopped at its budget"),
+        ] {
+            // ADF's text as one string: the paragraph's nodes joined.
+            let plain = |body: &str| -> String {
+                match flavor {
+                    Flavor::Datacenter => body.to_string(),
+                    Flavor::Cloud => {
+                        let adf: Value = serde_json::from_str(body).unwrap_or_default();
+                        let mut out = String::new();
+                        adf_text(&adf, &mut out);
+                        out
+                    }
+                }
+            };
+            let body = wait_for(&format!("the outcome on {key}"), LONG, || async {
+                let b = bodies(&sim, key);
+                b.iter()
+                    .any(|b| plain(b).contains(said))
+                    .then(|| b.concat())
+            })
+            .await;
+            assert_eq!(comment_posts(&sim, key).len(), 1, "one comment: {body}");
+            let text = plain(&body);
+            for part in [
+                headline,
+                spent,
+                "The agent's note on its work so far:",
+                "Done: Made *login.timeout* configurable; pushed with [REDACTED]",
+                "Left: Tests for [the settings page|http://x]",
+            ] {
+                assert!(text.contains(part), "{part} missing in {text}");
+            }
+            assert!(
+                !body.contains("ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2"),
+                "{body}"
+            );
+            assert!(!body.contains("Tokens:"), "{body}");
+            match flavor {
+                Flavor::Cloud => {
+                    assert!(body.contains("\"codeBlock\""), "{body}");
+                    assert!(!body.contains(r#""href":"http://x""#), "{body}");
+                }
+                Flavor::Datacenter => {
+                    assert!(
+                        body.contains("{noformat}\nDone: Made *login.timeout* configurable"),
+                        "{body}"
+                    );
+                }
+            }
+        }
+        let api: Api<AgentTask> = Api::namespaced(client.clone(), &ns);
+        for name in &names {
+            task_where_in(&api, name, |t| has_reported(t, "failed/1")).await;
+        }
+        operator.stop().await;
+    }
+}
+
+/// Every text node of an ADF document, in order.
+fn adf_text(node: &Value, out: &mut String) {
+    if let Some(text) = node["text"].as_str() {
+        out.push_str(text);
+    }
+    if node["type"] == "hardBreak" {
+        out.push('\n');
+    }
+    if let Some(content) = node["content"].as_array() {
+        for child in content {
+            adf_text(child, out);
+        }
+    }
+}
+
+async fn task_where_in(api: &Api<AgentTask>, name: &str, pred: impl Fn(&AgentTask) -> bool) {
+    wait_for(&format!("{name} recorded"), LONG, || async {
+        let task = api.get(name).await.ok()?;
+        pred(&task).then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

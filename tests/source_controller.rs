@@ -1462,3 +1462,100 @@ async fn moving_the_ticket_to_the_approval_status_approves_the_plan() {
         .count();
     assert_eq!(replies, 1, "one reply, to mallory's move");
 }
+
+/// An agent that reports 80 input and 40 output tokens of model `m`.
+const SPENDING_AGENT: &str = r#"printf '{"outcome":"succeeded","branch":"%s","summary":"spent","usage":[{"provider":"openai","model":"m","inputTokens":80,"outputTokens":40}]}' "$RECAC_BRANCH" > "$RECAC_RESULT_PATH""#;
+
+fn bot_comments_with(e: &Env, key: &str, words: &str) -> Vec<String> {
+    e.sim
+        .issue(key)
+        .map(|i| {
+            i.comments
+                .iter()
+                .filter(|c| c.author == BOT_ACCOUNT_ID || c.author == recac_jira_sim::BOT_NAME)
+                .map(|c| match &c.body {
+                    serde_json::Value::String(wiki) => wiki.clone(),
+                    adf => recac_jira::adf::plain_text(adf),
+                })
+                .filter(|t| t.contains(words))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A source whose daily budget is spent starts no new ticket, says so once on the ticket
+/// and once in an Event, counts each spend once across a restart, and starts the ticket
+/// when the day rolls over (the operator's clock moved forward).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spent_daily_budget_holds_new_tickets_until_the_next_day() {
+    let e = env("budget", Flavor::Cloud, true).await;
+    let mut s = source(&e);
+    s.budget = Some(recac_source::config::SourceBudget {
+        per_day: Some(recac_source::config::PeriodLimit {
+            tokens: Some(100),
+            ..Default::default()
+        }),
+        per_month: None,
+    });
+    let first = ticket(&e, "Spend it", &format!("Repo: {REPO}"));
+    let op = Running::start_with_agent(&e, s.clone(), None, SPENDING_AGENT).await;
+    let run = recac_source::task::task_name(&first, 1);
+    let done = wait_phase(&e, &run, recac_api::TaskPhase::Succeeded).await;
+    let spend = done.status.and_then(|s| s.spend).expect("the task's spend");
+    assert_eq!(
+        spend.models[0].input_tokens + spend.models[0].output_tokens,
+        120
+    );
+
+    let second = ticket(&e, "Wait for it", &format!("Repo: {REPO}"));
+    let told = wait_for("the hold on the second ticket", LONG, || async {
+        bot_comments_with(&e, &second, "has not started work")
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(told.contains("daily budget of 100 tokens"), "{told}");
+    assert!(tasks_of(&e, &second).await.is_empty(), "no task while held");
+    let ledger_of = || async {
+        let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(e.client.clone(), &e.ns);
+        let map = maps.get("recac-spend-ops").await.expect("the ledger");
+        let text = map.data.expect("data")["ledger.json"].clone();
+        serde_json::from_str::<recac_source::budget::Ledger>(&text).expect("a ledger")
+    };
+    let day = recac_source::budget::day_key(jiff::Timestamp::now());
+    assert_eq!(ledger_of().await.periods[&day].tokens, 120);
+
+    // A restart counts nothing twice and tells the ticket nothing twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    op.stop().await;
+    let op = Running::start_with_agent(&e, s.clone(), None, SPENDING_AGENT).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ledger_of().await.periods[&day].tokens, 120);
+    assert_eq!(
+        bot_comments_with(&e, &second, "has not started work").len(),
+        1
+    );
+    assert!(tasks_of(&e, &second).await.is_empty());
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(e.client.clone(), &e.ns);
+    let announced = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|ev| ev.reason.as_deref() == Some("BudgetSpent"))
+        .count();
+    assert_eq!(announced, 1, "one Event for the period");
+
+    // The next day the ticket starts.
+    recac_runtime::clock::shift_for_tests(jiff::SignedDuration::from_hours(24));
+    let run = recac_source::task::task_name(&second, 1);
+    let started = wait_for("the held ticket's task the next day", LONG, || async {
+        task_named(&e, &run).await
+    })
+    .await;
+    recac_runtime::clock::shift_for_tests(jiff::SignedDuration::ZERO);
+    assert_eq!(started.labels()["recac.io/ticket"], second);
+    op.stop().await;
+}

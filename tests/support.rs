@@ -659,6 +659,7 @@ pub fn bench_task_spec(i: usize) -> recac_api::AgentTaskSpec {
         ttl_seconds_after_finished: None,
         suspend: false,
         approval: None,
+        budget: None,
     }
 }
 

@@ -29,6 +29,20 @@ case "$FAKE_MODE" in
   sleep) sleep 300 ;;
   sleep-first) if [ "$RECAC_ATTEMPT" = 1 ]; then sleep 300; fi ;;
   slow) sleep "${FAKE_SLEEP:-5}" ;;
+  partial-first)
+    if [ "$RECAC_ATTEMPT" = 1 ]; then
+      printf '{"outcome":"partial","branch":"%s","commit":"part1","partial":{"cause":"deadline","left":"the rest"},"usage":[{"provider":"openai","model":"gpt-x","inputTokens":1000,"outputTokens":200}]}' "$RECAC_BRANCH" > "$RECAC_RESULT_PATH"
+      exit 1
+    fi
+    sleep 3
+    printf '{"outcome":"succeeded","branch":"%s","commit":"whole2","summary":"margin=%s tokens=%s cost=%s %s","usage":[{"provider":"openai","model":"gpt-x","inputTokens":500,"outputTokens":100}]}' "$RECAC_BRANCH" "$RECAC_DEADLINE_MARGIN_SECONDS" "$RECAC_BUDGET_TOKENS" "$RECAC_BUDGET_COST" "$RECAC_BUDGET_CURRENCY" > "$RECAC_RESULT_PATH"
+    exit 0 ;;
+  budget-partial)
+    printf '{"outcome":"partial","branch":"%s","commit":"part1","partial":{"cause":"budget"},"usage":[{"provider":"openai","model":"gpt-x","inputTokens":10,"outputTokens":10}]}' "$RECAC_BRANCH" > "$RECAC_RESULT_PATH"
+    exit 3 ;;
+  overspend)
+    printf '{"outcome":"failed","usage":[{"provider":"openai","model":"gpt-x","inputTokens":900,"outputTokens":300}]}' > "$RECAC_RESULT_PATH"
+    exit 1 ;;
   plan)
     if [ "$RECAC_MODE" != plan ]; then echo "not in plan mode"; exit 3; fi
     printf '{"outcome":"planned","branch":"%s","plan":"1. raise the login timeout\\n2. test it"}' "$RECAC_BRANCH" > "$RECAC_RESULT_PATH"
@@ -43,6 +57,25 @@ struct Operator;
 
 impl Operator {
     async fn start(config: kube::Config, namespace: &str, cap: usize) -> RunningOperator {
+        Self::start_with(
+            config,
+            namespace,
+            cap,
+            AgentDefaults {
+                command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Operator::start`] with the given agent defaults.
+    async fn start_with(
+        config: kube::Config,
+        namespace: &str,
+        cap: usize,
+        agent: AgentDefaults,
+    ) -> RunningOperator {
         let setup = OperatorSetup {
             operator: OperatorSettings {
                 namespaces: vec![namespace.to_string()],
@@ -55,10 +88,7 @@ impl Operator {
                 queue_poll_seconds: 1,
                 ..Default::default()
             },
-            agent: AgentDefaults {
-                command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
-                ..Default::default()
-            },
+            agent,
             instance: "test".into(),
             feedback: None,
             sources: None,
@@ -1371,6 +1401,304 @@ async fn a_plan_waits_for_approval_and_the_decision_ends_the_task() {
             "{name}: another Job was made"
         );
     }
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+/// The fake agent with a model of the operator's and its price: 2 per million input
+/// tokens, 10 per million output tokens, in USD.
+fn priced_agent() -> AgentDefaults {
+    AgentDefaults {
+        command: vec!["sh".into(), "-c".into(), FAKE_AGENT.into()],
+        provider: Some("openai".into()),
+        model: Some("gpt-x".into()),
+        prices: vec![recac_task_controller::config::PriceEntry {
+            provider: "openai".into(),
+            model: "gpt-x".into(),
+            input_per_million: recac_task_controller::config::Decimal("2".into()),
+            output_per_million: recac_task_controller::config::Decimal("10".into()),
+            currency: "USD".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+fn spend(task: &AgentTask) -> recac_api::Spend {
+    task.status
+        .as_ref()
+        .and_then(|s| s.spend.clone())
+        .unwrap_or_default()
+}
+
+fn job_env(job: &Job, name: &str) -> Option<String> {
+    job.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+async fn event_reasons(s: &Setup, task: &str) -> BTreeSet<String> {
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(task))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_partial_is_retried_and_each_attempts_spend_is_counted_once() {
+    let s = setup("tc-partial").await;
+    let operator = Operator::start_with(s.config.clone(), &s.ns, 10, priced_agent()).await;
+    create_task(
+        &s,
+        &task_yaml(
+            "partial",
+            "partial-first",
+            2,
+            "  budget:\n    tokens: 100000\n    cost: \"1.00\"\n",
+        ),
+    )
+    .await;
+
+    // Attempt 1 was cut short by its deadline: its spend is counted, its work is partial.
+    let task = task_where(&s, "partial", "attempt 1 counted", LONG, |t| {
+        spend(t).attempts >= 1
+    })
+    .await;
+    let counted = spend(&task);
+    assert_eq!(counted.models.len(), 1, "{counted:?}");
+    assert_eq!(
+        (
+            counted.models[0].input_tokens,
+            counted.models[0].output_tokens
+        ),
+        (1000, 200)
+    );
+    if counted.attempts == 1 {
+        let status = task.status.clone().expect("status");
+        assert_eq!(status.partial, Some(true));
+        assert_eq!(status.commit.as_deref(), Some("part1"));
+        assert_eq!(counted.models[0].cost.as_deref(), Some("0.004"));
+    }
+    // A restart between the attempts counts nothing again.
+    operator.kill().await;
+    let operator = Operator::start_with(s.config.clone(), &s.ns, 10, priced_agent()).await;
+
+    let task = task_where(&s, "partial", "Succeeded", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    let status = task.status.clone().expect("status");
+    assert_eq!(status.attempt, Some(2));
+    assert_eq!(status.partial, None, "a success clears partial");
+    assert_eq!(status.commit.as_deref(), Some("whole2"));
+    let total = spend(&task);
+    assert_eq!(total.attempts, 2);
+    assert_eq!(total.not_reported, 0);
+    assert_eq!(total.models.len(), 1, "{total:?}");
+    let gpt = &total.models[0];
+    assert_eq!(gpt.provider.as_deref(), Some("openai"));
+    assert_eq!((gpt.input_tokens, gpt.output_tokens), (1500, 300));
+    // 0.004 for attempt 1, 0.002 for attempt 2, priced by the operator.
+    assert_eq!(gpt.cost.as_deref(), Some("0.006"));
+    assert_eq!(gpt.currency.as_deref(), Some("USD"));
+
+    // Attempt 2's Job: its deadline, its margin and what was left of the budget.
+    let jobs = jobs_of(&s, "partial").await;
+    assert_eq!(jobs.len(), 2);
+    let second = jobs
+        .iter()
+        .find(|j| j.name_any() == "partial-a2")
+        .expect("attempt 2's Job");
+    let deadline: k8s_openapi::jiff::Timestamp = job_env(second, "RECAC_DEADLINE")
+        .expect("RECAC_DEADLINE")
+        .parse()
+        .expect("RFC 3339");
+    let created = second
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .expect("created")
+        .0;
+    let after_creation = created.duration_until(deadline).as_secs();
+    assert!(
+        (3595..=3600).contains(&after_creation),
+        "deadline {deadline} is {after_creation}s after {created}"
+    );
+    assert_eq!(
+        job_env(second, "RECAC_DEADLINE_MARGIN_SECONDS").as_deref(),
+        Some("120")
+    );
+    assert_eq!(
+        job_env(second, "RECAC_BUDGET_TOKENS").as_deref(),
+        Some("98800")
+    );
+    assert_eq!(
+        job_env(second, "RECAC_BUDGET_COST").as_deref(),
+        Some("0.996")
+    );
+    assert_eq!(
+        job_env(second, "RECAC_BUDGET_CURRENCY").as_deref(),
+        Some("USD")
+    );
+    assert_eq!(
+        job_env(second, "RECAC_PRICE_OUTPUT_PER_MILLION").as_deref(),
+        Some("10")
+    );
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("margin=120 tokens=98800 cost=0.996 USD"),
+        "{message}"
+    );
+
+    // This process counted attempt 2 only (attempt 1 was counted before the restart).
+    let (_, body) = http_get(operator.http, "/metrics").await;
+    assert!(
+        body.contains(
+            "recac_agent_tokens_total{source=\"\",model=\"gpt-x\",direction=\"input\"} 500"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("recac_agent_cost_total{source=\"\",model=\"gpt-x\",currency=\"USD\"} 0.002"),
+        "{body}"
+    );
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_partial_ends_the_task_without_a_retry() {
+    let s = setup("tc-budget-partial").await;
+    let operator = Operator::start_with(s.config.clone(), &s.ns, 10, priced_agent()).await;
+    create_task(
+        &s,
+        &task_yaml(
+            "stopped-by-budget",
+            "budget-partial",
+            2,
+            "  budget:\n    tokens: 20\n",
+        ),
+    )
+    .await;
+    let task = task_where(&s, "stopped-by-budget", "Failed", LONG, |t| {
+        phase(t) == Some(TaskPhase::Failed)
+    })
+    .await;
+    assert_eq!(
+        condition(&task, "Failed"),
+        Some(("True".into(), "BudgetExhausted".into()))
+    );
+    let status = task.status.clone().expect("status");
+    assert_eq!(status.attempt, Some(1));
+    assert_eq!(status.partial, Some(true));
+    assert_eq!(status.commit.as_deref(), Some("part1"));
+    assert_eq!(spend(&task).attempts, 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(jobs_of(&s, "stopped-by-budget").await.len(), 1);
+    wait_for("the BudgetExhausted event", LONG, || async {
+        event_reasons(&s, "stopped-by-budget")
+            .await
+            .contains("BudgetExhausted")
+            .then_some(())
+    })
+    .await;
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_gets_no_further_attempt() {
+    let s = setup("tc-overspent").await;
+    let operator = Operator::start_with(s.config.clone(), &s.ns, 10, priced_agent()).await;
+    create_task(
+        &s,
+        &task_yaml("overspent", "overspend", 2, "  budget:\n    tokens: 1000\n"),
+    )
+    .await;
+    let task = task_where(&s, "overspent", "Failed", LONG, |t| {
+        phase(t) == Some(TaskPhase::Failed)
+    })
+    .await;
+    assert_eq!(
+        condition(&task, "Failed"),
+        Some(("True".into(), "BudgetExhausted".into()))
+    );
+    assert_eq!(task.status.as_ref().and_then(|s| s.attempt), Some(1));
+    let counted = spend(&task);
+    assert_eq!(counted.attempts, 1);
+    assert_eq!(
+        (
+            counted.models[0].input_tokens,
+            counted.models[0].output_tokens
+        ),
+        (900, 300)
+    );
+    // Longer than the retry backoff: still no attempt 2.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names: Vec<String> = jobs_of(&s, "overspent")
+        .await
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    assert_eq!(names, vec!["overspent-a1".to_string()]);
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_budget_without_a_price_is_refused_before_any_job() {
+    let s = setup("tc-unpriced").await;
+    // The operator's table prices no model of this task.
+    let operator = Operator::start(s.config.clone(), &s.ns, 10).await;
+    create_task(
+        &s,
+        &task_yaml("unpriced", "succeed", 2, "  budget:\n    cost: \"5\"\n").replace(
+            "  agent:\n",
+            "  agent:\n    provider: openai\n    model: gpt-x\n",
+        ),
+    )
+    .await;
+    let task = task_where(&s, "unpriced", "Failed", LONG, |t| {
+        phase(t) == Some(TaskPhase::Failed)
+    })
+    .await;
+    assert_eq!(
+        condition(&task, "Failed"),
+        Some(("True".into(), "BudgetUnpriced".into()))
+    );
+    let message = task
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("openai/gpt-x") && message.contains("agent.prices"),
+        "{message}"
+    );
+    assert_eq!(task.status.as_ref().and_then(|s| s.attempt), None);
+    assert!(jobs_of(&s, "unpriced").await.is_empty());
+    wait_for("the BudgetUnpriced event", LONG, || async {
+        event_reasons(&s, "unpriced")
+            .await
+            .contains("BudgetUnpriced")
+            .then_some(())
+    })
+    .await;
     operator.stop().await;
     s.node.shutdown().await.expect("node agent stops");
 }

@@ -901,6 +901,27 @@ impl Git {
         Ok(n.parse().unwrap_or(0))
     }
 
+    /// The paths the commit `rev` changed (against its first parent).
+    pub async fn changed_files(&self, rev: &str) -> Result<Vec<String>, GitError> {
+        let out = self
+            .ok(&[
+                "diff-tree",
+                "--root",
+                "--no-commit-id",
+                "--name-only",
+                "-r",
+                "-z",
+                rev,
+            ])
+            .await?;
+        Ok(out
+            .split('\0')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Stages everything and commits it with `message`; `false` when there was nothing to commit.
     pub async fn commit_all(&self, message: &str, who: &Identity) -> Result<bool, GitError> {
         self.ok(&["add", "--all"]).await?;

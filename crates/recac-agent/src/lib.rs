@@ -7,8 +7,8 @@
 //! (`RECAC_MODE=plan`, [`plan`]) checks the branch out the same way, lets the engine write a
 //! plan instead of the work and reports it; it commits and pushes nothing.
 //!
-//! Pure decisions live apart from I/O: [`branch`], [`detect`], [`plan`], [`report`],
-//! [`redact`] and [`run::decide_publish`].
+//! Pure decisions live apart from I/O: [`branch`], [`budget`], [`cut`], [`detect`], [`plan`],
+//! [`report`], [`redact`] and [`run::decide_publish`].
 //!
 //! Failures are classified by whether another attempt may get past them: retryable
 //! (`failed`: the network, a rate limit, a lost push race; `testsFailed`: the next attempt
@@ -18,6 +18,8 @@
 
 pub mod branch;
 pub mod broker;
+pub mod budget;
+pub mod cut;
 pub mod detect;
 pub mod engine;
 pub mod environment;

@@ -2,27 +2,36 @@
 
 use std::path::Path;
 
-use recac_api::agent_contract::{AgentResult, Outcome, TERMINATION_MESSAGE_LIMIT, env, exit_code};
+use recac_api::agent_contract::{
+    AgentResult, CutShort, Outcome, TERMINATION_MESSAGE_LIMIT, env, exit_code,
+};
 
 use crate::environment::FsError;
 
-/// The process exit code for an outcome: `0` when the work is done and pushed, `3` when
+/// The process exit code for a result: `0` when the work is done and pushed, `3` when
 /// another attempt would fail the same way, `1` when another attempt may succeed.
 ///
 /// `TestsFailed` is retryable: the next attempt continues the pushed branch and can fix the
-/// tests. `NoChanges` is not: the engine finished without changing anything.
-pub fn exit_code_for(outcome: &Outcome) -> i32 {
-    match outcome {
+/// tests. `NoChanges` is not: the engine finished without changing anything. `Partial` depends
+/// on what cut the work short: the deadline is retryable (the retry continues the pushed
+/// branch), the budget is not (a retry would have no budget).
+pub fn exit_code_for(result: &AgentResult) -> i32 {
+    match result.outcome {
         Outcome::Succeeded | Outcome::Planned => exit_code::SUCCESS,
         Outcome::TestsFailed | Outcome::Failed => exit_code::RETRYABLE,
+        Outcome::Partial => match result.partial.as_ref().map(|p| p.cause) {
+            Some(CutShort::Budget) => exit_code::GAVE_UP,
+            Some(CutShort::Deadline) | None => exit_code::RETRYABLE,
+        },
         Outcome::NoChanges | Outcome::GaveUp => exit_code::GAVE_UP,
     }
 }
 
 /// The result as JSON of at most `limit` bytes: the summary is shortened first (on a character
 /// boundary, marked with `…`), then dropped; then a planning run's plan is shortened the same
-/// way, then dropped; then the pull request URL, the commit and the branch are dropped. The
-/// output is always valid JSON.
+/// way, then dropped; then the per-model usage, then the partial result's `done` and `left`
+/// texts (its cause stays); then the pull request URL, the commit and the branch are dropped.
+/// The output is always valid JSON.
 pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
     let full = encode(result);
     if full.len() <= limit {
@@ -47,14 +56,21 @@ pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
         }
         trimmed.plan = None;
     }
-    for step in 0..3 {
+    for step in 0..5 {
         let json = encode(&trimmed);
         if json.len() <= limit {
             return json;
         }
         match step {
-            0 => trimmed.pull_request_url = None,
-            1 => trimmed.commit = None,
+            0 => trimmed.usage = None,
+            1 => {
+                if let Some(p) = &mut trimmed.partial {
+                    p.done = None;
+                    p.left = None;
+                }
+            }
+            2 => trimmed.pull_request_url = None,
+            3 => trimmed.commit = None,
             _ => trimmed.branch = None,
         }
     }
@@ -62,7 +78,8 @@ pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
     if json.len() <= limit {
         json
     } else {
-        encode(&AgentResult {
+        // The outcome and what cut it short: what the exit code and a retry depend on.
+        let bare = AgentResult {
             outcome: result.outcome.clone(),
             branch: None,
             commit: None,
@@ -71,7 +88,18 @@ pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
             summary: None,
             token_usage: None,
             plan: None,
-        })
+            partial: trimmed.partial.clone(),
+            usage: None,
+        };
+        let json = encode(&bare);
+        if json.len() <= limit {
+            json
+        } else {
+            encode(&AgentResult {
+                partial: None,
+                ..bare
+            })
+        }
     }
 }
 
@@ -124,7 +152,7 @@ pub fn write_result(path: &Path, result: &AgentResult) -> Result<(), FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recac_api::agent_contract::TokenUsage;
+    use recac_api::agent_contract::{ModelUsage, PartialWork, TokenUsage};
 
     fn result(summary: &str) -> AgentResult {
         AgentResult {
@@ -139,6 +167,8 @@ mod tests {
                 output_tokens: 5,
             }),
             plan: None,
+            partial: None,
+            usage: None,
         }
     }
 
@@ -155,17 +185,104 @@ mod tests {
                 output_tokens: 5,
             }),
             plan: Some(plan.into()),
+            partial: None,
+            usage: None,
+        }
+    }
+
+    fn partial(cause: CutShort, text: &str) -> AgentResult {
+        AgentResult {
+            outcome: Outcome::Partial,
+            tests_passed: None,
+            pull_request_url: None,
+            partial: Some(PartialWork {
+                cause,
+                done: Some(format!("changed 3 files: {text} (commit abc1234)")),
+                left: Some(format!("the rest of the task: {text}")),
+            }),
+            usage: Some(vec![ModelUsage {
+                provider: Some("openai".into()),
+                model: format!("model-{text}"),
+                input_tokens: 200,
+                output_tokens: 20,
+                cost: Some("0.0026".into()),
+                currency: Some("EUR".into()),
+            }]),
+            ..result("stopped: the deadline is near")
         }
     }
 
     #[test]
     fn exit_codes() {
-        assert_eq!(exit_code_for(&Outcome::Succeeded), 0);
-        assert_eq!(exit_code_for(&Outcome::Planned), 0);
-        assert_eq!(exit_code_for(&Outcome::Failed), 1);
-        assert_eq!(exit_code_for(&Outcome::TestsFailed), 1);
-        assert_eq!(exit_code_for(&Outcome::GaveUp), 3);
-        assert_eq!(exit_code_for(&Outcome::NoChanges), 3);
+        let with = |outcome| AgentResult {
+            outcome,
+            ..result("x")
+        };
+        assert_eq!(exit_code_for(&with(Outcome::Succeeded)), 0);
+        assert_eq!(exit_code_for(&with(Outcome::Planned)), 0);
+        assert_eq!(exit_code_for(&with(Outcome::Failed)), 1);
+        assert_eq!(exit_code_for(&with(Outcome::TestsFailed)), 1);
+        assert_eq!(exit_code_for(&with(Outcome::GaveUp)), 3);
+        assert_eq!(exit_code_for(&with(Outcome::NoChanges)), 3);
+        // A partial result: the deadline is retried, the budget is not.
+        assert_eq!(exit_code_for(&partial(CutShort::Deadline, "a")), 1);
+        assert_eq!(exit_code_for(&partial(CutShort::Budget, "a")), 3);
+        assert_eq!(exit_code_for(&with(Outcome::Partial)), 1);
+    }
+
+    #[test]
+    fn partial_results_drop_usage_and_texts_before_the_commit() {
+        let r = partial(CutShort::Budget, &"x".repeat(600));
+        let full = serde_json::to_string(&r).unwrap();
+        let back = |limit| -> AgentResult {
+            let json = to_json_within(&r, limit);
+            assert!(json.len() <= limit, "{limit}: {}", json.len());
+            serde_json::from_str(&json).unwrap()
+        };
+        assert_eq!(back(full.len()), r);
+
+        // Without the summary the rest fits: only the summary goes.
+        let no_summary = AgentResult {
+            summary: None,
+            ..r.clone()
+        };
+        let limit = serde_json::to_string(&no_summary).unwrap().len();
+        assert_eq!(back(limit), no_summary);
+
+        // Then the per-model usage.
+        let no_usage = AgentResult {
+            usage: None,
+            ..no_summary.clone()
+        };
+        let limit = serde_json::to_string(&no_usage).unwrap().len();
+        assert_eq!(back(limit), no_usage);
+
+        // Then the texts; the cause, the commit and the branch stay.
+        let got = back(limit - 1);
+        assert_eq!(
+            got.partial,
+            Some(PartialWork {
+                cause: CutShort::Budget,
+                done: None,
+                left: None
+            })
+        );
+        assert_eq!(
+            (got.commit, got.branch),
+            (r.commit.clone(), r.branch.clone())
+        );
+        assert_eq!(got.token_usage, r.token_usage);
+
+        // With room for nearly nothing, the outcome and the cause stay, so the exit code does.
+        let tiny = back(60);
+        assert_eq!(tiny.outcome, Outcome::Partial);
+        assert_eq!(exit_code_for(&tiny), 3);
+        assert_eq!(
+            serde_json::from_str::<AgentResult>(&to_json_within(&r, 25))
+                .unwrap()
+                .outcome,
+            Outcome::Partial
+        );
     }
 
     #[test]
@@ -261,6 +378,15 @@ mod tests {
             proptest::prop_assert!(json.len() <= limit);
             let back: AgentResult = serde_json::from_str(&json).unwrap();
             proptest::prop_assert_eq!(back.outcome, Outcome::Succeeded);
+        }
+
+        #[test]
+        fn partial_results_are_valid_and_within(text in ".{0,1500}", limit in 40usize..5000) {
+            let r = partial(CutShort::Deadline, &text);
+            let json = to_json_within(&r, limit);
+            proptest::prop_assert!(json.len() <= limit);
+            let back: AgentResult = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(back.outcome, Outcome::Partial);
         }
 
         #[test]

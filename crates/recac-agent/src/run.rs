@@ -3,13 +3,20 @@
 //! wrote and never commits or pushes.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use recac_api::agent_contract::{AgentResult, Outcome, TokenUsage};
+use recac_api::agent_contract::{
+    AgentResult, CutShort, ModelUsage, Outcome, PartialWork, TokenUsage,
+};
 use recac_api::repo_host::{HostScope, RepoLocation, Transport, render_list};
 
 use crate::branch::{self, BranchPlan};
+use crate::budget::{self, Budget};
+use crate::cut;
 use crate::detect::{self, RepoFiles};
-use crate::engine::{self, EngineReport, EngineStatus, Tail, llm::LlmClient, tools::Toolbox};
+use crate::engine::{
+    self, EngineReport, EngineStatus, Meter, Tail, llm::LlmClient, tools::Toolbox, usage,
+};
 use crate::environment::{self, FsError};
 use crate::git::{Git, GitCredential, GitError, GitErrorKind, Identity};
 use crate::github::{self, GitHub, GitHubRepo, PullRequest};
@@ -17,7 +24,7 @@ use crate::plan;
 use crate::process::{self, CommandSpec};
 use crate::redact::Redactor;
 use crate::report::exit_code_for;
-use crate::settings::{EngineSettings, Mode, PullRequestMode, Settings, vars};
+use crate::settings::{EngineSettings, LlmSettings, Mode, PullRequestMode, Settings, vars};
 use crate::toolchain::{self, Finder, MissingTool, Problem, TestCommand};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +41,8 @@ pub struct RunOutput {
 struct Stop {
     outcome: Outcome,
     message: String,
+    /// Why the work was cut short, with [`Outcome::Partial`].
+    partial: Option<PartialWork>,
 }
 
 impl Stop {
@@ -41,26 +50,101 @@ impl Stop {
         Self {
             outcome: Outcome::GaveUp,
             message: message.into(),
+            partial: None,
         }
     }
     fn failed(message: impl Into<String>) -> Self {
         Self {
             outcome: Outcome::Failed,
             message: message.into(),
+            partial: None,
+        }
+    }
+    /// The work was cut short by `cause`; `done` and `left` say what it did and what is left.
+    fn partial(cause: CutShort, done: String, left: String, message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Partial,
+            message: message.into(),
+            partial: Some(PartialWork {
+                cause,
+                done: Some(done),
+                left: Some(left),
+            }),
+        }
+    }
+}
+
+/// When the work ends: the deadline less its margin.
+#[derive(Clone, Copy, Debug)]
+struct WorkEnd {
+    deadline: SystemTime,
+    at: tokio::time::Instant,
+}
+
+impl WorkEnd {
+    fn of(settings: &Settings) -> Option<Self> {
+        let deadline = settings.deadline?;
+        let left = cut::time_left(deadline, settings.deadline_margin, SystemTime::now());
+        Some(Self {
+            deadline,
+            at: tokio::time::Instant::now() + left,
+        })
+    }
+}
+
+/// What ends the work from outside: SIGTERM (`stop`) and the deadline (`end`).
+struct Halt<'a> {
+    stop: &'a CancellationToken,
+    end: Option<WorkEnd>,
+}
+
+impl Halt<'_> {
+    /// Whether the deadline, less its margin, has passed.
+    fn deadline_passed(&self) -> bool {
+        self.end
+            .is_some_and(|e| tokio::time::Instant::now() >= e.at)
+    }
+
+    /// Resolves when the deadline, less its margin, passes (never without a deadline).
+    async fn deadline(&self) {
+        match self.end {
+            Some(end) => tokio::time::sleep_until(end.at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whole seconds left before the deadline itself.
+    fn seconds_before_deadline(&self) -> u64 {
+        self.end
+            .map_or(0, |e| cut::seconds_before(e.deadline, SystemTime::now()))
+    }
+
+    /// The engine's report when the deadline ended its work.
+    fn deadline_report(&self, usage: TokenUsage) -> EngineReport {
+        EngineReport {
+            status: EngineStatus::CutShort {
+                cause: CutShort::Deadline,
+                reason: format!(
+                    "the deadline is near: the work ended {} s before it ({} less {})",
+                    self.seconds_before_deadline(),
+                    vars::DEADLINE,
+                    vars::DEADLINE_MARGIN_SECONDS
+                ),
+            },
+            summary: String::new(),
+            usage,
+            iterations: 0,
+            reported: None,
         }
     }
 }
 
 impl From<GitError> for Stop {
     fn from(e: GitError) -> Self {
-        let outcome = if e.kind.is_permanent() {
-            Outcome::GaveUp
+        if e.kind.is_permanent() {
+            Stop::gave_up(e.to_string())
         } else {
-            Outcome::Failed
-        };
-        Stop {
-            outcome,
-            message: e.to_string(),
+            Stop::failed(e.to_string())
         }
     }
 }
@@ -190,6 +274,12 @@ pub async fn run(settings: &Settings, redactor: &Redactor) -> RunOutput {
 /// reports a retryable failure saying so; a stop during the tests skips them. Clone, commit
 /// and push are short and always run to their end.
 ///
+/// The deadline (`RECAC_DEADLINE` less `RECAC_DEADLINE_MARGIN_SECONDS`) ends the work (or the
+/// tests) the same way, and so does a stop that comes after it; the built-in engine's budget
+/// (`RECAC_BUDGET_*`) ends its work too. Either way the work in progress is pushed and the
+/// result is [`Outcome::Partial`], with [`PartialWork`] saying what cut it short, what was
+/// done and what is left.
+///
 /// A planning run ([`Mode::Plan`]) checks the branch out as the work would, then lets the
 /// engine write a plan and reports it (outcome `planned`); it never commits or pushes. A stop
 /// during it is a retryable failure.
@@ -205,16 +295,54 @@ pub async fn run_until(
         pull_request_url: None,
         tests_passed: None,
         usage: None,
+        models: None,
         workspace: None,
         plan: None,
     };
-    let (outcome, summary) = match flow(settings, &redactor, &mut state, &stop).await {
-        Ok((outcome, summary)) => (outcome, summary),
-        Err(stop) => (stop.outcome, stop.message),
+    let halt = Halt {
+        stop: &stop,
+        end: WorkEnd::of(settings),
+    };
+    let budget = &settings.budget;
+    match &settings.engine {
+        EngineSettings::Builtin(_) if budget.cost.is_some() && budget.prices.is_none() => {
+            tracing::warn!(
+                "{} is set without {} and {}: the cost cannot be counted, only the token budgets stop the work",
+                vars::BUDGET_COST,
+                vars::PRICE_INPUT_PER_MILLION,
+                vars::PRICE_OUTPUT_PER_MILLION
+            );
+        }
+        EngineSettings::External(_) if budget.is_set() => {
+            tracing::warn!(
+                "an external agent CLI's spending cannot be stopped by the budget: only the deadline ({}) bounds it",
+                vars::DEADLINE
+            );
+        }
+        _ => {}
+    }
+    if let Some(end) = halt.end {
+        tracing::info!(
+            seconds_left = end
+                .at
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs(),
+            "the work ends {} s before the deadline",
+            settings.deadline_margin.as_secs()
+        );
+    }
+    let (outcome, summary, partial) = match flow(settings, &redactor, &mut state, &halt).await {
+        Ok((outcome, summary)) => (outcome, summary, None),
+        Err(stop) => (stop.outcome, stop.message, stop.partial),
     };
     let summary = redactor.redact(&summary);
+    let partial = partial.map(|p| PartialWork {
+        cause: p.cause,
+        done: p.done.map(|t| redactor.redact(&t)),
+        left: p.left.map(|t| redactor.redact(&t)),
+    });
     let result = AgentResult {
-        outcome: outcome.clone(),
+        outcome,
         branch: state.branch,
         commit: state.commit,
         pull_request_url: state.pull_request_url,
@@ -222,9 +350,11 @@ pub async fn run_until(
         summary: (!summary.trim().is_empty()).then_some(summary),
         token_usage: state.usage,
         plan: state.plan,
+        partial,
+        usage: state.models,
     };
     RunOutput {
-        exit_code: exit_code_for(&outcome),
+        exit_code: exit_code_for(&result),
         result,
         workspace: state.workspace,
     }
@@ -236,6 +366,8 @@ struct State {
     pull_request_url: Option<String>,
     tests_passed: Option<bool>,
     usage: Option<TokenUsage>,
+    /// What each model cost (`None`: the engine reported nothing).
+    models: Option<Vec<ModelUsage>>,
     workspace: Option<PathBuf>,
     /// A planning run's plan.
     plan: Option<String>,
@@ -286,12 +418,12 @@ async fn flow(
     settings: &Settings,
     redactor: &Redactor,
     state: &mut State,
-    stop: &CancellationToken,
+    halt: &Halt<'_>,
 ) -> Result<(Outcome, String), Stop> {
     let checkout = check_out(settings, redactor, state).await?;
     match settings.mode {
-        Mode::Plan => plan(settings, redactor, state, stop, &checkout).await,
-        Mode::Work => work(settings, redactor, state, stop, checkout).await,
+        Mode::Plan => plan(settings, redactor, state, halt, &checkout).await,
+        Mode::Work => work(settings, redactor, state, halt, checkout).await,
     }
 }
 
@@ -422,20 +554,27 @@ struct Ask<'a> {
     tail: Tail,
 }
 
-/// Runs the engine on `ask` in `dir`, until it ends or `stop` is cancelled: then the report
-/// says it reached a limit, [`STOPPED`].
+/// Runs the engine on `ask` in `dir`, until it ends, the deadline (less its margin) passes or
+/// the pod is told to stop. At the deadline (or told to stop after it) the report says the
+/// work was cut short by it; told to stop before, the report says it reached a limit,
+/// [`STOPPED`]. Either way it has what the built-in engine spent so far.
 async fn run_engine(
     settings: &Settings,
     redactor: &Redactor,
     dir: &Path,
     ask: Ask<'_>,
-    stop: &CancellationToken,
+    halt: &Halt<'_>,
 ) -> Result<EngineReport, Stop> {
     let Ask {
         system,
         prompt,
         tail,
     } = ask;
+    if halt.deadline_passed() {
+        tracing::warn!("the deadline is near: the work does not start");
+        return Ok(halt.deadline_report(TokenUsage::default()));
+    }
+    let meter = Meter::default();
     let work = async {
         Ok::<_, Stop>(match &settings.engine {
             EngineSettings::Builtin(llm) => {
@@ -456,7 +595,16 @@ async fn run_engine(
                         e,
                     ))
                 })?;
-                engine::run_builtin(&client, &toolbox, system, prompt, &settings.limits).await
+                engine::run_builtin(
+                    &client,
+                    &toolbox,
+                    system,
+                    prompt,
+                    &settings.limits,
+                    &settings.budget,
+                    &meter,
+                )
+                .await
             }
             EngineSettings::External(ext) => {
                 engine::run_external(
@@ -474,29 +622,84 @@ async fn run_engine(
     };
     Ok(tokio::select! {
         report = work => report?,
-        () = stop.cancelled() => {
-            tracing::warn!("told to stop: ending the engine");
-            EngineReport {
-                status: EngineStatus::LimitReached(STOPPED.into()),
-                summary: String::new(),
-                usage: Default::default(),
-                iterations: 0,
+        () = halt.deadline() => {
+            tracing::warn!("the deadline is near: ending the engine");
+            halt.deadline_report(meter.spent())
+        }
+        () = halt.stop.cancelled() => {
+            if halt.deadline_passed() {
+                tracing::warn!("told to stop after the deadline: ending the engine");
+                halt.deadline_report(meter.spent())
+            } else {
+                tracing::warn!("told to stop: ending the engine");
+                EngineReport {
+                    status: EngineStatus::LimitReached(STOPPED.into()),
+                    summary: String::new(),
+                    usage: meter.spent(),
+                    iterations: 0,
+                    reported: None,
+                }
             }
         }
     })
 }
 
-/// Keeps what the engine spent (the built-in one counts it).
+/// What the built-in engine's model cost: `spent`, priced when the prices are known.
+pub fn builtin_usage(llm: &LlmSettings, budget: &Budget, spent: &TokenUsage) -> ModelUsage {
+    let cost = budget.cost_of(spent);
+    ModelUsage {
+        provider: Some(
+            match llm.provider {
+                crate::settings::Provider::OpenAi => "openai",
+                crate::settings::Provider::Anthropic => "anthropic",
+            }
+            .to_string(),
+        ),
+        model: llm.model.clone(),
+        input_tokens: spent.input_tokens,
+        output_tokens: spent.output_tokens,
+        cost: cost.map(budget::format_micros),
+        currency: cost.and(budget.currency.clone()),
+    }
+}
+
+/// What an external engine reported it spent, priced when it gave no cost and the prices are
+/// known.
+fn priced(mut models: Vec<ModelUsage>, budget: &Budget) -> Vec<ModelUsage> {
+    for model in models.iter_mut().filter(|m| m.cost.is_none()) {
+        let spent = TokenUsage {
+            input_tokens: model.input_tokens,
+            output_tokens: model.output_tokens,
+        };
+        if let Some(cost) = budget.cost_of(&spent) {
+            model.cost = Some(budget::format_micros(cost));
+            model.currency = budget.currency.clone();
+        }
+    }
+    models
+}
+
+/// Keeps what the engine spent: the built-in one counts it; an external one's is what it
+/// reported, if anything.
 fn record_usage(settings: &Settings, state: &mut State, report: &EngineReport) {
-    if matches!(settings.engine, EngineSettings::Builtin(_)) {
-        state.usage = Some(report.usage.clone());
+    match &settings.engine {
+        EngineSettings::Builtin(llm) => {
+            state.usage = Some(report.usage.clone());
+            state.models = Some(vec![builtin_usage(llm, &settings.budget, &report.usage)]);
+        }
+        EngineSettings::External(_) => {
+            if let Some(models) = &report.reported {
+                state.usage = Some(usage::totals(models));
+                state.models = Some(priced(models.clone(), &settings.budget));
+            }
+        }
     }
 }
 
 /// Why the run ends when the engine said it cannot do the task or failed (`None` otherwise).
 fn engine_gave_out(report: &EngineReport) -> Option<Stop> {
     match &report.status {
-        EngineStatus::Done | EngineStatus::LimitReached(_) => None,
+        EngineStatus::Done | EngineStatus::LimitReached(_) | EngineStatus::CutShort { .. } => None,
         EngineStatus::CannotDo => Some(Stop::gave_up(if report.summary.is_empty() {
             "the engine declared it cannot do the task".to_string()
         } else {
@@ -525,10 +728,10 @@ async fn plan(
     settings: &Settings,
     redactor: &Redactor,
     state: &mut State,
-    stop: &CancellationToken,
+    halt: &Halt<'_>,
     checkout: &Checkout,
 ) -> Result<(Outcome, String), Stop> {
-    if stop.is_cancelled() {
+    if halt.stop.is_cancelled() && !halt.deadline_passed() {
         return Err(Stop::failed(plan_stopped(STOPPED_BEFORE_PLANNING)));
     }
     let prompt = plan::planning_prompt(&settings.prompt);
@@ -541,7 +744,7 @@ async fn plan(
             prompt: &prompt,
             tail: Tail::PLAN,
         },
-        stop,
+        halt,
     )
     .await?;
     record_usage(settings, state, &report);
@@ -558,8 +761,17 @@ fn planned(report: &EngineReport, redactor: &Redactor) -> Result<String, Stop> {
     if let Some(stop) = engine_gave_out(report) {
         return Err(stop);
     }
-    if let EngineStatus::LimitReached(reason) = &report.status {
-        return Err(Stop::failed(plan_stopped(reason)));
+    match &report.status {
+        EngineStatus::LimitReached(reason) => return Err(Stop::failed(plan_stopped(reason))),
+        EngineStatus::CutShort { cause, reason } => {
+            return Err(Stop::partial(
+                *cause,
+                "no plan was written (a planning run commits nothing)".into(),
+                format!("the plan: {reason}"),
+                plan_stopped(reason),
+            ));
+        }
+        _ => {}
     }
     plan::plan_from_summary(&redactor.redact(&report.summary))
         .ok_or_else(|| Stop::failed("the engine wrote no plan"))
@@ -570,9 +782,10 @@ async fn work(
     settings: &Settings,
     redactor: &Redactor,
     state: &mut State,
-    stop: &CancellationToken,
+    halt: &Halt<'_>,
     checkout: Checkout,
 ) -> Result<(Outcome, String), Stop> {
+    let stop = halt.stop;
     let Checkout {
         git,
         dir,
@@ -593,28 +806,37 @@ async fn work(
         return Err(Stop::gave_up(missing.message(&command)));
     }
 
-    // 3. Work (until done, or until the pod is told to stop).
-    if stop.is_cancelled() {
+    // 3. Work (until done, the deadline or the budget, or until the pod is told to stop). An
+    // attempt that continues the branch is told so.
+    if stop.is_cancelled() && !halt.deadline_passed() {
         return Err(Stop::failed(STOPPED_BEFORE_WORK));
     }
+    let prompt = match remote_head {
+        Some(_) => engine::continuing_prompt(&settings.prompt, &branch_name),
+        None => settings.prompt.clone(),
+    };
     let report = run_engine(
         settings,
         redactor,
         &dir,
         Ask {
             system: engine::SYSTEM_PROMPT,
-            prompt: &settings.prompt,
+            prompt: &prompt,
             tail: Tail::WORK,
         },
-        stop,
+        halt,
     )
     .await?;
+    let stopped_before_deadline = halt.seconds_before_deadline();
     record_usage(settings, state, &report);
     tracing::info!(status = ?report.status, iterations = report.iterations, "work step ended");
     if let Some(stop) = engine_gave_out(&report) {
         return Err(stop);
     }
-    let wip = matches!(report.status, EngineStatus::LimitReached(_));
+    let wip = matches!(
+        report.status,
+        EngineStatus::LimitReached(_) | EngineStatus::CutShort { .. }
+    );
 
     // 4. Commit (before the tests, so their artifacts never land in the commit).
     let who = Identity {
@@ -636,6 +858,29 @@ async fn work(
     if publish != Publish::NothingToPush {
         state.commit = Some(head.clone());
     }
+    if let EngineStatus::CutShort { cause, reason } = &report.status {
+        let pushed = publish == Publish::Push;
+        if pushed {
+            git.push(&branch_name)
+                .await
+                .map_err(|e| with_hint(e, token_hint.as_deref()))?;
+        }
+        let done = cut::done(
+            &committed_files(&git, committed).await,
+            committed.then_some(head.as_str()),
+        );
+        let left = match cause {
+            CutShort::Deadline => cut::left_at_deadline(stopped_before_deadline),
+            CutShort::Budget => cut::left_at_budget(reason),
+        };
+        let message = if pushed {
+            format!("stopped: {reason}; the work in progress is pushed to {branch_name}")
+        } else {
+            format!("stopped: {reason}; nothing new to push")
+        };
+        tracing::warn!(?cause, %done, "the work was cut short");
+        return Err(Stop::partial(*cause, done, left, message));
+    }
     if let EngineStatus::LimitReached(reason) = &report.status {
         if publish == Publish::Push {
             git.push(&branch_name)
@@ -656,14 +901,21 @@ async fn work(
         return Ok((Outcome::NoChanges, summary));
     }
 
-    // 5. Tests (skipped when told to stop: the push comes first).
+    // 5. Tests (skipped when told to stop or at the deadline: the push comes first).
+    let mut tests_cut = false;
     let tests = tokio::select! {
         tests = run_tests(settings, &git, redactor) => tests,
         () = stop.cancelled() => {
             tracing::warn!("told to stop: tests skipped, pushing the work");
             TestRun::NotRun
         }
+        () = halt.deadline() => {
+            tracing::warn!("the deadline is near: tests skipped, pushing the work");
+            tests_cut = true;
+            TestRun::NotRun
+        }
     };
+    let tests_cut = tests_cut || (stop.is_cancelled() && halt.deadline_passed());
     state.tests_passed = match &tests {
         TestRun::Ran { passed } => Some(*passed),
         TestRun::NotRun | TestRun::CannotRun { .. } => None,
@@ -675,6 +927,22 @@ async fn work(
         git.push(&branch_name)
             .await
             .map_err(|e| with_hint(e, token_hint.as_deref()))?;
+    }
+    if tests_cut {
+        // The deadline came before the tests ended: the work is on the branch, its tests
+        // unknown.
+        let done = cut::done(
+            &committed_files(&git, committed).await,
+            committed.then_some(head.as_str()),
+        );
+        return Err(Stop::partial(
+            CutShort::Deadline,
+            done,
+            cut::left_tests_at_deadline(halt.seconds_before_deadline()),
+            format!(
+                "stopped: the deadline is near; the tests did not finish; the work is pushed to {branch_name}"
+            ),
+        ));
     }
     if stop.is_cancelled() {
         // Told to stop before the tests ended: the work is on the branch, its tests unknown.
@@ -715,6 +983,18 @@ async fn work(
         report.summary
     };
     Ok((outcome, summary))
+}
+
+/// The files this run's commit changed (none when it committed nothing, or when git cannot
+/// say: the list is only for people).
+async fn committed_files(git: &Git, committed: bool) -> Vec<String> {
+    if !committed {
+        return Vec::new();
+    }
+    git.changed_files("HEAD").await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list the committed files");
+        Vec::new()
+    })
 }
 
 /// How the test step went.
@@ -934,6 +1214,7 @@ mod tests {
             summary: summary.into(),
             usage: Default::default(),
             iterations: 1,
+            reported: None,
         }
     }
 

@@ -2,12 +2,13 @@
 //! the variable at fault).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use recac_api::agent_contract::MODE_PLAN;
 use recac_api::agent_contract::env as contract;
 use recac_api::repo_host::HostScope;
 
+use crate::budget::{self, Budget, Prices};
 use crate::git::{SshKey, SshSettings};
 use crate::secrets::{self, ChildEnv, SecretFiles};
 
@@ -161,6 +162,51 @@ pub const ENV_DOCS: &[(&str, &str, &str)] = &[
         vars::MAX_OUTPUT_TOKENS,
         "8192",
         "Built-in engine: most tokens in one model reply.",
+    ),
+    (
+        contract::DEADLINE,
+        "-",
+        "When the Job's deadline stops the pod at the earliest (RFC 3339, set by the operator): the work ends RECAC_DEADLINE_MARGIN_SECONDS before it, its work in progress is pushed and the result is `partial` (cause `deadline`, exit 1). A deadline in the past ends the work at once. Read from the environment only.",
+    ),
+    (
+        contract::DEADLINE_MARGIN_SECONDS,
+        "60",
+        "How many seconds before RECAC_DEADLINE the work ends, to commit, push and report.",
+    ),
+    (
+        contract::BUDGET_TOKENS,
+        "-",
+        "What is left of the task's budget in tokens (input + output; set by the operator): the built-in engine stops when it is spent, pushes its work and reports `partial` (cause `budget`, exit 3). Read from the environment only.",
+    ),
+    (
+        contract::BUDGET_INPUT_TOKENS,
+        "-",
+        "As RECAC_BUDGET_TOKENS, for input tokens.",
+    ),
+    (
+        contract::BUDGET_OUTPUT_TOKENS,
+        "-",
+        "As RECAC_BUDGET_TOKENS, for output tokens; also caps each reply's max tokens.",
+    ),
+    (
+        contract::BUDGET_COST,
+        "-",
+        "What is left of the task's budget in money (a decimal number in RECAC_BUDGET_CURRENCY, e.g. 1.25); counted by the built-in engine from the RECAC_PRICE_* prices (without them it cannot be counted).",
+    ),
+    (
+        contract::BUDGET_CURRENCY,
+        "-",
+        "The currency code of RECAC_BUDGET_COST and the prices (e.g. USD).",
+    ),
+    (
+        contract::PRICE_INPUT_PER_MILLION,
+        "-",
+        "The model's price per million input tokens (decimal; set together with RECAC_PRICE_OUTPUT_PER_MILLION): the result reports the cost.",
+    ),
+    (
+        contract::PRICE_OUTPUT_PER_MILLION,
+        "-",
+        "The model's price per million output tokens (decimal).",
     ),
     (
         vars::COMMAND_TIMEOUT_SECS,
@@ -326,6 +372,9 @@ pub struct LlmSettings {
 pub struct ExternalSettings {
     pub command: String,
     pub args: Vec<String>,
+    /// `RECAC_MODEL`, when set: names the model in the usage the CLI reports when its output
+    /// does not (else the command's name does).
+    pub model: Option<String>,
 }
 
 /// Which engine does the work.
@@ -344,6 +393,9 @@ pub struct Limits {
     pub command_timeout: Duration,
     pub output_limit: usize,
 }
+
+/// The default of `RECAC_DEADLINE_MARGIN_SECONDS`.
+pub const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_secs(60);
 
 /// What a run does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -395,6 +447,12 @@ pub struct Settings {
     pub mode: Mode,
     pub engine: EngineSettings,
     pub limits: Limits,
+    /// When the Job's deadline stops the pod at the earliest.
+    pub deadline: Option<SystemTime>,
+    /// How long before [`Settings::deadline`] the work ends.
+    pub deadline_margin: Duration,
+    /// What is left of the task's budget, and the model's prices.
+    pub budget: Budget,
     pub git_token: Option<String>,
     pub git_username: String,
     /// The hosts (and organisations) the git token is for.
@@ -517,6 +575,14 @@ impl Settings {
             }
         }
 
+        // The deadline and the budget are the operator's: read from the environment only.
+        let deadline = parse_deadline(&lookup)?;
+        let deadline_margin = match parse_opt_num(&lookup, contract::DEADLINE_MARGIN_SECONDS)? {
+            Some(seconds) => Duration::from_secs(seconds),
+            None => DEFAULT_DEADLINE_MARGIN,
+        };
+        let budget = parse_budget(&lookup)?;
+
         let agent_command = get(vars::AGENT_COMMAND);
         let engine_name = get(vars::ENGINE).unwrap_or_else(|| {
             if agent_command.is_some() {
@@ -540,7 +606,11 @@ impl Settings {
                         reason,
                     })?,
                 };
-                EngineSettings::External(ExternalSettings { command, args })
+                EngineSettings::External(ExternalSettings {
+                    command,
+                    args,
+                    model: get(contract::MODEL),
+                })
             }
             other => {
                 return Err(SettingsError::Invalid {
@@ -628,6 +698,9 @@ impl Settings {
             mode,
             engine,
             limits,
+            deadline,
+            deadline_margin,
+            budget,
             git_token: get(vars::GIT_TOKEN).or_else(|| get(vars::GITHUB_TOKEN)),
             git_username: get(vars::GIT_USERNAME).unwrap_or_else(|| "x-access-token".into()),
             git_credential_hosts,
@@ -907,6 +980,100 @@ fn llm_settings(get: &impl Fn(&str) -> Option<String>) -> Result<LlmSettings, Se
     })
 }
 
+/// `RECAC_DEADLINE`, an RFC 3339 instant.
+fn parse_deadline(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<SystemTime>, SettingsError> {
+    let Some(raw) = nonempty(lookup(contract::DEADLINE)) else {
+        return Ok(None);
+    };
+    let instant: jiff::Timestamp = raw.parse().map_err(|_| SettingsError::Invalid {
+        var: contract::DEADLINE.into(),
+        reason: format!("`{raw}` is not an RFC 3339 instant (e.g. 2026-01-01T12:00:00Z)"),
+    })?;
+    Ok(Some(SystemTime::from(instant)))
+}
+
+/// A whole number read through `lookup`, `None` when unset.
+fn parse_opt_num(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Option<u64>, SettingsError> {
+    nonempty(lookup(var))
+        .map(|raw| {
+            raw.replace('_', "")
+                .parse()
+                .map_err(|_| SettingsError::Invalid {
+                    var: var.into(),
+                    reason: format!("`{raw}` is not a non-negative whole number"),
+                })
+        })
+        .transpose()
+}
+
+/// A decimal amount read through `lookup` as micro-units, `None` when unset.
+fn parse_money(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Option<u64>, SettingsError> {
+    nonempty(lookup(var))
+        .map(|raw| {
+            budget::parse_decimal(&raw).map_err(|e| SettingsError::Invalid {
+                var: var.into(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// What is left of the task's budget and the model's prices (`RECAC_BUDGET_*`,
+/// `RECAC_PRICE_*`).
+fn parse_budget(lookup: &impl Fn(&str) -> Option<String>) -> Result<Budget, SettingsError> {
+    let currency = nonempty(lookup(contract::BUDGET_CURRENCY));
+    if let Some(code) = &currency
+        && (code.len() > 10 || !code.bytes().all(|b| b.is_ascii_alphabetic()))
+    {
+        return Err(SettingsError::Invalid {
+            var: contract::BUDGET_CURRENCY.into(),
+            reason: format!("`{code}` is not a currency code (letters, e.g. USD)"),
+        });
+    }
+    let input = parse_money(lookup, contract::PRICE_INPUT_PER_MILLION)?;
+    let output = parse_money(lookup, contract::PRICE_OUTPUT_PER_MILLION)?;
+    let prices = match (input, output) {
+        (Some(input_per_million), Some(output_per_million)) => Some(Prices {
+            input_per_million,
+            output_per_million,
+        }),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            let (set, unset) = if input.is_some() {
+                (
+                    contract::PRICE_INPUT_PER_MILLION,
+                    contract::PRICE_OUTPUT_PER_MILLION,
+                )
+            } else {
+                (
+                    contract::PRICE_OUTPUT_PER_MILLION,
+                    contract::PRICE_INPUT_PER_MILLION,
+                )
+            };
+            return Err(SettingsError::Invalid {
+                var: unset.into(),
+                reason: format!("it must be set together with {set}"),
+            });
+        }
+    };
+    Ok(Budget {
+        tokens: parse_opt_num(lookup, contract::BUDGET_TOKENS)?,
+        input_tokens: parse_opt_num(lookup, contract::BUDGET_INPUT_TOKENS)?,
+        output_tokens: parse_opt_num(lookup, contract::BUDGET_OUTPUT_TOKENS)?,
+        cost: parse_money(lookup, contract::BUDGET_COST)?,
+        currency: currency.map(|c| c.to_ascii_uppercase()),
+        prices,
+    })
+}
+
 fn check_url(var: &str, value: &str) -> Result<(), SettingsError> {
     match url::Url::parse(value) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
@@ -1031,6 +1198,99 @@ mod tests {
                 .to_string()
                 .contains("RECAC_PROVIDER")
         );
+    }
+
+    #[test]
+    fn deadline_and_budget_are_read_and_checked() {
+        let s = settings(BASE).unwrap();
+        assert_eq!(s.deadline, None);
+        assert_eq!(s.deadline_margin, DEFAULT_DEADLINE_MARGIN);
+        assert!(!s.budget.is_set() && s.budget.prices.is_none());
+
+        let mut v = BASE.to_vec();
+        v.extend_from_slice(&[
+            ("RECAC_DEADLINE", "2026-03-01T12:00:00Z"),
+            ("RECAC_DEADLINE_MARGIN_SECONDS", "90"),
+            ("RECAC_BUDGET_TOKENS", "1_000_000"),
+            ("RECAC_BUDGET_INPUT_TOKENS", "800000"),
+            ("RECAC_BUDGET_OUTPUT_TOKENS", "200000"),
+            ("RECAC_BUDGET_COST", "1.25"),
+            ("RECAC_BUDGET_CURRENCY", "eur"),
+            ("RECAC_PRICE_INPUT_PER_MILLION", "3"),
+            ("RECAC_PRICE_OUTPUT_PER_MILLION", "15.5"),
+        ]);
+        let s = settings(&v).unwrap();
+        let expected: jiff::Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
+        assert_eq!(s.deadline, Some(SystemTime::from(expected)));
+        assert_eq!(s.deadline_margin, Duration::from_secs(90));
+        assert_eq!(
+            s.budget,
+            Budget {
+                tokens: Some(1_000_000),
+                input_tokens: Some(800_000),
+                output_tokens: Some(200_000),
+                cost: Some(1_250_000),
+                currency: Some("EUR".into()),
+                prices: Some(Prices {
+                    input_per_million: 3_000_000,
+                    output_per_million: 15_500_000,
+                }),
+            }
+        );
+        // A deadline in the past is fine (the work ends at once); so is an offset.
+        let mut v = BASE.to_vec();
+        v.push(("RECAC_DEADLINE", "2001-01-01T00:00:00+02:00"));
+        assert!(settings(&v).unwrap().deadline.is_some());
+
+        for (var, value) in [
+            ("RECAC_DEADLINE", "tomorrow"),
+            ("RECAC_DEADLINE", "2026-03-01 12:00"),
+            ("RECAC_DEADLINE_MARGIN_SECONDS", "-5"),
+            ("RECAC_BUDGET_TOKENS", "1.5"),
+            ("RECAC_BUDGET_INPUT_TOKENS", "lots"),
+            ("RECAC_BUDGET_OUTPUT_TOKENS", "-1"),
+            ("RECAC_BUDGET_COST", "1,25"),
+            ("RECAC_BUDGET_COST", "-2"),
+            ("RECAC_BUDGET_CURRENCY", "US$"),
+            ("RECAC_PRICE_INPUT_PER_MILLION", "3e2"),
+        ] {
+            let mut v = BASE.to_vec();
+            v.push((var, value));
+            if var == "RECAC_PRICE_INPUT_PER_MILLION" {
+                v.push(("RECAC_PRICE_OUTPUT_PER_MILLION", "1"));
+            }
+            let err = settings(&v).unwrap_err();
+            assert!(
+                matches!(&err, SettingsError::Invalid { var: named, .. } if named == var),
+                "{var}={value}: {err:?}"
+            );
+            assert!(err.to_string().contains(value), "{err}");
+        }
+        // One price without the other names the missing one.
+        let mut v = BASE.to_vec();
+        v.push(("RECAC_PRICE_INPUT_PER_MILLION", "3"));
+        let err = settings(&v).unwrap_err().to_string();
+        assert!(
+            err.starts_with("RECAC_PRICE_OUTPUT_PER_MILLION") && err.contains("together"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_budget_is_never_read_from_a_secret() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("s")).unwrap();
+        for (key, value) in [
+            ("RECAC_BUDGET_TOKENS", "999999999"),
+            ("RECAC_DEADLINE", "2100-01-01T00:00:00Z"),
+        ] {
+            std::fs::write(root.path().join("s").join(key), value).unwrap();
+        }
+        let dir = root.path().display().to_string();
+        let mut v = BASE.to_vec();
+        v.push(("RECAC_SECRETS_DIR", dir.as_str()));
+        let s = settings(&v).unwrap();
+        assert_eq!((s.budget.tokens, s.deadline), (None, None));
     }
 
     #[test]
@@ -1350,5 +1610,18 @@ mod tests {
         assert!(names.contains(&vars::TEST_COMMAND));
         assert!(names.contains(&vars::RESULT_PATH) && names.contains(&vars::MODE));
         assert!(names.contains(&vars::SSH_KNOWN_HOSTS) && names.contains(&vars::SSH_PRIVATE_KEY));
+        for var in [
+            vars::DEADLINE,
+            vars::DEADLINE_MARGIN_SECONDS,
+            vars::BUDGET_TOKENS,
+            vars::BUDGET_INPUT_TOKENS,
+            vars::BUDGET_OUTPUT_TOKENS,
+            vars::BUDGET_COST,
+            vars::BUDGET_CURRENCY,
+            vars::PRICE_INPUT_PER_MILLION,
+            vars::PRICE_OUTPUT_PER_MILLION,
+        ] {
+            assert!(names.contains(&var), "{var}");
+        }
     }
 }

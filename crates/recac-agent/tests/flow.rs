@@ -1508,3 +1508,386 @@ fn an_unknown_mode_is_an_error_naming_the_key() {
         "{err}"
     );
 }
+
+/// `RECAC_DEADLINE` `seconds` from now (negative: in the past).
+fn deadline_in(seconds: i64) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds)).to_string()
+}
+
+#[tokio::test]
+async fn the_deadline_pushes_the_work_in_progress_and_a_retry_continues_it() {
+    use recac_api::agent_contract::CutShort;
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    // Writes a file, then keeps running a slow command: still working at the deadline.
+    let sim = LlmSim::start(
+        KEY,
+        vec![call(
+            "write_file",
+            json!({"path": "progress.txt", "content": "halfway\n"}),
+        )],
+    )
+    .await;
+    sim.set_when_done(call("run_command", json!({"command": "sleep 30"})));
+    let deadline = deadline_in(4);
+    let vars = openai_vars(
+        &sim,
+        &url,
+        &[
+            ("RECAC_DEADLINE", &deadline),
+            ("RECAC_DEADLINE_MARGIN_SECONDS", "1"),
+        ],
+    );
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Partial, 1),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert!(ran.seconds < 10.0, "{}", ran.seconds);
+    let partial = result.partial.clone().expect("partial");
+    assert_eq!(partial.cause, CutShort::Deadline);
+    let head = remote_head(&bare, "recac/PROJ-1").expect("the work in progress is pushed");
+    assert_eq!(result.commit.as_deref(), Some(head.as_str()));
+    assert_eq!(result.branch.as_deref(), Some("recac/PROJ-1"));
+    assert_eq!(show(&bare, &head, "progress.txt"), "halfway");
+    assert!(git(&bare, &["log", "-1", "--format=%s", &head]).starts_with("WIP: PROJ-1"));
+    let done = partial.done.unwrap();
+    assert_eq!(
+        done,
+        format!("changed 1 file: progress.txt (commit {})", &head[..7])
+    );
+    let left = partial.left.unwrap();
+    assert!(
+        left.starts_with("the rest of the task: the work stopped")
+            && left.contains("s before the deadline"),
+        "{left}"
+    );
+    assert_eq!(result.tests_passed, None);
+    // What the model spent before the deadline is reported.
+    let spent = result.token_usage.clone().unwrap();
+    assert!(spent.input_tokens >= 200, "{spent:?}");
+    let usage = result.usage.clone().unwrap();
+    assert_eq!(
+        (usage[0].model.as_str(), usage[0].input_tokens),
+        ("sim-model", spent.input_tokens)
+    );
+
+    // Attempt 2 continues the branch from that commit, told so, and finishes.
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call("read_file", json!({"path": "progress.txt"})),
+            Step::Calls(vec![
+                (
+                    "write_file",
+                    json!({"path": "value.txt", "content": "value = 2\n"}),
+                ),
+                (
+                    "write_file",
+                    json!({"path": "progress.txt", "content": "done\n"}),
+                ),
+            ]),
+            finish("Set value to 2"),
+        ],
+    )
+    .await;
+    let vars = openai_vars(&sim, &url, &[("RECAC_ATTEMPT", "2")]);
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Succeeded, 0),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let second = remote_head(&bare, "recac/PROJ-1").unwrap();
+    assert_eq!(git(&bare, &["rev-parse", &format!("{second}^")]), head);
+    assert_eq!(show(&bare, &second, "progress.txt"), "done");
+    let requests = sim.requests();
+    assert!(
+        requests[0].contains("an earlier attempt") && requests[0].contains("do not redo it"),
+        "{}",
+        requests[0]
+    );
+    assert!(requests[1].contains("halfway"));
+    assert_eq!(result.partial, None);
+}
+
+#[tokio::test]
+async fn a_deadline_in_the_past_ends_the_work_at_once() {
+    use recac_api::agent_contract::CutShort;
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let deadline = deadline_in(-30);
+    let vars = openai_vars(&sim, &url, &[("RECAC_DEADLINE", &deadline)]);
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Partial, 1),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let partial = result.partial.unwrap();
+    assert_eq!(partial.cause, CutShort::Deadline);
+    assert_eq!(partial.done.as_deref(), Some("nothing was committed"));
+    assert!(sim.requests().is_empty());
+    assert!(remote_head(&bare, "recac/PROJ-1").is_none());
+    assert_eq!(result.commit, None);
+}
+
+#[tokio::test]
+async fn the_deadline_during_the_tests_pushes_the_work_untested() {
+    use recac_api::agent_contract::CutShort;
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call(
+                "write_file",
+                json!({"path": "value.txt", "content": "value = 2\n"}),
+            ),
+            finish("Set value to 2"),
+        ],
+    )
+    .await;
+    let deadline = deadline_in(4);
+    let vars = openai_vars(
+        &sim,
+        &url,
+        &[
+            ("RECAC_TEST_COMMAND", "sleep 30"),
+            ("RECAC_DEADLINE", &deadline),
+            ("RECAC_DEADLINE_MARGIN_SECONDS", "1"),
+        ],
+    );
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Partial, 1),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert!(ran.seconds < 10.0, "{}", ran.seconds);
+    let partial = result.partial.unwrap();
+    assert_eq!(partial.cause, CutShort::Deadline);
+    assert!(partial.left.unwrap().starts_with("the tests"));
+    let head = remote_head(&bare, "recac/PROJ-1").expect("the work is pushed");
+    assert_eq!(show(&bare, &head, "value.txt"), "value = 2");
+    assert_eq!(result.tests_passed, None);
+    assert_eq!(result.pull_request_url, None);
+}
+
+#[tokio::test]
+async fn a_spent_token_budget_pushes_the_work_and_gives_up() {
+    use recac_api::agent_contract::{CutShort, ModelUsage};
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    // Each turn is 100 input and 10 output tokens: the second reaches 150.
+    let sim = LlmSim::start(
+        KEY,
+        vec![
+            call(
+                "write_file",
+                json!({"path": "notes.md", "content": "wip\n"}),
+            ),
+            call(
+                "write_file",
+                json!({"path": "more.md", "content": "more\n"}),
+            ),
+        ],
+    )
+    .await;
+    let vars = openai_vars(&sim, &url, &[("RECAC_BUDGET_TOKENS", "150")]);
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Partial, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let requests = sim.requests();
+    assert_eq!(requests.len(), 2);
+    // The second reply was capped at what was left (150 - 110).
+    assert!(requests[1].contains("\"max_tokens\":40"), "{}", requests[1]);
+    let partial = result.partial.clone().unwrap();
+    assert_eq!(partial.cause, CutShort::Budget);
+    assert!(
+        partial
+            .left
+            .as_deref()
+            .unwrap()
+            .contains("token budget (150)"),
+        "{partial:?}"
+    );
+    let head = remote_head(&bare, "recac/PROJ-1").expect("the work so far is pushed");
+    // The turn that reached the budget still had its tool call run.
+    assert_eq!(show(&bare, &head, "notes.md"), "wip");
+    assert_eq!(show(&bare, &head, "more.md"), "more");
+    assert_eq!(
+        partial.done.as_deref(),
+        Some(format!("changed 2 files: more.md, notes.md (commit {})", &head[..7]).as_str())
+    );
+    assert_eq!(
+        result.usage,
+        Some(vec![ModelUsage {
+            provider: Some("openai".into()),
+            model: "sim-model".into(),
+            input_tokens: 200,
+            output_tokens: 20,
+            cost: None,
+            currency: None,
+        }])
+    );
+    let spent = result.token_usage.unwrap();
+    assert_eq!((spent.input_tokens, spent.output_tokens), (200, 20));
+}
+
+#[tokio::test]
+async fn a_spent_cost_budget_stops_the_work_likewise() {
+    use recac_api::agent_contract::CutShort;
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    let sim = LlmSim::start(
+        KEY,
+        vec![call(
+            "write_file",
+            json!({"path": "notes.md", "content": "wip\n"}),
+        )],
+    )
+    .await;
+    // A turn costs 100 * 10 + 10 * 30 per million: 0.0013 EUR; the second reaches 0.002.
+    let vars = openai_vars(
+        &sim,
+        &url,
+        &[
+            ("RECAC_BUDGET_COST", "0.002"),
+            ("RECAC_BUDGET_CURRENCY", "EUR"),
+            ("RECAC_PRICE_INPUT_PER_MILLION", "10"),
+            ("RECAC_PRICE_OUTPUT_PER_MILLION", "30"),
+        ],
+    );
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(
+        (result.outcome.clone(), ran.out.exit_code),
+        (Outcome::Partial, 3),
+        "{result:?}\n{}",
+        ran.logs
+    );
+    let requests = sim.requests();
+    assert_eq!(requests.len(), 2);
+    // 0.0007 EUR left buys 23 output tokens.
+    assert!(requests[1].contains("\"max_tokens\":23"), "{}", requests[1]);
+    let partial = result.partial.unwrap();
+    assert_eq!(partial.cause, CutShort::Budget);
+    assert!(
+        partial
+            .left
+            .unwrap()
+            .contains("the cost budget (0.002 EUR) is spent: 0.0026 EUR")
+    );
+    let usage = result.usage.unwrap();
+    assert_eq!(
+        (usage[0].cost.as_deref(), usage[0].currency.as_deref()),
+        (Some("0.0026"), Some("EUR"))
+    );
+    let head = remote_head(&bare, "recac/PROJ-1").unwrap();
+    assert_eq!(show(&bare, &head, "notes.md"), "wip");
+
+    // Without a budget, the prices still price the work.
+    let sim = LlmSim::start(KEY, fixing_script("value = 2\n")).await;
+    let vars = openai_vars(
+        &sim,
+        &url,
+        &[
+            ("RECAC_BRANCH", "priced"),
+            ("RECAC_BUDGET_CURRENCY", "EUR"),
+            ("RECAC_PRICE_INPUT_PER_MILLION", "10"),
+            ("RECAC_PRICE_OUTPUT_PER_MILLION", "30"),
+        ],
+    );
+    let ran = run_with(root.path(), &vars).await;
+    let result = parsed(&ran);
+    assert_eq!(result.outcome, Outcome::Succeeded, "{}", ran.logs);
+    let usage = result.usage.unwrap();
+    assert_eq!(usage[0].cost.as_deref(), Some("0.0065"));
+}
+
+#[tokio::test]
+async fn an_external_engine_s_reported_usage_is_read() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = bare_repo(root.path(), "r.git", &[]);
+    let url = file_url(&bare);
+    let claude_json = r#"{"type":"result","subtype":"success","is_error":false,"num_turns":3,"result":"Set the value to 2","session_id":"abc","total_cost_usd":0.0421,"usage":{"input_tokens":120,"cache_creation_input_tokens":1000,"cache_read_input_tokens":5000,"output_tokens":345}}"#;
+    let script = format!("echo 'value = 2' > value.txt && printf '%s\\n' '{claude_json}'");
+    let args = json!(["-c", script]).to_string();
+    let ran = run_with(
+        root.path(),
+        &[
+            ("RECAC_REPO_URL", &url),
+            ("RECAC_PROMPT", "Set the value to 2"),
+            ("RECAC_TICKET", "EXT-1"),
+            ("RECAC_MODEL", "claude-sonnet-4-5"),
+            ("RECAC_AGENT_COMMAND", "sh"),
+            ("RECAC_AGENT_ARGS", &args),
+        ],
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(
+        result.outcome,
+        Outcome::Succeeded,
+        "{result:?}\n{}",
+        ran.logs
+    );
+    assert_eq!(result.summary.as_deref(), Some("Set the value to 2"));
+    let usage = result.usage.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(
+        (
+            usage[0].model.as_str(),
+            usage[0].input_tokens,
+            usage[0].output_tokens
+        ),
+        ("claude-sonnet-4-5", 6120, 345)
+    );
+    assert_eq!(
+        (usage[0].cost.as_deref(), usage[0].currency.as_deref()),
+        (Some("0.0421"), Some("USD"))
+    );
+    let spent = result.token_usage.unwrap();
+    assert_eq!((spent.input_tokens, spent.output_tokens), (6120, 345));
+
+    // A CLI that prints no usage reports none (not zero).
+    let ran = run_with(
+        root.path(),
+        &[
+            ("RECAC_REPO_URL", &url),
+            ("RECAC_PROMPT", "Set the value to 2"),
+            ("RECAC_BRANCH", "quiet"),
+            ("RECAC_AGENT_COMMAND", "sh"),
+            (
+                "RECAC_AGENT_ARGS",
+                r#"["-c", "echo 'value = 2' > value.txt && echo done"]"#,
+            ),
+        ],
+    )
+    .await;
+    let result = parsed(&ran);
+    assert_eq!(result.outcome, Outcome::Succeeded, "{}", ran.logs);
+    assert_eq!((result.usage, result.token_usage), (None, None));
+    assert!(!ran.result_file.contains("usage"), "{}", ran.result_file);
+}

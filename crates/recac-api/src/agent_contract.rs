@@ -26,6 +26,25 @@ pub mod env {
     pub const PROVIDER: &str = "RECAC_PROVIDER";
     /// The model name.
     pub const MODEL: &str = "RECAC_MODEL";
+    /// When the Job's deadline stops the pod at the earliest (RFC 3339): the task's
+    /// `timeoutSeconds` after the Job was created.
+    pub const DEADLINE: &str = "RECAC_DEADLINE";
+    /// How many seconds before [`DEADLINE`] the agent ends its work, to commit and push what
+    /// it has and report a `partial` result (the operator's `agent.deadlineMarginSeconds`).
+    pub const DEADLINE_MARGIN_SECONDS: &str = "RECAC_DEADLINE_MARGIN_SECONDS";
+    /// What is left of the task's budget (its `spec.budget` less what its earlier attempts
+    /// spent): input and output tokens together, input tokens, output tokens, and a cost (a
+    /// decimal number in [`BUDGET_CURRENCY`]). Each unset: no such limit. The agent stops at
+    /// the first it reaches, pushes its work so far, and reports `partial` with cause `budget`.
+    pub const BUDGET_TOKENS: &str = "RECAC_BUDGET_TOKENS";
+    pub const BUDGET_INPUT_TOKENS: &str = "RECAC_BUDGET_INPUT_TOKENS";
+    pub const BUDGET_OUTPUT_TOKENS: &str = "RECAC_BUDGET_OUTPUT_TOKENS";
+    pub const BUDGET_COST: &str = "RECAC_BUDGET_COST";
+    pub const BUDGET_CURRENCY: &str = "RECAC_BUDGET_CURRENCY";
+    /// The task's model's price from the operator's price table (decimal numbers per million
+    /// tokens, in [`BUDGET_CURRENCY`]), so the agent can count its cost as it goes.
+    pub const PRICE_INPUT_PER_MILLION: &str = "RECAC_PRICE_INPUT_PER_MILLION";
+    pub const PRICE_OUTPUT_PER_MILLION: &str = "RECAC_PRICE_OUTPUT_PER_MILLION";
     /// `plan` for a planning run (`spec.approval: plan`): the agent writes a plan and
     /// changes, commits and pushes nothing; it reports outcome `planned` with the plan.
     /// Unset: the agent does the work.
@@ -114,6 +133,48 @@ pub enum Outcome {
     GaveUp,
     /// A planning run wrote its plan (in [`AgentResult::plan`]); nothing was pushed.
     Planned,
+    /// The work was cut short ([`AgentResult::partial`] says why and what is left); what it
+    /// had done is committed and pushed (`commit`) when there was any.
+    Partial,
+}
+
+/// What cut a run short.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CutShort {
+    /// The deadline (`RECAC_DEADLINE` less the margin, or SIGTERM at the deadline).
+    Deadline,
+    /// The budget (`RECAC_BUDGET_*`).
+    Budget,
+}
+
+/// A partial result: why the run ended early, what it did and what is left.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartialWork {
+    pub cause: CutShort,
+    /// What the run did (for people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<String>,
+    /// What is left (for people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<String>,
+}
+
+/// What one model cost a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelUsage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// A decimal number in `currency`, when the agent knows it (a price or a CLI's report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// Tokens the engine spent.
@@ -144,6 +205,13 @@ pub struct AgentResult {
     /// A planning run's plan (at most [`MAX_PLAN_BYTES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// Why the run was cut short, with outcome [`Outcome::Partial`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialWork>,
+    /// What each model cost the run. `None`: the engine reported no usage (an external
+    /// CLI that prints none), which is not zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Vec<ModelUsage>>,
 }
 
 /// How the agent container of a finished pod ended.

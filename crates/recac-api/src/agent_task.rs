@@ -60,6 +60,15 @@ pub mod reasons {
     /// `Queued`'s reason while an earlier run of the same ticket is unfinished: runs of a
     /// ticket share its branch, so they run one after another.
     pub const PREVIOUS_RUN: &str = "PreviousRunActive";
+    /// `Failed`'s reason when the last attempt was cut short by its deadline (its work so far
+    /// pushed when the agent could: `status.partial`).
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// `Failed`'s reason when the task's budget is spent (its work so far pushed:
+    /// `status.partial`).
+    pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
+    /// `Failed`'s reason for a task with `spec.budget.cost` whose model has no price in the
+    /// operator's `agent.prices`: it is not run.
+    pub const BUDGET_UNPRICED: &str = "BudgetUnpriced";
     /// `Succeeded`'s reason for a planning run whose plan was approved.
     pub const PLAN_APPROVED: &str = "PlanApproved";
     /// `Failed`'s reason for a planning run whose plan was rejected.
@@ -154,6 +163,38 @@ pub struct AgentTaskSpec {
     /// ticket). Unset: the agent does the work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+
+    /// The most the task may spend on its model, over all its attempts. The agent gets what
+    /// is left and stops at it as at a deadline: its work so far is pushed and the task ends
+    /// `Failed` with reason `BudgetExhausted`. Unset: no limit beyond the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// Limits on what a task spends on its model. Each one set is enforced; the first reached
+/// ends the work.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.tokens) || has(self.inputTokens) || has(self.outputTokens) || has(self.cost)").message("budget sets none of tokens, inputTokens, outputTokens, cost"))]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// Input and output tokens together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens: Option<i64>,
+    /// Input (prompt) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub input_tokens: Option<i64>,
+    /// Output (completion) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub output_tokens: Option<i64>,
+    /// A cost, as a decimal number in the currency of the operator's price table for the
+    /// task's model (`agent.prices`), such as "12.50". A task whose model has no price in
+    /// the table cannot be held to a cost: it is refused before it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,9}(\.[0-9]{1,6})?$"))]
+    pub cost: Option<String>,
 }
 
 /// What must be approved before a task's work is pushed.
@@ -383,6 +424,15 @@ pub struct AgentTaskStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
 
+    /// True when the latest attempt was cut short (its deadline or the budget) after it
+    /// pushed its work so far to `branch` at `commit`: a retry or a follow-up continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<bool>,
+
+    /// What the task's attempts spent on their models, each attempt counted once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<Spend>,
+
     /// A human-readable account of the latest transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -411,6 +461,45 @@ pub struct AgentTaskStatus {
     /// What was reported back to the ticket system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<FeedbackStatus>,
+}
+
+/// What a task's attempts spent, as their agents reported it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Spend {
+    /// Per model, summed over the counted attempts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelSpend>,
+    /// The attempts counted so far (attempts 1 to `attempts` are in the sums).
+    #[serde(default)]
+    pub attempts: i32,
+    /// Counted attempts whose agent reported no usage (an external agent CLI that prints
+    /// none): their spend is not known, which is not zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_reported: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// What one model cost a task.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpend {
+    /// The provider, as the agent was configured (`openai`, `anthropic`, or the CLI's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The model, as the provider spells it.
+    pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// The cost, a decimal number in `currency`: from the operator's price table, or as the
+    /// agent CLI reported it. Unset when neither knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// The record of the result reported to the ticket.

@@ -4,6 +4,7 @@
 pub mod agent_contract;
 mod agent_task;
 pub mod git_ref;
+pub mod money;
 pub mod repo_host;
 mod schedule;
 

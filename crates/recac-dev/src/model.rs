@@ -271,6 +271,7 @@ async fn chat_completions(
         return error(StatusCode::BAD_REQUEST, "`messages` is missing");
     };
     let step = next_step(messages);
+    let usage = usage_of(&request, &step);
     let n = served.replies.fetch_add(1, Ordering::Relaxed) + 1;
     axum::Json(json!({
         "id": format!("demo-{n}"),
@@ -289,9 +290,32 @@ async fn chat_completions(
             },
             "finish_reason": "tool_calls"
         }],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        "usage": usage
     }))
     .into_response()
+}
+
+/// About how many tokens `text` is (four characters a token, as for English text and code).
+fn tokens_in(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// A plausible `usage` for the reply `step` to `request`: its prompt (the messages and the
+/// tools) and the tool call counted as a real model's tokenizer roughly would, so that a demo
+/// run shows what it spends.
+pub fn usage_of(request: &Value, step: &ToolCall) -> Value {
+    let prompt = ["messages", "tools"]
+        .iter()
+        .filter_map(|key| request.get(*key))
+        .map(|v| tokens_in(&v.to_string()))
+        .sum::<u64>();
+    // The call's name and arguments, and the few tokens that frame a tool call.
+    let completion = tokens_in(step.name) + tokens_in(&step.arguments.to_string()) + 8;
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
 }
 
 #[cfg(test)]
@@ -310,6 +334,25 @@ mod tests {
     }
 
     const PROMPT: &str = "Jira ticket DEMO-2: Say goodbye\n\nFile: greetings/bye.txt\nLine: Bye!";
+
+    #[test]
+    fn replies_report_plausible_usage() {
+        let short = json!({"messages": [user(PROMPT)], "tools": [{"type": "function"}]});
+        let mut long = short.clone();
+        long["messages"]
+            .as_array_mut()
+            .unwrap()
+            .extend(exchange("read_file", &"x".repeat(4000)));
+        let step = next_step(&[user(PROMPT)]);
+        let usage = usage_of(&short, &step);
+        let prompt = usage["prompt_tokens"].as_u64().unwrap();
+        let completion = usage["completion_tokens"].as_u64().unwrap();
+        assert!(prompt > 10 && completion > 8, "{usage}");
+        assert_eq!(usage["total_tokens"].as_u64(), Some(prompt + completion));
+        // A longer conversation costs more prompt tokens: about a token per four characters.
+        let longer = usage_of(&long, &step)["prompt_tokens"].as_u64().unwrap();
+        assert!(longer >= prompt + 1000, "{longer} vs {prompt}");
+    }
 
     #[test]
     fn reads_then_writes_then_finishes() {

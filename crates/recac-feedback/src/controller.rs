@@ -529,7 +529,9 @@ async fn read_attempt(
             );
         }
     };
-    let result = recac_api::agent_contract::termination(&list).and_then(|t| t.result);
+    let result = recac_api::agent_contract::termination(&list)
+        .and_then(|t| t.result)
+        .map(|result| observe::clean_result(result, &c.redactor));
     if !want_log {
         return (result, Log::NotRead);
     }

@@ -8,6 +8,8 @@
 //!   live comment from them and [`pacing`] decides when it is written (pure);
 //! - [`observe`], [`render`] and [`comment`] make their text (ADF on Cloud, wiki markup on
 //!   Data Center), each with a hidden [`comment::marker`] that is looked for before posting;
+//!   [`cut_short`] says how a run cut short by its deadline or budget goes on, and [`spend`]
+//!   what the runs spent;
 //! - [`logtail`] removes credentials from the quoted log and cuts it to fit;
 //! - [`plan`] decides the ticket's transition and labels per outcome (pure);
 //! - [`status`] is this controller's part of the task's status and how deliveries change it
@@ -18,6 +20,7 @@
 pub mod comment;
 pub mod config;
 pub mod controller;
+pub mod cut_short;
 pub mod live;
 pub mod live_delivery;
 pub mod logtail;
@@ -28,6 +31,7 @@ pub mod plan;
 pub mod render;
 pub mod report;
 pub mod runs;
+pub mod spend;
 pub mod status;
 pub mod template;
 

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::comment::{Block, Comment, Inline, marker};
 use crate::config::Templates;
+use crate::cut_short;
 use crate::render::{self, Facts};
 use crate::report::{Report, ReportKind};
 use crate::runs::{RunState, TicketKey};
@@ -85,15 +86,23 @@ fn progress_words(state: &RunState, facts: &Facts) -> String {
         RunState::Retrying {
             failed_attempt,
             next_at,
-        } => format!(
-            "attempt {failed_attempt} of at most {most} failed; attempt {} starts {}",
-            failed_attempt + 1,
-            next_at
+        } => {
+            let at = next_at
                 .map(|t| format!("at {}", when(t)))
-                .unwrap_or_else(|| "soon".into())
-        ),
+                .unwrap_or_else(|| "soon".into());
+            match cut_short::retrying_words(*failed_attempt, facts) {
+                Some(words) => format!("{words} ({at}, at most {most} attempts)"),
+                None => format!(
+                    "attempt {failed_attempt} of at most {most} failed; attempt {} starts {at}",
+                    failed_attempt + 1,
+                ),
+            }
+        }
         RunState::Suspended { attempt } => {
             format!("suspended during attempt {attempt}; it goes on when the task is resumed")
+        }
+        RunState::NotRun if facts.failed_reason.as_deref() == Some(cut_short::BUDGET_UNPRICED) => {
+            format!("ended before it ran: {}", cut_short::unpriced_words())
         }
         RunState::NotRun => match facts.message.as_deref().filter(|m| !m.is_empty()) {
             Some(message) => format!("ended before it ran: {message}"),
@@ -377,6 +386,11 @@ mod tests {
             plan: None,
             plan_state: None,
             approval_by: None,
+            partial: false,
+            spend: None,
+            budget: None,
+            model: None,
+            commands: true,
         }
     }
 
@@ -418,6 +432,8 @@ mod tests {
                 summary: Some("Made the timeout configurable, with tests.".into()),
                 token_usage: None,
                 plan: None,
+                partial: None,
+                usage: None,
             });
         }
         RunView {
@@ -621,6 +637,84 @@ mod tests {
         assert!(
             wiki.contains("#recac-feedback/status/task/uid-mine/")
                 && wiki.ends_with(" · AgentTask team/mine"),
+            "{wiki}"
+        );
+    }
+
+    #[test]
+    fn a_retry_after_a_deadline_cut_and_a_cut_told_in_full() {
+        let mut retrying = running(1, "ops-1");
+        retrying.state = RunState::Retrying {
+            failed_attempt: 1,
+            next_at: Timestamp::from_second(1_700_000_060).ok(),
+        };
+        retrying.facts.partial = true;
+        retrying.facts.commit = Some("c0ffee1234".into());
+        retrying.facts.message = Some(
+            "attempt 1 failed (DeadlineExceeded: cut short at its deadline); attempt 2 in 60s"
+                .into(),
+        );
+        let text = render(&ticket(), &[retrying.clone()]);
+        let wiki = text.comment.to_wiki();
+        let line = "attempt 1 was cut short by its deadline; attempt 2 continues from the branch (at 2023-11-14 22:14:20 UTC, at most 3 attempts)";
+        assert!(wiki.contains(&format!("*Run 1*: {line}")), "{wiki}");
+        assert!(wiki.contains("* Commit: {{c0ffee1234}}"), "{wiki}");
+        let mut texts = Vec::new();
+        adf_texts(&text.comment.to_adf(), &mut texts);
+        assert!(
+            texts.iter().any(|(t, _)| t == &format!(": {line}")),
+            "{texts:?}"
+        );
+        // Nothing pushed: an ordinary retry.
+        retrying.facts.partial = false;
+        let wiki = render(&ticket(), &[retrying]).comment.to_wiki();
+        assert!(
+            wiki.contains("*Run 1*: attempt 1 of at most 3 failed; attempt 2 starts at"),
+            "{wiki}"
+        );
+
+        let mut cut = failed(1, "ops-1", "the log");
+        cut.facts.failed_reason = Some(recac_api::reasons::DEADLINE_EXCEEDED.into());
+        cut.facts.partial = true;
+        cut.facts.commit = Some("c0ffee1234".into());
+        cut.facts.spend = Some(recac_api::Spend {
+            models: vec![recac_api::ModelSpend {
+                provider: Some("anthropic".into()),
+                model: "claude-sonnet-4-5".into(),
+                input_tokens: 51234,
+                output_tokens: 2345,
+                cost: Some("0.19".into()),
+                currency: Some("USD".into()),
+            }],
+            attempts: 3,
+            not_reported: 1,
+        });
+        let wiki = render(&ticket(), &[cut.clone()]).comment.to_wiki();
+        for part in [
+            "/uid-ops-1/failed/3]: recac could not finish this ticket: the run was cut short by its deadline of 1h 0m.",
+            "The run was cut short by its deadline ({{timeoutSeconds}}); its work so far is pushed to {{recac/OPS-1}} ({{c0ffee1}}). To continue, write {{/recac <what to do next>}} on this ticket, or {{/recac retry}}.",
+            "* Spent: 51,234 input and 2,345 output tokens on claude-sonnet-4-5 (0.19 USD)",
+            "* Spent: usage not reported by the agent for 1 attempt",
+            "{noformat}\nthe log",
+        ] {
+            assert!(wiki.contains(part), "{part} missing in {wiki}");
+        }
+        // Told earlier: one line in the outcome's words, with where the work is.
+        cut.detailed = false;
+        let wiki = render(&ticket(), &[cut]).comment.to_wiki();
+        assert!(wiki.contains("cut short by its deadline of 1h 0m.\n\n* Branch: {{recac/OPS-1}}\n* Commit: {{c0ffee1234}}"), "{wiki}");
+        assert!(!wiki.contains("Spent"), "{wiki}");
+    }
+
+    #[test]
+    fn an_unpriced_budget_is_a_run_that_never_ran_and_says_why() {
+        let mut run = running(1, "ops-1");
+        run.state = RunState::NotRun;
+        run.facts.failed_reason = Some(crate::cut_short::BUDGET_UNPRICED.into());
+        run.facts.message = Some("budget.cost is set but model m has no price".into());
+        let wiki = render(&ticket(), &[run]).comment.to_wiki();
+        assert!(
+            wiki.contains("*Run 1*: ended before it ran: its budget has a cost, but its model has no price in the operator's agent.prices"),
             "{wiki}"
         );
     }

@@ -97,7 +97,49 @@ pub fn facts(
         plan: None,
         plan_state,
         approval_by,
+        partial: status.partial == Some(true),
+        spend: status.spend,
+        budget: task.spec.budget.clone(),
+        model: task
+            .spec
+            .agent
+            .as_ref()
+            .and_then(|agent| agent.model.clone())
+            .filter(|model| !model.trim().is_empty()),
+        commands: matches!(
+            crate::runs::TicketKey::of(task),
+            crate::runs::TicketKey::Labelled { .. }
+        ),
     }
+}
+
+/// The longest note (what a run cut short did, what is left) shown, in bytes.
+pub const MAX_NOTE_BYTES: usize = 1500;
+
+/// The agent's result as a report may show it: its notes on a run cut short (what it did,
+/// what is left) are agent output, so anything that looks like a credential is removed as
+/// from the log tail, and each is cut to [`MAX_NOTE_BYTES`]; an empty note is dropped.
+pub fn clean_result(mut result: AgentResult, redactor: &LogRedactor) -> AgentResult {
+    if let Some(partial) = result.partial.as_mut() {
+        let clean = |note: Option<String>| {
+            note.filter(|n| !n.trim().is_empty())
+                .map(|n| cut_note(redactor.redact(n.trim())))
+        };
+        partial.done = clean(partial.done.take());
+        partial.left = clean(partial.left.take());
+    }
+    result
+}
+
+fn cut_note(note: String) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note;
+    }
+    let mut end = MAX_NOTE_BYTES;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} […]", &note[..end])
 }
 
 /// A planning run's plan as a report may show it: agent output, so anything that looks like
@@ -259,6 +301,94 @@ mod tests {
             None
         );
         assert_eq!(plan_text(&task("Stopped", &[]), &redactor), None);
+    }
+
+    #[test]
+    fn a_cut_short_tasks_facts_and_the_agents_notes_are_cleaned() {
+        let mut t = task(recac_api::reasons::DEADLINE_EXCEEDED, &[]);
+        t.metadata.labels = Some(
+            [(recac_api::labels::TICKET.to_string(), "OPS-1".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        t.spec.budget = Some(recac_api::Budget {
+            tokens: Some(1000),
+            ..Default::default()
+        });
+        t.spec.agent = Some(Box::new(recac_api::AgentSpec {
+            model: Some("claude-sonnet-4-5".into()),
+            ..Default::default()
+        }));
+        if let Some(status) = t.status.as_mut() {
+            status.partial = Some(true);
+            status.commit = Some("c0ffee1".into());
+            status.spend = Some(recac_api::Spend {
+                attempts: 1,
+                not_reported: 1,
+                ..Default::default()
+            });
+        }
+        let report = Report {
+            kind: ReportKind::Failed,
+            attempt: 1,
+        };
+        let f = facts(
+            &t,
+            &report,
+            &FeedbackConfig::default(),
+            None,
+            Log::NotRead,
+            false,
+        );
+        assert!(f.partial && f.commands);
+        assert_eq!(f.spend.as_ref().map(|s| s.not_reported), Some(1));
+        assert_eq!(f.budget.as_ref().and_then(|b| b.tokens), Some(1000));
+        assert_eq!(f.model.as_deref(), Some("claude-sonnet-4-5"));
+        t.metadata.labels = None;
+        if let Some(status) = t.status.as_mut() {
+            status.partial = Some(false);
+        }
+        let f = facts(
+            &t,
+            &report,
+            &FeedbackConfig::default(),
+            None,
+            Log::NotRead,
+            false,
+        );
+        assert!(!f.partial && !f.commands);
+
+        let redactor = LogRedactor::new(&["corp-[0-9]{6}".into()]).expect("redactor");
+        let token = "ghp_Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2";
+        let result: AgentResult = serde_json::from_value(serde_json::json!({
+            "outcome": "partial",
+            "partial": {
+                "cause": "deadline",
+                "done": format!("  pushed with {token}\n"),
+                "left": format!("ask corp-424242 {}", "é".repeat(MAX_NOTE_BYTES)),
+            },
+        }))
+        .expect("a result");
+        let clean = clean_result(result, &redactor);
+        let partial = clean.partial.expect("partial");
+        assert_eq!(partial.done.as_deref(), Some("pushed with [REDACTED]"));
+        let left = partial.left.expect("left");
+        assert!(
+            !left.contains("corp-424242") && left.ends_with(" […]"),
+            "{left}"
+        );
+        assert!(
+            left.len() <= MAX_NOTE_BYTES + " […]".len(),
+            "{}",
+            left.len()
+        );
+        let empty: AgentResult = serde_json::from_value(serde_json::json!({
+            "outcome": "partial",
+            "partial": {"cause": "budget", "done": " \n", "left": ""},
+        }))
+        .expect("a result");
+        let partial = clean_result(empty, &redactor).partial.expect("partial");
+        assert_eq!((partial.done, partial.left), (None, None));
     }
 
     #[test]

@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use recac_api::agent_contract::{AgentResult, Outcome};
+use recac_api::{Budget, Spend};
 
 use crate::comment::{Block, Comment, Inline, TEXT_BUDGET, marker};
 use crate::config::Templates;
+use crate::cut_short;
 use crate::logtail;
 use crate::report::{PlanState, Report, ReportKind};
 use crate::template::Template;
@@ -68,6 +70,17 @@ pub struct Facts {
     pub plan_state: Option<PlanState>,
     /// Who approved or rejected the plan (a display name).
     pub approval_by: Option<String>,
+    /// The task's `status.partial`: its latest attempt was cut short after it pushed its
+    /// work so far to `branch` at `commit`.
+    pub partial: bool,
+    /// What the task's attempts spent (`status.spend`).
+    pub spend: Option<Spend>,
+    /// The task's `spec.budget`.
+    pub budget: Option<Budget>,
+    /// The task's model, when its spec names one.
+    pub model: Option<String>,
+    /// Commands written on the ticket act on the task (a source made it, and reads them).
+    pub commands: bool,
 }
 
 /// A duration as people write it: `1h 4m`, `3m 20s`, `45s`.
@@ -80,7 +93,8 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
-fn thousands(n: u64) -> String {
+/// A count with thousands separators: `51,234`.
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -98,6 +112,9 @@ pub fn failure_words(facts: &Facts) -> String {
     let tests_failed = outcome == Some(&Outcome::TestsFailed)
         || facts.result.as_ref().and_then(|r| r.tests_passed) == Some(false);
     let message = facts.message.as_deref().unwrap_or("");
+    if let Some(stop) = cut_short::cause(facts) {
+        return cut_short::words(stop, facts);
+    }
     match facts.failed_reason.as_deref() {
         Some("GaveUp") => match outcome {
             Some(Outcome::NoChanges) => "the agent finished without changing anything".into(),
@@ -260,7 +277,8 @@ pub fn field(name: &str, value: Inline) -> Vec<Inline> {
 }
 
 /// The list of an outcome's results: pull request, branch, commit, tests, attempts, duration
-/// and tokens, as far as they are known.
+/// and what was spent (the task's spend over its attempts, else the last attempt's tokens),
+/// as far as they are known.
 pub fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
     let mut items = Vec::new();
     if let Some(pr) = &facts.pull_request_url {
@@ -298,7 +316,9 @@ pub fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
     if let Some(d) = facts.duration {
         items.push(field("Duration", Inline::Text(human_duration(d))));
     }
-    if let Some(tokens) = facts.result.as_ref().and_then(|r| r.token_usage.as_ref()) {
+    if let Some(spent) = crate::spend::items(facts) {
+        items.extend(spent);
+    } else if let Some(tokens) = facts.result.as_ref().and_then(|r| r.token_usage.as_ref()) {
         items.push(field(
             "Tokens",
             Inline::Text(format!(
@@ -359,7 +379,8 @@ pub fn plan_blocks(facts: &Facts) -> Vec<Block> {
 }
 
 /// What `report`'s text says below its headline: how to follow the task, or its results
-/// and the agent's summary (the log of a failure is [`log_blocks`]).
+/// and the agent's summary, after how to go on from a run cut short (the log of a failure
+/// is [`log_blocks`]).
 pub fn details(facts: &Facts, report: &Report) -> Vec<Block> {
     match report.kind {
         ReportKind::PickedUp | ReportKind::Retrying => vec![Block::Bullets(vec![follow(facts)])],
@@ -375,7 +396,12 @@ pub fn details(facts: &Facts, report: &Report) -> Vec<Block> {
             vec![Block::Bullets(items)]
         }
         ReportKind::Succeeded | ReportKind::Failed => {
-            let mut blocks = vec![Block::Bullets(results(facts, report))];
+            let mut blocks = if report.kind == ReportKind::Failed {
+                cut_short::blocks(facts)
+            } else {
+                Vec::new()
+            };
+            blocks.push(Block::Bullets(results(facts, report)));
             if let Some(summary) = facts.result.as_ref().and_then(|r| r.summary.as_deref())
                 && !summary.trim().is_empty()
             {
@@ -451,7 +477,7 @@ pub(crate) mod tests {
     use super::*;
     use recac_api::agent_contract::TokenUsage;
 
-    fn facts() -> Facts {
+    pub(crate) fn facts() -> Facts {
         Facts {
             task: "ops-1".into(),
             namespace: "team".into(),
@@ -478,6 +504,8 @@ pub(crate) mod tests {
                     output_tokens: 2345,
                 }),
                 plan: None,
+                partial: None,
+                usage: None,
             }),
             log: Log::NotRead,
             log_lines: 50,
@@ -488,10 +516,15 @@ pub(crate) mod tests {
             plan: None,
             plan_state: None,
             approval_by: None,
+            partial: false,
+            spend: None,
+            budget: None,
+            model: None,
+            commands: true,
         }
     }
 
-    fn report(kind: ReportKind, attempt: i32) -> Report {
+    pub(crate) fn report(kind: ReportKind, attempt: i32) -> Report {
         Report { kind, attempt }
     }
 
@@ -552,6 +585,8 @@ pub(crate) mod tests {
             summary: None,
             token_usage: None,
             plan: None,
+            partial: None,
+            usage: None,
         });
         assert_eq!(failure_words(&f), "the tests failed");
     }

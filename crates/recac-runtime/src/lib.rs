@@ -21,6 +21,7 @@ pub mod admin;
 pub mod cache;
 pub mod claims;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod election;
 pub mod events;

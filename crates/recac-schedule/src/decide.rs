@@ -443,6 +443,7 @@ mod tests {
                     ttl_seconds_after_finished: None,
                     suspend: false,
                     approval: None,
+                    budget: None,
                 },
             },
         }

@@ -71,6 +71,37 @@ pub struct SourceConfig {
     /// Whether a ticket's work waits for a plan to be approved.
     #[serde(default)]
     pub approval: ApprovalConfig,
+    /// The most this source's runs may spend per day and per month (UTC): once a period's
+    /// spend reaches it, the source starts no new ticket until the period rolls over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<SourceBudget>,
+}
+
+/// A source's spending limits per period (see `budget` in the README).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceBudget {
+    /// Per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<PeriodLimit>,
+    /// Per UTC calendar month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_month: Option<PeriodLimit>,
+}
+
+/// What a period may spend: tokens (input and output together) and/or a cost.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeriodLimit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<i64>,
+    /// A decimal number ("250.00") in `currency`: only costs in that currency count (a
+    /// model with no price in `agent.prices` and a CLI that reports none add no cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+    /// A 3-letter currency code; required with `cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// A plan to approve before any work is pushed (see `docs/jira.md`).
@@ -226,10 +257,18 @@ pub struct TaskTemplate {
     pub timeout_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds_after_finished: Option<i32>,
+    /// The tasks' `spec.budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<recac_api::Budget>,
 }
 
 /// The keys of a template that are not the agent's.
-const TEMPLATE_OWN_KEYS: [&str; 3] = ["maxRetries", "timeoutSeconds", "ttlSecondsAfterFinished"];
+const TEMPLATE_OWN_KEYS: [&str; 4] = [
+    "maxRetries",
+    "timeoutSeconds",
+    "ttlSecondsAfterFinished",
+    "budget",
+];
 
 impl<'de> Deserialize<'de> for TaskTemplate {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -246,6 +285,8 @@ impl<'de> Deserialize<'de> for TaskTemplate {
             timeout_seconds: Option<i64>,
             #[serde(default)]
             ttl_seconds_after_finished: Option<i32>,
+            #[serde(default)]
+            budget: Option<recac_api::Budget>,
         }
 
         let value = serde_json::Value::deserialize(deserializer)?;
@@ -255,6 +296,16 @@ impl<'de> Deserialize<'de> for TaskTemplate {
         let schema = schemars::schema_for!(AgentSpec);
         let schema = schema.as_value();
         for (key, field) in map {
+            if key == "budget" {
+                let budget = schemars::schema_for!(recac_api::Budget);
+                let budget = budget.as_value();
+                if let Some((path, expected)) = unknown_key(field, budget, budget) {
+                    return Err(D::Error::custom(format!(
+                        "unknown field `budget{path}`, expected one of {}",
+                        expected.join(", ")
+                    )));
+                }
+            }
             if TEMPLATE_OWN_KEYS.contains(&key.as_str()) {
                 continue;
             }
@@ -288,6 +339,7 @@ impl<'de> Deserialize<'de> for TaskTemplate {
             max_retries: fields.max_retries,
             timeout_seconds: fields.timeout_seconds,
             ttl_seconds_after_finished: fields.ttl_seconds_after_finished,
+            budget: fields.budget,
         })
     }
 }
@@ -630,6 +682,7 @@ impl SourceConfig {
             stranded_claims: StrandedClaims::default(),
             commands: CommandsConfig::default(),
             approval: ApprovalConfig::default(),
+            budget: None,
         }
     }
 
@@ -751,6 +804,76 @@ impl SourceConfig {
                 &key("approval.mode"),
                 "plan needs commands.enabled: a plan is approved with a command on the ticket",
             ));
+        }
+        if let Some(budget) = &self.budget {
+            if budget.per_day.is_none() && budget.per_month.is_none() {
+                return Err(invalid(&key("budget"), "sets neither perDay nor perMonth"));
+            }
+            for (name, limit) in [("perDay", &budget.per_day), ("perMonth", &budget.per_month)] {
+                let Some(limit) = limit else { continue };
+                let at = |field: &str| key(&format!("budget.{name}.{field}"));
+                if limit.tokens.is_none() && limit.cost.is_none() {
+                    return Err(invalid(
+                        &key(&format!("budget.{name}")),
+                        "sets neither tokens nor cost",
+                    ));
+                }
+                if limit.tokens.is_some_and(|t| t < 1) {
+                    return Err(invalid(&at("tokens"), "must be at least 1"));
+                }
+                if let Some(cost) = &limit.cost
+                    && recac_api::money::parse_micros(cost).is_none()
+                {
+                    return Err(invalid(
+                        &at("cost"),
+                        format!("{cost:?} is not a decimal number with at most 6 decimals"),
+                    ));
+                }
+                match (&limit.cost, &limit.currency) {
+                    (Some(_), None) => {
+                        return Err(invalid(&at("currency"), "is required with cost"));
+                    }
+                    (_, Some(c)) if !recac_api::money::is_currency_code(c) => {
+                        return Err(invalid(
+                            &at("currency"),
+                            format!("{c:?} is not a 3-letter currency code such as USD"),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(budget) = &self.template.budget {
+            if budget.tokens.is_none()
+                && budget.input_tokens.is_none()
+                && budget.output_tokens.is_none()
+                && budget.cost.is_none()
+            {
+                return Err(invalid(
+                    &key("template.budget"),
+                    "sets none of tokens, inputTokens, outputTokens, cost",
+                ));
+            }
+            for (field, value) in [
+                ("tokens", budget.tokens),
+                ("inputTokens", budget.input_tokens),
+                ("outputTokens", budget.output_tokens),
+            ] {
+                if value.is_some_and(|v| v < 1) {
+                    return Err(invalid(
+                        &key(&format!("template.budget.{field}")),
+                        "must be at least 1",
+                    ));
+                }
+            }
+            if let Some(cost) = &budget.cost
+                && recac_api::money::parse_micros(cost).is_none()
+            {
+                return Err(invalid(
+                    &key("template.budget.cost"),
+                    format!("{cost:?} is not a decimal number with at most 6 decimals"),
+                ));
+            }
         }
         if !is_dns_label(&self.namespace) {
             return Err(invalid(
@@ -983,6 +1106,27 @@ mod tests {
                 "project: OPS\nlabel: l\nclaim:\n  addLabels: [\"x y\"]\n",
                 "sources[0].claim.addLabels[0]",
             ),
+            ("project: OPS\nlabel: l\nbudget: {}\n", "sources[0].budget"),
+            (
+                "project: OPS\nlabel: l\ntemplate:\n  budget: {cost: \"1.2345678\"}\n",
+                "sources[0].template.budget.cost",
+            ),
+            (
+                "project: OPS\nlabel: l\ntemplate:\n  budget: {}\n",
+                "sources[0].template.budget",
+            ),
+            (
+                "project: OPS\nlabel: l\nbudget: {perDay: {cost: \"1.5\"}}\n",
+                "sources[0].budget.perDay.currency",
+            ),
+            (
+                "project: OPS\nlabel: l\nbudget: {perMonth: {cost: \"ten\", currency: USD}}\n",
+                "sources[0].budget.perMonth.cost",
+            ),
+            (
+                "project: OPS\nlabel: l\nbudget: {perDay: {tokens: 0}}\n",
+                "sources[0].budget.perDay.tokens",
+            ),
             (
                 "project: OPS\nlabel: l\napproval: {approvedStatus: Approved}\n",
                 "sources[0].approval.approvedStatus",
@@ -1039,6 +1183,14 @@ mod tests {
             Some("bundle.pem")
         );
         assert_eq!(s.template.max_retries, Some(1));
+        let budgeted = parse(
+            "name: ops\nnamespace: agents\nproject: OPS\nlabel: l\ntemplate:\n  budget: {tokens: 200000, cost: \"2.50\"}\n",
+        );
+        budgeted.validate("sources[0]").expect("valid");
+        assert_eq!(
+            budgeted.template.budget.as_ref().and_then(|b| b.tokens),
+            Some(200_000)
+        );
         // Every field of the API's AgentSpec is a template key: none can be added to one
         // and forgotten in the other.
         let schema = schemars::schema_for!(AgentSpec);
@@ -1055,6 +1207,7 @@ mod tests {
             ("  caBundle: {secret: a, keys: b}\n", "`caBundle.keys`"),
             ("  env: [{name: A, vaule: b}]\n", "`env[0].vaule`"),
             ("  resources: {limit: {memory: 1Gi}}\n", "`resources.limit`"),
+            ("  budget: {tokenz: 5}\n", "`budget.tokenz`"),
         ] {
             let text =
                 format!("name: ops\nnamespace: a\nproject: OPS\nlabel: l\ntemplate:\n{template}");

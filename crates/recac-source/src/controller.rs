@@ -136,6 +136,15 @@ struct TermState {
     /// Tickets whose comments could not be read, per source: read again at every poll until
     /// they are, even once they fall out of the search's look-back.
     unread: Mutex<HashMap<String, HashSet<String>>>,
+    /// Tickets told that a spent budget holds them, with the period (each once per period).
+    held_told: Mutex<HashSet<(String, String)>>,
+}
+
+/// Why a poll starts no new ticket: the source's budget is spent, or its spend record
+/// cannot be read (then nothing new starts until it can: nothing spends past a budget).
+enum Hold {
+    Spent(crate::budget::Held),
+    Unknown,
 }
 
 impl SourceController {
@@ -407,11 +416,24 @@ impl SourceController {
             .unwrap_or_default();
         let seen: HashSet<String> = issues.iter().map(|i| i.key.clone()).collect();
         handled.retain(|key, _| seen.contains(key));
+        let hold = match &source.budget {
+            Some(budget) => self.budget_hold(source, budget, &index).await,
+            None => None,
+        };
         let mut candidates = Vec::new();
         for issue in issues {
             let views: Vec<TaskView> = index.get(&issue.key).cloned().unwrap_or_default();
             if let Some(reason) = decide::precheck(&views, &source.name) {
                 self.metrics.skip(&source.name, reason.as_str());
+                continue;
+            }
+            if let Some(hold) = &hold {
+                self.metrics.skip(&source.name, "budget_spent");
+                if let Hold::Spent(held) = hold
+                    && let Err(e) = self.tell_held(source, &issue.key, held, state).await
+                {
+                    warn!(error = %e, ticket = %issue.key, "could not tell the ticket that the budget holds it; the next poll tries again");
+                }
                 continue;
             }
             let updated = issue.fields.updated.clone().unwrap_or_default();
@@ -666,6 +688,97 @@ impl SourceController {
                 Ok(None)
             }
         }
+    }
+
+    /// Counts the spend of the source's tasks in its ledger and says whether its budget holds
+    /// new tickets; the first hold of a period is announced in an Event on the ledger.
+    async fn budget_hold(
+        &self,
+        source: &SourceConfig,
+        budget: &crate::config::SourceBudget,
+        index: &HashMap<String, Vec<TaskView>>,
+    ) -> Option<Hold> {
+        let now = recac_runtime::clock::now();
+        let store = self.tasks.store();
+        let spends: Vec<crate::budget::TaskSpend> = index
+            .values()
+            .flatten()
+            .filter(|v| v.source == source.name)
+            .filter_map(|v| store.get_named(Some(&v.namespace), &v.name))
+            .filter_map(|t| {
+                let uid = t.uid()?;
+                let spend = t.status.as_ref()?.spend.as_ref()?;
+                Some(crate::budget::task_spend(&uid, spend))
+            })
+            .collect();
+        let mut held = None;
+        let mut announce = false;
+        let outcome =
+            crate::ledger::update(&self.client, &source.namespace, &source.name, |ledger| {
+                let mut changed = crate::budget::record(ledger, &spends, now);
+                held = crate::budget::held(ledger, budget, now);
+                announce = false;
+                if let Some(h) = &held
+                    && ledger.announced.as_deref() != Some(h.period.as_str())
+                {
+                    ledger.announced = Some(h.period.clone());
+                    announce = true;
+                    changed = true;
+                }
+                changed
+            })
+            .await;
+        if let Err(e) = outcome {
+            warn!(source = %source.name, error = %e, "the spend record cannot be read or written; no new ticket starts until it can");
+            return Some(Hold::Unknown);
+        }
+        let held = held?;
+        if announce {
+            let regarding = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("ConfigMap".into()),
+                namespace: Some(source.namespace.clone()),
+                name: Some(crate::ledger::name(&source.name)),
+                ..Default::default()
+            };
+            let note = format!(
+                "source {}: the {} is spent; no new ticket starts until {}",
+                source.name, held.what, held.until
+            );
+            info!(source = %source.name, period = %held.period, "{note}");
+            if let Err(e) = self
+                .events
+                .publish(&regarding, EventType::Warning, "BudgetSpent", &note)
+                .await
+            {
+                warn!(error = %e, "the budget Event was not published");
+            }
+        }
+        Some(Hold::Spent(held))
+    }
+
+    /// Tells `key`, once per period, that the source's spent budget holds it.
+    async fn tell_held(
+        &self,
+        source: &SourceConfig,
+        key: &str,
+        held: &crate::budget::Held,
+        state: &TermState,
+    ) -> Result<(), SourceError> {
+        let told = (key.to_string(), held.period.clone());
+        if state.held_told.lock().is_ok_and(|t| t.contains(&told)) {
+            return Ok(());
+        }
+        let marker = format!("[recac:held:{}:{}]", source.name, held.period);
+        let text = format!(
+            "recac has not started work on this ticket: the {} of source {} is spent. It starts after {} (UTC), or sooner if the budget is raised. {marker}",
+            held.what, source.name, held.until
+        );
+        self.comment_once(source, key, &marker, &text).await?;
+        if let Ok(mut t) = state.held_told.lock() {
+            t.insert(told);
+        }
+        Ok(())
     }
 
     /// One comment (unless one with the marker exists) and the skip label.

@@ -6,11 +6,13 @@
 //! is in its docs). I/O: [`controller`] (the component), [`webhook`] (Jira webhooks as
 //! hints to poll now), [`preview`] (what would be claimed, writing nothing).
 
+pub mod budget;
 pub mod commands;
 pub mod config;
 pub mod controller;
 pub mod conversation;
 pub mod decide;
+pub mod ledger;
 pub mod metrics;
 pub mod plan;
 pub mod preview;

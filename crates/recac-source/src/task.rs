@@ -85,6 +85,7 @@ pub fn build(new: NewTask<'_>) -> AgentTask {
             suspend: false,
             approval: (s.approval.mode == crate::config::ApprovalMode::Plan)
                 .then_some(recac_api::Approval::Plan),
+            budget: t.budget.clone(),
         },
     );
     task.metadata = ObjectMeta {

@@ -573,6 +573,7 @@ mod tests {
                 ttl_seconds_after_finished: None,
                 suspend: false,
                 approval: None,
+                budget: None,
             },
         );
         task.metadata.namespace = Some("ns".into());

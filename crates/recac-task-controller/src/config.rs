@@ -93,6 +93,60 @@ pub struct AgentDefaults {
     /// runs as another user and hands them to the agent once, so that the commands the model
     /// runs (the agent's children, of its user) cannot read the Secret files.
     pub secret_broker: SecretBroker,
+    /// Seconds before a task's deadline (`RECAC_DEADLINE`: its Job's creation plus the
+    /// task's `timeoutSeconds`) at which the agent stops its work to commit, push and report
+    /// what it has (`RECAC_DEADLINE_MARGIN_SECONDS`), so that an attempt cut short by its
+    /// deadline leaves its work on the branch for the retry. 0 to 3600, default 120; a task
+    /// gets at most a quarter of its `timeoutSeconds`.
+    pub deadline_margin_seconds: i64,
+    /// The price table: what a provider's model costs per million input and output tokens,
+    /// one entry per provider and model: `{provider, model, inputPerMillion,
+    /// outputPerMillion, currency}`, the prices decimal numbers (at most 6 decimal places,
+    /// such as "2.50") and the currency a code of three capital letters (such as USD). The
+    /// agent gets its model's price (`RECAC_PRICE_*`, `RECAC_BUDGET_CURRENCY`) to count its
+    /// cost, the operator prices the usage agents report without a cost, and a task with
+    /// `spec.budget.cost` needs a price for its model (else it fails, reason
+    /// `BudgetUnpriced`, before it runs). Default: empty.
+    pub prices: Vec<PriceEntry>,
+}
+
+/// One entry of `agent.prices`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PriceEntry {
+    /// The provider, as tasks name it (`openai`, `anthropic`).
+    pub provider: String,
+    /// The model, as the provider spells it.
+    pub model: String,
+    /// The price of a million input (prompt) tokens, a decimal number in `currency`.
+    pub input_per_million: Decimal,
+    /// The price of a million output (completion) tokens, a decimal number in `currency`.
+    pub output_per_million: Decimal,
+    /// The currency: three capital letters, such as USD or EUR.
+    pub currency: String,
+}
+
+/// A decimal number as written in the configuration file: quoted (`"2.50"`), or a plain
+/// YAML number, kept as text and checked (and turned into micro-units) by the validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decimal(pub String);
+
+impl<'de> Deserialize<'de> for Decimal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Whole(u64),
+            Fraction(f64),
+        }
+        Ok(Decimal(match Written::deserialize(deserializer)? {
+            Written::Text(text) => text,
+            Written::Whole(n) => n.to_string(),
+            // The shortest text that reads back as the same float: what was written.
+            Written::Fraction(x) => x.to_string(),
+        }))
+    }
 }
 
 /// The `agent.secretBroker:` section: the `secrets` sidecar of agent pods whose task names
@@ -219,9 +273,16 @@ impl Default for AgentDefaults {
             ca_bundle: None,
             ssh: AgentSsh::default(),
             secret_broker: SecretBroker::default(),
+            deadline_margin_seconds: DEFAULT_DEADLINE_MARGIN_SECONDS,
+            prices: Vec::new(),
         }
     }
 }
+
+/// The default of `agent.deadlineMarginSeconds`.
+pub const DEFAULT_DEADLINE_MARGIN_SECONDS: i64 = 120;
+/// The largest `agent.deadlineMarginSeconds`.
+pub const MAX_DEADLINE_MARGIN_SECONDS: i64 = 3600;
 
 /// The shortest time a finished Job is kept: the operator reads its result first.
 pub const MIN_JOB_TTL_SECONDS: i32 = 60;
@@ -369,6 +430,30 @@ impl AgentDefaults {
                 ));
             }
         }
+        if !(0..=MAX_DEADLINE_MARGIN_SECONDS).contains(&self.deadline_margin_seconds) {
+            return Err(invalid(
+                "agent.deadlineMarginSeconds",
+                format!("must be between 0 and {MAX_DEADLINE_MARGIN_SECONDS}"),
+            ));
+        }
+        let mut priced: Vec<(usize, crate::budget::Price)> = Vec::new();
+        for (i, entry) in self.prices.iter().enumerate() {
+            let price = crate::budget::Price::from_entry(entry)
+                .map_err(|(key, message)| invalid(&format!("agent.prices[{i}].{key}"), message))?;
+            if let Some((first, _)) = priced
+                .iter()
+                .find(|(_, p)| p.provider == price.provider && p.model == price.model)
+            {
+                return Err(invalid(
+                    &format!("agent.prices[{i}]"),
+                    format!(
+                        "prices {}/{} again (agent.prices[{first}] already does): one price per provider and model",
+                        price.provider, price.model
+                    ),
+                ));
+            }
+            priced.push((i, price));
+        }
         Ok(())
     }
 }
@@ -493,5 +578,73 @@ mod tests {
         assert!(err.contains("enable"), "{err}");
         // Off, the broker's user is not checked against the agent's.
         agent("runAsUser: 65533\nsecretBroker: {enabled: false}\n").expect("valid");
+    }
+
+    #[test]
+    fn deadline_margin_and_prices_are_checked_by_key() {
+        let defaults = agent("{}\n").expect("valid");
+        assert_eq!(defaults.deadline_margin_seconds, 120);
+        assert!(defaults.prices.is_empty());
+        let ok = agent(
+            "deadlineMarginSeconds: 0\nprices:\n  - {provider: openai, model: gpt-x, inputPerMillion: \"2.50\", outputPerMillion: 10, currency: USD}\n  - {provider: anthropic, model: gpt-x, inputPerMillion: 0.15, outputPerMillion: \"0.6\", currency: EUR}\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.deadline_margin_seconds, 0);
+        assert_eq!(ok.prices[0].input_per_million, Decimal("2.50".into()));
+        assert_eq!(ok.prices[0].output_per_million, Decimal("10".into()));
+        assert_eq!(ok.prices[1].input_per_million, Decimal("0.15".into()));
+        let pricing = crate::budget::Pricing::from_defaults(&ok);
+        assert_eq!(
+            pricing
+                .find("anthropic", "gpt-x")
+                .map(|p| (p.input_per_million, p.output_per_million)),
+            Some((150_000, 600_000))
+        );
+        agent("deadlineMarginSeconds: 3600\n").expect("valid");
+        let price = |input: &str, currency: &str| {
+            format!(
+                "  - {{provider: openai, model: m, inputPerMillion: {input}, outputPerMillion: \"1\", currency: {currency}}}\n"
+            )
+        };
+        for (yaml, at) in [
+            ("deadlineMarginSeconds: 3601\n".to_string(), "agent.deadlineMarginSeconds"),
+            ("deadlineMarginSeconds: -1\n".to_string(), "agent.deadlineMarginSeconds"),
+            (
+                format!("prices:\n{}", price("\"1.2345678\"", "USD")),
+                "agent.prices[0].inputPerMillion",
+            ),
+            (
+                format!("prices:\n{}", price("\"-1\"", "USD")),
+                "agent.prices[0].inputPerMillion",
+            ),
+            (
+                format!("prices:\n{}", price("\"cheap\"", "USD")),
+                "agent.prices[0].inputPerMillion",
+            ),
+            (
+                format!("prices:\n{}", price("\"1\"", "dollars")),
+                "agent.prices[0].currency",
+            ),
+            (
+                format!("prices:\n{}{}", price("\"1\"", "USD"), price("\"2\"", "EUR")),
+                "agent.prices[1]",
+            ),
+            (
+                "prices:\n  - {provider: '', model: m, inputPerMillion: 1, outputPerMillion: 1, currency: USD}\n".to_string(),
+                "agent.prices[0].provider",
+            ),
+        ] {
+            let err = agent(&yaml).expect_err(&yaml);
+            assert!(err.contains(at), "{yaml}: {err}");
+        }
+        let err = agent(
+            "prices:\n  - {provider: openai, model: m, inputPerMillion: 1, outputPerMillion: 1, currency: USD, cachedPerMillion: 1}\n",
+        )
+        .expect_err("unknown key");
+        assert!(err.contains("cachedPerMillion"), "{err}");
+        let err =
+            agent("prices:\n  - {provider: openai, model: m, inputPerMillion: 1, currency: USD}\n")
+                .expect_err("missing key");
+        assert!(err.contains("outputPerMillion"), "{err}");
     }
 }

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::admission::AdmissionQueue;
+use crate::budget::{self, Pricing};
 use crate::config::{AgentDefaults, TaskControllerConfig};
 use crate::decide::{self, Action, AttemptObservation, EventType, Observation, Plan, RetryPolicy};
 use crate::job_builder;
@@ -192,6 +193,7 @@ impl TaskController {
                 initial: Duration::from_secs(self.config.retry_backoff_seconds),
                 max: Duration::from_secs(self.config.max_retry_backoff_seconds),
                 queue_poll: Duration::from_secs(self.config.queue_poll_seconds),
+                pricing: Arc::new(Pricing::from_defaults(&self.agent)),
             },
             dispatched: Mutex::new(HashMap::new()),
             events: events_tx,
@@ -585,6 +587,16 @@ async fn act(
 ) -> Result<RequeueAction, ReconcileError> {
     let c = &ctx.controller;
     let current = task.status.clone().unwrap_or_default();
+    // The Job is built from the status the plan writes: what the task has spent so far.
+    let planned = plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::CreateJob { .. }))
+        .then(|| {
+            let mut planned = task.clone();
+            planned.status = Some(plan.status.clone());
+            planned
+        });
     for action in &plan.actions {
         match action {
             Action::CreateJob {
@@ -592,8 +604,9 @@ async fn act(
                 branch,
                 suspend,
             } => {
+                let job_task = planned.as_ref().unwrap_or(task);
                 if let Err(err) =
-                    create_or_adopt_job(task, id, *attempt, branch, *suspend, ctx).await
+                    create_or_adopt_job(job_task, id, *attempt, branch, *suspend, ctx).await
                 {
                     c.queue.release(task);
                     if err.is_permanent() {
@@ -620,6 +633,11 @@ async fn act(
         let api: Api<AgentTask> = Api::namespaced(c.client.clone(), &id.namespace);
         match write_owned_status(&api, task, &plan.status).await {
             Ok(()) => {
+                // Counted once the spend is in status: a write that fails is decided again
+                // (and counted then), never twice.
+                if !plan.spent.is_empty() {
+                    c.metrics.count_spend(&budget::source_of(task), &plan.spent);
+                }
                 if plan
                     .status
                     .conditions
@@ -682,7 +700,7 @@ async fn create_or_adopt_job(
     if let Some(prompt) = job_builder::prompt_config_map(task) {
         ensure_prompt_config_map(&c.client, id, &prompt).await?;
     }
-    let job = job_builder::build_job(task, attempt, branch, &c.agent, suspend);
+    let job = job_builder::build_job_at(task, attempt, branch, &c.agent, suspend, Timestamp::now());
     let name = id.job_name(attempt);
     failpoint::hit("task-controller.before-create-job");
     match jobs.create(&PostParams::default(), &job).await {

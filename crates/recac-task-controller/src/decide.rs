@@ -1,14 +1,17 @@
 //! The task controller's decisions: observed state in, desired status and actions out.
 //! Nothing here talks to the API, so every transition is unit-tested.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use recac_api::agent_contract::{AgentResult, Outcome};
-use recac_api::{AgentTask, AgentTaskStatus, Approval, TaskPhase};
+use recac_api::agent_contract::{AgentResult, CutShort, Outcome};
+use recac_api::reasons::{BUDGET_EXHAUSTED, DEADLINE_EXCEEDED};
+use recac_api::{AgentTask, AgentTaskStatus, Approval, ModelSpend, Spend, TaskPhase};
 
+use crate::budget::{self, Pricing};
 use crate::naming;
 use crate::observe::{AttemptState, Failure, Termination};
 
@@ -32,6 +35,10 @@ pub mod condition {
     pub const PLAN_WRITTEN: &str = "PlanWritten";
     /// `Failed`'s reason for a planning run whose agent reported no plan.
     pub const NO_PLAN: &str = "NoPlan";
+    pub const BUDGET_UNPRICED: &str = recac_api::reasons::BUDGET_UNPRICED;
+    /// `Failed`'s reason for a task whose `spec.budget` cannot be read (a cost that is not a
+    /// decimal number): it is not run.
+    pub const BUDGET_INVALID: &str = "BudgetInvalid";
 }
 
 /// What the controller saw of the current attempt's Job.
@@ -100,14 +107,16 @@ impl StopRequest {
     }
 }
 
-/// Retry timing.
-#[derive(Clone, Copy, Debug)]
+/// Retry timing, and the prices the spend of attempts is counted with.
+#[derive(Clone, Debug)]
 pub struct RetryPolicy {
     pub initial: Duration,
     pub max: Duration,
     /// How often the controller hands out free slots even without an event (a safety net:
     /// a freed slot wakes the next queued task at once).
     pub queue_poll: Duration,
+    /// The operator's price table (`agent.prices`) and default model.
+    pub pricing: Arc<Pricing>,
 }
 
 impl RetryPolicy {
@@ -159,14 +168,19 @@ pub struct Plan {
     /// created moments ago, and its status goes out with the pod's start (see
     /// [`FIRST_STATUS_GRACE`]).
     pub defer_status: Option<Duration>,
+    /// What a finished attempt spent, per model, added to `status.spend` by this plan (for
+    /// the metrics, counted once the status is written).
+    pub spent: Vec<ModelSpend>,
 }
 
 struct Draft<'a> {
     generation: Option<i64>,
     now: &'a Timestamp,
+    pricing: &'a Pricing,
     status: AgentTaskStatus,
     actions: Vec<Action>,
     requeue_after: Option<Duration>,
+    spent: Vec<ModelSpend>,
 }
 
 impl Draft<'_> {
@@ -240,7 +254,20 @@ impl Draft<'_> {
             actions: self.actions,
             requeue_after: self.requeue_after,
             defer_status: None,
+            spent: self.spent,
         }
+    }
+
+    /// Ends the task `Failed` with `reason`, nothing dispatched or retried, with a Warning
+    /// Event of the same reason.
+    fn fail(&mut self, reason: &str, message: String) {
+        self.status.phase = Some(TaskPhase::Failed);
+        self.status.completion_time = Some(Time(*self.now));
+        self.status.next_attempt_time = None;
+        self.status.message = Some(message.clone());
+        self.clear_condition(condition::QUEUED, reason, &message);
+        self.set_condition(condition::FAILED, true, reason, &message);
+        self.event(EventType::Warning, reason, message);
     }
 }
 
@@ -279,9 +306,11 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
     let mut draft = Draft {
         generation: task.metadata.generation,
         now: &observed.now,
+        pricing: &retry.pricing,
         status: current.clone(),
         actions: Vec::new(),
         requeue_after: None,
+        spent: Vec::new(),
     };
     draft.status.observed_generation = task.metadata.generation;
 
@@ -321,6 +350,7 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
                         actions: Vec::new(),
                         requeue_after: Some(left),
                         defer_status: None,
+                        spent: Vec::new(),
                     };
                 }
                 draft.status.phase = Some(TaskPhase::Pending);
@@ -404,6 +434,7 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
                 message: format!("Job {job_name} was deleted before it finished"),
                 gave_up: false,
             };
+            count_spend(&mut draft, task, attempt, None);
             attempt_failed(&mut draft, task, retry, attempt, &failure, None);
         }
         Some(observation) => match &observation.state {
@@ -411,9 +442,11 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
                 in_progress(&mut draft, task, observation, attempt);
             }
             AttemptState::Succeeded if task.spec.approval == Some(Approval::Plan) => {
+                count_spend(&mut draft, task, attempt, result_of(observation));
                 plan_attempt_succeeded(&mut draft, observation, attempt);
             }
             AttemptState::Succeeded => {
+                count_spend(&mut draft, task, attempt, result_of(observation));
                 attempt_succeeded(&mut draft, observation, attempt);
             }
             AttemptState::Failed(failure) => {
@@ -423,11 +456,9 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
                 {
                     failure.gave_up = true;
                 }
-                let result = observation
-                    .termination
-                    .as_ref()
-                    .and_then(|t| t.result.clone());
-                attempt_failed(&mut draft, task, retry, attempt, &failure, result.as_ref());
+                let result = result_of(observation);
+                count_spend(&mut draft, task, attempt, result);
+                attempt_failed(&mut draft, task, retry, attempt, &failure, result);
             }
         },
     }
@@ -471,12 +502,15 @@ fn adopt_first_attempt(draft: &mut Draft, first: &AttemptObservation) {
 /// The status recording that the apiserver refused the task's Job (`message` says why);
 /// such a task queues behind healthy ones.
 pub fn dispatch_failed(task: &AgentTask, message: &str, now: Timestamp) -> AgentTaskStatus {
+    let pricing = Pricing::default();
     let mut draft = Draft {
         generation: task.metadata.generation,
         now: &now,
+        pricing: &pricing,
         status: task.status.clone().unwrap_or_default(),
         actions: Vec::new(),
         requeue_after: None,
+        spent: Vec::new(),
     };
     draft.status.phase = Some(draft.status.phase.unwrap_or(TaskPhase::Pending));
     draft.status.message = Some(format!("cannot dispatch: {message}"));
@@ -540,6 +574,9 @@ fn dispatch(
     attempt: i32,
     branch: String,
 ) {
+    if budget_stops_dispatch(draft, task, attempt) {
+        return;
+    }
     draft.status.phase = Some(TaskPhase::Pending);
     if task.spec.suspend {
         draft.status.message = Some(format!(
@@ -628,6 +665,12 @@ fn stop(draft: &mut Draft, task: &AgentTask, observed: &Observation, request: &S
     }
     if attempt > 0 && draft.status.branch.is_none() {
         draft.status.branch = Some(feature_branch(task));
+    }
+    if let Some(job) = &observed.attempt
+        && matches!(job.state, AttemptState::Failed(_))
+        && attempt > 0
+    {
+        count_spend(draft, task, attempt, result_of(job));
     }
     let stopped = request.describe();
     let mut note = stopped.clone();
@@ -765,6 +808,8 @@ fn attempt_succeeded(draft: &mut Draft, observation: &AttemptObservation, attemp
     if let Some(result) = &result {
         copy_result(&mut draft.status, result);
     }
+    // A success ends what an earlier attempt left partial.
+    draft.status.partial = cut_short(result.as_ref()).map(|_| true);
     let summary = result
         .as_ref()
         .and_then(|r| r.summary.clone())
@@ -797,6 +842,7 @@ fn plan_attempt_succeeded(draft: &mut Draft, observation: &AttemptObservation, a
     if let Some(result) = result {
         copy_result(&mut draft.status, result);
     }
+    draft.status.partial = None;
     let plan = result
         .filter(|r| r.outcome == Outcome::Planned)
         .and_then(|r| r.plan.as_ref())
@@ -915,13 +961,44 @@ fn attempt_failed(
     if let Some(result) = result {
         copy_result(&mut draft.status, result);
     }
-    let detail = if failure.message.is_empty() {
+    let cut = cut_short(result);
+    if cut.is_some() {
+        draft.status.partial = Some(true);
+    }
+    let work = work_so_far(&draft.status);
+    if cut == Some(CutShort::Budget) {
+        let left = result
+            .and_then(|r| r.partial.as_ref())
+            .and_then(|p| p.left.as_deref())
+            .map(|left| format!(" (left to do: {})", one_line(left, 200)))
+            .unwrap_or_default();
+        draft.fail(
+            BUDGET_EXHAUSTED,
+            format!(
+                "attempt {attempt} stopped at the task's budget (spec.budget){left}; {work}; it is not retried"
+            ),
+        );
+        return;
+    }
+    let deadline = cut == Some(CutShort::Deadline) || failure.reason == DEADLINE_EXCEEDED;
+    let detail = if cut == Some(CutShort::Deadline) {
+        format!("cut short by its deadline; {work}")
+    } else if failure.message.is_empty() {
         failure.reason.clone()
     } else {
         format!("{}: {}", failure.reason, one_line(&failure.message, 300))
     };
     let retries_used = attempt - 1;
     if !failure.gave_up && retries_used < task.spec.max_retries {
+        if let Some(limit) = budget_spent(draft, task) {
+            draft.fail(
+                BUDGET_EXHAUSTED,
+                format!(
+                    "attempt {attempt} failed ({detail}), and the task's budget is spent (spec.budget.{limit}); it is not retried"
+                ),
+            );
+            return;
+        }
         let wait = retry.backoff(attempt);
         let due = draft
             .now
@@ -951,6 +1028,15 @@ fn attempt_failed(
         draft.requeue_after = Some(wait);
         return;
     }
+    if deadline && !failure.gave_up {
+        let message = if cut.is_some() {
+            format!("attempt {attempt} was {detail}; no retries left")
+        } else {
+            format!("attempt {attempt} failed ({detail}); no retries left")
+        };
+        draft.fail(DEADLINE_EXCEEDED, message);
+        return;
+    }
     let (reason, why) = if failure.gave_up {
         ("GaveUp", "the agent gave up, so it is not retried")
     } else {
@@ -971,6 +1057,116 @@ fn attempt_failed(
         "Failed",
         format!("attempt {attempt} failed ({detail}); {why}"),
     );
+}
+
+/// The agent's result of a finished attempt.
+fn result_of(observation: &AttemptObservation) -> Option<&AgentResult> {
+    observation
+        .termination
+        .as_ref()
+        .and_then(|t| t.result.as_ref())
+}
+
+/// What cut a run short, for a result with outcome `partial` (one that does not say: its
+/// deadline).
+fn cut_short(result: Option<&AgentResult>) -> Option<CutShort> {
+    let result = result.filter(|r| r.outcome == Outcome::Partial)?;
+    Some(
+        result
+            .partial
+            .as_ref()
+            .map_or(CutShort::Deadline, |p| p.cause),
+    )
+}
+
+/// Where a partial attempt's work is, for people.
+fn work_so_far(status: &AgentTaskStatus) -> String {
+    match (&status.branch, &status.commit) {
+        (Some(branch), Some(commit)) => {
+            format!("its work so far is on branch {branch} at commit {commit}")
+        }
+        (Some(branch), None) => format!("its work so far is on branch {branch}"),
+        _ => "it pushed no work".to_string(),
+    }
+}
+
+/// Counts the finished `attempt`'s spend in `status.spend`, once: only an attempt after the
+/// last one counted (`spend.attempts`) is added, so a decision made again (a status write
+/// that failed, a restart) adds nothing twice. An attempt whose agent reported no usage,
+/// or that left no result, is counted as not reported (as is one skipped before it).
+fn count_spend(draft: &mut Draft, task: &AgentTask, attempt: i32, result: Option<&AgentResult>) {
+    let counted = draft.status.spend.as_ref().map_or(0, |s| s.attempts);
+    if attempt <= counted {
+        return;
+    }
+    let pricing = draft.pricing;
+    let (provider, _) = pricing.task_model(task);
+    let spend = draft.status.spend.get_or_insert_with(Spend::default);
+    spend.not_reported = spend
+        .not_reported
+        .saturating_add(attempt.saturating_sub(counted).saturating_sub(1));
+    spend.attempts = attempt;
+    match result.and_then(|r| r.usage.as_deref()) {
+        Some(usage) => {
+            let added = budget::add_usage(spend, usage, pricing, provider);
+            draft.spent.extend(added);
+        }
+        None => spend.not_reported = spend.not_reported.saturating_add(1),
+    }
+}
+
+/// The `spec.budget` key of a limit the task's counted spend has used up.
+fn budget_spent(draft: &Draft, task: &AgentTask) -> Option<&'static str> {
+    let budget = task.spec.budget.as_ref()?;
+    let price = draft.pricing.task_price(task);
+    budget::remaining(budget, draft.status.spend.as_ref(), price)
+        .ok()?
+        .exhausted()
+}
+
+/// Before `attempt` is dispatched: a task held to a cost its model has no price for, or
+/// whose budget is spent, ends `Failed` instead (true).
+fn budget_stops_dispatch(draft: &mut Draft, task: &AgentTask, attempt: i32) -> bool {
+    let Some(budget) = &task.spec.budget else {
+        return false;
+    };
+    let not_run = if attempt == 1 {
+        "the task was not run".to_string()
+    } else {
+        format!("attempt {attempt} is not dispatched")
+    };
+    let price = draft.pricing.task_price(task);
+    if budget.cost.is_some() && price.is_none() {
+        let model = draft.pricing.describe_task_model(task);
+        draft.fail(
+            condition::BUDGET_UNPRICED,
+            format!(
+                "spec.budget.cost needs a price for the task's model {model}, and the operator's agent.prices has none; {not_run}"
+            ),
+        );
+        return true;
+    }
+    match budget::remaining(budget, draft.status.spend.as_ref(), price) {
+        Err(err) => {
+            draft.fail(
+                condition::BUDGET_INVALID,
+                format!("spec.budget.cost: {err}; {not_run}"),
+            );
+            true
+        }
+        Ok(left) => match left.exhausted() {
+            Some(limit) => {
+                draft.fail(
+                    BUDGET_EXHAUSTED,
+                    format!(
+                        "the task's budget is spent (spec.budget.{limit}, by its attempts so far); {not_run}"
+                    ),
+                );
+                true
+            }
+            None => false,
+        },
+    }
 }
 
 /// `text` on one line, cut to at most `max` characters.

@@ -1,4 +1,5 @@
-//! Builds the Job of one attempt: pure, from the task, the attempt and the defaults.
+//! Builds the Job of one attempt: pure, from the task, the attempt, the defaults and the
+//! time the controller creates it.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +13,13 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use recac_api::agent_contract::{MODE_PLAN, env, exit_code};
 use recac_api::{AgentSpec, AgentTask, Approval};
 
+use crate::budget::{self, Pricing};
 use crate::config::{AgentDefaults, CaBundleRef};
 use crate::naming;
 
@@ -79,7 +82,36 @@ const RESERVED_ENV: &[&str] = &[
     env::CA_BUNDLE,
     env::SSH_KNOWN_HOSTS,
     env::MODE,
+    env::DEADLINE,
+    env::DEADLINE_MARGIN_SECONDS,
+    env::BUDGET_TOKENS,
+    env::BUDGET_INPUT_TOKENS,
+    env::BUDGET_OUTPUT_TOKENS,
+    env::BUDGET_COST,
+    env::BUDGET_CURRENCY,
+    env::PRICE_INPUT_PER_MILLION,
+    env::PRICE_OUTPUT_PER_MILLION,
 ];
+
+/// The margin a task's agent gets before its deadline: the operator's
+/// `agent.deadlineMarginSeconds`, at most a quarter of the task's `timeoutSeconds`.
+pub fn deadline_margin_seconds(defaults: &AgentDefaults, timeout_seconds: i64) -> i64 {
+    defaults
+        .deadline_margin_seconds
+        .min(timeout_seconds / 4)
+        .max(0)
+}
+
+/// The deadline of a Job created at `created` (whole seconds, RFC 3339): when its
+/// `activeDeadlineSeconds` stops the pod at the earliest.
+pub fn deadline(created: Timestamp, timeout_seconds: i64) -> String {
+    let at = created
+        .as_second()
+        .checked_add(timeout_seconds)
+        .and_then(|second| Timestamp::from_second(second).ok())
+        .unwrap_or(Timestamp::MAX);
+    at.to_string()
+}
 
 /// The task's CA bundle (its `spec.agent.caBundle`, set by a person or its source), else the
 /// operator's `agent.caBundle`.
@@ -115,13 +147,32 @@ fn plain(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-/// The Job for `attempt` of `task`, pushing to `branch`, built from the parts below.
+/// [`build_job_at`] for a Job created now (for Jobs made outside the controller: tests and
+/// benchmarks).
 pub fn build_job(
     task: &AgentTask,
     attempt: i32,
     branch: &str,
     defaults: &AgentDefaults,
     suspend: bool,
+) -> Job {
+    build_job_at(task, attempt, branch, defaults, suspend, Timestamp::now())
+}
+
+/// The Job for `attempt` of `task`, pushing to `branch`, created at `now` (the agent's
+/// deadline counts from it), built from the parts below. The task's status counts what its
+/// earlier attempts spent: the agent gets what is left of its budget.
+///
+/// Nothing compares a built Job with one that exists (an existing Job of the attempt's
+/// name is adopted as it is), so its deadline, which depends on `now`, never makes an
+/// adopted Job look different.
+pub fn build_job_at(
+    task: &AgentTask,
+    attempt: i32,
+    branch: &str,
+    defaults: &AgentDefaults,
+    suspend: bool,
+    now: Timestamp,
 ) -> Job {
     let agent = task.spec.agent.as_deref().cloned().unwrap_or_default();
     let labels = job_labels(task, attempt);
@@ -137,7 +188,9 @@ pub fn build_job(
         security_context: Some(pod_security(defaults)),
         init_containers: broker_on(&agent, defaults)
             .then(|| vec![broker_container(&agent, defaults)]),
-        containers: vec![agent_container(task, &agent, attempt, branch, defaults)],
+        containers: vec![agent_container(
+            task, &agent, attempt, branch, defaults, now,
+        )],
         volumes: Some(volumes(task, &agent, defaults)),
         ..Default::default()
     };
@@ -218,6 +271,7 @@ fn agent_container(
     attempt: i32,
     branch: &str,
     defaults: &AgentDefaults,
+    now: Timestamp,
 ) -> Container {
     let mut mounts = vec![
         VolumeMount {
@@ -282,7 +336,7 @@ fn agent_container(
                 .unwrap_or_else(|| defaults.command.clone()),
         ),
         args: Some(agent.args.clone().unwrap_or_else(|| defaults.args.clone())),
-        env: Some(agent_env(task, agent, attempt, branch, defaults)),
+        env: Some(agent_env(task, agent, attempt, branch, defaults, now)),
         resources: Some(
             agent
                 .resources
@@ -379,6 +433,7 @@ fn agent_env(
     attempt: i32,
     branch: &str,
     defaults: &AgentDefaults,
+    now: Timestamp,
 ) -> Vec<EnvVar> {
     let spec = &task.spec;
     let mut env_vars = vec![
@@ -448,6 +503,14 @@ fn agent_env(
     }
     if let Some(model) = agent.model.as_ref().or(defaults.model.as_ref()) {
         env_vars.push(plain(env::MODEL, model.clone()));
+    }
+    env_vars.push(plain(env::DEADLINE, deadline(now, spec.timeout_seconds)));
+    env_vars.push(plain(
+        env::DEADLINE_MARGIN_SECONDS,
+        deadline_margin_seconds(defaults, spec.timeout_seconds).to_string(),
+    ));
+    for (name, value) in budget::agent_env(task, &Pricing::from_defaults(defaults)) {
+        env_vars.push(plain(name, value));
     }
     // Defaults first, then the task's own; a later entry replaces an earlier one by name.
     for var in defaults.env.iter().chain(agent.env.iter()) {
@@ -675,6 +738,7 @@ mod tests {
                 ttl_seconds_after_finished: None,
                 suspend: false,
                 approval: None,
+                budget: None,
             },
         );
         task.metadata.namespace = Some("team-a".into());
@@ -1224,5 +1288,129 @@ mod tests {
         let spec = job.spec.unwrap_or_default();
         assert_eq!(spec.suspend, Some(true));
         assert_eq!(spec.ttl_seconds_after_finished, Some(60));
+    }
+
+    #[test]
+    fn the_agent_gets_its_deadline_margin_and_what_is_left_of_its_budget() {
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let defaults = AgentDefaults {
+            model: Some("gpt-x".into()),
+            provider: Some("openai".into()),
+            prices: vec![crate::config::PriceEntry {
+                provider: "openai".into(),
+                model: "gpt-x".into(),
+                input_per_million: crate::config::Decimal("2".into()),
+                output_per_million: crate::config::Decimal("8".into()),
+                currency: "USD".into(),
+            }],
+            ..Default::default()
+        };
+        let mut t = task();
+        // The task's env cannot set what the operator owns.
+        if let Some(agent) = t.spec.agent.as_mut() {
+            for name in [
+                env::DEADLINE,
+                env::BUDGET_TOKENS,
+                env::PRICE_INPUT_PER_MILLION,
+            ] {
+                agent.env.push(EnvVarPair {
+                    name: name.into(),
+                    value: "forged".into(),
+                });
+            }
+        }
+        let job = build_job_at(&t, 1, "recac/PROJ-7", &defaults, false, now);
+        // 600 s after the Job's creation; the margin is at most a quarter of that.
+        assert_eq!(
+            env_value(&job, env::DEADLINE).as_deref(),
+            Some("2027-01-15T08:10:00Z")
+        );
+        assert_eq!(
+            env_value(&job, env::DEADLINE_MARGIN_SECONDS).as_deref(),
+            Some("120")
+        );
+        assert_eq!(
+            env_value(&job, env::PRICE_INPUT_PER_MILLION).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            env_value(&job, env::PRICE_OUTPUT_PER_MILLION).as_deref(),
+            Some("8")
+        );
+        assert_eq!(
+            env_value(&job, env::BUDGET_CURRENCY).as_deref(),
+            Some("USD")
+        );
+        assert_eq!(env_value(&job, env::BUDGET_TOKENS), None);
+
+        t.spec.timeout_seconds = 300;
+        t.spec.budget = Some(recac_api::Budget {
+            tokens: Some(10_000),
+            input_tokens: None,
+            output_tokens: Some(3_000),
+            cost: Some("1.50".into()),
+        });
+        t.status = Some(recac_api::AgentTaskStatus {
+            spend: Some(recac_api::Spend {
+                models: vec![recac_api::ModelSpend {
+                    provider: Some("openai".into()),
+                    model: "gpt-x".into(),
+                    input_tokens: 4_000,
+                    output_tokens: 1_000,
+                    cost: Some("0.25".into()),
+                    currency: Some("USD".into()),
+                }],
+                attempts: 1,
+                not_reported: 0,
+            }),
+            ..Default::default()
+        });
+        let job = build_job_at(&t, 2, "recac/PROJ-7", &defaults, false, now);
+        assert_eq!(
+            env_value(&job, env::DEADLINE).as_deref(),
+            Some("2027-01-15T08:05:00Z")
+        );
+        assert_eq!(
+            env_value(&job, env::DEADLINE_MARGIN_SECONDS).as_deref(),
+            Some("75")
+        );
+        assert_eq!(env_value(&job, env::BUDGET_TOKENS).as_deref(), Some("5000"));
+        assert_eq!(env_value(&job, env::BUDGET_INPUT_TOKENS), None);
+        assert_eq!(
+            env_value(&job, env::BUDGET_OUTPUT_TOKENS).as_deref(),
+            Some("2000")
+        );
+        assert_eq!(env_value(&job, env::BUDGET_COST).as_deref(), Some("1.25"));
+        let container = &job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod")
+            .containers[0];
+        for name in [
+            env::DEADLINE,
+            env::BUDGET_TOKENS,
+            env::PRICE_INPUT_PER_MILLION,
+        ] {
+            let values: Vec<_> = container
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == name)
+                .collect();
+            assert_eq!(values.len(), 1, "{name}");
+            assert_ne!(values[0].value.as_deref(), Some("forged"), "{name}");
+        }
+        // A margin of 0 is kept; a small task's margin is its quarter.
+        let none = AgentDefaults {
+            deadline_margin_seconds: 0,
+            ..Default::default()
+        };
+        assert_eq!(deadline_margin_seconds(&none, 600), 0);
+        assert_eq!(deadline_margin_seconds(&AgentDefaults::default(), 60), 15);
+        assert_eq!(
+            deadline_margin_seconds(&AgentDefaults::default(), 3600),
+            120
+        );
     }
 }

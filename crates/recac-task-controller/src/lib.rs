@@ -5,8 +5,11 @@
 //! Each reconcile reads as observe (the shared caches) → [`decide`] (pure) → act
 //! ([`controller`]). The Job is built by [`job_builder`] from small named parts; the
 //! concurrency cap, and the order in which a ticket's runs go, are the index in [`admission`].
+//! What tasks spend on their models, and what is left of their budgets, is counted in
+//! [`budget`] (money in integer micro-units).
 
 pub mod admission;
+pub mod budget;
 pub mod config;
 pub mod controller;
 pub mod decide;

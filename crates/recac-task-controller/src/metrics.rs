@@ -2,11 +2,15 @@
 //!
 //! Names kept from earlier releases: `recac_jobs_created_total`,
 //! `recac_event_publish_errors_total`, `recac_tasks{phase}`,
-//! `recac_dispatch_latency_seconds`. Reconciles are counted by the runtime's runner for
+//! `recac_dispatch_latency_seconds`. What agents spent, as each attempt's spend is counted
+//! in its task's status: `recac_agent_tokens_total{source,model,direction}` (direction
+//! `input` or `output`) and `recac_agent_cost_total{source,model,currency}`, `source` being
+//! the task's `recac.io/source` label (empty for a task made by a person). Reconciles are counted by the runtime's runner for
 //! every controller (`recac_reconciles_total{controller}`,
 //! `recac_reconcile_errors_total{controller,reason}`), API requests by its client layer
 //! (`recac_api_requests_total{verb,resource}`).
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -15,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use recac_api::{AgentTask, TaskPhase};
+use recac_api::{AgentTask, ModelSpend, TaskPhase};
 use recac_runtime::MetricsRegistry;
 use recac_runtime::kinds::TaskSummary;
 use recac_runtime::store::Store;
@@ -27,6 +31,20 @@ struct PhaseLabel {
     phase: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    source: String,
+    model: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    source: String,
+    model: String,
+    currency: String,
+}
+
 /// Counters and gauges of the task controller.
 #[derive(Clone)]
 pub struct TaskMetrics {
@@ -35,6 +53,8 @@ pub struct TaskMetrics {
     dispatch_latency: Histogram,
     queued: Gauge,
     orphans_deleted: Counter,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<CostLabels, Counter<f64, AtomicU64>>,
 }
 
 impl TaskMetrics {
@@ -45,6 +65,8 @@ impl TaskMetrics {
             dispatch_latency: Histogram::new(LATENCY_BUCKETS),
             queued: Gauge::default(),
             orphans_deleted: Counter::default(),
+            tokens: Family::default(),
+            cost: Family::default(),
         };
         registry.register(
             "recac_jobs_created",
@@ -71,7 +93,50 @@ impl TaskMetrics {
             "Agent Jobs deleted because their AgentTask was gone (checked when a term starts).",
             metrics.orphans_deleted.clone(),
         );
+        registry.register(
+            "recac_agent_tokens",
+            "Tokens agents reported, by the task's source, the model and the direction (input or output).",
+            metrics.tokens.clone(),
+        );
+        registry.register(
+            "recac_agent_cost",
+            "What agents' models cost, as reported or priced from agent.prices, by the task's source, the model and the currency.",
+            metrics.cost.clone(),
+        );
         metrics
+    }
+
+    /// Adds what one attempt spent (as counted in its task's status); `source` is the task's
+    /// `recac.io/source` label or empty.
+    pub fn count_spend(&self, source: &str, spent: &[ModelSpend]) {
+        for model in spent {
+            for (direction, tokens) in [
+                ("input", model.input_tokens),
+                ("output", model.output_tokens),
+            ] {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        source: source.to_string(),
+                        model: model.model.clone(),
+                        direction,
+                    })
+                    .inc_by(u64::try_from(tokens).unwrap_or(0));
+            }
+            let Some(micros) = model
+                .cost
+                .as_deref()
+                .and_then(crate::budget::parse_reported_micros)
+            else {
+                continue;
+            };
+            self.cost
+                .get_or_create(&CostLabels {
+                    source: source.to_string(),
+                    model: model.model.clone(),
+                    currency: model.currency.clone().unwrap_or_default(),
+                })
+                .inc_by(crate::budget::micros_as_f64(micros));
+        }
     }
 
     pub fn orphan_deleted(&self) {
@@ -173,6 +238,7 @@ mod tests {
                 ttl_seconds_after_finished: None,
                 suspend: false,
                 approval: None,
+                budget: None,
             },
         );
         task.metadata.namespace = Some("ns".into());
@@ -192,6 +258,62 @@ mod tests {
         assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.25\"} 0"));
         assert!(text.contains("recac_dispatch_latency_seconds_bucket{le=\"0.5\"} 1"));
         assert!(text.contains("recac_dispatch_latency_seconds_count 1"));
+        m.count_spend(
+            "jira",
+            &[
+                ModelSpend {
+                    provider: Some("openai".into()),
+                    model: "gpt-x".into(),
+                    input_tokens: 1200,
+                    output_tokens: 300,
+                    cost: Some("0.25".into()),
+                    currency: Some("USD".into()),
+                },
+                ModelSpend {
+                    provider: None,
+                    model: "local".into(),
+                    input_tokens: 5,
+                    output_tokens: 0,
+                    cost: None,
+                    currency: None,
+                },
+            ],
+        );
+        m.count_spend(
+            "",
+            &[ModelSpend {
+                provider: Some("openai".into()),
+                model: "gpt-x".into(),
+                input_tokens: 10,
+                output_tokens: 20,
+                cost: Some("0.5".into()),
+                currency: Some("USD".into()),
+            }],
+        );
+        m.count_spend(
+            "jira",
+            &[ModelSpend {
+                provider: Some("openai".into()),
+                model: "gpt-x".into(),
+                input_tokens: 800,
+                output_tokens: 0,
+                cost: Some("0.125".into()),
+                currency: Some("USD".into()),
+            }],
+        );
+        let text = registry.encode();
+        for line in [
+            "recac_agent_tokens_total{source=\"jira\",model=\"gpt-x\",direction=\"input\"} 2000",
+            "recac_agent_tokens_total{source=\"jira\",model=\"gpt-x\",direction=\"output\"} 300",
+            "recac_agent_tokens_total{source=\"jira\",model=\"local\",direction=\"input\"} 5",
+            "recac_agent_tokens_total{source=\"\",model=\"gpt-x\",direction=\"output\"} 20",
+            "recac_agent_cost_total{source=\"jira\",model=\"gpt-x\",currency=\"USD\"} 0.375",
+            "recac_agent_cost_total{source=\"\",model=\"gpt-x\",currency=\"USD\"} 0.5",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // A model without a known cost has no cost series.
+        assert!(!text.contains("recac_agent_cost_total{source=\"jira\",model=\"local\""));
         store.remove(&kube::runtime::reflector::ObjectRef::from_obj(&task));
         assert!(
             registry

@@ -179,7 +179,7 @@ fn finish(result: &AgentResult, path: Option<&std::path::Path>) -> ExitCode {
         tracing::warn!(error = %e, "cannot write the result file");
     }
     println!("{message}");
-    let code = recac_agent::report::exit_code_for(&result.outcome);
+    let code = recac_agent::report::exit_code_for(result);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
@@ -197,6 +197,8 @@ fn ended(outcome: Outcome, message: String) -> AgentResult {
         summary: Some(message),
         token_usage: None,
         plan: None,
+        partial: None,
+        usage: None,
     }
 }
 

@@ -133,6 +133,11 @@ impl LlmClient {
         }
     }
 
+    /// The most tokens one reply may have (`RECAC_MAX_OUTPUT_TOKENS`).
+    pub fn max_output_tokens(&self) -> u32 {
+        self.settings.max_output_tokens
+    }
+
     /// One model turn, retried on transient failures.
     pub async fn complete(
         &self,
@@ -140,9 +145,32 @@ impl LlmClient {
         messages: &[Message],
         tools: &[ToolSpec],
     ) -> Result<Reply, LlmError> {
-        let body = match self.settings.provider {
-            Provider::OpenAi => openai_request(&self.settings, system, messages, tools),
-            Provider::Anthropic => anthropic_request(&self.settings, system, messages, tools),
+        self.complete_within(system, messages, tools, self.settings.max_output_tokens)
+            .await
+    }
+
+    /// [`LlmClient::complete`] with the reply's tokens capped at `max_output_tokens` (never
+    /// above `RECAC_MAX_OUTPUT_TOKENS`).
+    pub async fn complete_within(
+        &self,
+        system: &str,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        max_output_tokens: u32,
+    ) -> Result<Reply, LlmError> {
+        let capped;
+        let settings = if max_output_tokens < self.settings.max_output_tokens {
+            capped = LlmSettings {
+                max_output_tokens: max_output_tokens.max(1),
+                ..self.settings.clone()
+            };
+            &capped
+        } else {
+            &self.settings
+        };
+        let body = match settings.provider {
+            Provider::OpenAi => openai_request(settings, system, messages, tools),
+            Provider::Anthropic => anthropic_request(settings, system, messages, tools),
         };
         let mut attempt = 0u32;
         loop {

@@ -3,11 +3,15 @@
 pub mod llm;
 pub mod tools;
 
+pub mod usage;
+
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use recac_api::agent_contract::TokenUsage;
+use recac_api::agent_contract::{CutShort, ModelUsage, TokenUsage};
 
+use crate::budget::Budget;
 use crate::process::{self, CommandSpec};
 use crate::redact::Redactor;
 use crate::secrets::ChildEnv;
@@ -24,6 +28,8 @@ pub enum EngineStatus {
     CannotDo,
     /// A limit (iterations, tokens, wall clock) stopped it.
     LimitReached(String),
+    /// The deadline or the budget ended it (`reason` says how).
+    CutShort { cause: CutShort, reason: String },
     /// It failed; `permanent` when another attempt would fail the same way.
     Failed { permanent: bool, message: String },
 }
@@ -35,6 +41,25 @@ pub struct EngineReport {
     pub summary: String,
     pub usage: TokenUsage,
     pub iterations: u32,
+    /// What each model cost, as an external agent CLI reported it (`None`: it reported
+    /// nothing; the built-in engine's is counted by the caller from `usage`).
+    pub reported: Option<Vec<ModelUsage>>,
+}
+
+/// The tokens the built-in engine has spent so far, readable while it runs (so that a run
+/// stopped from outside still reports them).
+#[derive(Clone, Debug, Default)]
+pub struct Meter(Arc<Mutex<TokenUsage>>);
+
+impl Meter {
+    /// What was spent so far.
+    pub fn spent(&self) -> TokenUsage {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, usage: &TokenUsage) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = usage.clone();
+    }
 }
 
 /// The built-in engine's system prompt when it does the work (a planning run has
@@ -45,14 +70,35 @@ All paths are relative to the repository root. Do not commit, push or change bra
 Work in small steps. When the task is complete call finish with status `done` and a short summary of the change; \
 if the task cannot be done call finish with status `cannot_do` and explain why.";
 
-/// Runs the built-in engine: the model (told `system`) and the tools take turns until `finish`
-/// or a limit.
+/// The short note added to the prompt of an attempt that continues a branch an earlier
+/// attempt pushed.
+pub fn continuing_prompt(prompt: &str, branch: &str) -> String {
+    format!(
+        "{}\n\nNote: an earlier attempt's work on this task is already on the branch `{branch}` (checked out here, in its commits). Continue it: look at what is done, then do what is left; do not redo it.\n",
+        prompt.trim_end()
+    )
+}
+
+/// What ended the built-in engine's work because of its budget, if the budget is spent.
+fn budget_spent(budget: &Budget, usage: &TokenUsage) -> Option<EngineStatus> {
+    budget.reached(usage).map(|reached| EngineStatus::CutShort {
+        cause: CutShort::Budget,
+        reason: reached.describe(budget.currency.as_deref()),
+    })
+}
+
+/// Runs the built-in engine: the model (told `system`) and the tools take turns until `finish`,
+/// a limit, or until `budget` is spent (checked before the first model turn and after each:
+/// the turn that reaches it still has its tool calls run, so nothing it paid for is lost). Each reply's output is
+/// capped at what is left of the budget. `meter` follows what is spent.
 pub async fn run_builtin(
     client: &LlmClient,
     toolbox: &Toolbox,
     system: &str,
     prompt: &str,
     limits: &Limits,
+    budget: &Budget,
+    meter: &Meter,
 ) -> EngineReport {
     let deadline = Instant::now() + limits.max_duration;
     let specs = tools::specs();
@@ -64,8 +110,12 @@ pub async fn run_builtin(
         summary,
         usage: usage.clone(),
         iterations,
+        reported: None,
     };
     while iterations < limits.max_iterations {
+        if let Some(status) = budget_spent(budget, &usage) {
+            return report(status, String::new(), &usage, iterations);
+        }
         iterations += 1;
         let Some(remaining) = deadline
             .checked_duration_since(Instant::now())
@@ -78,28 +128,33 @@ pub async fn run_builtin(
                 iterations,
             );
         };
-        let reply =
-            match tokio::time::timeout(remaining, client.complete(system, &messages, &specs)).await
-            {
-                Err(_) => {
-                    return report(
-                        EngineStatus::LimitReached("wall-clock limit".into()),
-                        String::new(),
-                        &usage,
-                        iterations,
-                    );
-                }
-                Ok(Err(err)) => {
-                    let status = EngineStatus::Failed {
-                        permanent: err.is_permanent(),
-                        message: err.to_string(),
-                    };
-                    return report(status, String::new(), &usage, iterations);
-                }
-                Ok(Ok(reply)) => reply,
-            };
+        let max_output = budget.cap_output(&usage, client.max_output_tokens());
+        let reply = match tokio::time::timeout(
+            remaining,
+            client.complete_within(system, &messages, &specs, max_output),
+        )
+        .await
+        {
+            Err(_) => {
+                return report(
+                    EngineStatus::LimitReached("wall-clock limit".into()),
+                    String::new(),
+                    &usage,
+                    iterations,
+                );
+            }
+            Ok(Err(err)) => {
+                let status = EngineStatus::Failed {
+                    permanent: err.is_permanent(),
+                    message: err.to_string(),
+                };
+                return report(status, String::new(), &usage, iterations);
+            }
+            Ok(Ok(reply)) => reply,
+        };
         usage.input_tokens += reply.usage.input_tokens;
         usage.output_tokens += reply.usage.output_tokens;
+        meter.set(&usage);
         tracing::info!(
             iteration = iterations,
             tool_calls = reply.calls.len(),
@@ -150,6 +205,9 @@ pub async fn run_builtin(
                 }
             }
             messages.push(Message::ToolResults(results));
+        }
+        if let Some(status) = budget_spent(budget, &usage) {
+            return report(status, String::new(), &usage, iterations);
         }
         if usage.input_tokens + usage.output_tokens > limits.max_tokens {
             return report(
@@ -204,7 +262,8 @@ impl Tail {
 /// whose path is in `RECAC_PROMPT_FILE`; of the credentials it gets only the LLM keys
 /// ([`EXTERNAL_AGENT_KEYS`]) and the allowed ones, never the git token. Exit 0 means done, 3
 /// means it cannot be done, anything else is a retryable failure. The last lines of its output
-/// (as much as `tail` says) become the summary.
+/// (as much as `tail` says) become the summary; a Claude Code result object's `result` text
+/// does instead, when it prints one. What it reports it spent ([`usage::reported`]) is kept.
 pub async fn run_external(
     ext: &ExternalSettings,
     workspace: &Path,
@@ -219,6 +278,7 @@ pub async fn run_external(
         summary: String::new(),
         usage: TokenUsage::default(),
         iterations: 0,
+        reported: None,
     };
     let holder = match tempfile::Builder::new().prefix("recac-prompt-").tempdir() {
         Ok(h) => h,
@@ -259,7 +319,24 @@ pub async fn run_external(
     for line in process::cap(&stderr, 16_384).lines() {
         tracing::info!(target: "recac::agent_output", stream = "stderr", "{line}");
     }
-    let summary = last_lines(&stdout, tail.lines, tail.bytes);
+    let summary = match usage::result_text(&stdout) {
+        Some(text) => last_lines(&text, tail.lines, tail.bytes),
+        None => last_lines(&stdout, tail.lines, tail.bytes),
+    };
+    let fallback_model = ext.model.clone().unwrap_or_else(|| {
+        Path::new(&ext.command)
+            .file_name()
+            .map_or_else(|| ext.command.clone(), |n| n.to_string_lossy().into_owned())
+    });
+    let reported = usage::reported(&stdout, &fallback_model);
+    if let Some(models) = &reported {
+        let spent = usage::totals(models);
+        tracing::info!(
+            input_tokens = spent.input_tokens,
+            output_tokens = spent.output_tokens,
+            "the external agent reported its usage"
+        );
+    }
     let status = match (out.timed_out, out.exit_code) {
         (true, _) => EngineStatus::LimitReached("wall-clock limit".into()),
         (false, Some(0)) => EngineStatus::Done,
@@ -276,8 +353,9 @@ pub async fn run_external(
     EngineReport {
         status,
         summary,
-        usage: TokenUsage::default(),
+        usage: reported.as_deref().map(usage::totals).unwrap_or_default(),
         iterations: 1,
+        reported,
     }
 }
 

@@ -11,6 +11,7 @@ fn policy() -> RetryPolicy {
         initial: Duration::from_secs(30),
         max: Duration::from_secs(300),
         queue_poll: Duration::from_secs(10),
+        pricing: Arc::new(Pricing::default()),
     }
 }
 
@@ -35,6 +36,7 @@ fn task(max_retries: i32) -> AgentTask {
             ttl_seconds_after_finished: None,
             suspend: false,
             approval: None,
+            budget: None,
         },
     );
     task.metadata.generation = Some(1);
@@ -359,7 +361,7 @@ fn exhausted_retries_end_in_failed() {
     });
     let plan = decide(
         &t,
-        &observe(job(2, failed("DeadlineExceeded", false)), true),
+        &observe(job(2, failed("BackoffLimitExceeded", false)), true),
         &policy(),
     );
     assert!(creates(&plan).is_empty());
@@ -372,9 +374,22 @@ fn exhausted_retries_end_in_failed() {
             .message
             .as_deref()
             .unwrap_or_default()
-            .contains("DeadlineExceeded")
+            .contains("BackoffLimitExceeded")
     );
     assert_eq!(plan.status.completion_time, Some(Time(now())));
+
+    // The last attempt stopped by its Job's deadline: the task ends DeadlineExceeded.
+    let plan = decide(
+        &t,
+        &observe(job(2, failed("DeadlineExceeded", false)), true),
+        &policy(),
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    let c = condition(&plan, "Failed").expect("failed condition");
+    assert_eq!(c.reason, "DeadlineExceeded");
+    assert!(c.message.contains("no retries left"), "{}", c.message);
+    assert_eq!(event_reasons(&plan), vec!["DeadlineExceeded"]);
+    assert_eq!(plan.status.partial, None);
 }
 
 #[test]
@@ -1234,4 +1249,450 @@ fn an_approval_value_not_understood_is_named_and_the_plan_waits_on() {
     cleared.metadata.annotations = None;
     let plan = decide(&cleared, &observe(None, true), &policy());
     assert_eq!(Some(&plan.status), waiting.status.as_ref());
+}
+
+// Budgets, spend and partial results.
+
+fn priced() -> RetryPolicy {
+    RetryPolicy {
+        pricing: Arc::new(Pricing {
+            prices: vec![crate::budget::Price {
+                provider: "openai".into(),
+                model: "gpt-x".into(),
+                input_per_million: 2_000_000,
+                output_per_million: 10_000_000,
+                currency: "USD".into(),
+            }],
+            default_provider: Some("openai".into()),
+            default_model: Some("gpt-x".into()),
+        }),
+        ..policy()
+    }
+}
+
+fn budgeted(max_retries: i32, budget: recac_api::Budget) -> AgentTask {
+    let mut t = task(max_retries);
+    t.spec.budget = Some(budget);
+    t
+}
+
+fn tokens(limit: i64) -> recac_api::Budget {
+    recac_api::Budget {
+        tokens: Some(limit),
+        ..Default::default()
+    }
+}
+
+/// The task at `attempt`, its Job just created.
+fn at_attempt(mut t: AgentTask, attempt: i32, spend: Option<Spend>) -> AgentTask {
+    t.status = Some(AgentTaskStatus {
+        phase: Some(TaskPhase::Running),
+        attempt: Some(attempt),
+        retries: Some(attempt - 1),
+        job_name: Some(format!("fix-login-a{attempt}")),
+        branch: Some("recac/PROJ-7".into()),
+        spend,
+        ..Default::default()
+    });
+    t
+}
+
+fn ended(attempt: i32, state: AttemptState, exit: i32, result: &str) -> Option<AttemptObservation> {
+    Some(AttemptObservation {
+        job_name: format!("fix-login-a{attempt}"),
+        created: None,
+        state,
+        termination: Some(Termination {
+            exit_code: Some(exit),
+            result: Some(serde_json::from_str(result).expect("result json")),
+            raw_message: None,
+        }),
+    })
+}
+
+const DEADLINE_PARTIAL: &str = r#"{"outcome":"partial","branch":"recac/PROJ-7","commit":"half1","partial":{"cause":"deadline","done":"the parser","left":"the tests"},"usage":[{"provider":"openai","model":"gpt-x","inputTokens":1000,"outputTokens":200}]}"#;
+
+fn spend_of(plan: &Plan) -> Spend {
+    plan.status.spend.clone().unwrap_or_default()
+}
+
+#[test]
+fn each_attempts_usage_is_counted_once_with_costs_from_the_price_table() {
+    let t = at_attempt(task(2), 1, None);
+    let obs = observe(
+        ended(
+            1,
+            failed("BackoffLimitExceeded", false),
+            1,
+            DEADLINE_PARTIAL,
+        ),
+        true,
+    );
+    let plan = decide(&t, &obs, &priced());
+    let spend = spend_of(&plan);
+    assert_eq!(spend.attempts, 1);
+    assert_eq!(spend.not_reported, 0);
+    assert_eq!(spend.models.len(), 1);
+    let gpt = &spend.models[0];
+    assert_eq!((gpt.input_tokens, gpt.output_tokens), (1000, 200));
+    // 1000 × 2/M + 200 × 10/M = 0.002 + 0.002.
+    assert_eq!(gpt.cost.as_deref(), Some("0.004"));
+    assert_eq!(gpt.currency.as_deref(), Some("USD"));
+    assert_eq!(plan.spent, spend.models);
+
+    // The same attempt decided again (say the status write failed, and a newer status
+    // already counts it): nothing is added twice.
+    let counted = at_attempt(task(2), 1, Some(spend.clone()));
+    let again = decide(&counted, &obs, &priced());
+    assert_eq!(spend_of(&again), spend);
+    assert!(again.spent.is_empty());
+
+    // Attempt 2 succeeds with its own usage, and a cost the agent reported itself.
+    let t = at_attempt(task(2), 2, Some(spend));
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                2,
+                AttemptState::Succeeded,
+                0,
+                r#"{"outcome":"succeeded","usage":[{"provider":"openai","model":"gpt-x","inputTokens":500,"outputTokens":100,"cost":"0.01","currency":"USD"}]}"#,
+            ),
+            true,
+        ),
+        &priced(),
+    );
+    let spend = spend_of(&plan);
+    assert_eq!(spend.attempts, 2);
+    assert_eq!(
+        (spend.models[0].input_tokens, spend.models[0].output_tokens),
+        (1500, 300)
+    );
+    assert_eq!(spend.models[0].cost.as_deref(), Some("0.014"));
+    assert_eq!(plan.spent.len(), 1);
+    assert_eq!(plan.spent[0].input_tokens, 500);
+
+    // An agent that reports no usage, or no result at all: counted, as not reported.
+    let t = at_attempt(task(2), 1, None);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(1, AttemptState::Succeeded, 0, r#"{"outcome":"succeeded"}"#),
+            true,
+        ),
+        &priced(),
+    );
+    assert_eq!(
+        spend_of(&plan),
+        Spend {
+            models: Vec::new(),
+            attempts: 1,
+            not_reported: 1
+        }
+    );
+    assert!(plan.spent.is_empty());
+    let t = at_attempt(task(2), 3, Some(spend_of(&plan)));
+    let plan = decide(&t, &observe(None, true), &priced());
+    // Attempt 2 was never counted, attempt 3's Job is gone: both unknown.
+    assert_eq!(spend_of(&plan).attempts, 3);
+    assert_eq!(spend_of(&plan).not_reported, 3);
+}
+
+#[test]
+fn a_deadline_partial_is_retried_and_a_later_success_clears_partial() {
+    let t = at_attempt(task(2), 1, None);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                1,
+                failed("BackoffLimitExceeded", false),
+                1,
+                DEADLINE_PARTIAL,
+            ),
+            true,
+        ),
+        &policy(),
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    assert_eq!(plan.status.partial, Some(true));
+    assert_eq!(plan.status.commit.as_deref(), Some("half1"));
+    assert!(plan.status.next_attempt_time.is_some());
+    let message = plan.status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("cut short by its deadline")
+            && message.contains("branch recac/PROJ-7 at commit half1"),
+        "{message}"
+    );
+    assert_eq!(event_reasons(&plan), vec!["AttemptFailed"]);
+
+    let t = after(t, &plan);
+    let later = Observation {
+        now: now()
+            .checked_add(SignedDuration::from_secs(60))
+            .expect("time"),
+        ..observe(None, true)
+    };
+    let plan = decide(&t, &later, &policy());
+    assert_eq!(creates(&plan), vec![2]);
+    // Still partial until an attempt finishes the work.
+    assert_eq!(plan.status.partial, Some(true));
+    let t = after(t, &plan);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                2,
+                AttemptState::Succeeded,
+                0,
+                r#"{"outcome":"succeeded","commit":"done2"}"#,
+            ),
+            true,
+        ),
+        &policy(),
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Succeeded));
+    assert_eq!(plan.status.partial, None);
+    assert_eq!(plan.status.commit.as_deref(), Some("done2"));
+    assert_eq!(spend_of(&plan).attempts, 2);
+    assert_eq!(spend_of(&plan).not_reported, 1);
+}
+
+#[test]
+fn a_deadline_partial_without_retries_left_ends_deadline_exceeded() {
+    let t = at_attempt(task(1), 2, None);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                2,
+                failed("BackoffLimitExceeded", false),
+                1,
+                &DEADLINE_PARTIAL.replace("half1", "half2"),
+            ),
+            true,
+        ),
+        &policy(),
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(plan.status.partial, Some(true));
+    let c = condition(&plan, "Failed").expect("failed condition");
+    assert_eq!(c.reason, "DeadlineExceeded");
+    assert!(
+        c.message
+            .contains("its work so far is on branch recac/PROJ-7 at commit half2")
+            && c.message.contains("no retries left"),
+        "{}",
+        c.message
+    );
+    assert_eq!(event_reasons(&plan), vec!["DeadlineExceeded"]);
+    assert!(creates(&plan).is_empty());
+}
+
+#[test]
+fn a_budget_partial_ends_the_task_at_once() {
+    let t = at_attempt(task(3), 1, None);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                1,
+                failed("PodFailurePolicy", true),
+                3,
+                r#"{"outcome":"partial","branch":"recac/PROJ-7","commit":"b1","partial":{"cause":"budget","left":"the docs"},"usage":[{"model":"gpt-x","inputTokens":10,"outputTokens":10}]}"#,
+            ),
+            true,
+        ),
+        &policy(),
+    );
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(plan.status.next_attempt_time, None);
+    assert_eq!(plan.status.partial, Some(true));
+    assert_eq!(plan.status.commit.as_deref(), Some("b1"));
+    let c = condition(&plan, "Failed").expect("failed condition");
+    assert_eq!(c.reason, "BudgetExhausted");
+    assert!(
+        c.message.contains("the docs") && c.message.contains("commit b1"),
+        "{}",
+        c.message
+    );
+    assert_eq!(event_reasons(&plan), vec!["BudgetExhausted"]);
+    assert_eq!(spend_of(&plan).attempts, 1);
+    // The provider the agent left out is the task's.
+    assert_eq!(spend_of(&plan).models[0].provider, None);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                1,
+                failed("PodFailurePolicy", true),
+                3,
+                r#"{"outcome":"partial","partial":{"cause":"budget"},"usage":[{"model":"gpt-x","inputTokens":10,"outputTokens":10}]}"#,
+            ),
+            true,
+        ),
+        &priced(),
+    );
+    assert_eq!(
+        spend_of(&plan).models[0].provider.as_deref(),
+        Some("openai")
+    );
+    let message = plan.status.message.unwrap_or_default();
+    assert!(
+        message.contains("its work so far is on branch recac/PROJ-7;"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_spent_budget_stops_the_retry() {
+    // Attempt 1 used more than the budget and failed: no attempt 2.
+    let t = at_attempt(budgeted(2, tokens(1000)), 1, None);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                1,
+                failed("BackoffLimitExceeded", false),
+                1,
+                r#"{"outcome":"failed","usage":[{"provider":"openai","model":"gpt-x","inputTokens":900,"outputTokens":300}]}"#,
+            ),
+            true,
+        ),
+        &policy(),
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(plan.status.next_attempt_time, None);
+    let c = condition(&plan, "Failed").expect("failed condition");
+    assert_eq!(c.reason, "BudgetExhausted");
+    assert!(c.message.contains("spec.budget.tokens"), "{}", c.message);
+    assert_eq!(event_reasons(&plan), vec!["BudgetExhausted"]);
+
+    // Under the budget: retried as usual.
+    let t = at_attempt(budgeted(2, tokens(2000)), 1, None);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                1,
+                failed("BackoffLimitExceeded", false),
+                1,
+                r#"{"outcome":"failed","usage":[{"provider":"openai","model":"gpt-x","inputTokens":900,"outputTokens":300}]}"#,
+            ),
+            true,
+        ),
+        &policy(),
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    assert!(plan.status.next_attempt_time.is_some());
+
+    // A due retry of a task whose budget is spent (an earlier operator let it wait): no
+    // Job, Failed.
+    let mut waiting = plan.status.clone();
+    waiting.spend = Some(Spend {
+        models: vec![ModelSpend {
+            model: "gpt-x".into(),
+            input_tokens: 1500,
+            output_tokens: 500,
+            ..Default::default()
+        }],
+        attempts: 1,
+        not_reported: 0,
+    });
+    let mut t = budgeted(2, tokens(2000));
+    t.status = Some(waiting);
+    let due = Observation {
+        now: now()
+            .checked_add(SignedDuration::from_secs(600))
+            .expect("time"),
+        ..observe(None, true)
+    };
+    let plan = decide(&t, &due, &policy());
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    let c = condition(&plan, "Failed").expect("failed condition");
+    assert_eq!(c.reason, "BudgetExhausted");
+    assert!(
+        c.message.contains("attempt 2 is not dispatched"),
+        "{}",
+        c.message
+    );
+}
+
+#[test]
+fn a_cost_budget_is_spent_by_priced_usage() {
+    let budget = recac_api::Budget {
+        cost: Some("0.01".into()),
+        ..Default::default()
+    };
+    // 2000 input tokens at 2/M and 600 output at 10/M: 0.004 + 0.006 = the whole budget.
+    let t = at_attempt(budgeted(2, budget), 1, None);
+    let plan = decide(
+        &t,
+        &observe(
+            ended(
+                1,
+                failed("BackoffLimitExceeded", false),
+                1,
+                r#"{"outcome":"failed","usage":[{"provider":"openai","model":"gpt-x","inputTokens":2000,"outputTokens":600}]}"#,
+            ),
+            true,
+        ),
+        &priced(),
+    );
+    assert_eq!(spend_of(&plan).models[0].cost.as_deref(), Some("0.01"));
+    let c = condition(&plan, "Failed").expect("failed condition");
+    assert_eq!(c.reason, "BudgetExhausted");
+    assert!(c.message.contains("spec.budget.cost"), "{}", c.message);
+}
+
+#[test]
+fn a_cost_budget_without_a_price_is_refused_before_any_job() {
+    let budget = recac_api::Budget {
+        cost: Some("5".into()),
+        ..Default::default()
+    };
+    let mut t = budgeted(2, budget.clone());
+    t.spec.agent = Some(Box::new(recac_api::AgentSpec {
+        model: Some("gpt-unpriced".into()),
+        ..Default::default()
+    }));
+    let plan = decide(&t, &observe(None, true), &priced());
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(plan.status.attempt, None);
+    let c = condition(&plan, "Failed").expect("failed condition");
+    assert_eq!(c.reason, "BudgetUnpriced");
+    assert!(
+        c.message.contains("openai/gpt-unpriced")
+            && c.message.contains("agent.prices")
+            && c.message.contains("the task was not run"),
+        "{}",
+        c.message
+    );
+    assert_eq!(event_reasons(&plan), vec!["BudgetUnpriced"]);
+    // Nothing more happens to it.
+    let plan = decide(&after(t, &plan), &observe(None, true), &priced());
+    assert!(plan.actions.is_empty());
+
+    // Priced (the operator's default model), or held to tokens only: dispatched.
+    let plan = decide(&budgeted(2, budget), &observe(None, true), &priced());
+    assert_eq!(creates(&plan), vec![1]);
+    let plan = decide(&budgeted(2, tokens(10)), &observe(None, true), &policy());
+    assert_eq!(creates(&plan), vec![1]);
+    // A queued task fails as well: it needs no slot for that.
+    let mut unpriced = budgeted(
+        2,
+        recac_api::Budget {
+            cost: Some("5".into()),
+            ..Default::default()
+        },
+    );
+    unpriced.spec.suspend = true;
+    let plan = decide(&unpriced, &observe(None, false), &policy());
+    assert_eq!(
+        condition(&plan, "Failed").map(|c| c.reason.clone()),
+        Some("BudgetUnpriced".to_string())
+    );
 }
