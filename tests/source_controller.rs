@@ -1525,6 +1525,24 @@ async fn a_spent_daily_budget_holds_new_tickets_until_the_next_day() {
     };
     let day = recac_source::budget::day_key(jiff::Timestamp::now());
     assert_eq!(ledger_of().await.periods[&day].tokens, 120);
+    // A follow-up on the first ticket waits too, and is not lost.
+    e.sim
+        .comment_as(&first, "alice", "/recac also greet the team");
+    let held_command = wait_for("the hold on the follow-up", LONG, || async {
+        bot_comments_with(&e, &first, "has not started the run asked for")
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(
+        held_command.contains("daily budget of 100 tokens"),
+        "{held_command}"
+    );
+    let follow_up = recac_source::task::task_name(&first, 2);
+    assert!(
+        task_named(&e, &follow_up).await.is_none(),
+        "no run while held"
+    );
 
     // A restart counts nothing twice and tells the ticket nothing twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1555,7 +1573,24 @@ async fn a_spent_daily_budget_holds_new_tickets_until_the_next_day() {
         task_named(&e, &run).await
     })
     .await;
+    let resumed = wait_for("the held follow-up the next day", LONG, || async {
+        task_named(&e, &follow_up).await
+    })
+    .await;
     recac_runtime::clock::shift_for_tests(jiff::SignedDuration::ZERO);
     assert_eq!(started.labels()["recac.io/ticket"], second);
+    assert!(
+        resumed
+            .spec
+            .prompt
+            .unwrap_or_default()
+            .ends_with("also greet the team"),
+        "the follow-up's own request"
+    );
+    assert_eq!(
+        bot_comments_with(&e, &first, "has not started the run asked for").len(),
+        1,
+        "the command's hold is told once"
+    );
     op.stop().await;
 }

@@ -142,7 +142,7 @@ struct TermState {
 
 /// Why a poll starts no new ticket: the source's budget is spent, or its spend record
 /// cannot be read (then nothing new starts until it can: nothing spends past a budget).
-enum Hold {
+pub(crate) enum Hold {
     Spent(crate::budget::Held),
     Unknown,
 }
@@ -430,7 +430,9 @@ impl SourceController {
             if let Some(hold) = &hold {
                 self.metrics.skip(&source.name, "budget_spent");
                 if let Hold::Spent(held) = hold
-                    && let Err(e) = self.tell_held(source, &issue.key, held, state).await
+                    && let Err(e) = self
+                        .tell_held(source, &issue.key, held, state, HeldWork::Ticket)
+                        .await
                 {
                     warn!(error = %e, ticket = %issue.key, "could not tell the ticket that the budget holds it; the next poll tries again");
                 }
@@ -474,7 +476,8 @@ impl SourceController {
         if let Ok(mut h) = state.handled.lock() {
             h.insert(source.name.clone(), handled);
         }
-        self.converse(source, bot, conversations, state).await;
+        self.converse(source, bot, conversations, state, hold.as_ref())
+            .await;
         Ok(())
     }
 
@@ -550,6 +553,7 @@ impl SourceController {
         bot: &User,
         tickets: Vec<Conversing>,
         state: &TermState,
+        hold: Option<&Hold>,
     ) {
         if tickets.is_empty() {
             return;
@@ -560,18 +564,30 @@ impl SourceController {
             tasks: &self.tasks,
             source,
             bot,
+            holds_runs: hold.is_some(),
         };
         let outcomes: Vec<(String, String, bool)> = futures::stream::iter(tickets)
             .map(|Conversing { key, updated, views, status }| {
                 let conversation = &conversation;
                 async move {
                     match conversation.handle(&key, &views, status.as_deref()).await {
-                        Ok(acts) => {
+                        Ok(handled) => {
                             self.metrics
                                 .commands
                                 .get_or_create(&SourceMetrics::source(&source.name))
-                                .inc_by(acts as u64);
-                            (key, updated, true)
+                                .inc_by(handled.acts as u64);
+                            if !handled.held_runs {
+                                return (key, updated, true);
+                            }
+                            // Read again at every poll until the budget lets the run start.
+                            if let Some(Hold::Spent(held)) = hold
+                                && let Err(e) = self
+                                    .tell_held(source, &key, held, state, HeldWork::Command)
+                                    .await
+                            {
+                                warn!(error = %e, ticket = %key, "could not tell the ticket that the budget holds its command; the next poll tries again");
+                            }
+                            (key, updated, false)
                         }
                         Err(e) => {
                             warn!(error = %e, ticket = %key, "comments not read; the next poll retries");
@@ -757,21 +773,27 @@ impl SourceController {
         Some(Hold::Spent(held))
     }
 
-    /// Tells `key`, once per period, that the source's spent budget holds it.
+    /// Tells `key`, once per period, that the source's spent budget holds its new ticket or
+    /// the run a command on it asks for.
     async fn tell_held(
         &self,
         source: &SourceConfig,
         key: &str,
         held: &crate::budget::Held,
         state: &TermState,
+        work: HeldWork,
     ) -> Result<(), SourceError> {
         let told = (key.to_string(), held.period.clone());
         if state.held_told.lock().is_ok_and(|t| t.contains(&told)) {
             return Ok(());
         }
         let marker = format!("[recac:held:{}:{}]", source.name, held.period);
+        let (what, it) = match work {
+            HeldWork::Ticket => ("started work on this ticket", "It starts"),
+            HeldWork::Command => ("started the run asked for on this ticket", "The run starts"),
+        };
         let text = format!(
-            "recac has not started work on this ticket: the {} of source {} is spent. It starts after {} (UTC), or sooner if the budget is raised. {marker}",
+            "recac has not {what}: the {} of source {} is spent. {it} after {} (UTC), or sooner if the budget is raised. {marker}",
             held.what, source.name, held.until
         );
         self.comment_once(source, key, &marker, &text).await?;
@@ -1294,6 +1316,15 @@ impl Component for SourceController {
     fn run(self: Arc<Self>, term: Term) -> BoxFuture<'static, Result<(), ComponentError>> {
         Box::pin(self.run_term(term))
     }
+}
+
+/// What a spent budget holds on a ticket.
+#[derive(Clone, Copy)]
+enum HeldWork {
+    /// The ticket's first run.
+    Ticket,
+    /// A run a command asks for (a follow-up, retry or approval).
+    Command,
 }
 
 /// A ticket whose comments are to be read: its `updated` as the search read it, its

@@ -27,6 +27,18 @@ pub struct Conversation<'a> {
     pub tasks: &'a Cache<AgentTask>,
     pub source: &'a SourceConfig,
     pub bot: &'a User,
+    /// The source's budget is spent (or unknown): commands start no run now; they are
+    /// acted on once it is not.
+    pub holds_runs: bool,
+}
+
+/// What reading one ticket's comments did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handled {
+    /// Acts taken.
+    pub acts: usize,
+    /// A command asks for a run that the spent budget holds: read the ticket again later.
+    pub held_runs: bool,
 }
 
 /// The ways a comment can mention `bot`, as they read in a comment's plain text.
@@ -66,10 +78,10 @@ impl Conversation<'_> {
         key: &str,
         views: &[TaskView],
         status: Option<&str>,
-    ) -> Result<usize, SourceError> {
+    ) -> Result<Handled, SourceError> {
         let runs = self.runs(views);
         if runs.is_empty() {
-            return Ok(0);
+            return Ok(Handled::default());
         }
         let comments = self
             .jira
@@ -114,11 +126,19 @@ impl Conversation<'_> {
             },
             &who_may,
         );
-        let count = acts.len();
+        let mut acts = acts;
+        let before = acts.len();
+        if self.holds_runs {
+            acts.retain(|a| !matches!(a, Act::Run { .. }));
+        }
+        let handled = Handled {
+            acts: acts.len(),
+            held_runs: acts.len() < before,
+        };
         for act in acts {
             self.act(key, act, &runs, &facts).await?;
         }
-        Ok(count)
+        Ok(handled)
     }
 
     /// The ticket's latest move to the source's approval status, as an `approve` command,
