@@ -69,9 +69,13 @@ pub struct Prices {
 impl Prices {
     /// What `spent` costs, in micro-units (rounded up: a budget is never under-counted).
     pub fn cost(&self, spent: &TokenUsage) -> u64 {
-        let total = u128::from(spent.input_tokens) * u128::from(self.input_per_million)
-            + u128::from(spent.output_tokens) * u128::from(self.output_per_million);
-        u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+        let micros = recac_api::money::token_cost_micros(
+            spent.input_tokens,
+            spent.output_tokens,
+            self.input_per_million,
+            self.output_per_million,
+        );
+        u64::try_from(micros).unwrap_or(u64::MAX)
     }
 }
 

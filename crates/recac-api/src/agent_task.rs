@@ -479,6 +479,35 @@ pub struct Spend {
     pub not_reported: i32,
 }
 
+impl Spend {
+    /// Input and output tokens over every model.
+    pub fn tokens(&self) -> (i64, i64) {
+        self.models.iter().fold((0, 0), |(input, output), m| {
+            (
+                input.saturating_add(m.input_tokens.max(0)),
+                output.saturating_add(m.output_tokens.max(0)),
+            )
+        })
+    }
+
+    /// The costs in `currency`, in millionths (`None`: every cost; a cost without a
+    /// currency counts in any). Costs in other currencies cannot be converted and are left out.
+    pub fn cost_micros(&self, currency: Option<&str>) -> i64 {
+        self.models
+            .iter()
+            .filter(|m| match (currency, m.currency.as_deref()) {
+                (Some(wanted), Some(its)) => wanted == its,
+                _ => true,
+            })
+            .filter_map(|m| {
+                m.cost
+                    .as_deref()
+                    .and_then(crate::money::parse_micros_rounded)
+            })
+            .fold(0i64, i64::saturating_add)
+    }
+}
+
 fn is_zero(n: &i32) -> bool {
     *n == 0
 }

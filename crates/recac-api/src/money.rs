@@ -64,6 +64,20 @@ pub fn format_micros(micros: i64) -> String {
     format!("{sign}{whole}.{}", fraction.trim_end_matches('0'))
 }
 
+/// What `input` and `output` tokens cost at prices per million tokens (in millionths), in
+/// millionths, rounded up: the agent that stops at a budget and the operator that counts the
+/// spend price alike, and a budget is never under-counted.
+pub fn token_cost_micros(
+    input: u64,
+    output: u64,
+    input_per_million: u64,
+    output_per_million: u64,
+) -> i64 {
+    let total = u128::from(input) * u128::from(input_per_million)
+        + u128::from(output) * u128::from(output_per_million);
+    i64::try_from(total.div_ceil(1_000_000)).unwrap_or(i64::MAX)
+}
+
 /// Whether `code` is a currency code: three capital letters (ISO 4217 style, e.g. USD).
 pub fn is_currency_code(code: &str) -> bool {
     code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
@@ -103,6 +117,11 @@ mod tests {
         assert_eq!(format_micros(1), "0.000001");
         assert_eq!(format_micros(3_000_000), "3");
         assert_eq!(format_micros(-2_250_000), "-2.25");
+        assert_eq!(
+            token_cost_micros(1_000_000, 200_000, 2_500_000, 10_000_000),
+            4_500_000
+        );
+        assert_eq!(token_cost_micros(1, 0, 1, 0), 1, "rounded up");
         assert!(is_currency_code("USD") && !is_currency_code("usd") && !is_currency_code("US"));
     }
 }

@@ -81,18 +81,20 @@ pub struct TaskSpend {
 
 /// The spend of `task`'s status: tokens of every model, costs per currency.
 pub fn task_spend(uid: &str, spend: &recac_api::Spend) -> TaskSpend {
-    let mut amounts = Amounts::default();
-    for model in &spend.models {
-        amounts.tokens += model.input_tokens.max(0) + model.output_tokens.max(0);
-        if let (Some(cost), Some(currency)) = (&model.cost, &model.currency)
-            && let Some(micros) = recac_api::money::parse_micros(cost)
-        {
-            *amounts.cost_micros.entry(currency.clone()).or_default() += micros;
-        }
-    }
+    let (input, output) = spend.tokens();
     TaskSpend {
         uid: uid.to_string(),
-        amounts,
+        amounts: Amounts {
+            tokens: input.saturating_add(output),
+            cost_micros: spend.models.iter().fold(BTreeMap::new(), |mut costs, m| {
+                if let (Some(cost), Some(currency)) = (&m.cost, &m.currency)
+                    && let Some(micros) = recac_api::money::parse_micros(cost)
+                {
+                    *costs.entry(currency.clone()).or_default() += micros;
+                }
+                costs
+            }),
+        },
     }
 }
 

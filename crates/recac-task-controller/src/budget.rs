@@ -79,11 +79,13 @@ impl Price {
 
     /// What `input` and `output` tokens cost, in micro-units, rounded up to a micro-unit.
     pub fn cost(&self, input: i64, output: i64) -> i64 {
-        let total = i128::from(input.max(0)) * i128::from(self.input_per_million)
-            + i128::from(output.max(0)) * i128::from(self.output_per_million);
-        let per_million = i128::from(MICROS_PER_UNIT);
-        let micros = (total + per_million - 1) / per_million;
-        i64::try_from(micros).unwrap_or(i64::MAX)
+        let non_negative = |n: i64| u64::try_from(n).unwrap_or(0);
+        recac_api::money::token_cost_micros(
+            non_negative(input),
+            non_negative(output),
+            non_negative(self.input_per_million),
+            non_negative(self.output_per_million),
+        )
     }
 }
 
@@ -157,19 +159,15 @@ pub struct Totals {
 /// The sums of `spend`; costs in another currency than `currency` are not added (they
 /// cannot be converted). `currency: None` adds every cost.
 pub fn totals(spend: Option<&Spend>, currency: Option<&str>) -> Totals {
-    let mut totals = Totals::default();
-    for model in spend.map(|s| s.models.as_slice()).unwrap_or_default() {
-        totals.input_tokens = totals.input_tokens.saturating_add(model.input_tokens);
-        totals.output_tokens = totals.output_tokens.saturating_add(model.output_tokens);
-        let same_currency = match (currency, model.currency.as_deref()) {
-            (Some(wanted), Some(its)) => wanted == its,
-            _ => true,
-        };
-        if same_currency && let Some(cost) = model.cost.as_deref().and_then(parse_reported_micros) {
-            totals.cost = totals.cost.saturating_add(cost);
-        }
+    let Some(spend) = spend else {
+        return Totals::default();
+    };
+    let (input_tokens, output_tokens) = spend.tokens();
+    Totals {
+        input_tokens,
+        output_tokens,
+        cost: spend.cost_micros(currency),
     }
-    totals
 }
 
 /// What is left of each limit of a budget (`None`: no such limit). Cost in micro-units.
