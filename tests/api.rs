@@ -351,6 +351,7 @@ async fn status_round_trips_through_the_status_subresource() {
         }),
         partial: None,
         spend: None,
+        egress: None,
     };
     let patch = serde_json::json!({
         "apiVersion": "recac.io/v1alpha1",

@@ -140,6 +140,16 @@ async fn the_demo_loop_runs_in_real_pods() {
         .collect();
     let failing = demo.add_ticket(failing_ticket(&demo.repository_url));
     tickets.push((failing.clone(), Ends::Failed));
+    // A ticket whose model runs a command that reaches for a host not on the allow-list.
+    let egress_ticket = demo.add_ticket(IssueSeed {
+        summary: "Greet Eve".into(),
+        description: Some(format!(
+            "Add a greeting for Eve.\n\nRepo: {}\nFile: greetings/eve.txt\nLine: Hello, Eve!\nRun: git ls-remote https://files.example.com/probe.git",
+            demo.repository_url
+        )),
+        ..Default::default()
+    });
+    tickets.push((egress_ticket.clone(), Ends::AsDemo(Expected::Succeeds)));
     let sim = &demo.sim;
     let repository_url = demo.repository_url.clone();
     let git_root = demo.git_root.clone();
@@ -161,7 +171,11 @@ async fn the_demo_loop_runs_in_real_pods() {
         .tempdir_in(&target)
         .expect("overlay folder");
     let overlay = overlay_holder.path().to_path_buf();
-    let config = demo.operator_config(&node);
+    // The egress proxy first: the node has no cluster DNS and no kube-proxy, so the agents
+    // reach it by its pod's address, which the operator's configuration names.
+    let proxy = realnode::deploy_egress_proxy(&node, &overlay).unwrap_or_else(|e| panic!("{e}"));
+    say(format!("egress proxy at {proxy}"));
+    let config = demo.operator_config(&node, Some(&proxy));
     realnode::write_overlay(&overlay, &node, &config).unwrap_or_else(|e| panic!("{e}"));
     let rolled = realnode::deploy_with_kustomize(&node, &overlay).unwrap_or_else(|e| panic!("{e}"));
     say(format!(
@@ -239,6 +253,62 @@ async fn the_demo_loop_runs_in_real_pods() {
             .iter()
             .any(|c| c.contains("/failed/") && c.contains("FAIL greetings/bob.txt")),
         "{failed}'s failure comment lacks the test's log lines: {comments:#?}"
+    );
+
+    // Every agent reached git and the model through the egress proxy; the command that reached
+    // for files.example.com was refused there, and the ticket says so.
+    let egress_comments: Vec<String> = sim
+        .issue(&egress_ticket)
+        .map(|i| i.comments.into_iter().map(|c| c.body.to_string()).collect())
+        .unwrap_or_default();
+    let blocked_comment = egress_comments
+        .iter()
+        .find(|c| c.contains("files.example.com:443") && c.contains("allow-list"))
+        .unwrap_or_else(|| {
+            panic!("{egress_ticket}'s comment does not name the refused host: {egress_comments:#?}")
+        })
+        .clone();
+    let egress_task = tasks
+        .iter()
+        .find(|t| {
+            t.spec
+                .ticket
+                .as_ref()
+                .is_some_and(|r| r.key == egress_ticket)
+        })
+        .expect("the egress ticket's task");
+    let egress = egress_task
+        .status
+        .as_ref()
+        .and_then(|s| s.egress.clone())
+        .expect("status.egress");
+    assert!(
+        egress
+            .blocked
+            .iter()
+            .any(|b| b.host == "files.example.com" && b.port == 443),
+        "{egress:?}"
+    );
+    assert!(
+        egress.allowed.len() >= 2,
+        "the git server and the model are allowed implicitly: {egress:?}"
+    );
+    let policies = kubectl_ok(
+        &node,
+        &[
+            "get",
+            "networkpolicies",
+            "-n",
+            TASKS,
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.ownerReferences[0].kind}{\"\\n\"}{end}",
+        ],
+        None,
+    );
+    let owned_by_jobs = policies.lines().filter(|l| l.ends_with(" Job")).count();
+    assert!(
+        owned_by_jobs >= tasks.len(),
+        "one NetworkPolicy per agent Job, owned by it: {policies}"
     );
 
     // Every agent pod ran the built image in containerd.
@@ -662,8 +732,23 @@ spec:
         "the kustomize install removed in {:.1} s",
         removed.as_secs_f64()
     ));
-    let installed = realnode::deploy_with_helm(&node, &helm(), work.path(), &config)
+    // The chart deploys its own proxy (rolled out below); its pod's address is new, so the
+    // agents under the chart run with the network open.
+    let helm_config = demo.operator_config(&node, None);
+    let installed = realnode::deploy_with_helm(&node, &helm(), work.path(), &helm_config)
         .unwrap_or_else(|e| panic!("{e}"));
+    kubectl_ok(
+        &node,
+        &[
+            "rollout",
+            "status",
+            "deployment/recac-egress",
+            "-n",
+            SYSTEM,
+            "--timeout=120s",
+        ],
+        None,
+    );
     say(format!(
         "`helm install` rolled out in {:.1} s",
         installed.as_secs_f64()
@@ -714,6 +799,15 @@ spec:
         plan_text.len()
     ));
     say(format!("deadline task in a real pod: {cut_message}"));
+    say(format!(
+        "egress allow-list in real pods: {} NetworkPolicies owned by Jobs; {egress_ticket}'s task was refused {:?}; its comment: {}",
+        owned_by_jobs,
+        egress.blocked,
+        blocked_comment
+            .lines()
+            .find(|l| l.contains("files.example.com"))
+            .unwrap_or_default()
+    ));
     say(format!(
         "suspended task: its pod ended {stop_seconds:.1} s after the suspend, its work pushed to {branch}"
     ));

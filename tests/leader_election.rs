@@ -89,6 +89,8 @@ struct Cluster<'a> {
     system: String,
     dir: tempfile::TempDir,
     extra_config: String,
+    /// Lines added to each replica's `taskController:` section.
+    task_controller_extra: String,
     lease: String,
 }
 
@@ -118,6 +120,7 @@ impl<'a> Cluster<'a> {
             system,
             dir: tempfile::tempdir().expect("temp dir"),
             extra_config: String::new(),
+            task_controller_extra: String::new(),
             lease: LEASE.to_string(),
         }
     }
@@ -152,11 +155,12 @@ impl<'a> Cluster<'a> {
         std::fs::write(
             &config,
             format!(
-                "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\n  stopTimeoutSeconds: 5\n  leaderElection:\n    leaseName: {lease}\n    leaseDurationSeconds: 4\n    renewDeadlineSeconds: 3\n    retryPeriodSeconds: 1\ntaskController:\n  maxConcurrentTasks: 50\n  workers: 8\n  retryBackoffSeconds: 1\n  maxRetryBackoffSeconds: 2\nagent:\n  command: {command}\n{extra}",
+                "operator:\n  namespaces: [{ns}]\n  adminAddress: 127.0.0.1:{port}\n  stopTimeoutSeconds: 5\n  leaderElection:\n    leaseName: {lease}\n    leaseDurationSeconds: 4\n    renewDeadlineSeconds: 3\n    retryPeriodSeconds: 1\ntaskController:\n  maxConcurrentTasks: 50\n  workers: 8\n  retryBackoffSeconds: 1\n  maxRetryBackoffSeconds: 2\n{task_controller_extra}agent:\n  command: {command}\n{extra}",
                 ns = self.ns,
                 lease = self.lease,
                 command = serde_json::to_string(&["sh", "-c", SUCCEED]).expect("json"),
                 extra = self.extra_config,
+                task_controller_extra = self.task_controller_extra,
             ),
         )
         .expect("config written");
@@ -1271,4 +1275,112 @@ async fn commands_posted_during_a_failover_act_once() {
     }
     assert_eq!(replies(), 1, "one reply to the unknown command");
     drop(replicas);
+}
+
+/// Attempt 1 reports 120 tokens and fails; attempt 2 runs for a while, then reports 60
+/// tokens and succeeds.
+const SPEND_TWICE: &str = r#"if [ "$RECAC_ATTEMPT" = 1 ]; then printf '{"outcome":"failed","usage":[{"provider":"openai","model":"gpt-x","inputTokens":100,"outputTokens":20}]}' > "$RECAC_RESULT_PATH"; exit 1; fi; sleep 8; printf '{"outcome":"succeeded","branch":"%s","summary":"done","usage":[{"provider":"openai","model":"gpt-x","inputTokens":50,"outputTokens":10}]}' "$RECAC_BRANCH" > "$RECAC_RESULT_PATH""#;
+
+/// A namespace budget's record across failovers: the leader counts attempt 1 (status and
+/// record) and is killed; the next leader counts attempt 2 in the status and dies before
+/// its record write (a failpoint); the third makes up the lost write. The status and the
+/// record show each attempt exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_budget_counts_each_attempt_once_across_failovers() {
+    let mut c = Cluster::new("ha-ns-budget", true).await;
+    let _node = NodeAgent::start(
+        c.client.clone(),
+        NodeAgentOptions {
+            namespaces: vec![c.ns.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("node agent starts");
+    c.task_controller_extra = format!(
+        "  namespaceBudgets:\n    - {{namespace: {}, perDay: {{tokens: 1000000}}}}\n",
+        c.ns
+    );
+    let kubeconfig = c.plane.kubeconfig_path().to_path_buf();
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.client.clone(), &c.ns);
+    let ledger = || async {
+        let map = maps.get_opt("recac-spend-namespace").await.ok()??;
+        recac_runtime::spend_ledger::parse(&map).ok()?
+    };
+
+    let mut first = c.start("replica-a", &kubeconfig, &[]);
+    c.wait_leader(&["replica-a"]).await;
+    let dies_before_record = [(
+        "RECAC_FAILPOINTS",
+        "task-controller.before-namespace-spend=exit".to_string(),
+    )];
+    let mut second = c.start("replica-b", &kubeconfig, &dies_before_record);
+    c.create_task_with(
+        "spends-twice",
+        serde_json::json!({
+            "prompt": "spend",
+            "maxRetries": 1,
+            "agent": {"command": ["sh", "-c", SPEND_TWICE]},
+        }),
+    )
+    .await;
+    let uid = c.task("spends-twice").await.uid().expect("uid");
+
+    // 1. The leader counts attempt 1 in the status and the record, and is killed.
+    wait_for(
+        "attempt 1 in the record",
+        Duration::from_secs(60),
+        || async {
+            ledger()
+                .await
+                .filter(|l| l.tasks.get(&uid).is_some_and(|a| a.tokens == 120))
+        },
+    )
+    .await;
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+
+    // 2. The standby takes over, writes attempt 2's spend into the status and dies before
+    //    the record.
+    let exited = wait_for(
+        "replica-b to die at its first record write",
+        Duration::from_secs(60),
+        || {
+            let status = second.child.try_wait().ok().flatten();
+            async move { status }
+        },
+    )
+    .await;
+    assert_eq!(exited.code(), Some(86), "{}", second.log_tail());
+    let task = c.task("spends-twice").await;
+    let spend = task.status.and_then(|s| s.spend).expect("spend");
+    assert_eq!((spend.attempts, spend.tokens()), (2, (150, 30)));
+    let before = ledger().await.expect("the record");
+    assert_eq!(before.tasks[&uid].tokens, 120, "attempt 2 not counted yet");
+
+    // 3. The next leader makes up the lost write, once.
+    let third = c.start("replica-c", &kubeconfig, &[]);
+    c.wait_leader(&["replica-c"]).await;
+    let after = wait_for(
+        "attempt 2 in the record",
+        Duration::from_secs(60),
+        || async {
+            ledger()
+                .await
+                .filter(|l| l.tasks.get(&uid).is_some_and(|a| a.tokens == 180))
+        },
+    )
+    .await;
+    let day = recac_runtime::spend::day_key(recac_runtime::clock::now());
+    assert_eq!(after.periods[&day].tokens, 180, "{after:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = ledger().await.expect("the record");
+    assert_eq!(settled.periods[&day].tokens, 180, "{settled:?}");
+    let task = c.task("spends-twice").await;
+    let status = task.status.expect("status");
+    assert_eq!(status.phase, Some(TaskPhase::Succeeded));
+    let spend = status.spend.expect("spend");
+    assert_eq!((spend.attempts, spend.tokens()), (2, (150, 30)));
+    assert_eq!(c.jobs_of("spends-twice").await.len(), 2);
+    drop(third);
 }

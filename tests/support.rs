@@ -660,6 +660,7 @@ pub fn bench_task_spec(i: usize) -> recac_api::AgentTaskSpec {
         suspend: false,
         approval: None,
         budget: None,
+        egress: None,
     }
 }
 

@@ -1702,3 +1702,150 @@ async fn a_cost_budget_without_a_price_is_refused_before_any_job() {
     operator.stop().await;
     s.node.shutdown().await.expect("node agent stops");
 }
+
+/// The operator with a daily budget of `tokens` for `namespace`'s tasks.
+async fn start_with_namespace_budget(
+    config: kube::Config,
+    namespace: &str,
+    tokens: i64,
+) -> RunningOperator {
+    let setup = OperatorSetup {
+        operator: OperatorSettings {
+            namespaces: vec![namespace.to_string()],
+            ..Default::default()
+        },
+        task_controller: TaskControllerConfig {
+            retry_backoff_seconds: 1,
+            max_retry_backoff_seconds: 2,
+            queue_poll_seconds: 1,
+            namespace_budgets: vec![recac_task_controller::config::NamespaceBudget {
+                namespace: namespace.to_string(),
+                per_day: Some(recac_task_controller::config::PeriodLimit {
+                    tokens: Some(tokens),
+                    ..Default::default()
+                }),
+                per_month: None,
+            }],
+            ..Default::default()
+        },
+        agent: priced_agent(),
+        instance: "test".into(),
+        feedback: None,
+        sources: None,
+    };
+    RunningOperator::start(config, setup, Duration::from_secs(10)).await
+}
+
+/// The namespace's spend record, as the API has it.
+async fn namespace_ledger(s: &Setup) -> Option<recac_runtime::spend::Ledger> {
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    let map = maps.get_opt("recac-spend-namespace").await.expect("get")?;
+    assert_eq!(
+        map.labels()
+            .get("recac.io/spend-ledger")
+            .map(String::as_str),
+        Some("namespace"),
+        "labelled for the operator's cache"
+    );
+    recac_runtime::spend_ledger::parse(&map).expect("a ledger")
+}
+
+async fn budget_spent_events(s: &Setup) -> usize {
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("BudgetSpent"))
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("recac-spend-namespace")
+        })
+        .count()
+}
+
+/// A namespace whose daily budget a task spent starts no new attempt there (the next task
+/// stays Pending with a `Queued` condition saying which limit and until when, and gets no
+/// Job), counts the spend once across a restart, announces the period once, and starts the
+/// task the next day (the operator's clock moved forward). Tasks of other tests never have
+/// a namespace budget, so the moved clock touches nothing of theirs. The operator runs as
+/// the shipped ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_namespace_budget_holds_new_tasks_until_the_next_day() {
+    let s = setup("tc-ns-budget").await;
+    // As the shipped ServiceAccount: its RBAC must let the operator watch and write the
+    // record.
+    let account = operator_service_account_config(s.plane).await;
+    let operator = start_with_namespace_budget(account.clone(), &s.ns, 1000).await;
+    let spender = create_task(&s, &task_yaml("spender", "overspend", 0, "")).await;
+    let uid = spender.uid().expect("uid");
+    task_where(&s, "spender", "Failed with its spend", LONG, |t| {
+        phase(t) == Some(TaskPhase::Failed) && spend(t).attempts == 1
+    })
+    .await;
+    let day = recac_runtime::spend::day_key(recac_runtime::clock::now());
+    let ledger = wait_for("the spend in the namespace's record", LONG, || async {
+        namespace_ledger(&s)
+            .await
+            .filter(|l| l.tasks.get(&uid).is_some_and(|a| a.tokens == 1200))
+    })
+    .await;
+    assert_eq!(ledger.periods[&day].tokens, 1200, "{ledger:?}");
+
+    create_task(&s, &task_yaml("waiter", "succeed", 0, "")).await;
+    let waiting = task_where(&s, "waiter", "held by the namespace budget", LONG, |t| {
+        condition(t, "Queued") == Some(("True".into(), "NamespaceBudgetSpent".into()))
+    })
+    .await;
+    assert_eq!(phase(&waiting), Some(TaskPhase::Pending));
+    let queued = waiting
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Queued"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        queued.contains(&format!(
+            "namespace {}'s daily budget of 1000 tokens is spent; new runs wait until",
+            s.ns
+        )),
+        "{queued}"
+    );
+    assert!(jobs_of(&s, "waiter").await.is_empty(), "no Job while spent");
+    wait_for("the BudgetSpent Event", LONG, || async {
+        (budget_spent_events(&s).await == 1).then_some(())
+    })
+    .await;
+
+    // A restart counts nothing again and announces nothing again.
+    operator.kill().await;
+    let operator = start_with_namespace_budget(account, &s.ns, 1000).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ledger = namespace_ledger(&s).await.expect("the record");
+    assert_eq!(ledger.periods[&day].tokens, 1200, "{ledger:?}");
+    assert_eq!(ledger.tasks[&uid].tokens, 1200);
+    assert!(jobs_of(&s, "waiter").await.is_empty(), "still held");
+    assert_eq!(budget_spent_events(&s).await, 1, "one Event per period");
+
+    // The next day the task starts (its timer would wake it at midnight; a change wakes
+    // it now).
+    recac_runtime::clock::shift_for_tests(jiff::SignedDuration::from_hours(24));
+    let api: Api<AgentTask> = Api::namespaced(s.client.clone(), &s.ns);
+    let nudge = serde_json::json!({"metadata": {"annotations": {"test/nudge": "1"}}});
+    api.patch("waiter", &PatchParams::default(), &Patch::Merge(&nudge))
+        .await
+        .expect("annotated");
+    let done = task_where(&s, "waiter", "Succeeded the next day", LONG, |t| {
+        phase(t) == Some(TaskPhase::Succeeded)
+    })
+    .await;
+    recac_runtime::clock::shift_for_tests(jiff::SignedDuration::ZERO);
+    assert_eq!(
+        condition(&done, "Queued").map(|c| c.0),
+        Some("False".into())
+    );
+    assert_eq!(jobs_of(&s, "waiter").await.len(), 1);
+    operator.stop().await;
+    s.node.shutdown().await.expect("node agent stops");
+}

@@ -21,6 +21,7 @@ pub mod broker;
 pub mod budget;
 pub mod cut;
 pub mod detect;
+pub mod egress;
 pub mod engine;
 pub mod environment;
 pub mod git;

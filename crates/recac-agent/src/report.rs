@@ -30,7 +30,7 @@ pub fn exit_code_for(result: &AgentResult) -> i32 {
 /// The result as JSON of at most `limit` bytes: the summary is shortened first (on a character
 /// boundary, marked with `…`), then dropped; then a planning run's plan is shortened the same
 /// way, then dropped; then the per-model usage, then the partial result's `done` and `left`
-/// texts (its cause stays); then the pull request URL, the commit and the branch are dropped.
+/// texts (its cause stays); then the egress proxy's refusals; then the pull request URL, the commit and the branch are dropped.
 /// The output is always valid JSON.
 pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
     let full = encode(result);
@@ -56,7 +56,7 @@ pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
         }
         trimmed.plan = None;
     }
-    for step in 0..5 {
+    for step in 0..6 {
         let json = encode(&trimmed);
         if json.len() <= limit {
             return json;
@@ -69,8 +69,9 @@ pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
                     p.left = None;
                 }
             }
-            2 => trimmed.pull_request_url = None,
-            3 => trimmed.commit = None,
+            2 => trimmed.egress_blocked.clear(),
+            3 => trimmed.pull_request_url = None,
+            4 => trimmed.commit = None,
             _ => trimmed.branch = None,
         }
     }
@@ -90,6 +91,7 @@ pub fn to_json_within(result: &AgentResult, limit: usize) -> String {
             plan: None,
             partial: trimmed.partial.clone(),
             usage: None,
+            egress_blocked: Vec::new(),
         };
         let json = encode(&bare);
         if json.len() <= limit {
@@ -169,6 +171,7 @@ mod tests {
             plan: None,
             partial: None,
             usage: None,
+            egress_blocked: Vec::new(),
         }
     }
 
@@ -187,6 +190,7 @@ mod tests {
             plan: Some(plan.into()),
             partial: None,
             usage: None,
+            egress_blocked: Vec::new(),
         }
     }
 

@@ -352,6 +352,7 @@ pub async fn run_until(
         plan: state.plan,
         partial,
         usage: state.models,
+        egress_blocked: Vec::new(),
     };
     RunOutput {
         exit_code: exit_code_for(&result),

@@ -76,6 +76,10 @@ pub mod env {
     /// for `ssh://` and `git@host:path` repositories. ssh never accepts a host key it does
     /// not know.
     pub const SSH_KNOWN_HOSTS: &str = "RECAC_SSH_KNOWN_HOSTS";
+    /// The egress proxy the pod's traffic goes through (with the operator's egress
+    /// allow-list on; the standard proxy variables carry it too). At its end the agent asks
+    /// it what it refused this pod ([`crate::egress::BLOCKED_PATH`]) and reports that.
+    pub const EGRESS_PROXY: &str = "RECAC_EGRESS_PROXY";
 }
 
 /// Names of Secret keys the agent reads from the task's Secrets (`secretRefs`).
@@ -212,7 +216,14 @@ pub struct AgentResult {
     /// CLI that prints none), which is not zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Vec<ModelUsage>>,
+    /// The destinations the egress proxy refused this pod (at most [`MAX_BLOCKED_HOSTS`],
+    /// the most refused first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_blocked: Vec<crate::egress::BlockedHost>,
 }
+
+/// The most refused destinations a result carries (it must fit the termination message).
+pub const MAX_BLOCKED_HOSTS: usize = 20;
 
 /// How the agent container of a finished pod ended.
 #[derive(Clone, Debug, Default, PartialEq)]

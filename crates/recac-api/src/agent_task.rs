@@ -66,6 +66,12 @@ pub mod reasons {
     /// `Failed`'s reason when the task's budget is spent (its work so far pushed:
     /// `status.partial`).
     pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
+    /// `Queued`'s reason while the task's namespace has spent its daily or monthly budget
+    /// (`taskController.namespaceBudgets`): no new attempt starts until the period rolls over.
+    pub const NAMESPACE_BUDGET_SPENT: &str = "NamespaceBudgetSpent";
+    /// `Queued`'s reason while the spend record of the task's namespace cannot be read: no
+    /// new attempt starts there until it can.
+    pub const NAMESPACE_BUDGET_UNKNOWN: &str = "NamespaceBudgetUnknown";
     /// `Failed`'s reason for a task with `spec.budget.cost` whose model has no price in the
     /// operator's `agent.prices`: it is not run.
     pub const BUDGET_UNPRICED: &str = "BudgetUnpriced";
@@ -73,6 +79,9 @@ pub mod reasons {
     pub const PLAN_APPROVED: &str = "PlanApproved";
     /// `Failed`'s reason for a planning run whose plan was rejected.
     pub const PLAN_REJECTED: &str = "PlanRejected";
+    /// `Failed`'s reason for a task whose `spec.egress` asks for a destination that the
+    /// operator neither allows nor permits for it (or that is not an allow-list entry).
+    pub const EGRESS_NOT_PERMITTED: &str = "EgressNotPermitted";
 }
 
 /// Labels that more than one controller reads.
@@ -169,6 +178,31 @@ pub struct AgentTaskSpec {
     /// `Failed` with reason `BudgetExhausted`. Unset: no limit beyond the deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+
+    /// The hosts the agent may reach, when the operator runs agents behind its egress
+    /// allow-list (`agent.egress.mode: allowList`). Set, the task gets exactly these (plus its
+    /// repository's host, its model's endpoint and DNS, always allowed); each entry must be
+    /// within what the operator allows or permits for the task's source, or the task fails
+    /// with reason `EgressNotPermitted` before any Job. Unset: what the operator allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<TaskEgress>,
+}
+
+/// The network destinations a task asks for.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEgress {
+    /// Allow-list entries: `host`, `*.domain` (any subdomain), `host:443`, `host:80,443`,
+    /// a CIDR such as `10.0.0.0/8` or `10.0.0.0/8:5432`. No port list means 80 and 443.
+    #[serde(default)]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 300),
+            regex(pattern = r"^[A-Za-z0-9*.:/\[\],-]+$")
+        )
+    )]
+    pub allow: Vec<String>,
 }
 
 /// Limits on what a task spends on its model. Each one set is enforced; the first reached
@@ -302,6 +336,12 @@ pub struct AgentSpec {
     /// or Secret in the task's namespace. Replaces the operator's agent.caBundle for this task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundleRef>,
+
+    /// The RuntimeClass of the agent's pod, for a sandboxed runtime (gVisor, Kata) the
+    /// cluster offers. Unset: the operator's agent.runtimeClassName, else the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub runtime_class_name: Option<String>,
 }
 
 /// One key of a ConfigMap or a Secret in the task's namespace holding PEM certificates.
@@ -433,6 +473,11 @@ pub struct AgentTaskStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend: Option<Spend>,
 
+    /// The network the latest attempt was given and what it was refused (with the
+    /// operator's egress allow-list on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressStatus>,
+
     /// A human-readable account of the latest transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -461,6 +506,19 @@ pub struct AgentTaskStatus {
     /// What was reported back to the ticket system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<FeedbackStatus>,
+}
+
+/// A task's network: what its agent may reach and what the egress proxy refused it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressStatus {
+    /// Every allow-list entry of the latest attempt, the implicit ones (the repository's
+    /// host, the model's endpoint) included; DNS is always allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
+    /// The destinations the egress proxy refused in the latest attempt, with how often.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<crate::egress::BlockedHost>,
 }
 
 /// What a task's attempts spent, as their agents reported it.

@@ -3,6 +3,8 @@
 
 pub mod agent_contract;
 mod agent_task;
+pub mod egress;
+pub mod egress_policy;
 pub mod git_ref;
 pub mod money;
 pub mod repo_host;

@@ -3,7 +3,8 @@
 //!
 //! It is not a language model. It reads two lines of the ticket (`File:` and `Line:`),
 //! looks at the file through the agent's `read_file` tool, writes the line with
-//! `write_file` and calls `finish`. A ticket carrying [`crate::demo::FIRST_ATTEMPT_FAILS`]
+//! `write_file` and calls `finish`. A ticket with a `Run:` line has that command run first
+//! (`run_command`), whatever it returns, as a model that tries something does. A ticket carrying [`crate::demo::FIRST_ATTEMPT_FAILS`]
 //! gets the line without its final punctuation the first time (the file does not exist
 //! yet), so the repository's test fails and the task's retry, which finds the file,
 //! fixes it. Every summary it writes starts with `[demo model]`.
@@ -49,6 +50,8 @@ pub struct Request {
     pub path: String,
     pub line: String,
     pub first_attempt_fails: bool,
+    /// A command to run before the work (`Run:`).
+    pub run: Option<String>,
 }
 
 /// Reads the request from the prompt; `None` when it has no `File:` or `Line:` line.
@@ -64,6 +67,7 @@ pub fn parse_request(prompt: &str) -> Option<Request> {
         path: value("File:")?,
         line: value("Line:")?,
         first_attempt_fails: prompt.contains(FIRST_ATTEMPT_FAILS),
+        run: value("Run:"),
     })
 }
 
@@ -130,7 +134,13 @@ pub fn next_step(messages: &[Value]) -> ToolCall {
         return plan_step(&request, last_tool_exchange(messages));
     }
     match last_tool_exchange(messages) {
-        None => call("read_file", json!({"path": request.path})),
+        None => match &request.run {
+            Some(command) => call("run_command", json!({"command": command})),
+            None => call("read_file", json!({"path": request.path})),
+        },
+        Some((tool, _)) if tool == "run_command" => {
+            call("read_file", json!({"path": request.path}))
+        }
         Some((tool, answer)) if tool == "read_file" => {
             let missing = answer.starts_with("error:");
             if !missing && answer.trim_end() == request.line {
@@ -374,6 +384,23 @@ mod tests {
                 .as_str()
                 .is_some_and(|s| s.starts_with("[demo model] wrote \"Bye!\""))
         );
+    }
+
+    #[test]
+    fn a_run_line_is_run_first_whatever_it_returns() {
+        let prompt = format!("{PROMPT}\nRun: git ls-remote https://files.example.com/x.git");
+        let mut messages = vec![user(&prompt)];
+        let run = next_step(&messages);
+        assert_eq!(run.name, "run_command");
+        assert_eq!(
+            run.arguments["command"],
+            "git ls-remote https://files.example.com/x.git"
+        );
+        messages.extend(exchange(
+            "run_command",
+            "exit 128: Received HTTP code 403 from proxy",
+        ));
+        assert_eq!(next_step(&messages).name, "read_file");
     }
 
     #[test]

@@ -257,7 +257,15 @@ impl Demo {
 
     /// The operator's configuration: the simulator, the git server and the model on the
     /// node's address, the agents from the built image with the git server's CA.
-    pub fn operator_config(&self, node: &Node) -> String {
+    /// The operator's configuration for this node. With `egress_proxy` (the proxy's URL as
+    /// agent pods reach it) agents run behind the egress allow-list; without, `open`.
+    pub fn operator_config(&self, node: &Node, egress_proxy: Option<&str>) -> String {
+        let egress = match egress_proxy {
+            Some(proxy) => format!(
+                "  egress:\n    mode: allowList\n    proxy: {proxy}\n    proxyPods: {{namespace: {SYSTEM}}}\n"
+            ),
+            None => "  egress: {mode: open}\n".to_string(),
+        };
         format!(
             r#"operator:
   namespaces: [{TASKS}]
@@ -284,7 +292,7 @@ agent:
     - name: OPENAI_BASE_URL
       value: http://{model}/v1
   ttlSecondsAfterFinished: 3600
-jira:
+{egress}jira:
   url: {jira}
   allowInsecureHttp: true
 sources:
@@ -358,24 +366,11 @@ pub fn write_overlay(dir: &Path, node: &Node, config: &str) -> Result<(), DevErr
         let path = path.display().to_string();
         move |source| DevError::Io { path, source }
     };
-    let root = repo_root().canonicalize().map_err(io(&repo_root()))?;
-    let below = dir
-        .canonicalize()
-        .map_err(io(dir))?
-        .strip_prefix(&root)
-        .map_err(|_| {
-            DevError::Config(format!(
-                "the overlay folder {} is not inside the repository {}",
-                dir.display(),
-                root.display()
-            ))
-        })?
-        .components()
-        .count();
-    let base = format!("{}config/default", "../".repeat(below));
+    let base = relative_base(dir, "config/default")?;
     let (name, tag) = node.image_parts();
     let config_path = dir.join("config.yaml");
     std::fs::write(&config_path, config).map_err(io(&config_path))?;
+    let egress = egress_patch(node);
     let kustomization = format!(
         r#"apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -412,12 +407,143 @@ patches:
                     value: "{port}"
                   - name: RUST_LOG
                     value: info,recac=debug
-"#,
+{egress}"#,
         host = node.apiserver_host,
         port = node.apiserver_port,
     );
     let path = dir.join("kustomization.yaml");
     std::fs::write(&path, kustomization).map_err(io(&path))
+}
+
+/// The patch that runs the egress proxy on this node: the built image (never pulled), one
+/// replica, and the apiserver's address for its in-cluster client (the node has no
+/// kube-proxy).
+fn egress_patch(node: &Node) -> String {
+    format!(
+        r#"  - target: {{kind: Deployment, name: recac-egress}}
+    patch: |
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: recac-egress
+        namespace: {SYSTEM}
+      spec:
+        replicas: 1
+        template:
+          spec:
+            containers:
+              - name: proxy
+                imagePullPolicy: Never
+                env:
+                  - name: KUBERNETES_SERVICE_HOST
+                    value: "{host}"
+                  - name: KUBERNETES_SERVICE_PORT
+                    value: "{port}"
+"#,
+        host = node.apiserver_host,
+        port = node.apiserver_port,
+    )
+}
+
+/// The egress proxy alone (`config/egress`, from an overlay in `dir`/egress-proxy), rolled
+/// out before the operator: the node has neither cluster DNS nor kube-proxy, so agent pods
+/// reach the proxy by its pod's address, which the operator's configuration must name.
+/// Returns that URL.
+pub fn deploy_egress_proxy(node: &Node, dir: &Path) -> Result<String, DevError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| DevError::Io { path, source }
+    };
+    let overlay = dir.join("egress-proxy");
+    std::fs::create_dir_all(&overlay).map_err(io(&overlay))?;
+    let base = relative_base(&overlay, "config/egress")?;
+    let (name, tag) = node.image_parts();
+    let kustomization = format!(
+        r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {base}
+images:
+  - name: ghcr.io/recac-io/recac
+    newName: {name}
+    newTag: "{tag}"
+patches:
+{egress}"#,
+        egress = egress_patch(node),
+    );
+    let path = overlay.join("kustomization.yaml");
+    std::fs::write(&path, kustomization).map_err(io(&path))?;
+    node.kubectl_ok(&["apply", "-f", "-"], Some(&restricted_namespaces()))?;
+    node.kubectl_ok(&["apply", "-k", &overlay.display().to_string()], None)?;
+    let timeout = format!("--timeout={ROLLOUT_TIMEOUT}");
+    let rollout = node.kubectl(
+        &[
+            "rollout",
+            "status",
+            "deployment/recac-egress",
+            "-n",
+            SYSTEM,
+            &timeout,
+        ],
+        None,
+    )?;
+    if !rollout.status.success() {
+        let pods = node.kubectl(&["describe", "pods", "-n", SYSTEM], None)?;
+        return Err(DevError::start(
+            "the egress proxy",
+            format!(
+                "its Deployment did not roll out: {}\n{}",
+                String::from_utf8_lossy(&rollout.stderr),
+                String::from_utf8_lossy(&pods.stdout)
+            ),
+        ));
+    }
+    let address = node.kubectl_ok(
+        &[
+            "get",
+            "pods",
+            "-n",
+            SYSTEM,
+            "-l",
+            "app.kubernetes.io/name=recac-egress",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+        None,
+    )?;
+    let address = address.trim();
+    if address.is_empty() {
+        return Err(DevError::start(
+            "the egress proxy",
+            "its pod has no address".to_string(),
+        ));
+    }
+    Ok(format!("http://{address}:3128"))
+}
+
+/// The path from `dir` (inside the repository) to the repository's `target` folder, as
+/// kustomize takes bases: relative only.
+fn relative_base(dir: &Path, target: &str) -> Result<String, DevError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| DevError::Io { path, source }
+    };
+    let root = repo_root().canonicalize().map_err(io(&repo_root()))?;
+    let below = dir
+        .canonicalize()
+        .map_err(io(dir))?
+        .strip_prefix(&root)
+        .map_err(|_| {
+            DevError::Config(format!(
+                "the overlay folder {} is not inside the repository {}",
+                dir.display(),
+                root.display()
+            ))
+        })?
+        .components()
+        .count();
+    Ok(format!("{}{target}", "../".repeat(below)))
 }
 
 /// `kubectl apply -k overlay`, then waits for the Deployment's rollout; how long it took.
@@ -460,6 +586,8 @@ image:
   tag: "{tag}"
   pullPolicy: Never
 logLevel: info,recac=debug
+egress:
+  replicas: 1
 jira:
   email: {email}
   token: {token}
@@ -582,7 +710,7 @@ pub async fn run(options: &DevOptions) -> Result<Outcome, DevError> {
     ));
     demo.install_prerequisites(&node)?;
     let overlay = Overlay::create()?;
-    write_overlay(overlay.path(), &node, &demo.operator_config(&node))?;
+    write_overlay(overlay.path(), &node, &demo.operator_config(&node, None))?;
     say(format!(
         "deploying the operator from {} with `kubectl apply -k {}`",
         node.image,

@@ -259,6 +259,7 @@ mod tests {
                 left: Some(LEFT.into()),
             }),
             usage: None,
+            egress_blocked: Vec::new(),
         });
         f.spend = Some(Spend {
             models: vec![sonnet(51234, 2345, Some("0.19"))],

@@ -391,6 +391,7 @@ mod tests {
             budget: None,
             model: None,
             commands: true,
+            egress_blocked: Vec::new(),
         }
     }
 
@@ -434,6 +435,7 @@ mod tests {
                 plan: None,
                 partial: None,
                 usage: None,
+                egress_blocked: Vec::new(),
             });
         }
         RunView {

@@ -98,6 +98,11 @@ pub fn facts(
         plan_state,
         approval_by,
         partial: status.partial == Some(true),
+        egress_blocked: status
+            .egress
+            .as_ref()
+            .map(|e| e.blocked.clone())
+            .unwrap_or_default(),
         spend: status.spend,
         budget: task.spec.budget.clone(),
         model: task

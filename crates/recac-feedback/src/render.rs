@@ -75,6 +75,8 @@ pub struct Facts {
     pub partial: bool,
     /// What the task's attempts spent (`status.spend`).
     pub spend: Option<Spend>,
+    /// What the egress proxy refused the latest attempt (`status.egress.blocked`).
+    pub egress_blocked: Vec<recac_api::egress::BlockedHost>,
     /// The task's `spec.budget`.
     pub budget: Option<Budget>,
     /// The task's model, when its spec names one.
@@ -316,6 +318,7 @@ pub fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
     if let Some(d) = facts.duration {
         items.push(field("Duration", Inline::Text(human_duration(d))));
     }
+    items.extend(blocked_items(facts));
     if let Some(spent) = crate::spend::items(facts) {
         items.extend(spent);
     } else if let Some(tokens) = facts.result.as_ref().and_then(|r| r.token_usage.as_ref()) {
@@ -330,6 +333,29 @@ pub fn results(facts: &Facts, report: &Report) -> Vec<Vec<Inline>> {
         ));
     }
     items
+}
+
+/// One item per destination the egress proxy refused: `Blocked: files.example.com:443 (3
+/// times); add it to the source's allow-list if the task needs it`.
+fn blocked_items(facts: &Facts) -> Vec<Vec<Inline>> {
+    facts
+        .egress_blocked
+        .iter()
+        .map(|blocked| {
+            let times = if blocked.count == 1 {
+                "once".to_string()
+            } else {
+                format!("{} times", thousands(blocked.count))
+            };
+            vec![
+                Inline::Text("Blocked: ".into()),
+                Inline::Code(format!("{}:{}", blocked.host, blocked.port)),
+                Inline::Text(format!(
+                    " ({times}); add it to the source's allow-list if the task needs it"
+                )),
+            ]
+        })
+        .collect()
 }
 
 /// The first paragraph of `report`'s text: the configured template, else the built-in words.
@@ -506,6 +532,7 @@ pub(crate) mod tests {
                 plan: None,
                 partial: None,
                 usage: None,
+                egress_blocked: Vec::new(),
             }),
             log: Log::NotRead,
             log_lines: 50,
@@ -521,11 +548,40 @@ pub(crate) mod tests {
             budget: None,
             model: None,
             commands: true,
+            egress_blocked: Vec::new(),
         }
     }
 
     pub(crate) fn report(kind: ReportKind, attempt: i32) -> Report {
         Report { kind, attempt }
+    }
+
+    #[test]
+    fn what_the_egress_proxy_refused_is_named_with_what_to_do() {
+        let mut f = facts();
+        f.egress_blocked = vec![
+            recac_api::egress::BlockedHost {
+                host: "files.example.com".into(),
+                port: 443,
+                count: 3,
+            },
+            recac_api::egress::BlockedHost {
+                host: "10.1.2.3".into(),
+                port: 5432,
+                count: 1,
+            },
+        ];
+        for kind in [ReportKind::Succeeded, ReportKind::Failed] {
+            let c = render(&f, &report(kind, 2), &Templates::default());
+            let wiki = c.to_wiki();
+            assert!(
+                wiki.contains("Blocked: {{files.example.com:443}} (3 times); add it to the source's allow-list if the task needs it"),
+                "{wiki}"
+            );
+            assert!(wiki.contains("Blocked: {{10.1.2.3:5432}} (once)"), "{wiki}");
+            let adf = c.to_adf().to_string();
+            assert!(adf.contains("files.example.com:443"), "{adf}");
+        }
     }
 
     #[test]
@@ -587,6 +643,7 @@ pub(crate) mod tests {
             plan: None,
             partial: None,
             usage: None,
+            egress_blocked: Vec::new(),
         });
         assert_eq!(failure_words(&f), "the tests failed");
     }

@@ -134,10 +134,23 @@ impl Operator {
         ));
         TaskMetrics::register_phases(&registry, tasks.store());
         let (jobs, jobs_driver) = Cache::new(kinds::agent_jobs(&client, namespaces, Vec::new()));
+        let (spend_ledgers, spend_ledgers_driver) =
+            recac_task_controller::controller::spend_ledger_cache(
+                &client,
+                &setup.task_controller.namespace_budgets,
+            )
+            .map(Cache::new)
+            .unzip();
 
         let readiness = Readiness::default();
         readiness.add(format!("cache {}", tasks.name()), tasks.readiness_probe());
         readiness.add(format!("cache {}", jobs.name()), jobs.readiness_probe());
+        if let Some(ledgers) = &spend_ledgers {
+            readiness.add(
+                format!("cache {}", ledgers.name()),
+                ledgers.readiness_probe(),
+            );
+        }
         let health = Health::default();
 
         let feedback = setup
@@ -188,6 +201,7 @@ impl Operator {
             client,
             tasks: tasks.clone(),
             jobs: jobs.clone(),
+            spend_ledgers: spend_ledgers.clone(),
             queue,
             metrics: task_metrics,
             reconciles,
@@ -195,6 +209,15 @@ impl Operator {
             agent: setup.agent.clone(),
             instance: setup.instance.clone(),
             claims,
+            source_egress: setup
+                .sources
+                .iter()
+                .flat_map(|s| s.sources.iter())
+                .filter_map(|s| {
+                    let egress = s.egress.clone()?;
+                    Some((s.name.clone(), (s.namespace.clone(), egress)))
+                })
+                .collect(),
         }));
 
         let mut supervisor = Supervisor::new(
@@ -204,6 +227,9 @@ impl Operator {
         );
         supervisor.background(format!("cache {}", tasks.name()), tasks_driver);
         supervisor.background(format!("cache {}", jobs.name()), jobs_driver);
+        if let (Some(ledgers), Some(driver)) = (&spend_ledgers, spend_ledgers_driver) {
+            supervisor.background(format!("cache {}", ledgers.name()), driver);
+        }
         supervisor.background(format!("cache {}", schedules.name()), schedules_driver);
         recac_runtime::memory::tune_allocator();
         supervisor.background(
@@ -214,6 +240,9 @@ impl Operator {
         supervisor.start_terms_after(async move {
             tasks.wait_ready().await;
             jobs.wait_ready().await;
+            if let Some(ledgers) = spend_ledgers {
+                ledgers.wait_ready().await;
+            }
         });
         supervisor.component(task_controller);
         // Its terms wait for the schedule cache themselves (it stays cold without the CRD).

@@ -15,6 +15,8 @@
 //! - [`metrics`]: the shared registry and the kube client layer that counts API requests;
 //! - [`memory`]: returns the heap memory freed after busy moments to the operating system;
 //! - [`claims`]: claims the source settled, told to the task controller without a write;
+//! - [`spend`], [`spend_ledger`]: spend per UTC period and budgets that hold new work (a
+//!   source's, a namespace's), recorded once per task in a ConfigMap by compare-and-swap;
 //! - [`events`], [`logging`], [`failpoint`], [`config`]: small shared pieces.
 
 pub mod admin;
@@ -32,6 +34,8 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod runner;
+pub mod spend;
+pub mod spend_ledger;
 pub mod status;
 pub mod store;
 pub mod supervisor;

@@ -444,6 +444,7 @@ mod tests {
                     suspend: false,
                     approval: None,
                     budget: None,
+                    egress: None,
                 },
             },
         }

@@ -75,34 +75,15 @@ pub struct SourceConfig {
     /// spend reaches it, the source starts no new ticket until the period rolls over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<SourceBudget>,
+    /// What this source's tasks may reach on the network: each key set (`mode`, `allow`,
+    /// `permit`) replaces `agent.egress`'s for them. Ticket text never changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<recac_api::egress_policy::SourceEgress>,
 }
 
-/// A source's spending limits per period (see `budget` in the README).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SourceBudget {
-    /// Per UTC day.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_day: Option<PeriodLimit>,
-    /// Per UTC calendar month.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_month: Option<PeriodLimit>,
-}
-
-/// What a period may spend: tokens (input and output together) and/or a cost.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PeriodLimit {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<i64>,
-    /// A decimal number ("250.00") in `currency`: only costs in that currency count (a
-    /// model with no price in `agent.prices` and a CLI that reports none add no cost).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost: Option<String>,
-    /// A 3-letter currency code; required with `cost`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
-}
+/// A source's spending limits per period (see `budget` in the README), the same shape as a
+/// namespace's (`taskController.namespaceBudgets`).
+pub use recac_runtime::spend::{PeriodBudget as SourceBudget, PeriodLimit};
 
 /// A plan to approve before any work is pushed (see `docs/jira.md`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -683,6 +664,7 @@ impl SourceConfig {
             commands: CommandsConfig::default(),
             approval: ApprovalConfig::default(),
             budget: None,
+            egress: None,
         }
     }
 
@@ -806,42 +788,7 @@ impl SourceConfig {
             ));
         }
         if let Some(budget) = &self.budget {
-            if budget.per_day.is_none() && budget.per_month.is_none() {
-                return Err(invalid(&key("budget"), "sets neither perDay nor perMonth"));
-            }
-            for (name, limit) in [("perDay", &budget.per_day), ("perMonth", &budget.per_month)] {
-                let Some(limit) = limit else { continue };
-                let at = |field: &str| key(&format!("budget.{name}.{field}"));
-                if limit.tokens.is_none() && limit.cost.is_none() {
-                    return Err(invalid(
-                        &key(&format!("budget.{name}")),
-                        "sets neither tokens nor cost",
-                    ));
-                }
-                if limit.tokens.is_some_and(|t| t < 1) {
-                    return Err(invalid(&at("tokens"), "must be at least 1"));
-                }
-                if let Some(cost) = &limit.cost
-                    && recac_api::money::parse_micros(cost).is_none()
-                {
-                    return Err(invalid(
-                        &at("cost"),
-                        format!("{cost:?} is not a decimal number with at most 6 decimals"),
-                    ));
-                }
-                match (&limit.cost, &limit.currency) {
-                    (Some(_), None) => {
-                        return Err(invalid(&at("currency"), "is required with cost"));
-                    }
-                    (_, Some(c)) if !recac_api::money::is_currency_code(c) => {
-                        return Err(invalid(
-                            &at("currency"),
-                            format!("{c:?} is not a 3-letter currency code such as USD"),
-                        ));
-                    }
-                    _ => {}
-                }
-            }
+            budget.validate(&key("budget"))?;
         }
         if let Some(budget) = &self.template.budget {
             if budget.tokens.is_none()
@@ -1168,7 +1115,7 @@ mod tests {
     #[test]
     fn a_template_takes_every_field_of_the_agent_spec_and_no_other() {
         let s = parse(
-            "name: ops\nnamespace: agents\nproject: OPS\nlabel: l\ntemplate:\n  image: registry/agent:2\n  provider: anthropic\n  model: m\n  command: [recac, start]\n  args: [--verbose]\n  env: [{name: RECAC_TEST_COMMAND, value: make check}]\n  secretRefs: [creds]\n  resources: {limits: {memory: 1Gi}}\n  caBundle: {secret: ops-ca, key: bundle.pem}\n  maxRetries: 1\n",
+            "name: ops\nnamespace: agents\nproject: OPS\nlabel: l\ntemplate:\n  image: registry/agent:2\n  provider: anthropic\n  model: m\n  command: [recac, start]\n  args: [--verbose]\n  env: [{name: RECAC_TEST_COMMAND, value: make check}]\n  secretRefs: [creds]\n  resources: {limits: {memory: 1Gi}}\n  caBundle: {secret: ops-ca, key: bundle.pem}\n  runtimeClassName: gvisor\n  maxRetries: 1\n",
         );
         s.validate("sources[0]").expect("valid");
         let agent = &s.template.agent;
@@ -1183,6 +1130,7 @@ mod tests {
             Some("bundle.pem")
         );
         assert_eq!(s.template.max_retries, Some(1));
+        assert_eq!(agent.runtime_class_name.as_deref(), Some("gvisor"));
         let budgeted = parse(
             "name: ops\nnamespace: agents\nproject: OPS\nlabel: l\ntemplate:\n  budget: {tokens: 200000, cost: \"2.50\"}\n",
         );

@@ -86,6 +86,7 @@ pub fn build(new: NewTask<'_>) -> AgentTask {
             approval: (s.approval.mode == crate::config::ApprovalMode::Plan)
                 .then_some(recac_api::Approval::Plan),
             budget: t.budget.clone(),
+            egress: None,
         },
     );
     task.metadata = ObjectMeta {

@@ -574,6 +574,7 @@ mod tests {
                 suspend: false,
                 approval: None,
                 budget: None,
+                egress: None,
             },
         );
         task.metadata.namespace = Some("ns".into());

@@ -385,6 +385,7 @@ mod tests {
                 suspend: false,
                 approval: None,
                 budget,
+                egress: None,
             },
         );
         task.status = spend.map(|spend| recac_api::AgentTaskStatus {

@@ -6,7 +6,8 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use recac_api::EnvVarPair;
 pub use recac_runtime::config::InvalidConfig;
-use recac_runtime::config::{invalid, is_dns_subdomain};
+use recac_runtime::config::{invalid, is_dns_label, is_dns_subdomain};
+pub use recac_runtime::spend::{PeriodBudget, PeriodLimit};
 use serde::Deserialize;
 
 /// How the task controller runs (the `taskController:` section).
@@ -25,6 +26,32 @@ pub struct TaskControllerConfig {
     /// How often a queued task checks for a free slot, in seconds (a safety net: a freed
     /// slot wakes the next task at once).
     pub queue_poll_seconds: u64,
+    /// What the tasks of a namespace may spend per UTC day and month: once spent, no new
+    /// attempt starts there until the period rolls over (see [`crate::namespace_budget`]).
+    pub namespace_budgets: Vec<NamespaceBudget>,
+}
+
+/// One entry of `taskController.namespaceBudgets`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamespaceBudget {
+    pub namespace: String,
+    /// Per UTC day (the same shape as a source's `budget.perDay`).
+    #[serde(default)]
+    pub per_day: Option<PeriodLimit>,
+    /// Per UTC calendar month.
+    #[serde(default)]
+    pub per_month: Option<PeriodLimit>,
+}
+
+impl NamespaceBudget {
+    /// The limits, as the shared spend ledger reads them.
+    pub fn limits(&self) -> PeriodBudget {
+        PeriodBudget {
+            per_day: self.per_day.clone(),
+            per_month: self.per_month.clone(),
+        }
+    }
 }
 
 impl Default for TaskControllerConfig {
@@ -35,6 +62,7 @@ impl Default for TaskControllerConfig {
             retry_backoff_seconds: 30,
             max_retry_backoff_seconds: 900,
             queue_poll_seconds: 60,
+            namespace_budgets: Vec::new(),
         }
     }
 }
@@ -108,6 +136,122 @@ pub struct AgentDefaults {
     /// `spec.budget.cost` needs a price for its model (else it fails, reason
     /// `BudgetUnpriced`, before it runs). Default: empty.
     pub prices: Vec<PriceEntry>,
+    /// What agent pods may reach on the network (`agent.egress`).
+    pub egress: AgentEgress,
+    /// The RuntimeClass of agent pods (a sandboxed runtime such as gVisor or Kata that the
+    /// cluster offers); a task's `spec.agent.runtimeClassName` replaces it. Default: unset
+    /// (the cluster's default runtime).
+    pub runtime_class_name: Option<String>,
+}
+
+/// The `agent.egress:` section: the network of agent pods.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AgentEgress {
+    /// `open` (no proxy, no NetworkPolicy) or `allowList` (agents reach only the hosts of
+    /// their allow-list, by name, through the egress proxy; a NetworkPolicy per agent pod
+    /// denies all other egress and all ingress). Default when the key is absent: `open`, so
+    /// that a configuration written before it keeps its behaviour; the shipped manifests and
+    /// the Helm chart set `allowList`.
+    pub mode: recac_api::egress_policy::EgressMode,
+    /// The egress proxy's URL as agent pods reach it, `http://host:port` (for example
+    /// `http://recac-egress.recac-system.svc:3128`). Required with `allowList`.
+    pub proxy: Option<String>,
+    /// Where the proxy's pods run: the agent pods' NetworkPolicy allows egress to them only.
+    /// Required with `allowList`.
+    pub proxy_pods: ProxyPods,
+    /// What every task may reach: host names (`github.com`), wildcards (`*.pypi.org`, any
+    /// subdomain), with ports (`host:443`, `host:80,443`; none means 80 and 443), and CIDRs
+    /// (`10.0.0.0/8:5432`). The task's repository host and its model's endpoint are always
+    /// allowed, and DNS.
+    pub allow: Vec<recac_api::egress::EgressRule>,
+    /// What a task's `spec.egress.allow` may ask for beyond `allow`.
+    pub permit: Vec<recac_api::egress::EgressRule>,
+}
+
+impl Default for AgentEgress {
+    fn default() -> Self {
+        Self {
+            mode: recac_api::egress_policy::EgressMode::Open,
+            proxy: None,
+            proxy_pods: ProxyPods::default(),
+            allow: Vec::new(),
+            permit: Vec::new(),
+        }
+    }
+}
+
+/// `agent.egress.proxyPods`: the egress proxy's pods.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ProxyPods {
+    /// Their namespace.
+    pub namespace: Option<String>,
+    /// Their labels. Default: `app.kubernetes.io/name: recac-egress`.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for ProxyPods {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            labels: BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "recac-egress".to_string(),
+            )]),
+        }
+    }
+}
+
+impl AgentEgress {
+    /// The proxy's host and port, from `proxy` (`None` when unset or not an http URL with a host).
+    pub fn proxy_address(&self) -> Option<(String, u16)> {
+        let url = url::Url::parse(self.proxy.as_deref()?).ok()?;
+        if url.scheme() != "http" {
+            return None;
+        }
+        Some((url.host_str()?.to_string(), url.port_or_known_default()?))
+    }
+
+    fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.mode != recac_api::egress_policy::EgressMode::AllowList {
+            return Ok(());
+        }
+        let Some(proxy) = &self.proxy else {
+            return Err(invalid(
+                "agent.egress.proxy",
+                "is required with mode allowList: the egress proxy's URL as agent pods reach it, such as http://recac-egress.recac-system.svc:3128",
+            ));
+        };
+        if self.proxy_address().is_none() {
+            return Err(invalid(
+                "agent.egress.proxy",
+                format!("{proxy:?} is not an http://host:port URL"),
+            ));
+        }
+        match &self.proxy_pods.namespace {
+            None => {
+                return Err(invalid(
+                    "agent.egress.proxyPods.namespace",
+                    "is required with mode allowList: the namespace of the egress proxy's pods",
+                ));
+            }
+            Some(ns) if !is_dns_subdomain(ns) => {
+                return Err(invalid(
+                    "agent.egress.proxyPods.namespace",
+                    format!("{ns:?} is not a namespace name"),
+                ));
+            }
+            Some(_) => {}
+        }
+        if self.proxy_pods.labels.is_empty() {
+            return Err(invalid(
+                "agent.egress.proxyPods.labels",
+                "must not be empty: an empty selector would allow every pod of the namespace",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One entry of `agent.prices`.
@@ -275,6 +419,8 @@ impl Default for AgentDefaults {
             secret_broker: SecretBroker::default(),
             deadline_margin_seconds: DEFAULT_DEADLINE_MARGIN_SECONDS,
             prices: Vec::new(),
+            egress: AgentEgress::default(),
+            runtime_class_name: None,
         }
     }
 }
@@ -308,6 +454,29 @@ impl TaskControllerConfig {
         }
         if self.queue_poll_seconds == 0 {
             return Err(invalid(&key("queuePollSeconds"), "must be at least 1"));
+        }
+        for (i, budget) in self.namespace_budgets.iter().enumerate() {
+            let at = key(&format!("namespaceBudgets[{i}]"));
+            let namespace = &budget.namespace;
+            if !is_dns_label(namespace) {
+                return Err(invalid(
+                    &format!("{at}.namespace"),
+                    format!("{namespace:?} is not a namespace name"),
+                ));
+            }
+            if let Some(first) = self.namespace_budgets[..i]
+                .iter()
+                .position(|b| &b.namespace == namespace)
+            {
+                return Err(invalid(
+                    &format!("{at}.namespace"),
+                    format!(
+                        "{namespace:?} has a budget already ({}): one budget per namespace",
+                        key(&format!("namespaceBudgets[{first}]"))
+                    ),
+                ));
+            }
+            budget.limits().validate(&at)?;
         }
         Ok(())
     }
@@ -454,7 +623,15 @@ impl AgentDefaults {
             }
             priced.push((i, price));
         }
-        Ok(())
+        if let Some(class) = &self.runtime_class_name
+            && !is_dns_subdomain(class)
+        {
+            return Err(invalid(
+                "agent.runtimeClassName",
+                format!("{class:?} is not a RuntimeClass name"),
+            ));
+        }
+        self.egress.validate()
     }
 }
 
@@ -506,6 +683,75 @@ mod tests {
         let agent: AgentDefaults = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
         agent.validate().map_err(|e| e.to_string())?;
         Ok(agent)
+    }
+
+    fn task_controller(yaml: &str) -> Result<TaskControllerConfig, String> {
+        let config: TaskControllerConfig =
+            serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        config
+            .validate("taskController")
+            .map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn namespace_budgets_are_checked_by_key() {
+        let ok = task_controller(
+            "namespaceBudgets:\n  - {namespace: team-a, perDay: {tokens: 100000}}\n  - namespace: team-b\n    perMonth: {cost: \"250.00\", currency: EUR}\n",
+        )
+        .expect("valid");
+        assert_eq!(ok.namespace_budgets.len(), 2);
+        assert_eq!(
+            ok.namespace_budgets[0].limits().per_day,
+            Some(PeriodLimit {
+                tokens: Some(100_000),
+                ..Default::default()
+            })
+        );
+        assert!(
+            task_controller("{}\n")
+                .expect("valid")
+                .namespace_budgets
+                .is_empty()
+        );
+        for (yaml, at, says) in [
+            (
+                "namespaceBudgets:\n  - {namespace: team-a, perDay: {tokens: 1}}\n  - {namespace: team-a, perMonth: {tokens: 5}}\n",
+                "`taskController.namespaceBudgets[1].namespace`",
+                "taskController.namespaceBudgets[0]",
+            ),
+            (
+                "namespaceBudgets:\n  - {namespace: Team_A, perDay: {tokens: 1}}\n",
+                "`taskController.namespaceBudgets[0].namespace`",
+                "not a namespace name",
+            ),
+            (
+                "namespaceBudgets:\n  - {namespace: team-a}\n",
+                "`taskController.namespaceBudgets[0]`",
+                "neither perDay nor perMonth",
+            ),
+            (
+                "namespaceBudgets:\n  - {namespace: team-a, perDay: {}}\n",
+                "`taskController.namespaceBudgets[0].perDay`",
+                "neither tokens nor cost",
+            ),
+            (
+                "namespaceBudgets:\n  - {namespace: team-a, perMonth: {cost: \"1.5\"}}\n",
+                "`taskController.namespaceBudgets[0].perMonth.currency`",
+                "required with cost",
+            ),
+            (
+                "namespaceBudgets:\n  - {namespace: team-a, perDay: {tokens: 0}}\n",
+                "`taskController.namespaceBudgets[0].perDay.tokens`",
+                "at least 1",
+            ),
+        ] {
+            let err = task_controller(yaml).expect_err(yaml);
+            assert!(err.contains(at) && err.contains(says), "{yaml}: {err}");
+        }
+        let err = task_controller("namespaceBudgets:\n  - {namespace: a, perWeek: {tokens: 1}}\n")
+            .expect_err("unknown key");
+        assert!(err.contains("perWeek"), "{err}");
     }
 
     #[test]

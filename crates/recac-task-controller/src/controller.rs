@@ -13,6 +13,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
@@ -35,8 +36,12 @@ use crate::decide::{self, Action, AttemptObservation, EventType, Observation, Pl
 use crate::job_builder;
 use crate::metrics::TaskMetrics;
 use crate::naming::TaskIdentity;
+
+mod namespace_spend;
+
 use crate::observe;
 use crate::orphans;
+pub use namespace_spend::spend_ledger_cache;
 
 /// The field manager of the task controller's status writes.
 pub const FIELD_MANAGER: &str = "recac-task-controller";
@@ -61,6 +66,11 @@ const EVENT_BACKLOG: usize = 10_000;
 /// Errors of one reconcile. Each names the object and says what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    #[error("counting the spend of AgentTask {task} in its namespace's budget: {source}")]
+    SpendLedger {
+        task: String,
+        source: recac_runtime::spend_ledger::LedgerError,
+    },
     #[error("{action} for AgentTask {task}: {source}")]
     Kube {
         action: String,
@@ -71,18 +81,22 @@ pub enum ReconcileError {
         "Job {job} exists but is not owned by AgentTask {task}; delete or rename that Job so the task can dispatch"
     )]
     ForeignJob { job: String, task: String },
+    /// The task's network cannot be resolved (decided before the Job; seen here only when
+    /// the configuration changed in between).
+    #[error("AgentTask {task}: {message}")]
+    Egress { task: String, message: String },
 }
 
 impl ReconcileError {
     /// A failure that retrying alone will not fix (a rejected Job, a name taken by another owner).
     fn is_permanent(&self) -> bool {
         match self {
-            ReconcileError::ForeignJob { .. } => true,
+            ReconcileError::ForeignJob { .. } | ReconcileError::Egress { .. } => true,
             ReconcileError::Kube {
                 source: kube::Error::Api(status),
                 ..
             } => (400..500).contains(&status.code) && ![409, 429].contains(&status.code),
-            ReconcileError::Kube { .. } => false,
+            ReconcileError::Kube { .. } | ReconcileError::SpendLedger { .. } => false,
         }
     }
 }
@@ -91,7 +105,9 @@ impl runner::ErrorReason for ReconcileError {
     fn reason(&self) -> &'static str {
         match self {
             ReconcileError::Kube { .. } => "KubernetesError",
+            ReconcileError::SpendLedger { .. } => "SpendLedgerError",
             ReconcileError::ForeignJob { .. } => "ForeignJob",
+            ReconcileError::Egress { .. } => "EgressNotPermitted",
         }
     }
 }
@@ -128,6 +144,9 @@ pub struct TaskControllerParts {
     pub client: Client,
     pub tasks: Cache<AgentTask>,
     pub jobs: Cache<CachedJob>,
+    /// The namespaces' spend records ([`spend_ledger_cache`]; `None` without namespace
+    /// budgets).
+    pub spend_ledgers: Option<Cache<ConfigMap>>,
     pub queue: Arc<AdmissionQueue>,
     pub metrics: TaskMetrics,
     /// The process's reconcile metrics (shared by every controller).
@@ -138,6 +157,8 @@ pub struct TaskControllerParts {
     pub instance: String,
     /// The claims the source controller settled in this process.
     pub claims: Arc<ClaimBoard>,
+    /// Each source's `egress` section (applied to its tasks).
+    pub source_egress: crate::egress::SourceEgresses,
 }
 
 /// The task controller: every AgentTask becomes one Job per attempt.
@@ -145,6 +166,9 @@ pub struct TaskController {
     client: Client,
     tasks: Cache<AgentTask>,
     jobs: Cache<CachedJob>,
+    spend_ledgers: Option<Cache<ConfigMap>>,
+    namespace_budgets: crate::namespace_budget::NamespaceBudgets,
+    parsed_ledgers: namespace_spend::ParsedLedgers,
     queue: Arc<AdmissionQueue>,
     metrics: TaskMetrics,
     reconciles: ReconcileMetrics,
@@ -152,6 +176,7 @@ pub struct TaskController {
     agent: AgentDefaults,
     events: EventPublisher,
     claims: Arc<ClaimBoard>,
+    egress: Arc<crate::egress::EgressInputs>,
 }
 
 impl TaskController {
@@ -166,10 +191,19 @@ impl TaskController {
             client: parts.client,
             tasks: parts.tasks,
             jobs: parts.jobs,
+            spend_ledgers: parts.spend_ledgers,
+            namespace_budgets: crate::namespace_budget::NamespaceBudgets::from_config(
+                &parts.config.namespace_budgets,
+            ),
+            parsed_ledgers: Default::default(),
             queue: parts.queue,
             metrics: parts.metrics,
             reconciles: parts.reconciles,
             config: parts.config,
+            egress: Arc::new(crate::egress::EgressInputs {
+                defaults: parts.agent.clone(),
+                sources: parts.source_egress,
+            }),
             agent: parts.agent,
             claims: parts.claims,
         }
@@ -194,8 +228,10 @@ impl TaskController {
                 max: Duration::from_secs(self.config.max_retry_backoff_seconds),
                 queue_poll: Duration::from_secs(self.config.queue_poll_seconds),
                 pricing: Arc::new(Pricing::from_defaults(&self.agent)),
+                egress: self.egress.clone(),
             },
             dispatched: Mutex::new(HashMap::new()),
+            namespace_spend: Default::default(),
             events: events_tx,
         });
         let ticker = {
@@ -242,7 +278,10 @@ impl TaskController {
             })
         };
         let triggers = futures::stream::select(
-            self.tasks.trigger_refs(),
+            futures::stream::select(
+                self.tasks.trigger_refs(),
+                namespace_spend::released_by_budget(context.clone()),
+            ),
             futures::stream::select(job_owners, futures::stream::select(wakes, claims)),
         );
         runner::run(
@@ -367,6 +406,7 @@ struct TermContext {
     /// The attempt this term last dispatched per task uid, until the caches show it.
     dispatched: Mutex<HashMap<String, (i32, Instant)>>,
     events: mpsc::Sender<PendingEvent>,
+    namespace_spend: namespace_spend::NamespaceSpendState,
 }
 
 struct PendingEvent {
@@ -504,6 +544,14 @@ async fn observe(
             task: id.key(),
         });
     }
+    // A Job created suspended behind its NetworkPolicy and resumed by this term moments ago:
+    // the cache may still show it suspended; deciding on that would resume it again.
+    if job.spec.as_ref().and_then(|s| s.suspend) == Some(true)
+        && !task.spec.suspend
+        && ctx.recently_dispatched(&id.uid, attempt)
+    {
+        return Ok(Seen::CacheBehind);
+    }
     let state = observe::attempt_state(&job);
     let termination = match state {
         observe::AttemptState::Succeeded | observe::AttemptState::Failed(_) => {
@@ -545,9 +593,20 @@ async fn reconcile(
     };
     let unrecorded_first =
         attempt.is_some() && task.status.as_ref().and_then(|s| s.attempt).unwrap_or(0) == 0;
+    // Only a task that wants a new attempt reads its namespace's budget.
+    let namespace_hold = if !unrecorded_first && c.queue.wants_slot(&task, now) {
+        ctx.namespace_hold(&id).await
+    } else {
+        None
+    };
     let admitted = if unrecorded_first {
         // Its Job exists: the task holds a slot until its status shows it.
         c.queue.hold(&task);
+        false
+    } else if namespace_hold.is_some() {
+        // Out of the line (a slot handed to it would only come back): its timer, or a
+        // change of the namespace's record, wakes it.
+        c.queue.release(&task);
         false
     } else {
         c.queue.wants_slot(&task, now) && c.queue.try_admit(&task)
@@ -561,6 +620,7 @@ async fn reconcile(
             admitted,
             claimed,
             previous_run: c.queue.previous_run(&task),
+            namespace_hold,
             now,
         },
         &ctx.retry,
@@ -617,6 +677,9 @@ async fn act(
                 ctx.record_dispatch(&id.uid, *attempt);
             }
             Action::SuspendJob { name, suspend } => {
+                if !suspend {
+                    ensure_network_policy_of_cached_job(task, id, name, ctx).await?;
+                }
                 let jobs: Api<Job> = Api::namespaced(c.client.clone(), &id.namespace);
                 let patch = serde_json::json!({ "spec": { "suspend": suspend } });
                 jobs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -637,6 +700,10 @@ async fn act(
                 // (and counted then), never twice.
                 if !plan.spent.is_empty() {
                     c.metrics.count_spend(&budget::source_of(task), &plan.spent);
+                }
+                if !plan.blocked.is_empty() {
+                    c.metrics
+                        .count_egress_blocked(&budget::source_of(task), &plan.blocked);
                 }
                 if plan
                     .status
@@ -681,6 +748,14 @@ async fn act(
             }
         }
     }
+    // The spend the status shows now (as written, or unchanged), counted in the namespace's
+    // budget once; a count lost to a crash after the status write is made up here.
+    let shown = if plan.defer_status.is_none() {
+        &plan.status
+    } else {
+        &current
+    };
+    ctx.sync_namespace_spend(id, shown).await?;
     Ok(match plan.requeue_after {
         Some(after) => RequeueAction::requeue(after),
         None => RequeueAction::await_change(),
@@ -700,11 +775,38 @@ async fn create_or_adopt_job(
     if let Some(prompt) = job_builder::prompt_config_map(task) {
         ensure_prompt_config_map(&c.client, id, &prompt).await?;
     }
-    let job = job_builder::build_job_at(task, attempt, branch, &c.agent, suspend, Timestamp::now());
+    let network =
+        crate::egress::resolve(task, &c.egress.defaults, &c.egress.sources).map_err(|err| {
+            ReconcileError::Egress {
+                task: id.key(),
+                message: err.to_string(),
+            }
+        })?;
+    // With an allow-list the Job is created suspended, so that no pod of it exists before
+    // its NetworkPolicy (which it owns), and resumed once the policy is there.
+    let guarded = network.rules().is_some();
+    let job = job_builder::build_job_at(
+        task,
+        attempt,
+        branch,
+        &c.agent,
+        suspend || guarded,
+        Timestamp::now(),
+        &network,
+    );
     let name = id.job_name(attempt);
     failpoint::hit("task-controller.before-create-job");
     match jobs.create(&PostParams::default(), &job).await {
-        Ok(_) => {
+        Ok(created) => {
+            if let Some(rules) = network.rules() {
+                ensure_network_policy(task, id, &created, rules, ctx).await?;
+                if !suspend {
+                    let patch = serde_json::json!({ "spec": { "suspend": false } });
+                    jobs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(kube_error(format!("resuming Job {name}"), id))?;
+                }
+            }
             c.metrics.job_created();
             if attempt == 1
                 && let Some(created) = task.creation_timestamp()
@@ -733,6 +835,11 @@ async fn create_or_adopt_job(
                 });
             }
             if owned_by(&existing, &id.uid) {
+                if let Some(rules) = network.rules() {
+                    // Its policy may not have been made yet; a suspended Job is resumed by
+                    // the next decision, which makes sure of the policy first.
+                    ensure_network_policy(task, id, &existing, rules, ctx).await?;
+                }
                 info!(task = %id.key(), job = %name, attempt, "adopted existing Job");
                 Ok(())
             } else {
@@ -748,6 +855,71 @@ async fn create_or_adopt_job(
             source,
         }),
     }
+}
+
+/// Creates the NetworkPolicy of `job`'s pod (named after it, owned by it) unless it exists.
+async fn ensure_network_policy(
+    task: &AgentTask,
+    id: &TaskIdentity,
+    job: &Job,
+    rules: &[recac_api::egress::EgressRule],
+    ctx: &TermContext,
+) -> Result<(), ReconcileError> {
+    let c = &ctx.controller;
+    let name = job.name_any();
+    let Some(owner) = job.controller_owner_ref(&()) else {
+        return Ok(());
+    };
+    let labels = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    if labels.is_empty() {
+        return Err(ReconcileError::Egress {
+            task: id.key(),
+            message: format!("Job {name} has no pod labels to select its pod by"),
+        });
+    }
+    let policy = crate::egress::network_policy(task, &name, &labels, owner, rules, &c.agent);
+    let api: Api<NetworkPolicy> = Api::namespaced(c.client.clone(), &id.namespace);
+    match api.create(&PostParams::default(), &policy).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.reason == "AlreadyExists" => Ok(()),
+        Err(source) => Err(ReconcileError::Kube {
+            action: format!("creating NetworkPolicy {name}"),
+            task: id.key(),
+            source,
+        }),
+    }
+}
+
+/// [`ensure_network_policy`] before a suspended Job is resumed, for a task with an
+/// allow-list (the Job as the API has it: the cache keeps no pod template).
+async fn ensure_network_policy_of_cached_job(
+    task: &AgentTask,
+    id: &TaskIdentity,
+    name: &str,
+    ctx: &TermContext,
+) -> Result<(), ReconcileError> {
+    let c = &ctx.controller;
+    let network =
+        crate::egress::resolve(task, &c.egress.defaults, &c.egress.sources).map_err(|err| {
+            ReconcileError::Egress {
+                task: id.key(),
+                message: err.to_string(),
+            }
+        })?;
+    let Some(rules) = network.rules() else {
+        return Ok(());
+    };
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), &id.namespace);
+    let job = jobs
+        .get(name)
+        .await
+        .map_err(kube_error(format!("reading Job {name}"), id))?;
+    ensure_network_policy(task, id, &job, rules, ctx).await
 }
 
 /// Creates the ConfigMap that carries a long prompt, or brings an existing one up to date

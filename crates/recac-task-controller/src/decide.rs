@@ -9,9 +9,10 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use recac_api::agent_contract::{AgentResult, CutShort, Outcome};
 use recac_api::reasons::{BUDGET_EXHAUSTED, DEADLINE_EXCEEDED};
-use recac_api::{AgentTask, AgentTaskStatus, Approval, ModelSpend, Spend, TaskPhase};
+use recac_api::{AgentTask, AgentTaskStatus, Approval, EgressStatus, ModelSpend, Spend, TaskPhase};
 
 use crate::budget::{self, Pricing};
+use crate::namespace_budget::NamespaceHold;
 use crate::naming;
 use crate::observe::{AttemptState, Failure, Termination};
 
@@ -39,6 +40,7 @@ pub mod condition {
     /// `Failed`'s reason for a task whose `spec.budget` cannot be read (a cost that is not a
     /// decimal number): it is not run.
     pub const BUDGET_INVALID: &str = "BudgetInvalid";
+    pub const EGRESS_NOT_PERMITTED: &str = recac_api::reasons::EGRESS_NOT_PERMITTED;
 }
 
 /// What the controller saw of the current attempt's Job.
@@ -65,6 +67,10 @@ pub struct Observation {
     /// The name of the unfinished run of the same ticket just before this task (see
     /// [`crate::admission`]): the first attempt waits until it is finished or gone.
     pub previous_run: Option<String>,
+    /// The task's namespace has spent its budget, or its spend record cannot be read (see
+    /// [`crate::namespace_budget`]): no new attempt starts. Only looked at for a task that
+    /// wants a new attempt.
+    pub namespace_hold: Option<NamespaceHold>,
     pub now: Timestamp,
 }
 
@@ -117,6 +123,8 @@ pub struct RetryPolicy {
     pub queue_poll: Duration,
     /// The operator's price table (`agent.prices`) and default model.
     pub pricing: Arc<Pricing>,
+    /// What agent pods may reach (`agent.egress`, `sources[].egress`).
+    pub egress: Arc<crate::egress::EgressInputs>,
 }
 
 impl RetryPolicy {
@@ -171,16 +179,21 @@ pub struct Plan {
     /// What a finished attempt spent, per model, added to `status.spend` by this plan (for
     /// the metrics, counted once the status is written).
     pub spent: Vec<ModelSpend>,
+    /// What the egress proxy refused a finished attempt, recorded in `status.egress` by this
+    /// plan (for the metrics, counted once the status is written).
+    pub blocked: Vec<recac_api::egress::BlockedHost>,
 }
 
 struct Draft<'a> {
     generation: Option<i64>,
     now: &'a Timestamp,
     pricing: &'a Pricing,
+    egress: &'a crate::egress::EgressInputs,
     status: AgentTaskStatus,
     actions: Vec<Action>,
     requeue_after: Option<Duration>,
     spent: Vec<ModelSpend>,
+    blocked: Vec<recac_api::egress::BlockedHost>,
 }
 
 impl Draft<'_> {
@@ -248,6 +261,24 @@ impl Draft<'_> {
         });
     }
 
+    /// Records the current attempt's allow-list in `status.egress.allowed` (what its Job
+    /// was built with), keeping what was blocked: the status of a first attempt is written
+    /// with its pod's start, not with its dispatch.
+    fn note_network(&mut self, task: &AgentTask) {
+        let Ok(network) = crate::egress::resolve(task, &self.egress.defaults, &self.egress.sources)
+        else {
+            return;
+        };
+        let Some(rules) = network.rules() else {
+            return;
+        };
+        let allowed: Vec<String> = rules.iter().map(ToString::to_string).collect();
+        let egress = self.status.egress.get_or_insert_with(EgressStatus::default);
+        if egress.allowed != allowed {
+            egress.allowed = allowed;
+        }
+    }
+
     fn finish(self) -> Plan {
         Plan {
             status: self.status,
@@ -255,6 +286,7 @@ impl Draft<'_> {
             requeue_after: self.requeue_after,
             defer_status: None,
             spent: self.spent,
+            blocked: self.blocked,
         }
     }
 
@@ -307,10 +339,12 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
         generation: task.metadata.generation,
         now: &observed.now,
         pricing: &retry.pricing,
+        egress: &retry.egress,
         status: current.clone(),
         actions: Vec::new(),
         requeue_after: None,
         spent: Vec::new(),
+        blocked: Vec::new(),
     };
     draft.status.observed_generation = task.metadata.generation;
 
@@ -351,6 +385,7 @@ pub fn decide(task: &AgentTask, observed: &Observation, retry: &RetryPolicy) -> 
                         requeue_after: Some(left),
                         defer_status: None,
                         spent: Vec::new(),
+                        blocked: Vec::new(),
                     };
                 }
                 draft.status.phase = Some(TaskPhase::Pending);
@@ -503,14 +538,17 @@ fn adopt_first_attempt(draft: &mut Draft, first: &AttemptObservation) {
 /// such a task queues behind healthy ones.
 pub fn dispatch_failed(task: &AgentTask, message: &str, now: Timestamp) -> AgentTaskStatus {
     let pricing = Pricing::default();
+    let egress = crate::egress::EgressInputs::default();
     let mut draft = Draft {
         generation: task.metadata.generation,
         now: &now,
         pricing: &pricing,
+        egress: &egress,
         status: task.status.clone().unwrap_or_default(),
         actions: Vec::new(),
         requeue_after: None,
         spent: Vec::new(),
+        blocked: Vec::new(),
     };
     draft.status.phase = Some(draft.status.phase.unwrap_or(TaskPhase::Pending));
     draft.status.message = Some(format!("cannot dispatch: {message}"));
@@ -577,6 +615,23 @@ fn dispatch(
     if budget_stops_dispatch(draft, task, attempt) {
         return;
     }
+    match crate::egress::resolve(task, &draft.egress.defaults, &draft.egress.sources) {
+        Err(err) => {
+            let not_run = if attempt == 1 {
+                "the task was not run".to_string()
+            } else {
+                format!("attempt {attempt} is not dispatched")
+            };
+            draft.fail(condition::EGRESS_NOT_PERMITTED, format!("{err}; {not_run}"));
+            return;
+        }
+        Ok(network) => {
+            draft.status.egress = network.rules().map(|rules| EgressStatus {
+                allowed: rules.iter().map(ToString::to_string).collect(),
+                blocked: Vec::new(),
+            });
+        }
+    }
     draft.status.phase = Some(TaskPhase::Pending);
     if task.spec.suspend {
         draft.status.message = Some(format!(
@@ -587,6 +642,15 @@ fn dispatch(
         return;
     }
     draft.mark_suspended(false);
+    if let Some(hold) = &observed.namespace_hold {
+        draft.status.message = Some(format!(
+            "queued: attempt {attempt} is not started: {}",
+            hold.message
+        ));
+        draft.set_condition(condition::QUEUED, true, hold.reason, &hold.message);
+        draft.requeue_after = Some(hold.recheck_after);
+        return;
+    }
     if attempt == 1
         && let Some(previous) = &observed.previous_run
     {
@@ -736,6 +800,7 @@ fn in_progress(
     attempt: i32,
 ) {
     let job_name = &observation.job_name;
+    draft.note_network(task);
     let suspended = observation.state == AttemptState::Suspended;
     if task.spec.suspend {
         if !suspended {
@@ -1098,6 +1163,17 @@ fn count_spend(draft: &mut Draft, task: &AgentTask, attempt: i32, result: Option
     let counted = draft.status.spend.as_ref().map_or(0, |s| s.attempts);
     if attempt <= counted {
         return;
+    }
+    draft.note_network(task);
+    if let Some(result) = result
+        && !result.egress_blocked.is_empty()
+    {
+        let egress = draft
+            .status
+            .egress
+            .get_or_insert_with(EgressStatus::default);
+        egress.blocked = result.egress_blocked.clone();
+        draft.blocked = result.egress_blocked.clone();
     }
     let pricing = draft.pricing;
     let (provider, _) = pricing.task_model(task);

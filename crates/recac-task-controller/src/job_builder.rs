@@ -156,7 +156,15 @@ pub fn build_job(
     defaults: &AgentDefaults,
     suspend: bool,
 ) -> Job {
-    build_job_at(task, attempt, branch, defaults, suspend, Timestamp::now())
+    build_job_at(
+        task,
+        attempt,
+        branch,
+        defaults,
+        suspend,
+        Timestamp::now(),
+        &crate::egress::Network::Open,
+    )
 }
 
 /// The Job for `attempt` of `task`, pushing to `branch`, created at `now` (the agent's
@@ -165,7 +173,8 @@ pub fn build_job(
 ///
 /// Nothing compares a built Job with one that exists (an existing Job of the attempt's
 /// name is adopted as it is), so its deadline, which depends on `now`, never makes an
-/// adopted Job look different.
+/// adopted Job look different. With an allow-list (`network`), the pod carries it for the
+/// egress proxy and its agent gets the proxy variables.
 pub fn build_job_at(
     task: &AgentTask,
     attempt: i32,
@@ -173,9 +182,24 @@ pub fn build_job_at(
     defaults: &AgentDefaults,
     suspend: bool,
     now: Timestamp,
+    network: &crate::egress::Network,
 ) -> Job {
     let agent = task.spec.agent.as_deref().cloned().unwrap_or_default();
     let labels = job_labels(task, attempt);
+    let mut annotations = BTreeMap::from([(
+        // `kubectl logs` shows the agent, not the broker.
+        "kubectl.kubernetes.io/default-container".to_string(),
+        CONTAINER_NAME.to_string(),
+    )]);
+    let mut agent_container = agent_container(task, &agent, attempt, branch, defaults, now);
+    if let (Some(rules), Some(proxy)) = (network.rules(), defaults.egress.proxy.as_deref()) {
+        let (key, value) = crate::egress::pod_annotation(rules);
+        annotations.insert(key, value);
+        agent_container
+            .env
+            .get_or_insert_with(Vec::new)
+            .extend(crate::egress::proxy_env(proxy));
+    }
     let pod = PodSpec {
         restart_policy: Some("Never".into()),
         // The pod's pause process is PID 1 and reaps what the agent's commands leave behind;
@@ -188,10 +212,12 @@ pub fn build_job_at(
         security_context: Some(pod_security(defaults)),
         init_containers: broker_on(&agent, defaults)
             .then(|| vec![broker_container(&agent, defaults)]),
-        containers: vec![agent_container(
-            task, &agent, attempt, branch, defaults, now,
-        )],
+        containers: vec![agent_container],
         volumes: Some(volumes(task, &agent, defaults)),
+        runtime_class_name: agent
+            .runtime_class_name
+            .clone()
+            .or_else(|| defaults.runtime_class_name.clone()),
         ..Default::default()
     };
     Job {
@@ -218,11 +244,7 @@ pub fn build_job_at(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    // `kubectl logs` shows the agent, not the broker.
-                    annotations: Some(BTreeMap::from([(
-                        "kubectl.kubernetes.io/default-container".to_string(),
-                        CONTAINER_NAME.to_string(),
-                    )])),
+                    annotations: Some(annotations),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -739,6 +761,7 @@ mod tests {
                 suspend: false,
                 approval: None,
                 budget: None,
+                egress: None,
             },
         );
         task.metadata.namespace = Some("team-a".into());
@@ -1319,7 +1342,15 @@ mod tests {
                 });
             }
         }
-        let job = build_job_at(&t, 1, "recac/PROJ-7", &defaults, false, now);
+        let job = build_job_at(
+            &t,
+            1,
+            "recac/PROJ-7",
+            &defaults,
+            false,
+            now,
+            &crate::egress::Network::Open,
+        );
         // 600 s after the Job's creation; the margin is at most a quarter of that.
         assert_eq!(
             env_value(&job, env::DEADLINE).as_deref(),
@@ -1365,7 +1396,15 @@ mod tests {
             }),
             ..Default::default()
         });
-        let job = build_job_at(&t, 2, "recac/PROJ-7", &defaults, false, now);
+        let job = build_job_at(
+            &t,
+            2,
+            "recac/PROJ-7",
+            &defaults,
+            false,
+            now,
+            &crate::egress::Network::Open,
+        );
         assert_eq!(
             env_value(&job, env::DEADLINE).as_deref(),
             Some("2027-01-15T08:05:00Z")

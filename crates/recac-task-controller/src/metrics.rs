@@ -5,7 +5,10 @@
 //! `recac_dispatch_latency_seconds`. What agents spent, as each attempt's spend is counted
 //! in its task's status: `recac_agent_tokens_total{source,model,direction}` (direction
 //! `input` or `output`) and `recac_agent_cost_total{source,model,currency}`, `source` being
-//! the task's `recac.io/source` label (empty for a task made by a person). Reconciles are counted by the runtime's runner for
+//! the task's `recac.io/source` label (empty for a task made by a person). Connections the
+//! egress proxy refused agents, as each attempt reports them:
+//! `recac_agent_egress_blocked_total{source}` (the hosts are in the task's status, not in
+//! labels: a label per host would grow without bound). Reconciles are counted by the runtime's runner for
 //! every controller (`recac_reconciles_total{controller}`,
 //! `recac_reconcile_errors_total{controller,reason}`), API requests by its client layer
 //! (`recac_api_requests_total{verb,resource}`).
@@ -39,6 +42,11 @@ struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CostLabels {
     source: String,
     model: String,
@@ -55,6 +63,7 @@ pub struct TaskMetrics {
     orphans_deleted: Counter,
     tokens: Family<TokenLabels, Counter>,
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    egress_blocked: Family<SourceLabel, Counter>,
 }
 
 impl TaskMetrics {
@@ -67,6 +76,7 @@ impl TaskMetrics {
             orphans_deleted: Counter::default(),
             tokens: Family::default(),
             cost: Family::default(),
+            egress_blocked: Family::default(),
         };
         registry.register(
             "recac_jobs_created",
@@ -103,7 +113,22 @@ impl TaskMetrics {
             "What agents' models cost, as reported or priced from agent.prices, by the task's source, the model and the currency.",
             metrics.cost.clone(),
         );
+        registry.register(
+            "recac_agent_egress_blocked",
+            "Connections the egress proxy refused agents (not on their task's allow-list), by the task's source.",
+            metrics.egress_blocked.clone(),
+        );
         metrics
+    }
+
+    /// Adds the connections the egress proxy refused one attempt.
+    pub fn count_egress_blocked(&self, source: &str, blocked: &[recac_api::egress::BlockedHost]) {
+        let refused: u64 = blocked.iter().map(|b| b.count).sum();
+        self.egress_blocked
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .inc_by(refused);
     }
 
     /// Adds what one attempt spent (as counted in its task's status); `source` is the task's
@@ -239,6 +264,7 @@ mod tests {
                 suspend: false,
                 approval: None,
                 budget: None,
+                egress: None,
             },
         );
         task.metadata.namespace = Some("ns".into());

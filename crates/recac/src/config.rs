@@ -121,6 +121,22 @@ impl OperatorConfig {
             .and_then(|()| config.agent.validate())
             .and_then(|()| config.feedback.validate("feedback"))
             .map_err(|e| invalid(config.key_as_written(&e.key), e.message))?;
+        let watched = &config.operator.namespaces;
+        if let Some((i, budget)) = config
+            .task_controller
+            .namespace_budgets
+            .iter()
+            .enumerate()
+            .find(|(_, b)| !watched.is_empty() && !watched.contains(&b.namespace))
+        {
+            return Err(invalid(
+                format!("taskController.namespaceBudgets[{i}].namespace"),
+                format!(
+                    "{:?} is not in operator.namespaces, so no task there is run",
+                    budget.namespace
+                ),
+            ));
+        }
         if let Some(jira) = &config.jira {
             jira.validate()
                 .map_err(|e| invalid(format!("jira.{}", e.key), e.message))?;
@@ -146,6 +162,20 @@ impl OperatorConfig {
         }
         let watched = &self.operator.namespaces;
         for (i, source) in self.sources.iter().enumerate() {
+            let allow_list = source
+                .egress
+                .as_ref()
+                .and_then(|e| e.mode)
+                .is_some_and(|m| m == recac_api::egress_policy::EgressMode::AllowList);
+            if allow_list
+                && (self.agent.egress.proxy_address().is_none()
+                    || self.agent.egress.proxy_pods.namespace.is_none())
+            {
+                return Err(invalid(
+                    &format!("sources[{i}].egress.mode"),
+                    "allowList needs the egress proxy: set agent.egress.proxy and agent.egress.proxyPods (see the README's egress section)",
+                ));
+            }
             if !watched.is_empty() && !watched.contains(&source.namespace) {
                 return Err(invalid(
                     &format!("sources[{i}].namespace"),
@@ -233,6 +263,28 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_budget_must_name_a_watched_namespace() {
+        let budgets = "taskController:\n  namespaceBudgets:\n    - {namespace: team-a, perDay: {tokens: 100}}\n";
+        OperatorConfig::parse(budgets, "test.yaml").expect("every namespace is watched");
+        OperatorConfig::parse(
+            &format!("operator:\n  namespaces: [team-a]\n{budgets}"),
+            "test.yaml",
+        )
+        .expect("watched");
+        let err = OperatorConfig::parse(
+            &format!("operator:\n  namespaces: [team-b]\n{budgets}"),
+            "test.yaml",
+        )
+        .expect_err("not watched")
+        .to_string();
+        assert!(
+            err.contains("taskController.namespaceBudgets[0].namespace")
+                && err.contains("not in operator.namespaces"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn legacy_controller_keys_still_work_with_a_warning() {
         let config = OperatorConfig::parse(
             "controller:\n  namespaces: [a]\n  maxConcurrentTasks: 3\n  metricsAddress: 127.0.0.1:9000\n",
@@ -269,6 +321,28 @@ mod tests {
                 "feedback.failed.addLabels[0]",
             ),
             ("feedback:\n  commentOnRetries: true\n", "feedback"),
+            (
+                "agent:\n  egress: {mode: allowList}\n",
+                "agent.egress.proxy",
+            ),
+            (
+                "agent:\n  egress: {mode: allowList, proxy: \"https://p:1\", proxyPods: {namespace: s}}\n",
+                "agent.egress.proxy",
+            ),
+            (
+                "agent:\n  egress: {mode: allowList, proxy: \"http://p:3128\"}\n",
+                "agent.egress.proxyPods.namespace",
+            ),
+            (
+                "agent:\n  egress: {allow: [\"exa mple.com\"]}\n",
+                "agent.egress.allow[0]",
+            ),
+            ("agent:\n  egress: {mode: closed}\n", "agent.egress.mode"),
+            ("agent:\n  egress: {alow: []}\n", "agent.egress"),
+            (
+                "agent:\n  runtimeClassName: \"Not A Name\"\n",
+                "agent.runtimeClassName",
+            ),
         ] {
             let err = OperatorConfig::parse(text, "test.yaml")
                 .unwrap_err()

@@ -3,6 +3,7 @@
 mod broker_cmd;
 mod config;
 mod dev_cmd;
+mod egress_cmd;
 mod jira_cmd;
 mod orchestrate_cmd;
 mod start_cmd;
@@ -46,6 +47,9 @@ enum Command {
     /// RECAC_SECRETS_SOCKET (the agent's), then waits for SIGTERM.
     #[command(hide = true)]
     SecretBroker,
+    /// The egress proxy agent pods reach the network through (agent.egress.mode allowList):
+    /// CONNECT and plain HTTP, allowed by host name per pod, never decrypting TLS.
+    EgressProxy(egress_cmd::EgressProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,10 @@ fn main() -> ExitCode {
         Command::SecretBroker => {
             logging::init(log_format, "info", std::io::stderr);
             broker_cmd::run()
+        }
+        Command::EgressProxy(args) => {
+            logging::init(log_format, "info", std::io::stderr);
+            egress_cmd::run(args)
         }
         Command::Dev(args) => {
             // The control plane is polled while it starts; its refusals are expected.

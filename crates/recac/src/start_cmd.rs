@@ -171,6 +171,7 @@ async fn jira_prompt(
 }
 
 fn finish(result: &AgentResult, path: Option<&std::path::Path>) -> ExitCode {
+    let result = &with_egress_report(result);
     let message = recac_agent::report::termination_message(result);
     tracing::info!(result = %message, "result");
     if let Some(path) = path
@@ -181,6 +182,27 @@ fn finish(result: &AgentResult, path: Option<&std::path::Path>) -> ExitCode {
     println!("{message}");
     let code = recac_agent::report::exit_code_for(result);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// `result` with what the egress proxy refused this pod, when there is a proxy.
+fn with_egress_report(result: &AgentResult) -> AgentResult {
+    let mut result = result.clone();
+    let Some(proxy) = std::env::var(recac_api::agent_contract::env::EGRESS_PROXY)
+        .ok()
+        .filter(|p| !p.trim().is_empty())
+    else {
+        return result;
+    };
+    match recac_agent::egress::blocked_by_proxy(&proxy) {
+        Ok(blocked) => {
+            for host in &blocked {
+                tracing::warn!(host = %host.host, port = host.port, count = host.count, "the egress proxy refused connections to a host not on the task's allow-list");
+            }
+            result.egress_blocked = blocked;
+        }
+        Err(error) => tracing::warn!(%error, "cannot report what the egress proxy refused"),
+    }
+    result
 }
 
 fn gave_up(message: String) -> AgentResult {
@@ -199,6 +221,7 @@ fn ended(outcome: Outcome, message: String) -> AgentResult {
         plan: None,
         partial: None,
         usage: None,
+        egress_blocked: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@ fn policy() -> RetryPolicy {
         max: Duration::from_secs(300),
         queue_poll: Duration::from_secs(10),
         pricing: Arc::new(Pricing::default()),
+        egress: Arc::default(),
     }
 }
 
@@ -37,6 +38,7 @@ fn task(max_retries: i32) -> AgentTask {
             suspend: false,
             approval: None,
             budget: None,
+            egress: None,
         },
     );
     task.metadata.generation = Some(1);
@@ -49,6 +51,7 @@ fn observe(attempt: Option<AttemptObservation>, admitted: bool) -> Observation {
         admitted,
         claimed: false,
         previous_run: None,
+        namespace_hold: None,
         now: now(),
     }
 }
@@ -297,6 +300,7 @@ fn failure_with_retries_left_waits_then_dispatches_the_next_attempt() {
         admitted: true,
         claimed: false,
         previous_run: None,
+        namespace_hold: None,
         now: now()
             .checked_add(SignedDuration::from_secs(10))
             .expect("time"),
@@ -312,6 +316,7 @@ fn failure_with_retries_left_waits_then_dispatches_the_next_attempt() {
         admitted: true,
         claimed: false,
         previous_run: None,
+        namespace_hold: None,
         now: due,
     };
     let plan = decide(&waiting, &late, &policy());
@@ -337,6 +342,7 @@ fn a_due_retry_without_a_slot_stays_queued() {
         admitted: false,
         claimed: false,
         previous_run: None,
+        namespace_hold: None,
         now: now()
             .checked_add(SignedDuration::from_secs(60))
             .expect("time"),
@@ -463,6 +469,7 @@ fn condition_transition_times_change_only_on_flips() {
         admitted: false,
         claimed: false,
         previous_run: None,
+        namespace_hold: None,
         now: now()
             .checked_add(SignedDuration::from_secs(100))
             .expect("time"),
@@ -701,6 +708,7 @@ fn a_claim_settled_in_this_process_or_shown_by_a_job_dispatches_and_is_recorded(
         admitted: true,
         claimed: true,
         previous_run: None,
+        namespace_hold: None,
         now: now(),
     };
     let plan = decide(&pending, &told, &policy());
@@ -754,6 +762,7 @@ fn later_run() -> AgentTask {
 fn behind(previous: &str, admitted: bool) -> Observation {
     Observation {
         previous_run: Some(previous.into()),
+        namespace_hold: None,
         ..observe(None, admitted)
     }
 }
@@ -1695,4 +1704,91 @@ fn a_cost_budget_without_a_price_is_refused_before_any_job() {
         condition(&plan, "Failed").map(|c| c.reason.clone()),
         Some("BudgetUnpriced".to_string())
     );
+}
+
+fn namespace_spent() -> crate::namespace_budget::NamespaceHold {
+    crate::namespace_budget::NamespaceHold {
+        reason: recac_api::reasons::NAMESPACE_BUDGET_SPENT,
+        message: "namespace team-a's daily budget of 100 tokens is spent; new runs wait until 2027-01-16T00:00:00Z".into(),
+        recheck_after: Duration::from_secs(3600),
+        spent: None,
+    }
+}
+
+#[test]
+fn a_spent_namespace_budget_holds_new_attempts_without_a_hot_loop() {
+    let held = Observation {
+        namespace_hold: Some(namespace_spent()),
+        ..observe(None, true)
+    };
+    let plan = decide(&task(2), &held, &policy());
+    assert!(
+        creates(&plan).is_empty(),
+        "no Job while the namespace is spent"
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Pending));
+    let queued = condition(&plan, condition::QUEUED).expect("Queued");
+    assert_eq!(
+        (queued.status.as_str(), queued.reason.as_str()),
+        ("True", "NamespaceBudgetSpent")
+    );
+    assert!(queued.message.contains("daily budget of 100 tokens"));
+    assert!(
+        plan.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("new runs wait until 2027-01-16T00:00:00Z")),
+        "{:?}",
+        plan.status.message
+    );
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(3600)));
+    // Looked at again while still held: the same status, so nothing is written.
+    let waiting = after(task(2), &plan);
+    let again = decide(&waiting, &held, &policy());
+    assert_eq!(Some(&again.status), waiting.status.as_ref());
+    assert!(again.actions.is_empty());
+    // The period rolled over: the first attempt starts and the wait is over.
+    let plan = decide(&waiting, &observe(None, true), &policy());
+    assert_eq!(creates(&plan), vec![1]);
+    let queued = condition(&plan, condition::QUEUED).expect("Queued");
+    assert_eq!(queued.status, "False");
+}
+
+#[test]
+fn a_spent_namespace_budget_holds_a_due_retry_but_not_a_running_attempt() {
+    let t = task(2);
+    let plan = decide(
+        &t,
+        &observe(job(1, failed("BackoffLimitExceeded", false)), true),
+        &policy(),
+    );
+    let waiting = after(t.clone(), &plan);
+    let due = Observation {
+        now: now()
+            .checked_add(SignedDuration::from_secs(60))
+            .expect("time"),
+        namespace_hold: Some(namespace_spent()),
+        ..observe(None, true)
+    };
+    let plan = decide(&waiting, &due, &policy());
+    assert!(creates(&plan).is_empty(), "the retry waits");
+    assert_eq!(
+        condition(&plan, condition::QUEUED).map(|c| c.reason.as_str()),
+        Some("NamespaceBudgetSpent")
+    );
+    assert_eq!(plan.status.attempt, Some(1));
+
+    // A running attempt goes on (its own spec.budget is what stops it).
+    let dispatched = after(t.clone(), &decide(&t, &observe(None, true), &policy()));
+    let running = Observation {
+        namespace_hold: Some(namespace_spent()),
+        ..observe(job(1, AttemptState::Running), false)
+    };
+    let plan = decide(&dispatched, &running, &policy());
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| !matches!(a, Action::SuspendJob { .. }))
+    );
+    assert_eq!(plan.status.phase, Some(TaskPhase::Running));
 }
