@@ -170,6 +170,9 @@ pub struct SshSettings {
     pub private_key: Option<SshKey>,
     /// The hosts (and organisations) the key is offered to: the git token's scopes.
     pub key_scopes: Vec<HostScope>,
+    /// ssh's `ProxyCommand` (with the egress allow-list on, a tunnel through the egress
+    /// proxy: see [`crate::egress::ssh_proxy_command`]); unset: ssh connects directly.
+    pub proxy_command: Option<String>,
 }
 
 /// Whether the SSH key goes to a remote.
@@ -242,9 +245,13 @@ fn shell_quote(text: &str) -> String {
 }
 
 /// The `GIT_SSH_COMMAND` for these files (pure): no prompts, no unknown host keys accepted,
-/// `known_hosts` as the known hosts when given, and only `key_file` as the identity when given.
-/// Only paths are in it, never a key.
-pub fn ssh_command(known_hosts: Option<&Path>, key_file: Option<&Path>) -> String {
+/// `known_hosts` as the known hosts when given, only `key_file` as the identity when given,
+/// and `proxy_command` as ssh's `ProxyCommand` when given. Only paths are in it, never a key.
+pub fn ssh_command(
+    known_hosts: Option<&Path>,
+    key_file: Option<&Path>,
+    proxy_command: Option<&str>,
+) -> String {
     // -F /dev/null: no ssh_config of the agent's home (a writable emptyDir the model's
     // commands share) can add a ProxyCommand or LocalCommand.
     let mut command =
@@ -260,6 +267,10 @@ pub fn ssh_command(known_hosts: Option<&Path>, key_file: Option<&Path>) -> Strin
     if let Some(key) = key_file {
         command.push_str(" -o IdentitiesOnly=yes -o IdentityAgent=none -i ");
         command.push_str(&shell_quote(&key.display().to_string()));
+    }
+    if let Some(proxy) = proxy_command {
+        command.push_str(" -o ");
+        command.push_str(&shell_quote(&format!("ProxyCommand={proxy}")));
     }
     command
 }
@@ -474,6 +485,7 @@ struct SshSetup {
     /// The machine's own `GIT_SSH_COMMAND`, kept when nothing is configured (a developer's
     /// machine).
     inherited: Option<String>,
+    proxy_command: Option<String>,
 }
 
 impl SshSetup {
@@ -486,11 +498,16 @@ impl SshSetup {
         };
         if self.known_hosts.is_none()
             && self.key_file.is_none()
+            && self.proxy_command.is_none()
             && let Some(inherited) = &self.inherited
         {
             return inherited.clone();
         }
-        ssh_command(self.known_hosts.as_deref(), key)
+        ssh_command(
+            self.known_hosts.as_deref(),
+            key,
+            self.proxy_command.as_deref(),
+        )
     }
 }
 
@@ -583,6 +600,7 @@ impl Git {
                 inherited: std::env::var("GIT_SSH_COMMAND")
                     .ok()
                     .filter(|c| !c.trim().is_empty()),
+                proxy_command: ssh.proxy_command.clone(),
             },
             remote: OnceLock::new(),
             _scratch: scratch,
@@ -1201,12 +1219,13 @@ mod tests {
     #[test]
     fn the_ssh_command_names_files_never_keys() {
         assert_eq!(
-            ssh_command(None, None),
+            ssh_command(None, None, None),
             "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no"
         );
         let command = ssh_command(
             Some(Path::new("/var/run/recac/ssh/known_hosts")),
             Some(Path::new("/tmp/recac-git-x/it's key")),
+            None,
         );
         assert_eq!(
             command,
@@ -1281,6 +1300,7 @@ mod tests {
             key_text: None,
             key_scopes: scopes,
             inherited: Some("ssh -o StrictHostKeyChecking=no".into()),
+            proxy_command: None,
         };
         assert!(
             setup

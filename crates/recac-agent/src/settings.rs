@@ -788,10 +788,17 @@ fn ssh_settings(
             Some(SshKey::new(text))
         }
     };
+    // With the egress allow-list on, ssh reaches the remote through the proxy too: the
+    // pod's NetworkPolicy lets it reach nothing else.
+    let proxy_command = nonempty(lookup(contract::EGRESS_PROXY)).and_then(|proxy| {
+        let program = std::env::current_exe().ok()?;
+        Some(crate::egress::ssh_proxy_command(&program, &proxy))
+    });
     Ok(SshSettings {
         known_hosts,
         private_key,
         key_scopes,
+        proxy_command,
     })
 }
 

@@ -52,6 +52,7 @@ impl Fixture {
             known_hosts: known_hosts.map(Path::to_path_buf),
             private_key: key.map(SshKey::new),
             key_scopes: HostScope::parse_list(scopes).unwrap(),
+            proxy_command: None,
         }
     }
 

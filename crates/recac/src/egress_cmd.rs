@@ -44,6 +44,29 @@ pub struct EgressProxyArgs {
     idle_timeout_seconds: u64,
 }
 
+#[derive(Args, Debug)]
+pub struct EgressConnectArgs {
+    /// The egress proxy, `http://host:port`.
+    #[arg(long, env = "RECAC_EGRESS_PROXY")]
+    proxy: String,
+    /// The destination's host.
+    host: String,
+    /// The destination's port.
+    port: u16,
+}
+
+/// Relays a tunnel through the proxy over standard input and output: exit 0 when it ends,
+/// 1 when the proxy refuses it or cannot be reached (the reason on standard error).
+pub fn connect(args: EgressConnectArgs) -> ExitCode {
+    match recac_agent::egress::connect_stdio(&args.proxy, &args.host, args.port) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("recac egress-connect: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the proxy until SIGTERM or SIGINT: exit 0 then, 1 when it cannot start.
 pub fn run(args: EgressProxyArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -50,6 +50,10 @@ enum Command {
     /// The egress proxy agent pods reach the network through (agent.egress.mode allowList):
     /// CONNECT and plain HTTP, allowed by host name per pod, never decrypting TLS.
     EgressProxy(egress_cmd::EgressProxyArgs),
+    /// ssh's ProxyCommand behind the egress proxy: a CONNECT tunnel to HOST:PORT through
+    /// --proxy, relayed over standard input and output.
+    #[command(hide = true)]
+    EgressConnect(egress_cmd::EgressConnectArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,10 @@ fn main() -> ExitCode {
         Command::EgressProxy(args) => {
             logging::init(log_format, "info", std::io::stderr);
             egress_cmd::run(args)
+        }
+        Command::EgressConnect(args) => {
+            logging::init(log_format, "warn", std::io::stderr);
+            egress_cmd::connect(args)
         }
         Command::Dev(args) => {
             // The control plane is polled while it starts; its refusals are expected.
