@@ -178,6 +178,7 @@ async fn an_agent_pod_reaches_its_allow_list_only_and_its_refusals_are_reported(
     let repository = format!("https://127.0.0.1:{repo_port}/org/repo.git");
     let agent = AgentDefaults {
         command: vec!["bash".into(), "-c".into(), FAKE_AGENT.into()],
+        git_credential_hosts: vec![format!("127.0.0.1:{repo_port}")],
         egress: AgentEgress {
             mode: EgressMode::AllowList,
             proxy: Some(format!("http://127.0.0.1:{proxy_port}")),
@@ -187,6 +188,7 @@ async fn an_agent_pod_reaches_its_allow_list_only_and_its_refusals_are_reported(
             },
             allow: rules(&["*.pypi.org:443"]),
             permit: rules(&["downloads.example.org"]),
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -453,6 +455,7 @@ fn a_ticket_that_asks_for_a_wider_allow_list_gets_none() {
     defaults.egress.proxy = Some("http://recac-egress.recac-system.svc:3128".into());
     defaults.egress.proxy_pods.namespace = Some("recac-system".into());
     defaults.egress.allow = rules(&["*.pypi.org"]);
+    defaults.git_credential_hosts = vec!["git.example.com".into()];
     let sources = recac_task_controller::egress::SourceEgresses::from([(
         "ops".to_string(),
         ("agents".to_string(), source.egress.clone().expect("egress")),

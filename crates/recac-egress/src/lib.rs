@@ -19,8 +19,11 @@
 //! # Why by name, and what the SNI check adds
 //!
 //! The allow-list is written in names (`github.com`, `*.pypi.org`) and a proxy sees the name the
-//! client asked for, before DNS: matching names needs no resolution, no IP lists of CDNs, and
-//! is not fooled by DNS answers someone else controls. What a name check alone does not stop
+//! client asked for, before DNS: matching names needs no resolution and no IP lists of CDNs.
+//! The proxy then resolves the name itself and connects to the address it checked; an address
+//! of the proxy's own or its node's (loopback, link-local: a cloud's metadata endpoint) is
+//! used only when a CIDR entry allows it, so a name whose DNS answer points there gets nowhere.
+//! What a name check alone does not stop
 //! is a client that connects to an allowed name and then, in its TLS ClientHello, asks that
 //! server for another name (an edge that routes by SNI serves it). So after a CONNECT the proxy
 //! reads the client's first flight, which is plaintext, and if it is a ClientHello whose SNI is
@@ -28,18 +31,21 @@
 //! the refusal under the SNI name. Fronting by the HTTP `Host` header *inside* TLS stays
 //! invisible without decrypting, which the proxy deliberately does not do; many CDNs now reject
 //! a `Host` that differs from the SNI. Encrypted Client Hello hides the real name behind an
-//! outer one, so it is cut unless the outer name is the CONNECT host. The allow-list trusts the
-//! hosts on it: an allowed host that is itself an open proxy reaches anything.
+//! outer one, which is the one checked. Plain HTTP inside a tunnel is cut (its `Host` header
+//! could name anything behind a shared front); plain HTTP goes through the proxy as HTTP,
+//! where the `Host` header is set to the name checked. The allow-list trusts the hosts on it:
+//! an allowed host that is itself an open proxy reaches anything.
 //!
 //! # Why one shared proxy rather than a sidecar per pod
 //!
 //! A NetworkPolicy selects pods, not containers. A sidecar proxy in the agent's pod would need
 //! the pod to reach the internet, and then so would any tool in the agent container that
 //! ignores the proxy variables. With a shared Deployment, each agent pod's NetworkPolicy allows
-//! only the proxy and DNS, so going around the proxy is not possible at all, and the proxy pods
-//! are the only ones with a route out. The proxy tells clients apart by their source address,
-//! the pod IP, which the cluster assigns and the agent cannot choose ([`PodPolicy`] maps it to
-//! the allow-list in the pod's annotation). One proxy for many pods pays its base resident set
+//! only the proxy and the cluster's DNS pods, so a tool that ignores the proxy variables gets
+//! nowhere, and the proxy pods are the only ones with a route out. The proxy tells clients
+//! apart by their source address, the pod IP, which the cluster assigns and the agent cannot
+//! choose ([`PodPolicy`] maps it to the allow-list in the annotation of a live pod that a Job
+//! controls; whoever may create Jobs in the namespaces it serves is trusted for that list). One proxy for many pods pays its base resident set
 //! once (about 5 MiB) plus about 20 KiB per open tunnel (`benches/proxy.rs`), where a sidecar
 //! would pay the base in every pod.
 

@@ -132,8 +132,18 @@ pub fn index_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> PodIndex {
 }
 
 /// The addresses of a pod that may be sending now; `None` for finished pods, pods not yet
-/// given an address and pods on the host network (whose address is the node's).
+/// given an address, pods on the host network (whose address is the node's) and pods no Job
+/// controls (agent pods are a Job's: a bare pod with the label is not one).
 fn live_pod_ips(pod: &Pod) -> Option<Vec<IpAddr>> {
+    let of_a_job = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == "Job" && o.api_version == "batch/v1");
+    if !of_a_job {
+        return None;
+    }
     let host_network = pod
         .spec
         .as_ref()
@@ -314,6 +324,16 @@ mod tests {
                 uid: Some(format!("uid-{name}")),
                 annotations: annotation
                     .map(|text| BTreeMap::from([(ALLOW_ANNOTATION.to_string(), text.to_string())])),
+                owner_references: Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        api_version: "batch/v1".into(),
+                        kind: "Job".into(),
+                        name: format!("{name}-job"),
+                        uid: format!("job-uid-{name}"),
+                        controller: Some(true),
+                        block_owner_deletion: Some(true),
+                    },
+                ]),
                 ..ObjectMeta::default()
             },
             spec: Some(PodSpec::default()),
@@ -324,6 +344,14 @@ mod tests {
                 ..PodStatus::default()
             }),
         }
+    }
+
+    #[test]
+    fn a_pod_no_job_controls_is_nobody() {
+        let mut bare = pod("bare", &["10.0.0.9"], "Running", Some(r#"["*.com"]"#));
+        bare.metadata.owner_references = None;
+        let index = index_pods([&bare]);
+        assert!(index.clients.is_empty(), "{:?}", index.clients);
     }
 
     /// Compiles only if the policy's start and its driver can run on a multi-threaded runtime.

@@ -80,6 +80,10 @@ impl Default for ProxySettings {
 /// Why an upstream could not be used.
 #[derive(Debug, thiserror::Error)]
 enum UpstreamError {
+    #[error(
+        "{target} resolves to {address}, a loopback or link-local address, which only a CIDR entry of the allow-list may reach"
+    )]
+    Internal { target: String, address: IpAddr },
     #[error("connecting to {target} failed: {source}")]
     Connect {
         target: String,
@@ -351,8 +355,19 @@ async fn connect(
         shared.record_refusal(&caller, &host, port, "not on the allow-list");
         return closing(refusal_response(&host, port, !caller.known));
     }
-    let upstream = match connect_upstream(&host, port, shared.settings.connect_timeout).await {
+    let upstream = match connect_upstream(
+        &host,
+        port,
+        shared.settings.connect_timeout,
+        &caller.rules,
+    )
+    .await
+    {
         Ok(upstream) => upstream,
+        Err(e @ UpstreamError::Internal { .. }) => {
+            shared.record_refusal(&caller, &host, port, &e.to_string());
+            return closing(refusal_response(&host, port, !caller.known));
+        }
         Err(e) => {
             tracing::debug!(client = %caller.name, error = %e, "egress proxy: upstream unreachable");
             return closing(text_response(
@@ -386,19 +401,64 @@ async fn connect(
     response
 }
 
-/// Resolves and connects, within `timeout`; `host` may be an IPv6 literal in brackets.
+/// Whether an address is the proxy's own or its node's (loopback, link-local: a cloud's
+/// metadata endpoint, `169.254.169.254`), or no real destination: a name on the allow-list
+/// must not lead there unless a CIDR entry says so.
+fn internal(address: IpAddr) -> bool {
+    match address.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Resolves `host` and connects to an address it resolved to, within `timeout`; `host` may
+/// be an IPv6 literal in brackets. An internal address ([`internal`]) is used only when
+/// `rules` allow it by address (a CIDR entry); the address checked is the one connected to.
 async fn connect_upstream(
     host: &str,
     port: u16,
     timeout: Duration,
+    rules: &[EgressRule],
 ) -> Result<TcpStream, UpstreamError> {
     let target = format!("{host}:{port}");
     let bare_host = host
         .strip_prefix('[')
         .and_then(|inner| inner.strip_suffix(']'))
         .unwrap_or(host);
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect((bare_host, port))).await {
-        Ok(Ok(stream)) => stream,
+    let connecting = async {
+        let addresses: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((bare_host, port)).await?.collect();
+        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+        let mut refused = None;
+        for address in addresses {
+            if internal(address.ip()) && !permits(rules, &address.ip().to_string(), port) {
+                refused.get_or_insert(address.ip());
+                continue;
+            }
+            match TcpStream::connect(address).await {
+                Ok(stream) => return Ok(Ok(stream)),
+                Err(e) => last_error = e,
+            }
+        }
+        Ok(match refused {
+            Some(address) => Err(address),
+            None => return Err(last_error),
+        })
+    };
+    let stream = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(Ok(stream))) => stream,
+        Ok(Ok(Err(address))) => return Err(UpstreamError::Internal { target, address }),
         Ok(Err(source)) => return Err(UpstreamError::Connect { target, source }),
         Err(_) => return Err(UpstreamError::ConnectTimeout { target, timeout }),
     };
@@ -441,7 +501,7 @@ impl Tunnel {
         let to_upstream = async {
             let (first_bytes, peeked) =
                 read_first_flight(&mut client_read, self.shared.settings.sni_peek_timeout).await?;
-            self.check(peeked)?;
+            self.check(peeked, &first_bytes)?;
             upstream_write.write_all(&first_bytes).await?;
             tokio::io::copy(&mut client_read, &mut upstream_write).await?;
             upstream_write.shutdown().await
@@ -465,9 +525,22 @@ impl Tunnel {
     }
 
     /// Lets the tunnel go on, or says why it is cut (recording a refusal for a foreign SNI).
-    fn check(&self, peeked: Peeked) -> io::Result<()> {
+    fn check(&self, peeked: Peeked, first: &[u8]) -> io::Result<()> {
         let cut = |reason: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
         match peeked {
+            // Plain HTTP in a tunnel could name any host in its Host header (a shared front
+            // routes by it); plain HTTP goes through the proxy as such (HTTP_PROXY), where the
+            // Host header is set to the name that was checked.
+            Peeked::Flight(FirstFlight::NotTls) if sni::looks_like_http_request(first) => {
+                let why = "plain HTTP inside a CONNECT tunnel (use the proxy for http:// URLs: HTTP_PROXY)";
+                tracing::info!(
+                    client = %self.caller.name,
+                    host = %self.host,
+                    port = self.port,
+                    "egress proxy: tunnel cut: {why}"
+                );
+                cut(why.to_string())
+            }
             Peeked::Closed
             | Peeked::Flight(FirstFlight::NotTls)
             | Peeked::Flight(FirstFlight::ClientHello { server_name: None }) => Ok(()),
@@ -567,8 +640,12 @@ async fn forward(
         shared.record_refusal(&caller, host, port, "not on the allow-list");
         return refusal_response(host, port, !caller.known);
     }
-    match send_upstream(request, &uri, host, port, shared, activity).await {
+    match send_upstream(request, &uri, host, port, &caller.rules, shared, activity).await {
         Ok(response) => response,
+        Err(e @ UpstreamError::Internal { .. }) => {
+            shared.record_refusal(&caller, host, port, &e.to_string());
+            refusal_response(host, port, !caller.known)
+        }
         Err(e) => {
             tracing::debug!(client = %caller.name, error = %e, "egress proxy: forwarding failed");
             text_response(StatusCode::BAD_GATEWAY, format!("recac egress: {e}\n"))
@@ -581,6 +658,7 @@ async fn send_upstream(
     uri: &Uri,
     host: &str,
     port: u16,
+    rules: &[EgressRule],
     shared: &Arc<Shared>,
     activity: &Activity,
 ) -> Result<Response<ProxyBody>, UpstreamError> {
@@ -609,7 +687,7 @@ async fn send_upstream(
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.insert(header::HOST, host_header);
 
-    let stream = connect_upstream(host, port, shared.settings.connect_timeout).await?;
+    let stream = connect_upstream(host, port, shared.settings.connect_timeout, rules).await?;
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let http_error = |source| UpstreamError::Http {
         target: target.clone(),

@@ -90,6 +90,28 @@ pub(crate) fn inspect(bytes: &[u8]) -> FirstFlight {
     }
 }
 
+/// Whether a tunnel's first bytes start an HTTP/1 request (`METHOD SP target SP HTTP/1.x`).
+pub(crate) fn looks_like_http_request(bytes: &[u8]) -> bool {
+    let line_end = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(bytes.len());
+    let line = String::from_utf8_lossy(&bytes[..line_end.min(8 * 1024)]);
+    let mut parts = line.trim_end().split(' ');
+    let (Some(method), Some(_target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        // A request line cut short: its method alone says enough.
+        return [
+            "GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE ",
+        ]
+        .iter()
+        .any(|m| line.starts_with(m));
+    };
+    !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_uppercase())
+        && version.starts_with("HTTP/1.")
+}
+
 /// The host name in a ClientHello body (after the 4-byte handshake header).
 fn server_name(body: &[u8]) -> Result<Option<String>, &'static str> {
     const TRUNCATED: &str = "a truncated ClientHello";
@@ -264,6 +286,12 @@ mod tests {
         assert_eq!(inspect(&records(&no_extensions, 100)), hello(None));
         assert_eq!(inspect(b"SSH-2.0-OpenSSH_9.6\r\n"), FirstFlight::NotTls);
         assert_eq!(inspect(b"GET / HTTP/1.1\r\n"), FirstFlight::NotTls);
+        assert!(looks_like_http_request(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        ));
+        assert!(looks_like_http_request(b"POST /upload"));
+        assert!(!looks_like_http_request(b"SSH-2.0-OpenSSH_9.6\r\n"));
+        assert!(!looks_like_http_request(b"\x00\x01binary"));
         assert_eq!(inspect(b""), FirstFlight::Incomplete);
     }
 

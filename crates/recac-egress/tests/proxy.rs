@@ -551,3 +551,42 @@ async fn a_client_that_becomes_known_while_it_waits_gets_its_own_list() {
         "refused by its own list, counted under its own name"
     );
 }
+
+#[tokio::test]
+async fn plain_http_inside_a_tunnel_is_cut_before_it_reaches_the_host() {
+    let echo = tcp_echo_server(None).await;
+    let target = format!("localhost:{}", echo.port());
+    let proxy = proxy_allowing(&[&target], quick_peek()).await;
+    let (status, mut stream) = connect_via(proxy.addr, &target).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection Established");
+    stream
+        .write_all(b"GET /secret HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        closed_by_peer(&mut stream).await,
+        "a Host header could name any host behind a shared front: the tunnel is cut"
+    );
+}
+
+#[tokio::test]
+async fn an_allowed_name_that_resolves_to_loopback_is_refused_without_a_cidr_entry() {
+    let echo = tcp_echo_server(None).await;
+    let target = format!("localhost:{}", echo.port());
+    let rules: Vec<recac_api::egress::EgressRule> = vec![target.parse().expect("a rule")];
+    let proxy = start_proxy(
+        Arc::new(recac_egress::StaticPolicy::new("test/agent", rules)),
+        quick_peek(),
+    )
+    .await;
+    let (status, _, body) = http_exchange(
+        proxy.addr,
+        &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden", "{body}");
+    assert_eq!(
+        blocked_list(proxy.addr).await,
+        [blocked("localhost", echo.port(), 1)]
+    );
+}

@@ -160,6 +160,9 @@ pub struct AgentEgress {
     /// Where the proxy's pods run: the agent pods' NetworkPolicy allows egress to them only.
     /// Required with `allowList`.
     pub proxy_pods: ProxyPods,
+    /// The cluster's DNS, the only other destination (port 53) the agent pods'
+    /// NetworkPolicy allows.
+    pub dns: DnsPeers,
     /// What every task may reach: host names (`github.com`), wildcards (`*.pypi.org`, any
     /// subdomain), with ports (`host:443`, `host:80,443`; none means 80 and 443), and CIDRs
     /// (`10.0.0.0/8:5432`). The task's repository host and its model's endpoint are always
@@ -175,6 +178,7 @@ impl Default for AgentEgress {
             mode: recac_api::egress_policy::EgressMode::Open,
             proxy: None,
             proxy_pods: ProxyPods::default(),
+            dns: DnsPeers::default(),
             allow: Vec::new(),
             permit: Vec::new(),
         }
@@ -203,6 +207,29 @@ impl Default for ProxyPods {
     }
 }
 
+/// `agent.egress.dns`: where agent pods may send DNS queries (port 53, UDP and TCP).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct DnsPeers {
+    /// The DNS pods' namespace. Default: `kube-system`.
+    pub namespace: String,
+    /// The DNS pods' labels. Default: `k8s-app: kube-dns` (CoreDNS and kube-dns both carry it).
+    pub labels: BTreeMap<String, String>,
+    /// Addresses of other resolvers the pods use, such as NodeLocal DNSCache's
+    /// `169.254.20.10/32`. Default: none.
+    pub cidrs: Vec<String>,
+}
+
+impl Default for DnsPeers {
+    fn default() -> Self {
+        Self {
+            namespace: "kube-system".into(),
+            labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+            cidrs: Vec::new(),
+        }
+    }
+}
+
 impl AgentEgress {
     /// The proxy's host and port, from `proxy` (`None` when unset or not an http URL with a host).
     pub fn proxy_address(&self) -> Option<(String, u16)> {
@@ -216,6 +243,31 @@ impl AgentEgress {
     fn validate(&self) -> Result<(), InvalidConfig> {
         if self.mode != recac_api::egress_policy::EgressMode::AllowList {
             return Ok(());
+        }
+        self.validate_proxy()
+    }
+
+    /// The keys an allow-list needs (also checked when only a source uses `allowList`).
+    pub fn validate_proxy(&self) -> Result<(), InvalidConfig> {
+        if !is_dns_subdomain(&self.dns.namespace) {
+            return Err(invalid(
+                "agent.egress.dns.namespace",
+                format!("{:?} is not a namespace name", self.dns.namespace),
+            ));
+        }
+        if self.dns.labels.is_empty() {
+            return Err(invalid(
+                "agent.egress.dns.labels",
+                "must not be empty: an empty selector would allow every pod of the namespace on port 53",
+            ));
+        }
+        for (i, cidr) in self.dns.cidrs.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() {
+                return Err(invalid(
+                    &format!("agent.egress.dns.cidrs[{i}]"),
+                    format!("{cidr:?} is not a CIDR such as 169.254.20.10/32"),
+                ));
+            }
         }
         let Some(proxy) = &self.proxy else {
             return Err(invalid(

@@ -904,22 +904,29 @@ async fn ensure_network_policy_of_cached_job(
     ctx: &TermContext,
 ) -> Result<(), ReconcileError> {
     let c = &ctx.controller;
-    let network =
-        crate::egress::resolve(task, &c.egress.defaults, &c.egress.sources).map_err(|err| {
-            ReconcileError::Egress {
-                task: id.key(),
-                message: err.to_string(),
-            }
-        })?;
-    let Some(rules) = network.rules() else {
-        return Ok(());
-    };
     let jobs: Api<Job> = Api::namespaced(c.client.clone(), &id.namespace);
     let job = jobs
         .get(name)
         .await
         .map_err(kube_error(format!("reading Job {name}"), id))?;
-    ensure_network_policy(task, id, &job, rules, ctx).await
+    // The Job's own list (what its pod is given), not one resolved again: the configuration
+    // or the task may have changed since it was built.
+    let Some(annotation) = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(recac_api::egress::ALLOW_ANNOTATION))
+    else {
+        return Ok(());
+    };
+    let rules = recac_api::egress::parse_allow_annotation(annotation).map_err(|err| {
+        ReconcileError::Egress {
+            task: id.key(),
+            message: format!("Job {name}'s allow-list annotation: {err}"),
+        }
+    })?;
+    ensure_network_policy(task, id, &job, &rules, ctx).await
 }
 
 /// Creates the ConfigMap that carries a long prompt, or brings an existing one up to date

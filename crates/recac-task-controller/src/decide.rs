@@ -265,6 +265,15 @@ impl Draft<'_> {
     /// was built with), keeping what was blocked: the status of a first attempt is written
     /// with its pod's start, not with its dispatch.
     fn note_network(&mut self, task: &AgentTask) {
+        // Written at dispatch; resolved again only when that write was lost.
+        if self
+            .status
+            .egress
+            .as_ref()
+            .is_some_and(|e| !e.allowed.is_empty())
+        {
+            return;
+        }
         let Ok(network) = crate::egress::resolve(task, &self.egress.defaults, &self.egress.sources)
         else {
             return;

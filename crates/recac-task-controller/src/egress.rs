@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use recac_api::egress::{ALLOW_ANNOTATION, EgressRule, EgressTarget, covered};
 use recac_api::egress_policy::{EgressMode, SourceEgress};
-use recac_api::repo_host::{RepoLocation, Transport};
+use recac_api::repo_host::{HostScope, RepoLocation, Transport};
 use recac_api::{AgentTask, agent_contract::env};
 
 use crate::budget::{SOURCE_LABEL, source_of};
@@ -74,6 +74,14 @@ pub enum NotPermitted {
         rule: String,
         within: String,
     },
+    #[error(
+        "{field} needs {rule}, which is neither one of the operator's git hosts (agent.gitCredentialHosts) or model endpoints nor within what this task may ask for ({within}); ask the operator's administrators to permit it"
+    )]
+    Implicit {
+        field: &'static str,
+        rule: String,
+        within: String,
+    },
 }
 
 /// The network of `task`'s agent pod.
@@ -98,10 +106,10 @@ pub fn resolve(
     let permit = source
         .and_then(|s| s.permit.as_ref())
         .unwrap_or(&defaults.egress.permit);
+    let ceiling: Vec<EgressRule> = allow.iter().chain(permit).cloned().collect();
     let mut rules: BTreeSet<EgressRule> = match &task.spec.egress {
         None => allow.iter().cloned().collect(),
         Some(asked) => {
-            let ceiling: Vec<EgressRule> = allow.iter().chain(permit).cloned().collect();
             let mut wanted = BTreeSet::new();
             for (index, text) in asked.allow.iter().enumerate() {
                 let rule: EgressRule =
@@ -124,7 +132,18 @@ pub fn resolve(
             wanted
         }
     };
-    rules.extend(implicit(task, defaults));
+    for entry in implicit(task, defaults) {
+        if let Some(field) = entry.from_spec
+            && !covered(&ceiling, &entry.rule)
+        {
+            return Err(NotPermitted::Implicit {
+                field,
+                rule: entry.rule.to_string(),
+                within: describe(&ceiling, source.is_some()),
+            });
+        }
+        rules.insert(entry.rule);
+    }
     Ok(Network::AllowList {
         rules: rules.into_iter().collect(),
     })
@@ -144,10 +163,27 @@ fn describe(ceiling: &[EgressRule], from_source: bool) -> String {
     }
 }
 
-/// What every task's agent needs: its repository's host and its model's endpoint.
-pub fn implicit(task: &AgentTask, defaults: &AgentDefaults) -> Vec<EgressRule> {
+/// A destination every task's agent needs, and the spec field it comes from when the
+/// operator's configuration does not vouch for it (then it must be within `allow` or
+/// `permit`, as if the spec had asked for it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Implicit {
+    pub rule: EgressRule,
+    pub from_spec: Option<&'static str>,
+}
+
+/// What every task's agent needs: its repository's host (vouched for when it is one of the
+/// operator's git hosts, `agent.gitCredentialHosts`) and its model's endpoint (vouched for
+/// when the operator's `agent.env` or a provider's public API names it).
+pub fn implicit(task: &AgentTask, defaults: &AgentDefaults) -> Vec<Implicit> {
     let mut rules = Vec::new();
     if let Some(repo) = RepoLocation::of(&task.spec.repository.url) {
+        let scopes: Vec<HostScope> = defaults
+            .git_credential_hosts
+            .iter()
+            .filter_map(|h| HostScope::parse(h).ok())
+            .collect();
+        let vouched = repo.in_scope(&scopes);
         let port = match repo.transport {
             Transport::Https => 443,
             Transport::Http => 80,
@@ -158,9 +194,19 @@ pub fn implicit(task: &AgentTask, defaults: &AgentDefaults) -> Vec<EgressRule> {
         } else {
             format!("{}:{port}", repo.host)
         };
-        rules.extend(text.parse::<EgressRule>().ok());
+        rules.extend(text.parse::<EgressRule>().ok().map(|rule| Implicit {
+            rule,
+            from_spec: (!vouched).then_some("spec.repository.url"),
+        }));
     }
-    rules.extend(model_endpoint(task, defaults).and_then(|text| text.parse().ok()));
+    rules.extend(
+        model_endpoint(task, defaults).and_then(|(text, from_spec)| {
+            Some(Implicit {
+                rule: text.parse().ok()?,
+                from_spec,
+            })
+        }),
+    );
     rules
 }
 
@@ -178,7 +224,10 @@ fn has_port(host: &str) -> bool {
 /// `host:port` of the task's model endpoint: the provider's base URL from the agent's
 /// plain environment (`OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL`), else the provider's public
 /// API. A base URL given in a Secret is not visible here: list its host in the allow-list.
-fn model_endpoint(task: &AgentTask, defaults: &AgentDefaults) -> Option<String> {
+fn model_endpoint(
+    task: &AgentTask,
+    defaults: &AgentDefaults,
+) -> Option<(String, Option<&'static str>)> {
     let agent = task.spec.agent.as_deref();
     let provider = agent
         .and_then(|a| a.provider.clone())
@@ -188,18 +237,27 @@ fn model_endpoint(task: &AgentTask, defaults: &AgentDefaults) -> Option<String> 
         "anthropic" => ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
         _ => return None,
     };
-    let from_env = agent
+    let from_spec = agent
         .into_iter()
         .flat_map(|a| a.env.iter())
-        .chain(defaults.env.iter())
         .find(|e| e.name == variable)
         .map(|e| e.value.clone());
-    let url = url::Url::parse(from_env.as_deref().unwrap_or(public)).ok()?;
+    let from_operator = defaults
+        .env
+        .iter()
+        .find(|e| e.name == variable)
+        .map(|e| e.value.clone());
+    let (base, field) = match (from_spec, from_operator) {
+        (Some(spec), _) => (spec, Some("spec.agent.env")),
+        (None, Some(operator)) => (operator, None),
+        (None, None) => (public.to_string(), None),
+    };
+    let url = url::Url::parse(&base).ok()?;
     let host = match url.host()? {
         url::Host::Ipv6(address) => format!("[{address}]"),
         host => host.to_string(),
     };
-    Some(format!("{host}:{}", url.port_or_known_default()?))
+    Some((format!("{host}:{}", url.port_or_known_default()?), field))
 }
 
 /// The pod annotations and environment of an agent with the allow-list on.
@@ -270,8 +328,32 @@ pub fn network_policy(
             ports: Some(vec![tcp(port)]),
         });
     }
+    // DNS to the cluster's resolvers only: port 53 to anywhere would be a way around the
+    // proxy (a tunnel to a server of one's own on port 53).
+    let dns = &egress_config.dns;
+    let mut resolvers = vec![NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                dns.namespace.clone(),
+            )])),
+            ..Default::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(dns.labels.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    resolvers.extend(dns.cidrs.iter().map(|cidr| NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.clone(),
+            except: None,
+        }),
+        ..Default::default()
+    }));
     egress.push(NetworkPolicyEgressRule {
-        to: None,
+        to: Some(resolvers),
         ports: Some(vec![
             NetworkPolicyPort {
                 port: Some(IntOrString::Int(53)),
@@ -367,6 +449,7 @@ mod tests {
         defaults.egress.proxy_pods.namespace = Some("recac-system".into());
         defaults.egress.allow = rules(&["*.pypi.org:443"]);
         defaults.egress.permit = rules(permit);
+        defaults.git_credential_hosts = vec!["github.com".into(), "git.example.com:8443".into()];
         defaults
     }
 
@@ -428,6 +511,43 @@ mod tests {
             "{texts:?}"
         );
         assert!(texts.contains(&"github.com:22".to_string()), "{texts:?}");
+    }
+
+    #[test]
+    fn destinations_from_the_spec_that_the_operator_does_not_vouch_for_need_a_permit() {
+        let defaults = allow_list(&["exfil.example.net:443"]);
+        let unknown_git = resolve(
+            &task("https://elsewhere.example.org/o/r.git", None, None),
+            &defaults,
+            &SourceEgresses::new(),
+        );
+        let error = unknown_git
+            .expect_err("not a git host of the operator's")
+            .to_string();
+        assert!(
+            error.starts_with("spec.repository.url needs elsewhere.example.org:443"),
+            "{error}"
+        );
+        let mut via_env = task("https://github.com/o/r", None, None);
+        if let Some(agent) = via_env.spec.agent.as_mut() {
+            agent.env.push(EnvVarPair {
+                name: "ANTHROPIC_BASE_URL".into(),
+                value: "http://169.254.169.254".into(),
+            });
+        }
+        let error = resolve(&via_env, &defaults, &SourceEgresses::new())
+            .expect_err("a spec's base URL is not vouched for")
+            .to_string();
+        assert!(
+            error.starts_with("spec.agent.env needs 169.254.169.254"),
+            "{error}"
+        );
+        if let Some(agent) = via_env.spec.agent.as_mut() {
+            agent.env[0].value = "https://exfil.example.net".into();
+        }
+        let permitted =
+            resolve(&via_env, &defaults, &SourceEgresses::new()).expect("within the permit");
+        assert!(texts(&permitted).contains(&"exfil.example.net:443".to_string()));
     }
 
     #[test]
@@ -548,6 +668,18 @@ mod tests {
         assert_eq!(egress.len(), 3, "{egress:?}");
         let proxy_port = &egress[0].ports.as_ref().expect("ports")[0];
         assert_eq!(proxy_port.port, Some(IntOrString::Int(3128)));
+        let dns = &egress[1]
+            .to
+            .as_ref()
+            .expect("DNS goes to the cluster's resolvers only")[0];
+        assert_eq!(
+            dns.pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .and_then(|l| l.get("k8s-app"))
+                .map(String::as_str),
+            Some("kube-dns")
+        );
         let cidr = &egress[2].to.as_ref().expect("to")[0];
         assert_eq!(
             cidr.ip_block.as_ref().map(|b| b.cidr.as_str()),

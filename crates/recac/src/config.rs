@@ -167,13 +167,13 @@ impl OperatorConfig {
                 .as_ref()
                 .and_then(|e| e.mode)
                 .is_some_and(|m| m == recac_api::egress_policy::EgressMode::AllowList);
-            if allow_list
-                && (self.agent.egress.proxy_address().is_none()
-                    || self.agent.egress.proxy_pods.namespace.is_none())
-            {
+            if allow_list && let Err(missing) = self.agent.egress.validate_proxy() {
                 return Err(invalid(
                     &format!("sources[{i}].egress.mode"),
-                    "allowList needs the egress proxy: set agent.egress.proxy and agent.egress.proxyPods (see the README's egress section)",
+                    format!(
+                        "allowList needs the egress proxy: {}: {} (see the README's egress section)",
+                        missing.key, missing.message
+                    ),
                 ));
             }
             if !watched.is_empty() && !watched.contains(&source.namespace) {
@@ -340,6 +340,14 @@ mod tests {
             ("agent:\n  egress: {mode: closed}\n", "agent.egress.mode"),
             ("agent:\n  egress: {alow: []}\n", "agent.egress"),
             (
+                "agent:\n  egress: {mode: allowList, proxy: \"http://p:3128\", proxyPods: {namespace: s}, dns: {labels: {}}}\n",
+                "agent.egress.dns.labels",
+            ),
+            (
+                "agent:\n  egress: {mode: allowList, proxy: \"http://p:3128\", proxyPods: {namespace: s}, dns: {cidrs: [nope]}}\n",
+                "agent.egress.dns.cidrs[0]",
+            ),
+            (
                 "agent:\n  runtimeClassName: \"Not A Name\"\n",
                 "agent.runtimeClassName",
             ),
@@ -382,6 +390,14 @@ mod tests {
             (
                 format!("{ok}operator:\n  namespaces: [other]\n"),
                 "sources[0].namespace",
+            ),
+            (
+                format!("{ok}    egress: {{mode: allowList}}\n"),
+                "sources[0].egress.mode",
+            ),
+            (
+                format!("{ok}    egress: {{allow: [\"not a host\"]}}\n"),
+                "sources[0].egress.allow[0]",
             ),
         ] {
             let err = OperatorConfig::parse(&text, "test.yaml")

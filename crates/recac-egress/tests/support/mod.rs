@@ -133,10 +133,17 @@ pub async fn start_proxy(policy: Arc<dyn Policy>, settings: ProxySettings) -> Pr
     }
 }
 
-/// A proxy that allows `rules` to every client.
+/// A proxy that allows `rules` to every client. The test servers listen on loopback, which a
+/// name reaches only with a CIDR entry for it too: `localhost:PORT` brings `127.0.0.1/32:PORT`.
 pub async fn proxy_allowing(rules: &[&str], settings: ProxySettings) -> Proxy {
+    let loopback = rules.iter().filter_map(|text| {
+        let port = text.strip_prefix("localhost:")?;
+        Some(format!("127.0.0.1/32:{port}"))
+    });
     let rules: Vec<EgressRule> = rules
         .iter()
+        .map(|text| text.to_string())
+        .chain(loopback.collect::<Vec<_>>())
         .map(|text| text.parse().expect("test rule"))
         .collect();
     start_proxy(Arc::new(StaticPolicy::new("test/agent", rules)), settings).await
