@@ -42,6 +42,11 @@ pub struct EgressProxyArgs {
     /// A tunnel with no bytes either way for this long is closed, in seconds.
     #[arg(long, env = "RECAC_EGRESS_IDLE_TIMEOUT_SECONDS", default_value_t = 600)]
     idle_timeout_seconds: u64,
+    /// After SIGTERM, how long the proxy goes on serving before it closes its tunnels, in
+    /// seconds: the cluster stops sending it new connections meanwhile, and short exchanges
+    /// in flight end.
+    #[arg(long, env = "RECAC_EGRESS_DRAIN_SECONDS", default_value_t = 10)]
+    drain_seconds: u64,
 }
 
 #[derive(Args, Debug)]
@@ -90,7 +95,10 @@ pub fn run(args: EgressProxyArgs) -> ExitCode {
 
 async fn serve(args: EgressProxyArgs) -> Result<(), String> {
     let stop = CancellationToken::new();
-    tokio::spawn(stop_on_signal(stop.clone()));
+    tokio::spawn(stop_on_signal(
+        stop.clone(),
+        Duration::from_secs(args.drain_seconds),
+    ));
     let policy: Arc<dyn Policy> = if args.allow.is_empty() {
         let client = kube::Client::try_default()
             .await
@@ -143,8 +151,8 @@ async fn serve(args: EgressProxyArgs) -> Result<(), String> {
     .map_err(|e| format!("the egress proxy stopped: {e}"))
 }
 
-/// Cancels `stop` at SIGTERM or SIGINT.
-async fn stop_on_signal(stop: CancellationToken) {
+/// Cancels `stop` `drain` after SIGTERM (at once after SIGINT).
+async fn stop_on_signal(stop: CancellationToken, drain: Duration) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -154,7 +162,13 @@ async fn stop_on_signal(stop: CancellationToken) {
         return;
     };
     tokio::select! {
-        _ = term.recv() => {}
+        _ = term.recv() => {
+            tracing::info!(seconds = drain.as_secs(), "SIGTERM: serving on while the cluster stops sending new connections");
+            tokio::select! {
+                () = tokio::time::sleep(drain) => {}
+                _ = int.recv() => {}
+            }
+        }
         _ = int.recv() => {}
     }
     stop.cancel();
