@@ -366,21 +366,12 @@ pub fn write_overlay(dir: &Path, node: &Node, config: &str) -> Result<(), DevErr
         let path = path.display().to_string();
         move |source| DevError::Io { path, source }
     };
-    let base = relative_base(dir, "config/default")?;
-    let (name, tag) = node.image_parts();
+    let head = kustomization_head(&relative_base(dir, "config/default")?, node);
     let config_path = dir.join("config.yaml");
     std::fs::write(&config_path, config).map_err(io(&config_path))?;
     let egress = egress_patch(node);
     let kustomization = format!(
-        r#"apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - {base}
-images:
-  - name: ghcr.io/recac-io/recac
-    newName: {name}
-    newTag: "{tag}"
-configMapGenerator:
+        r#"{head}configMapGenerator:
   - name: recac-config
     namespace: {SYSTEM}
     behavior: replace
@@ -413,6 +404,22 @@ patches:
     );
     let path = dir.join("kustomization.yaml");
     std::fs::write(&path, kustomization).map_err(io(&path))
+}
+
+/// An overlay's first lines: `base`, and the built image in place of the published one.
+fn kustomization_head(base: &str, node: &Node) -> String {
+    let (name, tag) = node.image_parts();
+    format!(
+        r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {base}
+images:
+  - name: ghcr.io/recac-io/recac
+    newName: {name}
+    newTag: "{tag}"
+"#
+    )
 }
 
 /// The patch that runs the egress proxy on this node: the built image (never pulled), one
@@ -456,20 +463,10 @@ pub fn deploy_egress_proxy(node: &Node, dir: &Path) -> Result<String, DevError> 
     };
     let overlay = dir.join("egress-proxy");
     std::fs::create_dir_all(&overlay).map_err(io(&overlay))?;
-    let base = relative_base(&overlay, "config/egress")?;
-    let (name, tag) = node.image_parts();
     let kustomization = format!(
-        r#"apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - {base}
-images:
-  - name: ghcr.io/recac-io/recac
-    newName: {name}
-    newTag: "{tag}"
-patches:
-{egress}"#,
-        egress = egress_patch(node),
+        "{}patches:\n{}",
+        kustomization_head(&relative_base(&overlay, "config/egress")?, node),
+        egress_patch(node)
     );
     let path = overlay.join("kustomization.yaml");
     std::fs::write(&path, kustomization).map_err(io(&path))?;
@@ -837,6 +834,31 @@ mod tests {
             ("registry.local:5000/recac", "latest")
         );
         assert_eq!(node("recac").image_parts(), ("recac", "latest"));
+    }
+
+    #[test]
+    fn the_overlay_runs_the_operator_and_the_egress_proxy_from_the_built_image() {
+        let target = repo_root().join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("overlay-test-")
+            .tempdir_in(&target)
+            .unwrap();
+        write_overlay(dir.path(), &node("recac:dev"), "operator: {}\n").unwrap();
+        let text = std::fs::read_to_string(dir.path().join("kustomization.yaml")).unwrap();
+        let parsed: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(parsed["resources"][0], "../../config/default");
+        assert_eq!(parsed["images"][0]["newName"], "recac");
+        assert_eq!(parsed["images"][0]["newTag"], "dev");
+        assert_eq!(parsed["patches"][0]["target"]["name"], "recac-orchestrator");
+        assert_eq!(parsed["patches"][1]["target"]["name"], "recac-egress");
+        let proxy: serde_json::Value =
+            serde_saphyr::from_str(parsed["patches"][1]["patch"].as_str().unwrap()).unwrap();
+        assert_eq!(proxy["spec"]["replicas"], 1);
+        assert_eq!(
+            proxy["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+            "10.99.0.1"
+        );
     }
 
     #[test]

@@ -525,6 +525,20 @@ impl Tunnel {
     }
 
     /// Lets the tunnel go on, or says why it is cut (recording a refusal for a foreign SNI).
+    /// Logs why the tunnel is cut and says so as an error.
+    fn cut(&self, why: impl std::fmt::Display) -> io::Result<()> {
+        tracing::info!(
+            client = %self.caller.name,
+            host = %self.host,
+            port = self.port,
+            "egress proxy: tunnel cut: {why}"
+        );
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            why.to_string(),
+        ))
+    }
+
     fn check(&self, peeked: Peeked, first: &[u8]) -> io::Result<()> {
         let cut = |reason: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
         match peeked {
@@ -533,13 +547,7 @@ impl Tunnel {
             // Host header is set to the name that was checked.
             Peeked::Flight(FirstFlight::NotTls) if sni::looks_like_http_request(first) => {
                 let why = "plain HTTP inside a CONNECT tunnel (use the proxy for http:// URLs: HTTP_PROXY)";
-                tracing::info!(
-                    client = %self.caller.name,
-                    host = %self.host,
-                    port = self.port,
-                    "egress proxy: tunnel cut: {why}"
-                );
-                cut(why.to_string())
+                self.cut(why)
             }
             Peeked::Closed
             | Peeked::Flight(FirstFlight::NotTls)
@@ -562,24 +570,10 @@ impl Tunnel {
                 );
                 cut(why)
             }
-            Peeked::Flight(FirstFlight::Malformed(why)) => {
-                tracing::info!(
-                    client = %self.caller.name,
-                    host = %self.host,
-                    port = self.port,
-                    "egress proxy: tunnel cut: {why}"
-                );
-                cut(why.to_string())
-            }
+            Peeked::Flight(FirstFlight::Malformed(why)) => self.cut(why),
             Peeked::Unfinished | Peeked::Flight(FirstFlight::Incomplete) => {
                 let why = "a ClientHello that did not complete";
-                tracing::info!(
-                    client = %self.caller.name,
-                    host = %self.host,
-                    port = self.port,
-                    "egress proxy: tunnel cut: {why}"
-                );
-                cut(why.to_string())
+                self.cut(why)
             }
         }
     }
