@@ -253,7 +253,12 @@ impl Policy for PerClient {
 async fn proxy_child(rule: &str) {
     let clients = (0..TUNNELS)
         .map(|index| {
-            let rules: Vec<EgressRule> = vec![rule.parse().expect("the rule")];
+            // The server is on loopback, which a name reaches only with a CIDR entry too.
+            let port = rule.rsplit(':').next().unwrap_or_default();
+            let rules: Vec<EgressRule> = vec![
+                rule.parse().expect("the rule"),
+                format!("127.0.0.1/32:{port}").parse().expect("the rule"),
+            ];
             let client = Client {
                 name: format!("bench/pod-{index}"),
                 rules: rules.into(),
