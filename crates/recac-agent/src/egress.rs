@@ -52,13 +52,9 @@ pub enum ReportError {
 pub fn ssh_proxy_command(program: &Path, proxy: &str) -> String {
     format!(
         "{} egress-connect --proxy {} %h %p",
-        shell_quote(&program.display().to_string()),
-        shell_quote(proxy)
+        crate::git::shell_quote(&program.display().to_string()),
+        crate::git::shell_quote(proxy)
     )
-}
-
-fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// Opens a `CONNECT` tunnel to `host:port` through the proxy at `proxy`, then relays it to
@@ -94,21 +90,11 @@ pub fn connect_stdio(proxy: &str, host: &str, port: u16) -> Result<(), ReportErr
 
 /// A `CONNECT` tunnel to `host:port` through `proxy`, its answer read up to the blank line.
 pub fn open_tunnel(proxy: &str, host: &str, port: u16) -> Result<TcpStream, ReportError> {
-    let (proxy_host, proxy_port) = proxy_address(proxy)?;
+    let (mut stream, _) = connect_to_proxy(proxy, CONNECT_ANSWER_TIMEOUT)?;
     let io = |error| ReportError::Io {
         proxy: proxy.to_string(),
         error,
     };
-    let address = (proxy_host.as_str(), proxy_port)
-        .to_socket_addrs()
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| io(std::io::Error::other("the host has no address")))?;
-    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(io)?;
-    stream
-        .set_read_timeout(Some(CONNECT_ANSWER_TIMEOUT))
-        .map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
     let authority = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -145,6 +131,28 @@ pub fn open_tunnel(proxy: &str, host: &str, port: u16) -> Result<TcpStream, Repo
     Ok(stream)
 }
 
+/// A connection to the proxy at `proxy` (and its host and port), reads waiting at most
+/// `read_timeout`.
+fn connect_to_proxy(
+    proxy: &str,
+    read_timeout: Duration,
+) -> Result<(TcpStream, (String, u16)), ReportError> {
+    let (host, port) = proxy_address(proxy)?;
+    let io = |error| ReportError::Io {
+        proxy: proxy.to_string(),
+        error,
+    };
+    let address = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| io(std::io::Error::other("the host has no address")))?;
+    let stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(io)?;
+    stream.set_read_timeout(Some(read_timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    Ok((stream, (host, port)))
+}
+
 fn proxy_address(proxy: &str) -> Result<(String, u16), ReportError> {
     let url = url::Url::parse(proxy).map_err(|_| ReportError::Url(proxy.to_string()))?;
     if url.scheme() != "http" {
@@ -164,19 +172,11 @@ fn proxy_address(proxy: &str) -> Result<(String, u16), ReportError> {
 /// What the proxy at `proxy` refused this pod, the most refused first, at most
 /// [`MAX_BLOCKED_HOSTS`].
 pub fn blocked_by_proxy(proxy: &str) -> Result<Vec<BlockedHost>, ReportError> {
-    let (host, port) = proxy_address(proxy)?;
+    let (mut stream, (host, port)) = connect_to_proxy(proxy, TIMEOUT)?;
     let io = |error| ReportError::Io {
         proxy: proxy.to_string(),
         error,
     };
-    let address = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| io(std::io::Error::other("the host has no address")))?;
-    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
     write!(
         stream,
         "GET {BLOCKED_PATH} HTTP/1.0\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n"

@@ -240,7 +240,7 @@ fn kept_local_key(key: &str) -> bool {
 }
 
 /// `text` quoted for `sh` (git runs `GIT_SSH_COMMAND` through the shell).
-fn shell_quote(text: &str) -> String {
+pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
 

@@ -81,8 +81,8 @@ pub enum ReconcileError {
         "Job {job} exists but is not owned by AgentTask {task}; delete or rename that Job so the task can dispatch"
     )]
     ForeignJob { job: String, task: String },
-    /// The task's network cannot be resolved (decided before the Job; seen here only when
-    /// the configuration changed in between).
+    /// An agent Job's network cannot be set up (its pod has no labels to select it by, or
+    /// its allow-list annotation does not parse).
     #[error("AgentTask {task}: {message}")]
     Egress { task: String, message: String },
 }
@@ -107,7 +107,7 @@ impl runner::ErrorReason for ReconcileError {
             ReconcileError::Kube { .. } => "KubernetesError",
             ReconcileError::SpendLedger { .. } => "SpendLedgerError",
             ReconcileError::ForeignJob { .. } => "ForeignJob",
-            ReconcileError::Egress { .. } => "EgressNotPermitted",
+            ReconcileError::Egress { .. } => "EgressSetup",
         }
     }
 }
@@ -663,10 +663,12 @@ async fn act(
                 attempt,
                 branch,
                 suspend,
+                network,
             } => {
                 let job_task = planned.as_ref().unwrap_or(task);
                 if let Err(err) =
-                    create_or_adopt_job(job_task, id, *attempt, branch, *suspend, ctx).await
+                    create_or_adopt_job(job_task, id, *attempt, branch, *suspend, network, ctx)
+                        .await
                 {
                     c.queue.release(task);
                     if err.is_permanent() {
@@ -768,6 +770,7 @@ async fn create_or_adopt_job(
     attempt: i32,
     branch: &str,
     suspend: bool,
+    network: &crate::egress::Network,
     ctx: &TermContext,
 ) -> Result<(), ReconcileError> {
     let c = &ctx.controller;
@@ -775,13 +778,6 @@ async fn create_or_adopt_job(
     if let Some(prompt) = job_builder::prompt_config_map(task) {
         ensure_prompt_config_map(&c.client, id, &prompt).await?;
     }
-    let network =
-        crate::egress::resolve(task, &c.egress.defaults, &c.egress.sources).map_err(|err| {
-            ReconcileError::Egress {
-                task: id.key(),
-                message: err.to_string(),
-            }
-        })?;
     // With an allow-list the Job is created suspended, so that no pod of it exists before
     // its NetworkPolicy (which it owns), and resumed once the policy is there.
     let guarded = network.rules().is_some();
@@ -792,7 +788,7 @@ async fn create_or_adopt_job(
         &c.agent,
         suspend || guarded,
         Timestamp::now(),
-        &network,
+        network,
     );
     let name = id.job_name(attempt);
     failpoint::hit("task-controller.before-create-job");

@@ -148,11 +148,12 @@ pub enum EventType {
 /// Something to do against the API.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Create (or adopt) the Job of `attempt`.
+    /// Create (or adopt) the Job of `attempt`, with the network resolved for it.
     CreateJob {
         attempt: i32,
         branch: String,
         suspend: bool,
+        network: crate::egress::Network,
     },
     /// Set `spec.suspend` of a Job.
     SuspendJob { name: String, suspend: bool },
@@ -624,7 +625,8 @@ fn dispatch(
     if budget_stops_dispatch(draft, task, attempt) {
         return;
     }
-    match crate::egress::resolve(task, &draft.egress.defaults, &draft.egress.sources) {
+    let network = match crate::egress::resolve(task, &draft.egress.defaults, &draft.egress.sources)
+    {
         Err(err) => {
             let not_run = if attempt == 1 {
                 "the task was not run".to_string()
@@ -639,8 +641,9 @@ fn dispatch(
                 allowed: rules.iter().map(ToString::to_string).collect(),
                 blocked: Vec::new(),
             });
+            network
         }
-    }
+    };
     draft.status.phase = Some(TaskPhase::Pending);
     if task.spec.suspend {
         draft.status.message = Some(format!(
@@ -698,6 +701,7 @@ fn dispatch(
         attempt,
         branch,
         suspend: false,
+        network,
     });
     draft.status.attempt = Some(attempt);
     draft.status.retries = Some(attempt - 1);

@@ -21,24 +21,6 @@ fn required(name: &str) -> Result<PathBuf, String> {
         })
 }
 
-/// Cancels `stop` at SIGTERM (the kubelet stops sidecars after the agent's container ends)
-/// or SIGINT.
-async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot handle SIGTERM: the broker ends when killed");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    stop.cancel();
-}
-
 /// Runs `recac secret-broker`: exit 0 at SIGTERM, 1 when it cannot set up.
 pub fn run() -> ExitCode {
     if let Err(e) = broker::make_undumpable() {
@@ -66,7 +48,12 @@ pub fn run() -> ExitCode {
     };
     runtime.block_on(async move {
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(stop_on_signal(stop.clone()));
+        // The kubelet stops sidecars with SIGTERM after the agent's container ends.
+        tokio::spawn(crate::signals::cancel_on_signal(
+            stop.clone(),
+            std::time::Duration::ZERO,
+            "the broker ends when killed",
+        ));
         match broker::serve(&options, stop).await {
             Ok(served) => {
                 let how = match served {

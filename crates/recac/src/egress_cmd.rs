@@ -95,9 +95,10 @@ pub fn run(args: EgressProxyArgs) -> ExitCode {
 
 async fn serve(args: EgressProxyArgs) -> Result<(), String> {
     let stop = CancellationToken::new();
-    tokio::spawn(stop_on_signal(
+    tokio::spawn(crate::signals::cancel_on_signal(
         stop.clone(),
         Duration::from_secs(args.drain_seconds),
+        "the proxy ends when killed",
     ));
     let policy: Arc<dyn Policy> = if args.allow.is_empty() {
         let client = kube::Client::try_default()
@@ -149,27 +150,4 @@ async fn serve(args: EgressProxyArgs) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("the egress proxy stopped: {e}"))
-}
-
-/// Cancels `stop` `drain` after SIGTERM (at once after SIGINT).
-async fn stop_on_signal(stop: CancellationToken, drain: Duration) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot handle SIGTERM: the proxy ends when killed");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {
-            tracing::info!(seconds = drain.as_secs(), "SIGTERM: serving on while the cluster stops sending new connections");
-            tokio::select! {
-                () = tokio::time::sleep(drain) => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ = int.recv() => {}
-    }
-    stop.cancel();
 }

@@ -6,6 +6,7 @@ mod dev_cmd;
 mod egress_cmd;
 mod jira_cmd;
 mod orchestrate_cmd;
+mod signals;
 mod start_cmd;
 
 use std::process::ExitCode;

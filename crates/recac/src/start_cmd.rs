@@ -225,26 +225,6 @@ fn ended(outcome: Outcome, message: String) -> AgentResult {
     }
 }
 
-/// Cancels `stop` at SIGTERM (what the kubelet sends when the pod is to stop: a suspended or
-/// deleted task, the Job's deadline) or SIGINT. The agent then pushes what it has and writes
-/// its result within the pod's grace period; as a container's PID 1 it would otherwise ignore
-/// the signal and be killed without a result.
-async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot handle SIGTERM: a stopped pod will end without its result");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::warn!("SIGTERM received"),
-        _ = int.recv() => tracing::warn!("SIGINT received"),
-    }
-    stop.cancel();
-}
-
 /// The task's Secrets from the secret broker, when `RECAC_SECRETS_SOCKET` names its socket
 /// (the pod has the `secrets` sidecar): read once, first, and then this process is made
 /// non-dumpable, so that the commands the model runs (its children, of its user) cannot read
@@ -377,7 +357,13 @@ pub fn run(args: StartArgs, log_format: recac_runtime::logging::LogFormat) -> Ex
             "recac start"
         );
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(stop_on_signal(stop.clone()));
+        // The agent pushes what it has and writes its result within the pod's grace period; as a
+        // container's PID 1 it would otherwise ignore SIGTERM and be killed without a result.
+        tokio::spawn(crate::signals::cancel_on_signal(
+            stop.clone(),
+            std::time::Duration::ZERO,
+            "a stopped pod will end without its result",
+        ));
         let out = recac_agent::run_until(&settings, &redactor, stop).await;
         finish(&out.result, Some(&settings.result_path))
     })

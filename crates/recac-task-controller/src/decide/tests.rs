@@ -111,7 +111,8 @@ fn a_new_task_with_a_free_slot_is_dispatched() {
         Action::CreateJob {
             attempt: 1,
             branch: "recac/PROJ-7".into(),
-            suspend: false
+            suspend: false,
+            network: crate::egress::Network::Open,
         }
     );
     let s = &plan.status;
